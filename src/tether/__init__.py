@@ -1,0 +1,36 @@
+"""Tether: a workflow orchestrator whose edge workers dial out to a central hub."""
+
+from tether.sdk import (
+    DAG,
+    BaseOperator,
+    BashOperator,
+    DagDefinitionError,
+    EmptyOperator,
+    PythonOperator,
+    TetherFailException,
+    TetherSkipException,
+    XComArg,
+    chain,
+    dag,
+    get_current_context,
+    task,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DAG",
+    "BaseOperator",
+    "BashOperator",
+    "DagDefinitionError",
+    "EmptyOperator",
+    "PythonOperator",
+    "TetherFailException",
+    "TetherSkipException",
+    "XComArg",
+    "__version__",
+    "chain",
+    "dag",
+    "get_current_context",
+    "task",
+]

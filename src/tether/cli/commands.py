@@ -1,0 +1,86 @@
+"""``tether dags ...`` and ``tether db ...``: thin clients of the hub."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from tether.cli.rest import Api, CliError, out
+
+FINISHED_RUN_STATES = ("success", "failed")
+
+
+def dags_list(args: argparse.Namespace) -> int:
+    dags = Api(args.hub).get("/dags")["dags"]
+    if args.json:
+        out(json.dumps(dags, indent=2))
+        return 0
+    out(f"{'dag_id':40} {'schedule':16} {'paused':6} queues")
+    for d in dags:
+        out(
+            f"{d['dag_id']:40} {d['schedule'] or '-'!s:16} {str(d['is_paused']):6} "
+            f"{','.join(d['queues'])}"
+        )
+    return 0
+
+
+def dags_errors(args: argparse.Namespace) -> int:
+    errors = Api(args.hub).get("/import-errors")["import_errors"]
+    if args.json:
+        out(json.dumps(errors, indent=2))
+        return 0
+    if not errors:
+        out("no import errors")
+    for e in errors:
+        out(f"== {e['fileloc']} ({e['timestamp']})\n{e['message'].rstrip()}\n")
+    return 0
+
+
+def dags_trigger(args: argparse.Namespace) -> int:
+    try:
+        conf = json.loads(args.conf) if args.conf else {}
+    except ValueError as exc:
+        raise CliError(f"--conf is not valid JSON: {exc}") from None
+    if not isinstance(conf, dict):
+        raise CliError("--conf must be a JSON object")
+    api = Api(args.hub)
+    run_id = api.post(f"/dags/{args.dag_id}/runs", {"conf": conf})["run_id"]
+    out(f"triggered {args.dag_id} run {run_id}")
+    if not args.wait:
+        return 0
+    deadline = time.monotonic() + args.timeout if args.timeout else None
+    delay = 0.1
+    while True:
+        run = api.get(f"/dags/{args.dag_id}/runs/{run_id}")
+        if run["state"] in FINISHED_RUN_STATES:
+            break
+        if deadline is not None and time.monotonic() > deadline:
+            out(f"run {run_id} still {run['state']} after {args.timeout}s")
+            return 2
+        time.sleep(delay)
+        delay = min(delay * 1.5, 2.0)
+    for t in run["tasks"]:
+        out(
+            f"  {t['task_id']:40} {t['state'] or 'none':16} try {t['try_number']} "
+            f"on {t['worker'] or '-'}"
+        )
+    out(f"run {run_id}: {run['state']}")
+    return 0 if run["state"] == "success" else 1
+
+
+def db_migrate(args: argparse.Namespace) -> int:
+    from tether.hub.config import HubConfig
+    from tether.hub.store.db import migrate
+
+    config = HubConfig.load(home=args.home)
+    migrate(config.database_url)
+    out(f"database at {_safe_url(config.database_url)} is up to date")
+    return 0
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)

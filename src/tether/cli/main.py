@@ -1,0 +1,121 @@
+"""The ``tether`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from tether import __version__
+from tether.cli.rest import CliError
+
+HUB_EXTRA_HINT = "this command needs the hub's dependencies: pip install 'tether[hub]'"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tether", description="Tether workflow orchestrator")
+    p.add_argument("--version", action="version", version=f"tether {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def hub_args(sp: argparse.ArgumentParser, default_port: int | None = None) -> None:
+        sp.add_argument("--home", type=_path, help="hub home (default: $TETHER_HOME or ~/.tether)")
+        sp.add_argument("--dags", type=_path, help="DAGs folder (default: HOME/dags)")
+        sp.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+        sp.add_argument("--port", type=int, help="port to listen on (default 8080)")
+
+    sp = sub.add_parser("standalone", help="hub + one local worker + the example DAGs")
+    hub_args(sp)
+    sp.add_argument("--queues", default="default", help="queues of the local worker")
+    sp.add_argument("--concurrency", type=int, default=4, help="slots of the local worker")
+    sp.set_defaults(func=_lazy("tether.cli.serve", "standalone_command"))
+
+    sp = sub.add_parser("hub", help="run the hub (API, scheduler, dag processor)")
+    hub_args(sp)
+    sp.set_defaults(func=_lazy("tether.cli.serve", "hub_command"))
+
+    sp = sub.add_parser("worker", help="run an edge worker (it only dials out)")
+    sp.add_argument("--hub", help="hub URL (default: $TETHER_HUB_URL or http://127.0.0.1:8080)")
+    sp.add_argument("--token", help="worker token (default: $TETHER_WORKER_TOKEN)")
+    sp.add_argument("--queues", required=True, help="comma-separated queues to serve")
+    sp.add_argument("--concurrency", type=int, default=4, help="tasks run at once (default 4)")
+    sp.add_argument("--home", help="worker home (default: $TETHER_WORKER_HOME or ~/.tether-worker)")
+    sp.add_argument("--name", help="worker name (default: the host name)")
+    sp.set_defaults(func=_lazy("tether.cli.worker", "worker_command"))
+
+    db = sub.add_parser("db", help="metadata store").add_subparsers(dest="db", required=True)
+    sp = db.add_parser("migrate", help="create or upgrade the database schema")
+    sp.add_argument("--home", type=_path)
+    sp.set_defaults(func=_lazy("tether.cli.commands", "db_migrate"))
+
+    dags = sub.add_parser("dags", help="DAGs on the hub").add_subparsers(dest="dags", required=True)
+
+    def client_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--hub", help="hub URL (default: $TETHER_HUB_URL or http://127.0.0.1:8080)")
+
+    sp = dags.add_parser("list", help="list DAGs")
+    client_args(sp)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=_lazy("tether.cli.commands", "dags_list"))
+    sp = dags.add_parser("errors", help="list DAG files that failed to import")
+    client_args(sp)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=_lazy("tether.cli.commands", "dags_errors"))
+    sp = dags.add_parser("trigger", help="start a run of a DAG")
+    client_args(sp)
+    sp.add_argument("dag_id")
+    sp.add_argument("--conf", help="JSON object passed to the run")
+    sp.add_argument(
+        "--wait", action="store_true", help="wait for the run; exit 0 only if it succeeded"
+    )
+    sp.add_argument("--timeout", type=float, default=None, help="give up waiting after S s")
+    sp.set_defaults(func=_lazy("tether.cli.commands", "dags_trigger"))
+    return p
+
+
+def _path(value: str) -> object:
+    from pathlib import Path
+
+    return Path(value)
+
+
+def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    """Import a command's module only when it runs (the worker install lacks hub deps)."""
+
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        try:
+            fn: Callable[[argparse.Namespace], int] = getattr(importlib.import_module(module), name)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.split(".")[0] in {
+                "fastapi",
+                "uvicorn",
+                "sqlalchemy",
+                "alembic",
+                "croniter",
+                "starlette",
+            }:
+                raise CliError(f"{HUB_EXTRA_HINT} ({exc.name} is missing)") from None
+            raise
+        return fn(args)
+
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from tether.cli.serve import setup_logging
+
+    setup_logging(args.verbose)
+    try:
+        return int(args.func(args))
+    except CliError as exc:
+        sys.stderr.write(f"tether: error: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

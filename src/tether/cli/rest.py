@@ -1,0 +1,67 @@
+"""The CLI's client for the hub's REST API (any machine that reaches the hub)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DEFAULT_HUB_URL = "http://127.0.0.1:8080"
+
+
+class CliError(Exception):
+    """Printed to stderr; the command exits 1."""
+
+
+def home_dir(value: str | None = None) -> Path:
+    return Path(value or os.environ.get("TETHER_HOME") or Path.home() / ".tether").expanduser()
+
+
+def admin_token(home: str | None = None) -> str:
+    token = os.environ.get("TETHER_TOKEN")
+    if token:
+        return token
+    path = home_dir(home) / "admin_token"
+    try:
+        return path.read_text().strip()
+    except OSError:
+        raise CliError(
+            f"no API token: set TETHER_TOKEN (the hub's admin token); {path} does not exist"
+        ) from None
+
+
+class Api:
+    def __init__(self, hub_url: str | None, home: str | None = None) -> None:
+        self.url = (hub_url or os.environ.get("TETHER_HUB_URL") or DEFAULT_HUB_URL).rstrip("/")
+        self.client = httpx.Client(
+            base_url=self.url + "/api/v1",
+            headers={"Authorization": f"Bearer {admin_token(home)}"},
+            timeout=30.0,
+        )
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self.client.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise CliError(f"cannot reach the hub at {self.url}: {exc}") from None
+        if response.status_code >= 400:
+            try:
+                reason = response.json().get("detail", response.text)
+            except ValueError:
+                reason = response.text
+            raise CliError(f"hub answered {response.status_code}: {reason}")
+        return response
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.request("GET", path, **kwargs).json()
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        return self.request("POST", path, json=body).json()
+
+
+def out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,1 @@
+"""The hub: API, scheduler, dag processor and metadata store (extra ``tether[hub]``)."""

@@ -1,0 +1,171 @@
+"""Read and write operations behind the public REST API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tether.hub.scheduler import runs
+from tether.hub.store.models import Dag, DagRun, ImportError_, TaskAttempt, TaskInstance, Worker
+from tether.hub.worker_api.attempts import count_queued, read_log
+
+
+class NotFound(LookupError):
+    """The named DAG, run, task or try does not exist."""
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def dag_summary(dag: Dag) -> dict[str, Any]:
+    spec = dag.serialized
+    return {
+        "dag_id": dag.dag_id,
+        "fileloc": dag.fileloc,
+        "description": spec.get("description"),
+        "schedule": spec.get("schedule"),
+        "tags": spec.get("tags", []),
+        "is_paused": dag.is_paused,
+        "is_active": dag.is_active,
+        "next_dagrun": _iso(dag.next_dagrun),
+        "next_dagrun_create_after": _iso(dag.next_dagrun_create_after),
+        "task_ids": [t["task_id"] for t in spec["tasks"]],
+        "queues": sorted({t["queue"] for t in spec["tasks"]}),
+        "bundle_sha": dag.bundle_sha,
+    }
+
+
+def list_dags(session: Session) -> list[dict[str, Any]]:
+    rows = session.scalars(select(Dag).where(Dag.is_active.is_(True)).order_by(Dag.dag_id))
+    return [dag_summary(d) for d in rows]
+
+
+def get_dag(session: Session, dag_id: str) -> Dag:
+    dag = session.get(Dag, dag_id)
+    if dag is None or not dag.is_active:
+        raise NotFound(f"no DAG {dag_id!r}")
+    return dag
+
+
+def trigger(
+    session: Session, dag_id: str, conf: dict[str, Any], run_id: str | None
+) -> tuple[str, set[str]]:
+    dag = get_dag(session, dag_id)
+    run, woken = runs.create_run(
+        session, dag, run_type="manual", conf=conf, run_id=run_id, logical_date=runs.utcnow()
+    )
+    return run.run_id, woken
+
+
+def get_run(session: Session, dag_id: str, run_id: str) -> DagRun:
+    run = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
+    if run is None:
+        raise NotFound(f"DAG {dag_id!r} has no run {run_id!r}")
+    return run
+
+
+def run_detail(session: Session, dag_id: str, run_id: str) -> dict[str, Any]:
+    run = get_run(session, dag_id, run_id)
+    tis = session.scalars(
+        select(TaskInstance).where(TaskInstance.dag_run_id == run.id).order_by(TaskInstance.id)
+    )
+    return {
+        "dag_id": run.dag_id,
+        "run_id": run.run_id,
+        "run_type": run.run_type,
+        "state": run.state,
+        "conf": run.conf,
+        "logical_date": _iso(run.logical_date),
+        "data_interval_start": _iso(run.data_interval_start),
+        "data_interval_end": _iso(run.data_interval_end),
+        "started_at": _iso(run.started_at),
+        "ended_at": _iso(run.ended_at),
+        "bundle_sha": run.bundle_sha,
+        "tasks": [
+            {
+                "task_id": ti.task_id,
+                "map_index": ti.map_index,
+                "state": ti.state,
+                "try_number": ti.try_number,
+                "max_tries": ti.max_tries,
+                "worker": ti.worker_name,
+                "queue": ti.queue,
+                "queued_at": _iso(ti.queued_at),
+                "started_at": _iso(ti.started_at),
+                "ended_at": _iso(ti.ended_at),
+                "next_retry_at": _iso(ti.next_retry_at),
+            }
+            for ti in tis
+        ],
+    }
+
+
+def task_log(
+    session: Session, dag_id: str, run_id: str, task_id: str, try_number: int | None
+) -> bytes:
+    run = get_run(session, dag_id, run_id)
+    ti = session.scalar(
+        select(TaskInstance).where(
+            TaskInstance.dag_run_id == run.id, TaskInstance.task_id == task_id
+        )
+    )
+    if ti is None:
+        raise NotFound(f"run {run_id!r} of DAG {dag_id!r} has no task {task_id!r}")
+    number = try_number if try_number is not None else ti.try_number
+    attempt = session.scalar(
+        select(TaskAttempt).where(
+            TaskAttempt.task_instance_id == ti.id, TaskAttempt.try_number == number
+        )
+    )
+    if attempt is None:
+        raise NotFound(f"task {task_id!r} has no try {number} (it has had {ti.try_number})")
+    return read_log(session, attempt.id)
+
+
+def list_workers(session: Session) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": w.name,
+            "state": w.state,
+            "queues": w.queues,
+            "concurrency": w.concurrency,
+            "free_slots": w.free_slots,
+            "version": w.version,
+            "first_seen": _iso(w.first_seen),
+            "last_heartbeat": _iso(w.last_heartbeat),
+            **w.info,
+        }
+        for w in session.scalars(select(Worker).order_by(Worker.name))
+    ]
+
+
+def list_queues(session: Session) -> list[dict[str, Any]]:
+    queued = count_queued(session)
+    names: set[str] = set(queued)
+    served: dict[str, list[str]] = {}
+    for w in session.scalars(select(Worker).where(Worker.state != "offline")):
+        for q in w.queues:
+            served.setdefault(q, []).append(w.name)
+            names.add(q)
+    for spec in session.scalars(select(Dag.serialized).where(Dag.is_active.is_(True))):
+        names.update(t["queue"] for t in spec["tasks"])
+    return [
+        {
+            "name": q,
+            "queued": queued.get(q, {}).get("queued", 0),
+            "oldest_queued_at": _iso(queued.get(q, {}).get("oldest_queued_at")),
+            "workers": sorted(served.get(q, [])),
+        }
+        for q in sorted(names)
+    ]
+
+
+def list_import_errors(session: Session) -> list[dict[str, Any]]:
+    return [
+        {"fileloc": e.fileloc, "message": e.message, "timestamp": _iso(e.created_at)}
+        for e in session.scalars(select(ImportError_).order_by(ImportError_.fileloc))
+    ]

@@ -1,0 +1,82 @@
+"""The hub's ASGI application: worker API, REST API, status page, and the
+dag processor and scheduler running beside them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
+
+from tether import __version__
+from tether.hub.api.routes import router as api_router
+from tether.hub.auth.tokens import Tokens
+from tether.hub.config import HubConfig
+from tether.hub.dags.processor import DagProcessor
+from tether.hub.scheduler.loop import Scheduler
+from tether.hub.state import Hub
+from tether.hub.store.db import Store, migrate
+from tether.hub.wakeups import Wakeups
+from tether.hub.worker_api.routes import router as worker_router
+
+log = logging.getLogger("tether.hub")
+
+STATUS_PAGE = (Path(__file__).parent / "ui" / "status.html").read_text()
+
+
+def build_hub(config: HubConfig, tokens: Tokens | None = None) -> Hub:
+    """Migrate the store and gather what the app needs."""
+    config.home.mkdir(parents=True, exist_ok=True)
+    migrate(config.database_url)
+    return Hub(
+        config=config,
+        store=Store(config.database_url),
+        tokens=tokens or Tokens.load(config.home),
+        wakeups=Wakeups(),
+    )
+
+
+async def _process_dags(hub: Hub) -> None:
+    processor = DagProcessor(
+        hub.store, hub.config.dags_folder, hub.config.home, hub.config.dag_file_timeout
+    )
+    while True:
+        try:
+            if await asyncio.to_thread(processor.process_once):
+                hub.wakeups.poke_scheduler()
+        except Exception:
+            log.exception("DAG processing failed; trying again")
+        await asyncio.sleep(hub.config.dag_scan_interval)
+
+
+def create_app(hub: Hub) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        hub.wakeups.bind(asyncio.get_running_loop())
+        scheduler = Scheduler(hub.store, hub.wakeups, hub.config.scheduler_sweep_interval)
+        background = [
+            asyncio.create_task(_process_dags(hub), name="dag-processor"),
+            asyncio.create_task(scheduler.run(), name="scheduler"),
+        ]
+        try:
+            yield
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            hub.store.dispose()
+
+    app = FastAPI(title="Tether hub", version=__version__, lifespan=lifespan)
+    app.state.hub = hub
+    app.include_router(api_router)
+    app.include_router(worker_router)
+
+    @app.get("/", include_in_schema=False)
+    async def status_page() -> HTMLResponse:
+        return HTMLResponse(STATUS_PAGE)
+
+    return app

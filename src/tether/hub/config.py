@@ -1,0 +1,51 @@
+"""Hub settings: command-line flags over ``TETHER_*`` environment variables over defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from tether.hub.store.db import default_url
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("TETHER_HOME") or Path.home() / ".tether").expanduser()
+
+
+@dataclass
+class HubConfig:
+    home: Path
+    dags_folder: Path
+    database_url: str
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: Seconds a DAG file may take to import before it becomes an import error.
+    dag_file_timeout: float = 30.0
+    #: Seconds between scans of the DAGs folder for changed files.
+    dag_scan_interval: float = 2.0
+    #: Safety-net sweep of the scheduler, in seconds (it is event-driven otherwise).
+    scheduler_sweep_interval: float = 5.0
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        home: Path | None = None,
+        dags_folder: Path | None = None,
+        host: str | None = None,
+        port: int | None = None,
+    ) -> HubConfig:
+        the_home = (home or default_home()).expanduser().resolve()
+        env_dags = os.environ.get("TETHER_DAGS_FOLDER")
+        dags = dags_folder or (Path(env_dags) if env_dags else the_home / "dags")
+        return cls(
+            home=the_home,
+            dags_folder=dags.expanduser().resolve(),
+            database_url=os.environ.get("TETHER_DATABASE_URL") or default_url(the_home),
+            host=host or os.environ.get("TETHER_HOST", "127.0.0.1"),
+            port=port if port is not None else int(os.environ.get("TETHER_PORT", "8080")),
+            dag_file_timeout=float(os.environ.get("TETHER_DAG_FILE_TIMEOUT", "30")),
+            dag_scan_interval=float(os.environ.get("TETHER_DAG_SCAN_INTERVAL", "2")),
+            scheduler_sweep_interval=float(os.environ.get("TETHER_SCHEDULER_SWEEP", "5")),
+        )

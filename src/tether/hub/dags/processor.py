@@ -1,0 +1,195 @@
+"""The dag processor: watch the DAGs folder, bundle it, parse it, store the result.
+
+Each DAG file is imported in a child process with a timeout, from the
+unpacked bundle, so the stored DAGs match the bundle byte for byte. A file
+that raises or hangs becomes an import error; the other files still load.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from tether.hub.dags.bundles import fingerprint, pack, unpack
+from tether.hub.scheduler.runs import utcnow
+from tether.hub.scheduler.timetable import InvalidSchedule, Timetable
+from tether.hub.store.db import Store
+from tether.hub.store.models import Bundle, Dag, ImportError_
+
+log = logging.getLogger("tether.hub.dags")
+
+
+@dataclass
+class ParseResult:
+    dags: list[dict[str, Any]] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)  # fileloc -> message
+
+
+def parse_file(
+    bundle_dir: Path, relpath: str, timeout: float
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Import one file in a child process; its DAGs or an error message."""
+    with tempfile.TemporaryDirectory(prefix="tether-parse-") as tmp:
+        out = Path(tmp) / "out.json"
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tether.hub.dags.parse_child",
+                str(bundle_dir),
+                relpath,
+                str(out),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=tmp,
+            start_new_session=True,
+        )
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return [], f"importing {relpath} took longer than {timeout:g}s (dag_file_timeout)"
+        try:
+            result = json.loads(out.read_text())
+        except (OSError, ValueError):
+            return [], f"importing {relpath} crashed the parser (exit code {proc.returncode})"
+    if "error" in result:
+        return [], str(result["error"])
+    dags: list[dict[str, Any]] = result["dags"]
+    return dags, None
+
+
+def parse_bundle(bundle_dir: Path, timeout: float, parallel: int = 2) -> ParseResult:
+    """Parse every .py file of an unpacked bundle."""
+    files = sorted(p.relative_to(bundle_dir).as_posix() for p in bundle_dir.rglob("*.py"))
+    result = ParseResult()
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        outcomes = list(pool.map(lambda f: (f, *parse_file(bundle_dir, f, timeout)), files))
+    owner: dict[str, str] = {}
+    for relpath, dags, error in outcomes:
+        if error is not None:
+            result.errors[relpath] = error
+            continue
+        try:
+            for spec in dags:
+                Timetable.from_serialized(spec)
+                if spec["dag_id"] in owner:
+                    raise InvalidSchedule(
+                        f"DAG id {spec['dag_id']!r} is already defined in {owner[spec['dag_id']]}"
+                    )
+        except InvalidSchedule as exc:
+            result.errors[relpath] = f"{type(exc).__name__}: {exc}"
+            continue
+        for spec in dags:
+            owner[spec["dag_id"]] = relpath
+            result.dags.append(spec)
+    return result
+
+
+def initial_next_run(
+    spec: dict[str, Any], now: datetime
+) -> tuple[datetime | None, datetime | None]:
+    timetable = Timetable.from_serialized(spec)
+    if timetable is None:
+        return None, None
+    interval = timetable.next_interval(None, now, now)
+    return (interval[0], interval[1]) if interval else (None, None)
+
+
+def store_parse(store: Store, sha: str, data: bytes, result: ParseResult) -> None:
+    """Record a parsed bundle: its DAGs, its import errors, and DAGs that went away."""
+    now = utcnow()
+    with store.session() as s:
+        if s.get(Bundle, sha) is None:
+            s.add(Bundle(sha=sha, data=data, created_at=now))
+        existing = {d.dag_id: d for d in s.scalars(select(Dag))}
+        seen = set()
+        for spec in result.dags:
+            seen.add(spec["dag_id"])
+            row = existing.get(spec["dag_id"])
+            schedule = spec["schedule"]
+            schedule_key = (
+                None
+                if schedule is None
+                else json.dumps([schedule, spec["start_date"], spec["catchup"]])
+            )
+            if row is None:
+                row = Dag(dag_id=spec["dag_id"], is_paused=bool(spec["is_paused_upon_creation"]))
+                s.add(row)
+            if row.schedule != schedule_key or row.is_active is False or row.fileloc is None:
+                row.next_dagrun, row.next_dagrun_create_after = initial_next_run(spec, now)
+            row.schedule = schedule_key
+            row.fileloc = spec["fileloc"]
+            row.bundle_sha = sha
+            row.serialized = spec
+            row.is_active = True
+            row.last_parsed_at = now
+        for dag_id, row in existing.items():
+            if dag_id not in seen:
+                row.is_active = False
+        errors = {e.fileloc: e for e in s.scalars(select(ImportError_))}
+        for fileloc, message in result.errors.items():
+            err = errors.pop(fileloc, None)
+            if err is None:
+                s.add(
+                    ImportError_(fileloc=fileloc, message=message, bundle_sha=sha, created_at=now)
+                )
+            else:
+                err.message, err.bundle_sha, err.created_at = message, sha, now
+        for stale in errors.values():
+            s.delete(stale)
+
+
+class DagProcessor:
+    """Re-parses the DAGs folder whenever its content changes."""
+
+    def __init__(self, store: Store, dags_folder: Path, home: Path, timeout: float) -> None:
+        self.store = store
+        self.dags_folder = dags_folder
+        self.cache = home / "bundles"
+        self.timeout = timeout
+        self._fingerprint: tuple[tuple[str, int, int], ...] | None = None
+        self.bundle_sha: str | None = None
+
+    def process_once(self) -> bool:
+        """Look at the folder; parse and store it if it changed. True if it did."""
+        if not self.dags_folder.is_dir():
+            if self._fingerprint != ():
+                log.warning("DAGs folder %s does not exist", self.dags_folder)
+                self._fingerprint = ()
+            return False
+        current = fingerprint(self.dags_folder)
+        if current == self._fingerprint:
+            return False
+        self._fingerprint = current
+        sha, data = pack(self.dags_folder)
+        if sha == self.bundle_sha:
+            return False
+        target = self.cache / sha
+        if not target.is_dir():
+            unpack(data, target)
+        result = parse_bundle(target, self.timeout)
+        store_parse(self.store, sha, data, result)
+        self.bundle_sha = sha
+        log.info(
+            "bundle %s: %d DAG(s), %d import error(s)",
+            sha[:12],
+            len(result.dags),
+            len(result.errors),
+        )
+        return True

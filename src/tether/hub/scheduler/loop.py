@@ -1,0 +1,104 @@
+"""The scheduler loop: scheduled runs and due retries.
+
+Most progress happens without it: a finishing task frees its downstream in
+the same request (see ``worker_api.attempts.finish``). This loop creates
+cron runs and re-queues retries at their due time; it sleeps until the next
+such deadline or until poked, with a periodic sweep as the safety net.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime
+
+from sqlalchemy import func, select
+
+from tether.hub.scheduler import runs
+from tether.hub.scheduler.timetable import Timetable
+from tether.hub.store.db import Store
+from tether.hub.store.dialect import lock_row
+from tether.hub.store.models import Dag
+from tether.hub.wakeups import Wakeups
+
+log = logging.getLogger("tether.hub.scheduler")
+
+#: Most runs one DAG gets per pass (a long catchup proceeds over several passes).
+MAX_RUNS_PER_PASS = 50
+
+
+def create_scheduled_runs(store: Store, now: datetime) -> set[str]:
+    woken: set[str] = set()
+    with store.session() as s:
+        due = s.scalars(
+            lock_row(
+                select(Dag).where(
+                    Dag.is_active.is_(True),
+                    Dag.is_paused.is_(False),
+                    Dag.next_dagrun_create_after <= now,
+                ),
+                s,
+            )
+        ).all()
+        for dag in due:
+            timetable = Timetable.from_serialized(dag.serialized)
+            for _ in range(MAX_RUNS_PER_PASS):
+                start, end = dag.next_dagrun, dag.next_dagrun_create_after
+                if timetable is None or start is None or end is None or end > now:
+                    break
+                try:
+                    _, queues = runs.create_run(
+                        s,
+                        dag,
+                        run_type="scheduled",
+                        logical_date=start,
+                        data_interval=(start, end),
+                    )
+                    woken |= queues
+                except runs.RunExists:
+                    pass
+                interval = timetable.next_interval(start, now, dag.last_parsed_at)
+                dag.next_dagrun, dag.next_dagrun_create_after = interval or (None, None)
+    return woken
+
+
+def tick(store: Store, now: datetime) -> tuple[set[str], datetime | None]:
+    """One pass; returns the queues that got work and the next deadline."""
+    woken = create_scheduled_runs(store, now)
+    with store.session() as s:
+        woken |= runs.requeue_due_retries(s, now)
+    with store.session() as s:
+        deadlines = [
+            runs.next_retry_time(s),
+            s.scalar(
+                select(func.min(Dag.next_dagrun_create_after)).where(
+                    Dag.is_active.is_(True), Dag.is_paused.is_(False)
+                )
+            ),
+        ]
+    upcoming = [d for d in deadlines if d is not None]
+    return woken, min(upcoming) if upcoming else None
+
+
+class Scheduler:
+    def __init__(self, store: Store, wakeups: Wakeups, sweep_interval: float) -> None:
+        self.store = store
+        self.wakeups = wakeups
+        self.sweep_interval = sweep_interval
+
+    async def run(self) -> None:
+        while True:
+            self.wakeups.scheduler.clear()
+            try:
+                woken, deadline = await asyncio.to_thread(tick, self.store, runs.utcnow())
+            except Exception:
+                log.exception("scheduler pass failed; retrying after the sweep interval")
+                woken, deadline = set(), None
+            self.wakeups.notify(woken)
+            wait = self.sweep_interval
+            if deadline is not None:
+                wait = max(0.0, min(wait, (deadline - runs.utcnow()).total_seconds()))
+            try:
+                await asyncio.wait_for(self.wakeups.scheduler.wait(), wait)
+            except TimeoutError:
+                pass

@@ -1,0 +1,214 @@
+"""Create DAG runs and move their task instances forward.
+
+These functions work inside the caller's transaction. They return the queues
+that received new work so that the caller can wake the workers waiting on
+them once the transaction has committed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tether.hub.scheduler import states as S
+from tether.hub.store.dialect import lock_row
+from tether.hub.store.models import Dag, DagRun, TaskInstance
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class RunExists(Exception):
+    """A run with this run_id already exists for the DAG."""
+
+
+def create_run(
+    session: Session,
+    dag: Dag,
+    *,
+    run_type: str,
+    conf: dict[str, Any] | None = None,
+    run_id: str | None = None,
+    logical_date: datetime | None = None,
+    data_interval: tuple[datetime, datetime] | None = None,
+) -> tuple[DagRun, set[str]]:
+    """Create a run of ``dag`` pinned to its current bundle; queue its root tasks."""
+    now = utcnow()
+    stamp = logical_date or now
+    run_id = run_id or f"{run_type}__{stamp.isoformat()}"
+    existing = session.scalar(
+        select(DagRun.id).where(DagRun.dag_id == dag.dag_id, DagRun.run_id == run_id)
+    )
+    if existing is not None:
+        raise RunExists(f"DAG {dag.dag_id!r} already has a run {run_id!r}")
+    run = DagRun(
+        dag_id=dag.dag_id,
+        run_id=run_id,
+        run_type=run_type,
+        state=S.RUN_QUEUED,
+        conf=conf or {},
+        bundle_sha=dag.bundle_sha,
+        serialized=dag.serialized,
+        logical_date=logical_date,
+        data_interval_start=data_interval[0] if data_interval else None,
+        data_interval_end=data_interval[1] if data_interval else None,
+        created_at=now,
+    )
+    session.add(run)
+    session.flush()
+    for spec in dag.serialized["tasks"]:
+        session.add(
+            TaskInstance(
+                dag_run_id=run.id,
+                dag_id=dag.dag_id,
+                run_id=run_id,
+                task_id=spec["task_id"],
+                map_index=-1,
+                state=None,
+                try_number=0,
+                max_tries=spec["retries"] + 1,
+                queue=spec["queue"],
+                priority_weight=spec["priority_weight"],
+                pool_slots=spec["pool_slots"],
+            )
+        )
+    session.flush()
+    return run, advance_run(session, run)
+
+
+def _decide(rule: str, counts: Counter[str], total: int) -> str | None:
+    """What a waiting task becomes given its upstream states, or None to keep waiting.
+
+    Returns ``queued``, ``skipped`` or ``upstream_failed``.
+    """
+    done = sum(counts[s] for s in S.TI_FINISHED)
+    success, skipped = counts[S.SUCCESS], counts[S.SKIPPED]
+    failed = counts[S.FAILED] + counts[S.UPSTREAM_FAILED]
+    all_done = done == total
+    if total == 0 or rule == "always":
+        return S.QUEUED
+    if rule == "all_success":
+        if failed:
+            return S.UPSTREAM_FAILED
+        if skipped:
+            return S.SKIPPED
+        return S.QUEUED if success == total else None
+    if rule == "all_failed":
+        if success or skipped:
+            return S.SKIPPED
+        return S.QUEUED if all_done else None
+    if rule == "all_done":
+        return S.QUEUED if all_done else None
+    if rule == "one_success":
+        if success:
+            return S.QUEUED
+        if all_done:
+            return S.UPSTREAM_FAILED if failed else S.SKIPPED
+        return None
+    if rule == "one_failed":
+        if failed:
+            return S.QUEUED
+        return S.SKIPPED if all_done else None
+    if rule == "none_failed":
+        if failed:
+            return S.UPSTREAM_FAILED
+        return S.QUEUED if all_done else None
+    if rule == "none_failed_min_one_success":
+        if failed:
+            return S.UPSTREAM_FAILED
+        if all_done:
+            return S.QUEUED if success else S.SKIPPED
+        return None
+    if rule == "none_skipped":
+        if skipped:
+            return S.SKIPPED
+        return S.QUEUED if all_done else None
+    raise ValueError(f"unknown trigger rule {rule!r}")
+
+
+def advance_run(session: Session, run: DagRun) -> set[str]:
+    """Queue every task whose upstream allows it; finish the run when all are done.
+
+    Cascades within the run (a skip or upstream failure can free further
+    tasks). Returns the queues that got new work.
+    """
+    now = utcnow()
+    tis = {
+        ti.task_id: ti
+        for ti in session.scalars(
+            lock_row(select(TaskInstance).where(TaskInstance.dag_run_id == run.id), session)
+        )
+    }
+    specs = {t["task_id"]: t for t in run.serialized["tasks"]}
+    woken: set[str] = set()
+    changed = True
+    while changed:
+        changed = False
+        for task_id, ti in tis.items():
+            if ti.state is not None:
+                continue
+            spec = specs[task_id]
+            upstream = spec["upstream"]
+            counts = Counter(tis[u].state for u in upstream if u in tis)
+            decision = _decide(spec["trigger_rule"], counts, len(upstream))
+            if decision is None:
+                continue
+            changed = True
+            ti.state = decision
+            if decision == S.QUEUED:
+                ti.queued_at = now
+                woken.add(ti.queue)
+            else:
+                ti.ended_at = now
+    if run.state == S.RUN_QUEUED and any(ti.state is not None for ti in tis.values()):
+        run.state = S.RUN_RUNNING
+        run.started_at = now
+    if run.state not in S.RUN_FINISHED and all(ti.state in S.TI_FINISHED for ti in tis.values()):
+        failed = any(ti.state in S.TI_FAILED for ti in tis.values())
+        run.state = S.RUN_FAILED if failed else S.RUN_SUCCESS
+        run.ended_at = now
+    return woken
+
+
+def retry_delay(spec: dict[str, Any], try_number: int) -> timedelta:
+    """The wait before the next try, after ``try_number`` failed."""
+    delay = float(spec.get("retry_delay") or 0.0)
+    if spec.get("retry_exponential_backoff"):
+        delay = delay * (2 ** max(0, try_number - 1))
+    max_delay = spec.get("max_retry_delay")
+    if max_delay is not None:
+        delay = min(delay, float(max_delay))
+    return timedelta(seconds=delay)
+
+
+def requeue_due_retries(session: Session, now: datetime) -> set[str]:
+    """Queue the up_for_retry task instances whose retry time has come."""
+    woken: set[str] = set()
+    due = session.scalars(
+        lock_row(
+            select(TaskInstance).where(
+                TaskInstance.state == S.UP_FOR_RETRY, TaskInstance.next_retry_at <= now
+            ),
+            session,
+        )
+    ).all()
+    for ti in due:
+        ti.state = S.QUEUED
+        ti.queued_at = now
+        ti.next_retry_at = None
+        woken.add(ti.queue)
+    return woken
+
+
+def next_retry_time(session: Session) -> datetime | None:
+    return session.scalar(
+        select(TaskInstance.next_retry_at)
+        .where(TaskInstance.state == S.UP_FOR_RETRY)
+        .order_by(TaskInstance.next_retry_at)
+        .limit(1)
+    )

@@ -1,0 +1,22 @@
+"""Task-instance and run states, with Airflow's words."""
+
+from __future__ import annotations
+
+QUEUED = "queued"
+RUNNING = "running"
+SUCCESS = "success"
+FAILED = "failed"
+SKIPPED = "skipped"
+UPSTREAM_FAILED = "upstream_failed"
+UP_FOR_RETRY = "up_for_retry"
+REMOVED = "removed"
+
+#: A task instance in one of these states will not run again by itself.
+TI_FINISHED = frozenset({SUCCESS, FAILED, SKIPPED, UPSTREAM_FAILED, REMOVED})
+TI_FAILED = frozenset({FAILED, UPSTREAM_FAILED})
+
+RUN_QUEUED = "queued"
+RUN_RUNNING = "running"
+RUN_SUCCESS = "success"
+RUN_FAILED = "failed"
+RUN_FINISHED = frozenset({RUN_SUCCESS, RUN_FAILED})

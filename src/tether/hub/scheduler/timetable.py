@@ -1,0 +1,110 @@
+"""When scheduled runs happen: cron strings, presets, ``@once`` and timedeltas.
+
+As in Airflow, a run covers a data interval ``[start, end)`` and is created
+once ``end`` has passed; its logical date is ``start``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from croniter import croniter
+
+from tether.sdk.dag import SCHEDULE_PRESETS
+
+
+class InvalidSchedule(ValueError):
+    """The DAG's schedule cannot be understood."""
+
+
+@dataclass(frozen=True)
+class Timetable:
+    cron: str | None = None
+    delta: timedelta | None = None
+    once: bool = False
+    start_date: datetime | None = None
+    end_date: datetime | None = None
+    catchup: bool = False
+
+    @classmethod
+    def from_serialized(cls, spec: dict[str, Any]) -> Timetable | None:
+        """The timetable of a serialized DAG, or None when it is only run by hand."""
+        schedule = spec.get("schedule")
+        start = datetime.fromisoformat(spec["start_date"]) if spec.get("start_date") else None
+        end = datetime.fromisoformat(spec["end_date"]) if spec.get("end_date") else None
+        common: dict[str, Any] = {
+            "start_date": start,
+            "end_date": end,
+            "catchup": bool(spec.get("catchup")),
+        }
+        if schedule is None:
+            return None
+        if spec.get("schedule_is_timedelta"):
+            seconds = float(schedule)
+            if seconds <= 0:
+                raise InvalidSchedule("a timedelta schedule must be positive")
+            return cls(delta=timedelta(seconds=seconds), **common)
+        if not isinstance(schedule, str):
+            raise InvalidSchedule(f"unsupported schedule {schedule!r}")
+        if schedule == "@once":
+            return cls(once=True, **common)
+        cron = SCHEDULE_PRESETS.get(schedule, schedule)
+        if cron.startswith("@") or not croniter.is_valid(cron):
+            raise InvalidSchedule(
+                f"invalid schedule {schedule!r}: use a cron expression, a preset "
+                f"({', '.join(['@once', *SCHEDULE_PRESETS])}) or a timedelta"
+            )
+        return cls(cron=cron, **common)
+
+    def _next_tick(self, after: datetime, inclusive: bool = False) -> datetime:
+        if self.delta is not None:
+            base = self.start_date or after
+            if after < base:
+                return base
+            steps = (after - base) // self.delta
+            tick = base + steps * self.delta
+            if tick < after or (tick == after and not inclusive):
+                tick += self.delta
+            return tick
+        assert self.cron is not None
+        it = croniter(self.cron, after - timedelta(microseconds=1) if inclusive else after)
+        tick: datetime = it.get_next(datetime)
+        return tick
+
+    def _latest_complete_start(self, now: datetime) -> datetime | None:
+        """Start of the newest interval that has ended by ``now``."""
+        if self.delta is not None:
+            base = self.start_date or now
+            if now < base + self.delta:
+                return None
+            steps = (now - base) // self.delta
+            return base + (steps - 1) * self.delta
+        assert self.cron is not None
+        it = croniter(self.cron, now)
+        it.get_prev(datetime)
+        prev: datetime = it.get_prev(datetime)
+        return prev
+
+    def next_interval(
+        self, last_start: datetime | None, now: datetime, first_seen: datetime
+    ) -> tuple[datetime, datetime] | None:
+        """The data interval of the next run after the one starting ``last_start``.
+
+        ``first_seen`` stands in for a missing start_date. None: no more runs.
+        """
+        base = self.start_date or first_seen
+        if self.once:
+            return None if last_start is not None else (base, base)
+        if last_start is None:
+            start = self._next_tick(base, inclusive=True)
+        else:
+            start = self._next_tick(last_start)
+        if not self.catchup:
+            latest = self._latest_complete_start(now)
+            if latest is not None and latest > start:
+                start = latest
+        if self.end_date is not None and start > self.end_date:
+            return None
+        return start, self._next_tick(start)

@@ -1,0 +1,25 @@
+"""What the hub's request handlers share: settings, store, tokens, wake-ups."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from tether.hub.auth.tokens import Tokens
+from tether.hub.config import HubConfig
+from tether.hub.store.db import Store
+from tether.hub.wakeups import Wakeups
+
+
+@dataclass
+class Hub:
+    config: HubConfig
+    store: Store
+    tokens: Tokens
+    wakeups: Wakeups
+
+
+def get_hub(request: Request) -> Hub:
+    hub: Hub = request.app.state.hub
+    return hub

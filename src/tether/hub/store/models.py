@@ -1,0 +1,188 @@
+"""The metadata store's tables (SQLAlchemy 2). Alembic migrations must match these."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that is always time-zone aware UTC in Python.
+
+    SQLite keeps no zone, so values are stored as UTC and given the zone back
+    when read; PostgreSQL stores ``timestamptz``.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use UTC-aware datetimes")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON}
+
+
+class Bundle(Base):
+    """A content-addressed tar.gz of the DAGs folder."""
+
+    __tablename__ = "bundle"
+    sha: Mapped[str] = mapped_column(String(64), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime]
+
+
+class Dag(Base):
+    __tablename__ = "dag"
+    dag_id: Mapped[str] = mapped_column(String(250), primary_key=True)
+    fileloc: Mapped[str] = mapped_column(String(1000))
+    bundle_sha: Mapped[str] = mapped_column(String(64))
+    serialized: Mapped[dict[str, Any]]
+    is_paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    schedule: Mapped[str | None] = mapped_column(String(200))
+    #: Start of the data interval of the next scheduled run, if any.
+    next_dagrun: Mapped[datetime | None]
+    #: When that run may be created (the end of its data interval).
+    next_dagrun_create_after: Mapped[datetime | None]
+    last_parsed_at: Mapped[datetime]
+
+
+class ImportError_(Base):
+    """A DAG file that failed to load."""
+
+    __tablename__ = "import_error"
+    fileloc: Mapped[str] = mapped_column(String(1000), primary_key=True)
+    message: Mapped[str] = mapped_column(Text)
+    bundle_sha: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+
+
+class DagRun(Base):
+    __tablename__ = "dag_run"
+    __table_args__ = (
+        UniqueConstraint("dag_id", "run_id"),
+        Index(None, "state"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dag_id: Mapped[str] = mapped_column(String(250), index=True)
+    run_id: Mapped[str] = mapped_column(String(250))
+    run_type: Mapped[str] = mapped_column(String(20))
+    state: Mapped[str] = mapped_column(String(20))
+    conf: Mapped[dict[str, Any]]
+    bundle_sha: Mapped[str] = mapped_column(String(64))
+    #: The DAG as it was when the run started (a run is pinned to its bundle).
+    serialized: Mapped[dict[str, Any]]
+    logical_date: Mapped[datetime | None]
+    data_interval_start: Mapped[datetime | None]
+    data_interval_end: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    ended_at: Mapped[datetime | None]
+
+
+class TaskInstance(Base):
+    __tablename__ = "task_instance"
+    __table_args__ = (
+        UniqueConstraint("dag_run_id", "task_id", "map_index"),
+        # The claim query: queued work of some queues, by priority then age.
+        Index(None, "state", "queue", "priority_weight", "queued_at"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dag_run_id: Mapped[int] = mapped_column(ForeignKey("dag_run.id", ondelete="CASCADE"))
+    dag_id: Mapped[str] = mapped_column(String(250))
+    run_id: Mapped[str] = mapped_column(String(250))
+    task_id: Mapped[str] = mapped_column(String(250))
+    map_index: Mapped[int] = mapped_column(Integer, default=-1)
+    state: Mapped[str | None] = mapped_column(String(20))
+    try_number: Mapped[int] = mapped_column(Integer, default=0)
+    max_tries: Mapped[int] = mapped_column(Integer, default=1)
+    queue: Mapped[str] = mapped_column(String(256))
+    priority_weight: Mapped[int] = mapped_column(Integer, default=1)
+    pool_slots: Mapped[int] = mapped_column(Integer, default=1)
+    #: The attempt that currently holds this task instance, if any.
+    attempt_id: Mapped[str | None] = mapped_column(String(32))
+    worker_name: Mapped[str | None] = mapped_column(String(250))
+    queued_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    ended_at: Mapped[datetime | None]
+    next_retry_at: Mapped[datetime | None] = mapped_column(index=True)
+    output: Mapped[Any | None] = mapped_column(JSON)
+
+
+class TaskAttempt(Base):
+    """One try of one task instance on one worker. Reports name its id."""
+
+    __tablename__ = "task_attempt"
+    __table_args__ = (UniqueConstraint("task_instance_id", "try_number"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    task_instance_id: Mapped[int] = mapped_column(
+        ForeignKey("task_instance.id", ondelete="CASCADE")
+    )
+    try_number: Mapped[int] = mapped_column(Integer)
+    worker_name: Mapped[str] = mapped_column(String(250))
+    state: Mapped[str] = mapped_column(String(20))
+    started_at: Mapped[datetime]
+    ended_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    log_size: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class LogChunk(Base):
+    __tablename__ = "log_chunk"
+    __table_args__ = (UniqueConstraint("attempt_id", "offset"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    attempt_id: Mapped[str] = mapped_column(ForeignKey("task_attempt.id", ondelete="CASCADE"))
+    offset: Mapped[int] = mapped_column(BigInteger)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Worker(Base):
+    __tablename__ = "worker"
+    name: Mapped[str] = mapped_column(String(250), primary_key=True)
+    state: Mapped[str] = mapped_column(String(20))
+    queues: Mapped[list[str]] = mapped_column(JSON)
+    concurrency: Mapped[int] = mapped_column(Integer)
+    free_slots: Mapped[int] = mapped_column(Integer)
+    version: Mapped[str | None] = mapped_column(String(50))
+    info: Mapped[dict[str, Any]]
+    first_seen: Mapped[datetime]
+    last_heartbeat: Mapped[datetime]

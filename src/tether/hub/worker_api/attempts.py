@@ -1,0 +1,232 @@
+"""Store operations behind the worker API: claim, log, finish, heartbeat."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from tether.hub.scheduler import states as S
+from tether.hub.scheduler.runs import advance_run, retry_delay, utcnow
+from tether.hub.store.dialect import lock_for_claim, lock_row
+from tether.hub.store.models import DagRun, LogChunk, TaskAttempt, TaskInstance, Worker
+from tether.protocol import ATTEMPT_SKIPPED, ATTEMPT_SUCCESS, AttemptResult, Job
+
+
+class AttemptNotFound(LookupError):
+    """No attempt has this id."""
+
+
+class NotYourAttempt(PermissionError):
+    """The attempt is held by another worker."""
+
+
+class AttemptFenced(Exception):
+    """The hub has given up on this attempt; its reports are refused."""
+
+
+def claim(session: Session, worker_name: str, queues: list[str], limit: int) -> list[Job]:
+    """Hand up to ``limit`` queued task instances of ``queues`` to a worker.
+
+    Each becomes ``running`` under a new attempt id, in this transaction.
+    """
+    if limit <= 0 or not queues:
+        return []
+    ids = session.scalars(
+        lock_for_claim(
+            select(TaskInstance.id)
+            .where(TaskInstance.state == S.QUEUED, TaskInstance.queue.in_(queues))
+            .order_by(TaskInstance.priority_weight.desc(), TaskInstance.queued_at, TaskInstance.id)
+            .limit(limit),
+            session,
+        )
+    ).all()
+    if not ids:
+        return []
+    now = utcnow()
+    tis = session.scalars(select(TaskInstance).where(TaskInstance.id.in_(ids))).all()
+    runs = {
+        r.id: r
+        for r in session.scalars(select(DagRun).where(DagRun.id.in_({ti.dag_run_id for ti in tis})))
+    }
+    jobs = []
+    for ti in sorted(tis, key=lambda t: ids.index(t.id)):
+        run = runs[ti.dag_run_id]
+        ti.try_number += 1
+        ti.state = S.RUNNING
+        ti.attempt_id = uuid.uuid4().hex
+        ti.worker_name = worker_name
+        ti.started_at = now
+        ti.ended_at = None
+        session.add(
+            TaskAttempt(
+                id=ti.attempt_id,
+                task_instance_id=ti.id,
+                try_number=ti.try_number,
+                worker_name=worker_name,
+                state=S.RUNNING,
+                started_at=now,
+            )
+        )
+        jobs.append(_job(session, ti, run))
+    return jobs
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _job(session: Session, ti: TaskInstance, run: DagRun) -> Job:
+    spec = next(t for t in run.serialized["tasks"] if t["task_id"] == ti.task_id)
+    inputs: dict[str, Any] = {}
+    if spec["upstream"]:
+        rows = session.execute(
+            select(TaskInstance.task_id, TaskInstance.output).where(
+                TaskInstance.dag_run_id == run.id,
+                TaskInstance.task_id.in_(spec["upstream"]),
+                TaskInstance.state == S.SUCCESS,
+            )
+        )
+        inputs = {task_id: output for task_id, output in rows}
+    assert ti.attempt_id is not None
+    return Job(
+        attempt_id=ti.attempt_id,
+        dag_id=ti.dag_id,
+        task_id=ti.task_id,
+        run_id=ti.run_id,
+        try_number=ti.try_number,
+        queue=ti.queue,
+        bundle_sha=run.bundle_sha,
+        fileloc=run.serialized["fileloc"],
+        conf=run.conf,
+        inputs=inputs,
+        logical_date=_iso(run.logical_date),
+        data_interval_start=_iso(run.data_interval_start),
+        data_interval_end=_iso(run.data_interval_end),
+        execution_timeout=spec.get("execution_timeout"),
+    )
+
+
+def _held_attempt(session: Session, attempt_id: str, worker_name: str) -> TaskAttempt:
+    attempt = session.scalar(
+        lock_row(select(TaskAttempt).where(TaskAttempt.id == attempt_id), session)
+    )
+    if attempt is None:
+        raise AttemptNotFound(f"no attempt {attempt_id}")
+    if attempt.worker_name != worker_name:
+        raise NotYourAttempt(f"attempt {attempt_id} is held by another worker")
+    return attempt
+
+
+def append_log(
+    session: Session, attempt_id: str, worker_name: str, offset: int, data: bytes
+) -> int:
+    """Store log bytes that start at ``offset``; return the stored size.
+
+    Idempotent: bytes the hub already has are dropped, so a chunk re-sent
+    after a timeout is not duplicated. A chunk that would leave a gap stores
+    nothing; the worker resumes from the returned size.
+    """
+    attempt = _held_attempt(session, attempt_id, worker_name)
+    size = attempt.log_size
+    if offset > size or offset + len(data) <= size:
+        return size
+    new = data[size - offset :]
+    session.add(LogChunk(attempt_id=attempt_id, offset=size, data=new))
+    attempt.log_size = size + len(new)
+    return attempt.log_size
+
+
+def read_log(session: Session, attempt_id: str) -> bytes:
+    chunks = session.scalars(
+        select(LogChunk.data).where(LogChunk.attempt_id == attempt_id).order_by(LogChunk.offset)
+    )
+    return b"".join(chunks)
+
+
+def finish(
+    session: Session, attempt_id: str, worker_name: str, result: AttemptResult
+) -> tuple[str, set[str], datetime | None]:
+    """Record the end of an attempt and move its run forward.
+
+    Returns the task instance's new state, the queues that got new work and,
+    when the task will be retried, the retry time.
+    """
+    attempt = _held_attempt(session, attempt_id, worker_name)
+    ti = session.scalar(
+        lock_row(select(TaskInstance).where(TaskInstance.id == attempt.task_instance_id), session)
+    )
+    assert ti is not None
+    if attempt.state != S.RUNNING:
+        if ti.attempt_id == attempt_id and _same_end(attempt.state, ti.state, result.state):
+            return ti.state or "", set(), None  # a repeated report: already recorded
+        raise AttemptFenced(f"attempt {attempt_id} already ended as {attempt.state}")
+    if ti.attempt_id != attempt_id or ti.state != S.RUNNING:
+        attempt.state = S.FAILED
+        attempt.ended_at = utcnow()
+        raise AttemptFenced(f"attempt {attempt_id} no longer holds its task instance")
+    now = utcnow()
+    attempt.ended_at = now
+    attempt.error = result.error
+    run = session.get(DagRun, ti.dag_run_id)
+    assert run is not None
+    retry_at = None
+    if result.state == ATTEMPT_SUCCESS:
+        attempt.state = ti.state = S.SUCCESS
+        ti.output = result.output
+    elif result.state == ATTEMPT_SKIPPED:
+        attempt.state = ti.state = S.SKIPPED
+    else:
+        attempt.state = S.FAILED
+        if ti.try_number < ti.max_tries and not result.no_retry:
+            spec = next(t for t in run.serialized["tasks"] if t["task_id"] == ti.task_id)
+            retry_at = now + retry_delay(spec, ti.try_number)
+            ti.state = S.UP_FOR_RETRY
+            ti.next_retry_at = retry_at
+        else:
+            ti.state = S.FAILED
+    ti.ended_at = now
+    woken = advance_run(session, run) if ti.state in S.TI_FINISHED else set()
+    return ti.state, woken, retry_at
+
+
+def _same_end(attempt_state: str, ti_state: str | None, reported: str) -> bool:
+    if reported == ATTEMPT_SUCCESS:
+        return attempt_state == S.SUCCESS
+    if reported == ATTEMPT_SKIPPED:
+        return attempt_state == S.SKIPPED
+    return attempt_state == S.FAILED and ti_state in (S.FAILED, S.UP_FOR_RETRY, S.QUEUED, S.RUNNING)
+
+
+def heartbeat(session: Session, worker_name: str, info: dict[str, Any]) -> None:
+    """Record that a worker is alive, with what it reports about itself."""
+    now = utcnow()
+    worker = session.get(Worker, worker_name)
+    state = (
+        "offline"
+        if info.get("state") == "offline"
+        else ("running" if info.get("running") else "idle")
+    )
+    if worker is None:
+        worker = Worker(name=worker_name, first_seen=now)
+        session.add(worker)
+    worker.state = state
+    worker.queues = list(info.get("queues", []))
+    worker.concurrency = int(info.get("concurrency", 0))
+    worker.free_slots = int(info.get("free_slots", 0))
+    worker.version = info.get("version")
+    worker.info = {k: info[k] for k in ("hostname", "platform", "python", "running") if k in info}
+    worker.last_heartbeat = now
+
+
+def count_queued(session: Session) -> dict[str, dict[str, Any]]:
+    """Per queue: number of queued task instances and the oldest queued time."""
+    rows = session.execute(
+        select(TaskInstance.queue, func.count(), func.min(TaskInstance.queued_at))
+        .where(TaskInstance.state == S.QUEUED)
+        .group_by(TaskInstance.queue)
+    )
+    return {q: {"queued": n, "oldest_queued_at": oldest} for q, n, oldest in rows}

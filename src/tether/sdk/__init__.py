@@ -1,0 +1,33 @@
+"""The authoring SDK: what DAG files import.
+
+Names and meanings follow Airflow's, so a DAG ports by changing its imports.
+It depends on nothing heavy: the dag processor and the worker's task process
+both import it.
+"""
+
+from tether.sdk.baseoperator import BaseOperator, chain
+from tether.sdk.context import (
+    TetherFailException,
+    TetherSkipException,
+    get_current_context,
+)
+from tether.sdk.dag import DAG, DagDefinitionError, dag
+from tether.sdk.decorators import task
+from tether.sdk.operators import BashOperator, EmptyOperator, PythonOperator
+from tether.sdk.xcom import XComArg
+
+__all__ = [
+    "DAG",
+    "BaseOperator",
+    "BashOperator",
+    "DagDefinitionError",
+    "EmptyOperator",
+    "PythonOperator",
+    "TetherFailException",
+    "TetherSkipException",
+    "XComArg",
+    "chain",
+    "dag",
+    "get_current_context",
+    "task",
+]

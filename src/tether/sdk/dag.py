@@ -1,0 +1,219 @@
+"""DAG: a named graph of tasks with a schedule, as in Airflow."""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tether.sdk.baseoperator import BaseOperator
+
+_DAG_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,250}")
+
+#: Schedule presets and the cron expression each stands for (``@once`` is kept as is).
+SCHEDULE_PRESETS = {
+    "@hourly": "0 * * * *",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@weekly": "0 0 * * 0",
+    "@monthly": "0 0 1 * *",
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+}
+
+# DAGs created while a file is imported, in creation order (see collecting()).
+_collected: list[DAG] | None = None
+# Stack of DAGs opened with ``with DAG(...)``.
+_context: list[DAG] = []
+
+
+class DagDefinitionError(ValueError):
+    """A DAG or task is defined in a way Tether cannot run."""
+
+
+def current_dag() -> DAG | None:
+    """The DAG of the innermost ``with DAG(...)`` block, if any."""
+    return _context[-1] if _context else None
+
+
+class collecting:
+    """Context manager that records every DAG created inside it."""
+
+    def __enter__(self) -> list[DAG]:
+        global _collected
+        self._previous = _collected
+        _collected = []
+        return _collected
+
+    def __exit__(self, *exc: object) -> None:
+        global _collected
+        _collected = self._previous
+
+
+def _aware(value: datetime | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise DagDefinitionError(f"{name} must be a datetime, not {type(value).__name__}")
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+class DAG:
+    """A directed acyclic graph of tasks.
+
+    Used as a context manager: operators created inside ``with DAG(...)`` join it.
+    Argument names and meanings follow Airflow's.
+    """
+
+    def __init__(
+        self,
+        dag_id: str,
+        *,
+        description: str | None = None,
+        schedule: str | timedelta | None = None,
+        start_date: datetime | None = None,
+        end_date: datetime | None = None,
+        catchup: bool = False,
+        default_args: dict[str, Any] | None = None,
+        tags: list[str] | None = None,
+        max_active_runs: int = 16,
+        max_active_tasks: int = 16,
+        params: dict[str, Any] | None = None,
+        doc_md: str | None = None,
+        is_paused_upon_creation: bool | None = None,
+    ) -> None:
+        if not isinstance(dag_id, str) or not _DAG_ID_RE.fullmatch(dag_id):
+            raise DagDefinitionError(
+                f"invalid dag_id {dag_id!r}: use 1 to 250 letters, digits, '_', '.' or '-'"
+            )
+        if schedule is not None and not isinstance(schedule, str | timedelta):
+            raise DagDefinitionError(
+                f"schedule must be None, a cron string, a preset or a timedelta, not {schedule!r}"
+            )
+        self.dag_id = dag_id
+        self.description = description
+        self.schedule = schedule
+        self.start_date = _aware(start_date, "start_date")
+        self.end_date = _aware(end_date, "end_date")
+        self.catchup = bool(catchup)
+        self.default_args: dict[str, Any] = dict(default_args or {})
+        self.tags = list(tags or [])
+        self.max_active_runs = max_active_runs
+        self.max_active_tasks = max_active_tasks
+        self.params: dict[str, Any] = dict(params or {})
+        self.doc_md = doc_md
+        self.is_paused_upon_creation = is_paused_upon_creation
+        self.fileloc: str | None = None
+        self.task_dict: dict[str, BaseOperator] = {}
+        if _collected is not None:
+            _collected.append(self)
+
+    def __repr__(self) -> str:
+        return f"<DAG {self.dag_id}>"
+
+    def __enter__(self) -> DAG:
+        _context.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _context.pop()
+
+    @property
+    def tasks(self) -> list[BaseOperator]:
+        return list(self.task_dict.values())
+
+    @property
+    def task_ids(self) -> list[str]:
+        return list(self.task_dict)
+
+    def get_task(self, task_id: str) -> BaseOperator:
+        try:
+            return self.task_dict[task_id]
+        except KeyError:
+            raise KeyError(f"DAG {self.dag_id!r} has no task {task_id!r}") from None
+
+    def add_task(self, task: BaseOperator) -> None:
+        if task.task_id in self.task_dict and self.task_dict[task.task_id] is not task:
+            raise DagDefinitionError(
+                f"task id {task.task_id!r} appears twice in DAG {self.dag_id!r}"
+            )
+        self.task_dict[task.task_id] = task
+
+    def unique_task_id(self, base: str) -> str:
+        """``base``, or ``base__N`` when the id is taken (TaskFlow reuse of a function)."""
+        if base not in self.task_dict:
+            return base
+        n = 1
+        while f"{base}__{n}" in self.task_dict:
+            n += 1
+        return f"{base}__{n}"
+
+    def topological_order(self) -> list[str]:
+        """Task ids in an order where every task follows its upstream tasks.
+
+        Raises DagDefinitionError on a cycle.
+        """
+        order: list[str] = []
+        state: dict[str, int] = {}  # 1 = visiting, 2 = done
+
+        def visit(task_id: str, path: list[str]) -> None:
+            mark = state.get(task_id)
+            if mark == 2:
+                return
+            if mark == 1:
+                cycle = " >> ".join([*path[path.index(task_id) :], task_id])
+                raise DagDefinitionError(f"DAG {self.dag_id!r} has a cycle: {cycle}")
+            state[task_id] = 1
+            for up in sorted(self.task_dict[task_id].upstream_task_ids):
+                visit(up, [*path, task_id])
+            state[task_id] = 2
+            order.append(task_id)
+
+        for task_id in self.task_dict:
+            visit(task_id, [])
+        return order
+
+    def validate(self) -> None:
+        """Check the whole graph; raise DagDefinitionError with the reason."""
+        for task in self.task_dict.values():
+            for other in task.upstream_task_ids | task.downstream_task_ids:
+                if other not in self.task_dict:
+                    raise DagDefinitionError(
+                        f"task {task.task_id!r} of DAG {self.dag_id!r} depends on "
+                        f"{other!r}, which is in another DAG"
+                    )
+        self.topological_order()
+
+    def iter_tasks(self) -> Iterator[BaseOperator]:
+        return iter(self.task_dict.values())
+
+
+def dag(dag_id: str | Callable[..., Any] | None = None, **dag_kwargs: Any) -> Any:
+    """Decorator form of :class:`DAG` (TaskFlow).
+
+    The decorated function builds the tasks; calling it returns the DAG. The
+    DAG id defaults to the function's name.
+    """
+
+    def decorator(func: Callable[..., Any]) -> Callable[..., DAG]:
+        @functools.wraps(func)
+        def factory(*args: Any, **kwargs: Any) -> DAG:
+            the_id = dag_id if isinstance(dag_id, str) else func.__name__
+            kw = dict(dag_kwargs)
+            if func.__doc__ and "doc_md" not in kw:
+                kw["doc_md"] = func.__doc__
+            with DAG(the_id, **kw) as built:
+                func(*args, **kwargs)
+            return built
+
+        return factory
+
+    if callable(dag_id):
+        func, dag_id = dag_id, None
+        return decorator(func)
+    return decorator

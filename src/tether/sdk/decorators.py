@@ -1,0 +1,63 @@
+"""``@task``: TaskFlow tasks made from plain Python functions."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from tether.sdk.dag import DagDefinitionError, current_dag
+from tether.sdk.operators import PythonOperator
+from tether.sdk.xcom import XComArg, find_xcom_args
+
+
+class _PythonDecoratedOperator(PythonOperator):
+    """A PythonOperator made by ``@task``; its return value travels as an XComArg."""
+
+
+class TaskDecorator:
+    """What ``@task`` returns: call it inside a DAG to add a task."""
+
+    def __init__(self, function: Callable[..., Any], **task_kwargs: Any) -> None:
+        if not callable(function):
+            raise DagDefinitionError("@task decorates a function")
+        functools.update_wrapper(self, function)
+        self.function = function
+        self.task_kwargs = task_kwargs
+
+    def override(self, **task_kwargs: Any) -> TaskDecorator:
+        """The same task with other arguments (``task_id``, ``queue``, ``retries``...)."""
+        return TaskDecorator(self.function, **{**self.task_kwargs, **task_kwargs})
+
+    def __call__(self, *args: Any, **kwargs: Any) -> XComArg:
+        dag = self.task_kwargs.get("dag") or current_dag()
+        if dag is None:
+            raise DagDefinitionError(f"@task {self.function.__name__!r} was called outside a DAG")
+        options = dict(self.task_kwargs)
+        task_id = options.pop("task_id", None) or dag.unique_task_id(self.function.__name__)
+        op = _PythonDecoratedOperator(
+            task_id=task_id,
+            python_callable=self.function,
+            op_args=list(args),
+            op_kwargs=kwargs,
+            **options,
+        )
+        for arg in find_xcom_args([args, kwargs]):
+            arg.operator.set_downstream(op)
+        return XComArg(op)
+
+
+class _TaskNamespace:
+    """``task`` itself: ``@task``, ``@task(...)`` and ``@task.python``."""
+
+    def __call__(
+        self, python_callable: Callable[..., Any] | None = None, **task_kwargs: Any
+    ) -> Any:
+        if python_callable is not None:
+            return TaskDecorator(python_callable, **task_kwargs)
+        return functools.partial(TaskDecorator, **task_kwargs)
+
+    python = __call__
+
+
+task = _TaskNamespace()

@@ -1,0 +1,123 @@
+"""The built-in operators: BashOperator, PythonOperator, EmptyOperator."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from tether.sdk.baseoperator import BaseOperator
+from tether.sdk.context import Context, TetherSkipException
+from tether.sdk.dag import DagDefinitionError
+
+
+class EmptyOperator(BaseOperator):
+    """Does nothing; useful to group dependencies."""
+
+    def execute(self, context: Context) -> None:
+        return None
+
+
+class BashOperator(BaseOperator):
+    """Runs a command with ``bash -c``; its last line of output is its return value.
+
+    A non-zero exit fails the task; the exit code ``skip_on_exit_code`` (99 by
+    default, as in Airflow) skips it.
+    """
+
+    template_fields: Sequence[str] = ("bash_command", "env", "cwd")
+
+    def __init__(
+        self,
+        *,
+        bash_command: str,
+        env: dict[str, str] | None = None,
+        append_env: bool = False,
+        cwd: str | None = None,
+        skip_on_exit_code: int | None = 99,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(bash_command, str) or not bash_command.strip():
+            raise DagDefinitionError(f"task {self.task_id!r}: bash_command must be a command")
+        self.bash_command = bash_command
+        self.env = env
+        self.append_env = append_env
+        self.cwd = cwd
+        self.skip_on_exit_code = skip_on_exit_code
+
+    def execute(self, context: Context) -> str | None:
+        if self.env is None:
+            env = dict(os.environ)
+        elif self.append_env:
+            env = {**os.environ, **self.env}
+        else:
+            env = dict(self.env)
+        env.update(context.get("env_vars", {}))
+        sys.stdout.flush()
+        proc = subprocess.Popen(
+            ["bash", "-c", self.bash_command],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=self.cwd,
+        )
+        assert proc.stdout is not None
+        last = b""
+        for line in proc.stdout:
+            sys.stdout.buffer.write(line)
+            sys.stdout.flush()
+            if line.strip():
+                last = line
+        code = proc.wait()
+        if self.skip_on_exit_code is not None and code == self.skip_on_exit_code:
+            raise TetherSkipException(f"bash command exited with code {code}")
+        if code != 0:
+            raise RuntimeError(f"bash command failed with exit code {code}")
+        return last.decode(errors="replace").rstrip("\n") if self.do_xcom_push else None
+
+
+def call_with_context(
+    func: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any], context: Context
+) -> Any:
+    """Call ``func``, adding the context keys it declares (by name or ``**kwargs``)."""
+    params = inspect.signature(func).parameters
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    extra = {
+        k: v
+        for k, v in context.items()
+        if k not in kwargs and (takes_all or (k in params and k not in list(params)[: len(args)]))
+    }
+    return func(*args, **kwargs, **extra)
+
+
+class PythonOperator(BaseOperator):
+    """Calls ``python_callable(*op_args, **op_kwargs)``; its return value goes downstream."""
+
+    template_fields: Sequence[str] = ("op_args", "op_kwargs")
+
+    def __init__(
+        self,
+        *,
+        python_callable: Callable[..., Any],
+        op_args: Sequence[Any] | None = None,
+        op_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not callable(python_callable):
+            raise DagDefinitionError(f"task {self.task_id!r}: python_callable must be callable")
+        self.python_callable = python_callable
+        self.op_args = list(op_args or [])
+        self.op_kwargs = dict(op_kwargs or {})
+
+    def execute(self, context: Context) -> Any:
+        from tether.sdk.xcom import resolve
+
+        args = resolve(self.op_args, context)
+        kwargs = resolve(self.op_kwargs, context)
+        result = call_with_context(self.python_callable, args, kwargs, context)
+        return result if self.do_xcom_push else None

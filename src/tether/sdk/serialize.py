@@ -1,0 +1,64 @@
+"""The JSON form of a DAG that the hub stores and schedules from."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from tether.sdk.dag import DAG
+
+
+def _schedule(value: str | timedelta | None) -> str | float | None:
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return value
+
+
+def serialize_dag(dag: DAG) -> dict[str, Any]:
+    """Everything the hub needs to schedule ``dag`` without importing it."""
+    order = dag.topological_order()
+    return {
+        "dag_id": dag.dag_id,
+        "fileloc": dag.fileloc,
+        "description": dag.description,
+        "doc_md": dag.doc_md,
+        "schedule": _schedule(dag.schedule),
+        "schedule_is_timedelta": isinstance(dag.schedule, timedelta),
+        "start_date": dag.start_date.isoformat() if dag.start_date else None,
+        "end_date": dag.end_date.isoformat() if dag.end_date else None,
+        "catchup": dag.catchup,
+        "tags": dag.tags,
+        "max_active_runs": dag.max_active_runs,
+        "max_active_tasks": dag.max_active_tasks,
+        "is_paused_upon_creation": dag.is_paused_upon_creation,
+        "params": _jsonable(dag.params),
+        "tasks": [
+            {
+                "task_id": t.task_id,
+                "operator": type(t).__name__.lstrip("_"),
+                "queue": t.queue,
+                "retries": t.retries,
+                "retry_delay": t.retry_delay,
+                "retry_exponential_backoff": t.retry_exponential_backoff,
+                "max_retry_delay": t.max_retry_delay,
+                "execution_timeout": t.execution_timeout,
+                "trigger_rule": t.trigger_rule,
+                "pool": t.pool,
+                "pool_slots": t.pool_slots,
+                "priority_weight": t.priority_weight,
+                "upstream": sorted(t.upstream_task_ids),
+                "downstream": sorted(t.downstream_task_ids),
+            }
+            for t in (dag.task_dict[i] for i in order)
+        ],
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return repr(value)

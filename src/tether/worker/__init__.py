@@ -1,0 +1,1 @@
+"""The edge worker: stdlib, httpx and the SDK only. It never imports ``tether.hub``."""

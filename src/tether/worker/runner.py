@@ -1,0 +1,125 @@
+"""The task process: ``python -m tether.worker.runner JOB_FILE RESULT_FILE``.
+
+The worker starts one per attempt, with stdout and stderr going to the
+attempt's log file. It imports the DAG file from the unpacked bundle, runs
+the one task and writes the result as JSON. If this process dies before
+writing the result, the worker reports the attempt failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from tether.protocol import ATTEMPT_FAILED, ATTEMPT_SKIPPED, ATTEMPT_SUCCESS, Job
+from tether.sdk.context import (
+    DagRunInfo,
+    TaskInstanceInfo,
+    TetherFailException,
+    TetherSkipException,
+    running,
+)
+from tether.sdk.loader import load_dag_file
+
+
+def _date(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def build_context(job: Job, dag: Any, task: Any) -> dict[str, Any]:
+    logical = _date(job.logical_date)
+    return {
+        "dag": dag,
+        "task": task,
+        "run_id": job.run_id,
+        "try_number": job.try_number,
+        "conf": job.conf,
+        "params": {**dag.params, **job.conf},
+        "logical_date": logical,
+        "ds": logical.strftime("%Y-%m-%d") if logical else None,
+        "ds_nodash": logical.strftime("%Y%m%d") if logical else None,
+        "data_interval_start": _date(job.data_interval_start),
+        "data_interval_end": _date(job.data_interval_end),
+        "ti": TaskInstanceInfo(
+            dag_id=job.dag_id,
+            task_id=job.task_id,
+            run_id=job.run_id,
+            try_number=job.try_number,
+            queue=job.queue,
+            attempt_id=job.attempt_id,
+            inputs=job.inputs,
+        ),
+        "dag_run": DagRunInfo(
+            dag_id=job.dag_id, run_id=job.run_id, conf=job.conf, logical_date=logical
+        ),
+        "inputs": job.inputs,
+        "env_vars": {
+            "TETHER_DAG_ID": job.dag_id,
+            "TETHER_TASK_ID": job.task_id,
+            "TETHER_RUN_ID": job.run_id,
+            "TETHER_TRY_NUMBER": str(job.try_number),
+        },
+    }
+
+
+def run(job: Job, bundle_dir: Path) -> dict[str, Any]:
+    """Run the job's task; return the result message."""
+    dags = load_dag_file(bundle_dir / job.fileloc, bundle_dir)
+    matches = [d for d in dags if d.dag_id == job.dag_id]
+    if not matches:
+        raise LookupError(f"DAG {job.dag_id!r} is not defined in {job.fileloc} any more")
+    dag = matches[0]
+    task = dag.get_task(job.task_id)
+    context = build_context(job, dag, task)
+    os.environ.update(context["env_vars"])
+    with running(context):
+        output = task.execute(context)
+    try:
+        json.dumps(output)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"task {job.task_id!r} returned a value that is not JSON: {exc}. "
+            "Return dicts, lists, strings and numbers, or set do_xcom_push=False."
+        ) from None
+    return {"state": ATTEMPT_SUCCESS, "output": output}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    job_file, result_file = Path(args[0]), Path(args[1])
+    payload = json.loads(job_file.read_text())
+    job = Job.from_dict(payload["job"])
+    bundle_dir = Path(payload["bundle_dir"])
+    print(
+        f"[tether] dag={job.dag_id} task={job.task_id} run={job.run_id} "
+        f"try={job.try_number} attempt={job.attempt_id}",
+        flush=True,
+    )
+    result: dict[str, Any]
+    try:
+        result = run(job, bundle_dir)
+    except TetherSkipException as exc:
+        print(f"[tether] task skipped: {exc}", flush=True)
+        result = {"state": ATTEMPT_SKIPPED, "error": str(exc)}
+    except TetherFailException as exc:
+        traceback.print_exc()
+        result = {"state": ATTEMPT_FAILED, "error": str(exc), "no_retry": True}
+    except BaseException as exc:
+        traceback.print_exc()
+        result = {"state": ATTEMPT_FAILED, "error": f"{type(exc).__name__}: {exc}"}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    tmp = result_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(result_file)
+    print(f"[tether] task ended: {result['state']}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

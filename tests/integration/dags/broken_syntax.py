@@ -1,0 +1,5 @@
+from tether import DAG
+
+with DAG("never_loads") as dag:
+    def oops(:
+        pass

@@ -1,0 +1,220 @@
+"""Real hub and worker processes on loopback, and a small client for the hub's API.
+
+Everything here starts real ``tether`` commands as child processes and stops
+them by their own pid; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+ADMIN_TOKEN = "test-admin-token-" + "a" * 20
+WORKER_TOKEN = "test-worker-token-" + "b" * 20
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples" / "dags"
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Process:
+    """A child process whose output goes to a file, stopped by its pid."""
+
+    def __init__(self, args: list[str], *, env: dict[str, str], cwd: Path, log: Path) -> None:
+        self.log_path = log
+        self._log = log.open("wb")
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "tether", *args],
+            env={**os.environ, **env},
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self._log.close()
+        return self.popen.returncode
+
+
+class Hub(Process):
+    def __init__(self, home: Path, dags: Path, database_url: str, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        home.mkdir(parents=True, exist_ok=True)
+        super().__init__(
+            ["hub", "--home", str(home), "--dags", str(dags), "--port", str(self.port)],
+            env={
+                "TETHER_DATABASE_URL": database_url,
+                "TETHER_ADMIN_TOKEN": ADMIN_TOKEN,
+                "TETHER_WORKER_TOKEN": WORKER_TOKEN,
+                "TETHER_DAG_SCAN_INTERVAL": "0.3",
+                "TETHER_DAG_FILE_TIMEOUT": "3",
+                **env,
+            },
+            cwd=home,
+            log=home / "hub.log",
+        )
+        self.api = Api(self.url)
+        wait_for(self._healthy, 30, f"the hub on {self.url} to answer")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        self.api.http.close()
+        return super().stop(sig, timeout)
+
+    def _healthy(self) -> bool:
+        if self.popen.poll() is not None:
+            raise AssertionError(f"the hub exited:\n{self.output()}")
+        try:
+            return httpx.get(self.url + "/api/v1/health", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+
+class Worker(Process):
+    def __init__(
+        self,
+        hub: Hub,
+        home: Path,
+        queues: str,
+        name: str,
+        *,
+        cwd: Path | None = None,
+        concurrency: int = 4,
+        token: str = WORKER_TOKEN,
+    ) -> None:
+        self.home = home
+        self.name = name
+        workdir = cwd or home.parent / f"{name}-cwd"
+        workdir.mkdir(parents=True, exist_ok=True)
+        home.mkdir(parents=True, exist_ok=True)
+        super().__init__(
+            [
+                "worker",
+                "--hub",
+                hub.url,
+                "--queues",
+                queues,
+                "--home",
+                str(home),
+                "--name",
+                name,
+                "--concurrency",
+                str(concurrency),
+            ],
+            env={"TETHER_WORKER_TOKEN": token},
+            cwd=workdir,
+            log=home / "worker.log",
+        )
+        self.hub = hub
+
+    def wait_registered(self, timeout: float = 30) -> None:
+        def seen() -> bool:
+            if self.popen.poll() is not None:
+                raise AssertionError(f"worker {self.name} exited:\n{self.output()}")
+            return any(
+                w["name"] == self.name and w["state"] != "offline"
+                for w in self.hub.api.get("/workers")["workers"]
+            )
+
+        wait_for(seen, timeout, f"worker {self.name} to register")
+
+
+class Api:
+    """The hub's REST API as a test sees it (admin token)."""
+
+    def __init__(self, url: str, token: str = ADMIN_TOKEN) -> None:
+        self.http = httpx.Client(
+            base_url=url + "/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=30
+        )
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        response = self.http.get(path, **kwargs)
+        response.raise_for_status()
+        return response.json()
+
+    def dag_ids(self) -> set[str]:
+        return {d["dag_id"] for d in self.get("/dags")["dags"]}
+
+    def wait_dags(self, *dag_ids: str, timeout: float = 30) -> None:
+        wait_for(lambda: set(dag_ids) <= self.dag_ids(), timeout, f"DAGs {dag_ids} to load")
+
+    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
+        response = self.http.post(f"/dags/{dag_id}/runs", json={"conf": conf or {}})
+        response.raise_for_status()
+        run_id: str = response.json()["run_id"]
+        return run_id
+
+    def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.get(f"/dags/{dag_id}/runs/{run_id}")
+        return result
+
+    def wait_run(self, dag_id: str, run_id: str, timeout: float = 60) -> dict[str, Any]:
+        def finished() -> dict[str, Any] | None:
+            run = self.run(dag_id, run_id)
+            return run if run["state"] in ("success", "failed") else None
+
+        return wait_for(finished, timeout, f"run {run_id} of {dag_id} to finish")
+
+    def tasks(self, run: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        return {t["task_id"]: t for t in run["tasks"]}
+
+    def log(self, dag_id: str, run_id: str, task_id: str, try_number: int | None = None) -> str:
+        params = {} if try_number is None else {"try_number": try_number}
+        response = self.http.get(
+            f"/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/logs", params=params
+        )
+        response.raise_for_status()
+        return response.text
+
+
+def tether_cli(*args: str, hub: Hub, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run a ``tether`` client command against ``hub``."""
+    return subprocess.run(
+        [sys.executable, "-m", "tether", *args, "--hub", hub.url],
+        env={**os.environ, "TETHER_TOKEN": ADMIN_TOKEN},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
