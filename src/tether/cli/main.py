@@ -10,6 +10,7 @@ from tether import __version__
 from tether.cli.rest import CliError
 
 HUB_EXTRA_HINT = "this command needs the hub's dependencies: pip install 'tether[hub]'"
+HUB_MODULES = frozenset({"fastapi", "uvicorn", "sqlalchemy", "alembic", "croniter", "starlette"})
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -87,18 +88,11 @@ def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
 
         try:
             fn: Callable[[argparse.Namespace], int] = getattr(importlib.import_module(module), name)
+            return fn(args)
         except ModuleNotFoundError as exc:
-            if exc.name and exc.name.split(".")[0] in {
-                "fastapi",
-                "uvicorn",
-                "sqlalchemy",
-                "alembic",
-                "croniter",
-                "starlette",
-            }:
+            if exc.name and exc.name.split(".")[0] in HUB_MODULES:
                 raise CliError(f"{HUB_EXTRA_HINT} ({exc.name} is missing)") from None
             raise
-        return fn(args)
 
     return run
 

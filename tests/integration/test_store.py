@@ -1,0 +1,185 @@
+"""The store on SQLite and PostgreSQL: migrations, claims, fencing, logs."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import create_engine, select
+
+from tests.hubtools import make_hub, parse, write_dag
+from tether.hub.api import queries
+from tether.hub.scheduler import runs
+from tether.hub.state import Hub
+from tether.hub.store.db import migrate
+from tether.hub.store.models import Base, TaskInstance
+from tether.hub.worker_api import attempts
+from tether.protocol import AttemptResult
+
+
+def test_migrations_build_exactly_the_models_schema(database_url: str) -> None:
+    migrate(database_url)
+    migrate(database_url)  # a second run is a no-op
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    finally:
+        engine.dispose()
+    assert diff == []
+
+
+@pytest.fixture
+def hub(tmp_path: Path, database_url: str) -> Iterator[Hub]:
+    dags = tmp_path / "dags"
+    write_dag(
+        dags,
+        "wide.py",
+        """
+        from tether import DAG, BashOperator
+        with DAG("wide"):
+            for i in range(20):
+                BashOperator(task_id=f"t{i}", bash_command="true", queue="q")
+        with DAG("pair"):
+            BashOperator(task_id="a", bash_command="true") >> BashOperator(
+                task_id="b", bash_command="true")
+    """,
+    )
+    hub = make_hub(tmp_path, database_url, dags)
+    try:
+        parse(hub)
+        yield hub
+    finally:
+        hub.store.dispose()
+
+
+def _trigger(hub: Hub, dag_id: str) -> str:
+    with hub.store.session() as s:
+        run_id, _ = queries.trigger(s, dag_id, {}, None)
+    return run_id
+
+
+def test_concurrent_claims_never_hand_out_a_task_twice(hub: Hub) -> None:
+    _trigger(hub, "wide")
+    got: dict[str, list[str]] = {"w1": [], "w2": [], "w3": []}
+    barrier = threading.Barrier(len(got))
+
+    def claimer(name: str) -> None:
+        barrier.wait()
+        while True:
+            with hub.store.session() as s:
+                jobs = attempts.claim(s, name, ["q"], 3)
+            if not jobs:
+                return
+            got[name].extend(j.task_id for j in jobs)
+
+    threads = [threading.Thread(target=claimer, args=(n,)) for n in got]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    claimed = [task for tasks in got.values() for task in tasks]
+    assert sorted(claimed) == sorted(f"t{i}" for i in range(20))
+    with hub.store.session() as s:
+        states = set(s.scalars(select(TaskInstance.state)))
+        tries = set(s.scalars(select(TaskInstance.try_number)))
+    assert states == {"running"}
+    assert tries == {1}
+
+
+def test_claim_takes_only_the_asked_queues(hub: Hub) -> None:
+    _trigger(hub, "wide")
+    with hub.store.session() as s:
+        assert attempts.claim(s, "w", ["default", "other"], 10) == []
+        assert len(attempts.claim(s, "w", ["q"], 5)) == 5
+
+
+def _claim_one(hub: Hub, worker: str, queue: str = "default") -> str:
+    with hub.store.session() as s:
+        (job,) = attempts.claim(s, worker, [queue], 1)
+    return job.attempt_id
+
+
+def test_finish_frees_downstream_in_the_same_call(hub: Hub) -> None:
+    run_id = _trigger(hub, "pair")
+    attempt = _claim_one(hub, "w1")
+    with hub.store.session() as s:
+        state, woken, retry_at = attempts.finish(
+            s, attempt, "w1", AttemptResult("success", output={"n": 1})
+        )
+    assert (state, woken, retry_at) == ("success", {"default"}, None)
+    with hub.store.session() as s:
+        (job,) = attempts.claim(s, "w1", ["default"], 1)
+    assert job.task_id == "b"
+    assert job.inputs == {"a": {"n": 1}}
+    assert job.run_id == run_id
+
+
+def test_reports_are_fenced_and_idempotent(hub: Hub) -> None:
+    _trigger(hub, "pair")
+    attempt = _claim_one(hub, "w1")
+    with hub.store.session() as s, pytest.raises(attempts.NotYourAttempt):
+        attempts.finish(s, attempt, "w2", AttemptResult("success"))
+    with hub.store.session() as s, pytest.raises(attempts.AttemptNotFound):
+        attempts.finish(s, "0" * 32, "w1", AttemptResult("success"))
+    with hub.store.session() as s:
+        attempts.finish(s, attempt, "w1", AttemptResult("success"))
+    with hub.store.session() as s:  # the same report again: accepted, nothing changes
+        assert attempts.finish(s, attempt, "w1", AttemptResult("success"))[0] == "success"
+    with hub.store.session() as s, pytest.raises(attempts.AttemptFenced):
+        attempts.finish(s, attempt, "w1", AttemptResult("failed"))
+
+
+def test_log_appends_are_idempotent_by_offset(hub: Hub) -> None:
+    _trigger(hub, "pair")
+    attempt = _claim_one(hub, "w1")
+    with hub.store.session() as s:
+        assert attempts.append_log(s, attempt, "w1", 0, b"hello ") == 6
+        assert attempts.append_log(s, attempt, "w1", 0, b"hello ") == 6  # resent
+        assert attempts.append_log(s, attempt, "w1", 3, b"lo world\n") == 12  # overlaps
+        assert attempts.append_log(s, attempt, "w1", 50, b"gap") == 12  # refused: a gap
+        with pytest.raises(attempts.NotYourAttempt):
+            attempts.append_log(s, attempt, "intruder", 12, b"x")
+    with hub.store.session() as s:
+        assert attempts.read_log(s, attempt) == b"hello world\n"
+
+
+def test_a_failed_try_with_retries_waits_then_requeues(hub: Hub, tmp_path: Path) -> None:
+    write_dag(
+        hub.config.dags_folder,
+        "retry.py",
+        """
+        from datetime import timedelta
+        from tether import DAG, BashOperator
+        with DAG("retry"):
+            BashOperator(task_id="r", bash_command="false", retries=2,
+                         retry_delay=timedelta(seconds=60), retry_exponential_backoff=True)
+    """,
+    )
+    parse(hub)
+    _trigger(hub, "retry")
+    attempt = _claim_one(hub, "w1")
+    with hub.store.session() as s:
+        state, woken, retry_at = attempts.finish(s, attempt, "w1", AttemptResult("failed"))
+    assert state == "up_for_retry"
+    assert woken == set()
+    assert retry_at is not None
+    with hub.store.session() as s:
+        assert runs.requeue_due_retries(s, retry_at - runs.timedelta(seconds=1)) == set()
+        assert runs.requeue_due_retries(s, retry_at) == {"default"}
+    second = _claim_one(hub, "w1")
+    with hub.store.session() as s:
+        state, _, retry_at2 = attempts.finish(s, second, "w1", AttemptResult("failed"))
+    assert state == "up_for_retry"
+    assert retry_at2 is not None
+    # Exponential backoff: the second wait is twice the first.
+    assert 115 < (retry_at2 - runs.utcnow()).total_seconds() <= 120
+    with hub.store.session() as s:
+        runs.requeue_due_retries(s, retry_at2)
+    third = _claim_one(hub, "w1")
+    with hub.store.session() as s:
+        assert attempts.finish(s, third, "w1", AttemptResult("failed"))[0] == "failed"
