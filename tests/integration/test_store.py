@@ -14,9 +14,10 @@ from sqlalchemy import create_engine, select
 from tests.hubtools import make_hub, parse, write_dag
 from tether.hub.api import queries
 from tether.hub.scheduler import runs
+from tether.hub.scheduler.loop import tick
 from tether.hub.state import Hub
 from tether.hub.store.db import migrate
-from tether.hub.store.models import Base, TaskInstance
+from tether.hub.store.models import Base, DagRun, TaskInstance
 from tether.hub.worker_api import attempts
 from tether.protocol import AttemptResult
 
@@ -183,3 +184,37 @@ def test_a_failed_try_with_retries_waits_then_requeues(hub: Hub, tmp_path: Path)
     third = _claim_one(hub, "w1")
     with hub.store.session() as s:
         assert attempts.finish(s, third, "w1", AttemptResult("failed"))[0] == "failed"
+
+
+@pytest.mark.parametrize(("catchup", "expected_runs"), [(True, 5), (False, 1)])
+def test_the_scheduler_creates_cron_runs_with_their_data_intervals(
+    hub: Hub, catchup: bool, expected_runs: int
+) -> None:
+    start = runs.utcnow().replace(minute=0, second=0, microsecond=0) - runs.timedelta(hours=5)
+    write_dag(
+        hub.config.dags_folder,
+        "hourly.py",
+        f"""
+        from datetime import datetime
+        from tether import DAG, EmptyOperator
+        with DAG("hourly", schedule="@hourly", catchup={catchup},
+                 start_date=datetime.fromisoformat("{start.isoformat()}")):
+            EmptyOperator(task_id="tick")
+    """,
+    )
+    parse(hub)
+    now = start + runs.timedelta(hours=5, minutes=30)
+    woken, deadline = tick(hub.store, now)
+    assert woken == {"default"}
+    assert deadline == start + runs.timedelta(hours=6)  # the next interval's end
+    with hub.store.session() as s:
+        rows = s.scalars(
+            select(DagRun).where(DagRun.dag_id == "hourly").order_by(DagRun.logical_date)
+        ).all()
+        intervals = [(r.data_interval_start, r.data_interval_end) for r in rows]
+        assert {r.run_type for r in rows} == {"scheduled"}
+    hour = runs.timedelta(hours=1)
+    first = 5 - expected_runs
+    assert intervals == [(start + i * hour, start + (i + 1) * hour) for i in range(first, 5)]
+    # Another pass at the same time creates nothing new.
+    assert tick(hub.store, now)[0] == set()

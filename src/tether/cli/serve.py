@@ -9,9 +9,20 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from tether.cli.rest import out
+
+if TYPE_CHECKING:
+    from tether.hub.config import HubConfig
+    from tether.hub.state import Hub
+
+#: Seconds ``standalone`` lets its local worker finish running tasks on exit.
+WORKER_DRAIN_TIMEOUT = 60.0
 
 
 def _examples_folder() -> Path | None:
@@ -25,13 +36,17 @@ def _examples_folder() -> Path | None:
     return None
 
 
-def _serve(config: object, *, on_started: object = None) -> None:
+def _serve(
+    config: HubConfig,
+    *,
+    on_started: Callable[[Hub, str], None] | None = None,
+    before_exit: Callable[[], None] | None = None,
+) -> None:
+    """Run the hub until SIGINT/SIGTERM; ``before_exit`` runs first (in a thread)."""
     import uvicorn
 
     from tether.hub.app import build_hub, create_app
-    from tether.hub.config import HubConfig
 
-    assert isinstance(config, HubConfig)
     hub = build_hub(config)
     url = f"http://{config.host}:{config.port}"
     out(f"Tether hub on {url}  (store: {hub.store.dialect}, DAGs: {config.dags_folder})")
@@ -46,7 +61,38 @@ def _serve(config: object, *, on_started: object = None) -> None:
     )
     if "TETHER_WORKER_TOKEN" not in os.environ:
         out(f"  worker token: {hub.tokens.worker}  (kept in {config.home / 'worker_token'})")
-    server = uvicorn.Server(
+
+    class Server(uvicorn.Server):
+        exiting = False
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # uvicorn re-raises the signal after its shutdown, which would end
+            # the process before our own clean-up; take plain handlers instead.
+            handled = (signal.SIGINT, signal.SIGTERM)
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if before_exit is None or self.exiting:
+                hub.wakeups.close()  # answer held-open claims now, not after their wait
+                super().handle_exit(sig, frame)
+                return
+            self.exiting = True
+
+            def finish() -> None:
+                try:
+                    before_exit()
+                finally:
+                    self.handle_exit(sig, None)
+
+            threading.Thread(target=finish, name="before-exit", daemon=True).start()
+
+    server = Server(
         uvicorn.Config(
             create_app(hub),
             host=config.host,
@@ -54,9 +100,10 @@ def _serve(config: object, *, on_started: object = None) -> None:
             log_level="warning",
             access_log=False,
             lifespan="on",
+            timeout_graceful_shutdown=10,
         )
     )
-    if callable(on_started):
+    if on_started is not None:
         on_started(hub, url)
     server.run()
     if not server.started:
@@ -82,11 +129,8 @@ def standalone_command(args: argparse.Namespace) -> int:
     config = HubConfig.load(home=args.home, dags_folder=dags, host=args.host, port=args.port)
     worker: subprocess.Popen[bytes] | None = None
 
-    def start_worker(hub: object, url: str) -> None:
+    def start_worker(hub: Hub, url: str) -> None:
         nonlocal worker
-        from tether.hub.state import Hub
-
-        assert isinstance(hub, Hub)
         env = {**os.environ, "TETHER_WORKER_TOKEN": hub.tokens.worker}
         worker = subprocess.Popen(
             [
@@ -109,16 +153,25 @@ def standalone_command(args: argparse.Namespace) -> int:
         )
         out(f"  local worker: pid {worker.pid}, queues {args.queues}")
 
-    try:
-        _serve(config, on_started=start_worker)
-    finally:
-        if worker is not None and worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                worker.wait(30)
-            if worker.poll() is None:
+    def stop_worker() -> None:
+        """Let the local worker drain and report while the hub still answers."""
+        if worker is None or worker.poll() is not None:
+            return
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(WORKER_DRAIN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            worker.send_signal(signal.SIGTERM)  # a second signal kills its tasks
+            try:
+                worker.wait(10)
+            except subprocess.TimeoutExpired:
                 worker.kill()
                 worker.wait()
+
+    try:
+        _serve(config, on_started=start_worker, before_exit=stop_worker)
+    finally:
+        stop_worker()
     return 0
 
 

@@ -154,7 +154,7 @@ def advance_run(session: Session, run: DagRun) -> set[str]:
                 continue
             spec = specs[task_id]
             upstream = spec["upstream"]
-            counts = Counter(tis[u].state for u in upstream if u in tis)
+            counts = Counter(tis[u].state or "none" for u in upstream if u in tis)
             decision = _decide(spec["trigger_rule"], counts, len(upstream))
             if decision is None:
                 continue

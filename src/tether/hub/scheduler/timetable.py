@@ -70,8 +70,8 @@ class Timetable:
             return tick
         assert self.cron is not None
         it = croniter(self.cron, after - timedelta(microseconds=1) if inclusive else after)
-        tick: datetime = it.get_next(datetime)
-        return tick
+        nxt: datetime = it.get_next(datetime)
+        return nxt.replace(fold=0)
 
     def _latest_complete_start(self, now: datetime) -> datetime | None:
         """Start of the newest interval that has ended by ``now``."""
@@ -85,7 +85,7 @@ class Timetable:
         it = croniter(self.cron, now)
         it.get_prev(datetime)
         prev: datetime = it.get_prev(datetime)
-        return prev
+        return prev.replace(fold=0)
 
     def next_interval(
         self, last_start: datetime | None, now: datetime, first_seen: datetime

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Select
 from sqlalchemy.orm import Session
 
+S = TypeVar("S", bound=Select[Any])
 
-def lock_for_claim(stmt: Select[Any], session: Session) -> Select[Any]:
+
+def lock_for_claim(stmt: S, session: Session) -> S:
     """Make a SELECT of claimable rows safe against concurrent claimers.
 
     PostgreSQL: ``FOR UPDATE SKIP LOCKED`` lets hub replicas claim different
@@ -22,7 +24,7 @@ def lock_for_claim(stmt: Select[Any], session: Session) -> Select[Any]:
     return stmt
 
 
-def lock_row(stmt: Select[Any], session: Session) -> Select[Any]:
+def lock_row(stmt: S, session: Session) -> S:
     """``FOR UPDATE`` on PostgreSQL; SQLite is already serialised (see above)."""
     if session.get_bind().dialect.name == "postgresql":
         return stmt.with_for_update()
