@@ -45,6 +45,10 @@ def hub(tmp_path: Path, database_url: str) -> Iterator[Hub]:
         with DAG("wide"):
             for i in range(20):
                 BashOperator(task_id=f"t{i}", bash_command="true", queue="q")
+        with DAG("fan_in"):
+            join = BashOperator(task_id="join", bash_command="true", queue="fan")
+            for i in range(12):
+                BashOperator(task_id=f"f{i}", bash_command="true", queue="fan") >> join
         with DAG("pair"):
             BashOperator(task_id="a", bash_command="true") >> BashOperator(
                 task_id="b", bash_command="true")
@@ -90,6 +94,37 @@ def test_concurrent_claims_never_hand_out_a_task_twice(hub: Hub) -> None:
         tries = set(s.scalars(select(TaskInstance.try_number)))
     assert states == {"running"}
     assert tries == {1}
+
+
+def test_siblings_finishing_at_once_free_their_join_exactly_once(hub: Hub) -> None:
+    run_id = _trigger(hub, "fan_in")
+    with hub.store.session() as s:
+        jobs = attempts.claim(s, "w1", ["fan"], 100)
+    assert len(jobs) == 12
+    barrier = threading.Barrier(len(jobs))
+    errors: list[BaseException] = []
+    woken: list[set[str]] = []
+
+    def report(attempt_id: str) -> None:
+        barrier.wait()
+        try:
+            with hub.store.session() as s:
+                woken.append(attempts.finish(s, attempt_id, "w1", AttemptResult("success"))[1])
+        except BaseException as exc:  # a deadlock or lock error would land here
+            errors.append(exc)
+
+    threads = [threading.Thread(target=report, args=(j.attempt_id,)) for j in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert sorted(woken, key=len) == [set()] * 11 + [{"fan"}]  # only the last one frees join
+    with hub.store.session() as s:
+        (job,) = attempts.claim(s, "w1", ["fan"], 100)
+        assert job.task_id == "join"
+        assert job.run_id == run_id
+        assert len(job.inputs) == 12
 
 
 def test_claim_takes_only_the_asked_queues(hub: Hub) -> None:

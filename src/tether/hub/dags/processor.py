@@ -176,15 +176,17 @@ class DagProcessor:
         current = fingerprint(self.dags_folder)
         if current == self._fingerprint:
             return False
-        self._fingerprint = current
         sha, data = pack(self.dags_folder)
         if sha == self.bundle_sha:
+            self._fingerprint = current
             return False
         target = self.cache / sha
         if not target.is_dir():
             unpack(data, target)
         result = parse_bundle(target, self.timeout)
         store_parse(self.store, sha, data, result)
+        # Only now: a failed store is tried again at the next scan.
+        self._fingerprint = current
         self.bundle_sha = sha
         log.info(
             "bundle %s: %d DAG(s), %d import error(s)",

@@ -32,11 +32,13 @@ def create_scheduled_runs(store: Store, now: datetime) -> set[str]:
     with store.session() as s:
         due = s.scalars(
             lock_row(
-                select(Dag).where(
+                select(Dag)
+                .where(
                     Dag.is_active.is_(True),
                     Dag.is_paused.is_(False),
                     Dag.next_dagrun_create_after <= now,
-                ),
+                )
+                .order_by(Dag.dag_id),  # the lock order the dag processor's updates use
                 s,
             )
         ).all()

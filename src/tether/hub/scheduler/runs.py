@@ -134,6 +134,8 @@ def _decide(rule: str, counts: Counter[str], total: int) -> str | None:
 def advance_run(session: Session, run: DagRun) -> set[str]:
     """Queue every task whose upstream allows it; finish the run when all are done.
 
+    The caller holds the run's row lock (or just created the run).
+
     Cascades within the run (a skip or upstream failure can free further
     tasks). Returns the queues that got new work.
     """
@@ -141,7 +143,12 @@ def advance_run(session: Session, run: DagRun) -> set[str]:
     tis = {
         ti.task_id: ti
         for ti in session.scalars(
-            lock_row(select(TaskInstance).where(TaskInstance.dag_run_id == run.id), session)
+            lock_row(
+                select(TaskInstance)
+                .where(TaskInstance.dag_run_id == run.id)
+                .order_by(TaskInstance.id),
+                session,
+            )
         )
     }
     specs = {t["task_id"]: t for t in run.serialized["tasks"]}
@@ -186,18 +193,38 @@ def retry_delay(spec: dict[str, Any], try_number: int) -> timedelta:
     return timedelta(seconds=delay)
 
 
+def lock_run_of(session: Session, task_instance_id: int) -> DagRun:
+    """Lock and return the run of a task instance (taken before its task instances)."""
+    run_pk = select(TaskInstance.dag_run_id).where(TaskInstance.id == task_instance_id)
+    run = session.scalar(
+        lock_row(select(DagRun).where(DagRun.id == run_pk.scalar_subquery()), session)
+    )
+    if run is None:
+        raise LookupError(f"no run for task instance {task_instance_id}")
+    return run
+
+
 def requeue_due_retries(session: Session, now: datetime) -> set[str]:
     """Queue the up_for_retry task instances whose retry time has come."""
     woken: set[str] = set()
-    due = session.scalars(
+    due = session.execute(
+        select(TaskInstance.id, TaskInstance.dag_run_id)
+        .where(TaskInstance.state == S.UP_FOR_RETRY, TaskInstance.next_retry_at <= now)
+        .order_by(TaskInstance.dag_run_id, TaskInstance.id)
+    ).all()
+    for run_pk in sorted({run_pk for _, run_pk in due}):
+        session.execute(lock_row(select(DagRun.id).where(DagRun.id == run_pk), session))
+    tis = session.scalars(
         lock_row(
-            select(TaskInstance).where(
-                TaskInstance.state == S.UP_FOR_RETRY, TaskInstance.next_retry_at <= now
-            ),
+            select(TaskInstance)
+            .where(TaskInstance.id.in_([ti_id for ti_id, _ in due]))
+            .order_by(TaskInstance.id),
             session,
         )
     ).all()
-    for ti in due:
+    for ti in tis:
+        if ti.state != S.UP_FOR_RETRY:  # changed since we looked
+            continue
         ti.state = S.QUEUED
         ti.queued_at = now
         ti.next_retry_at = None

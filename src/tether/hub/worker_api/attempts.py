@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tether.hub.scheduler import states as S
-from tether.hub.scheduler.runs import advance_run, retry_delay, utcnow
+from tether.hub.scheduler.runs import advance_run, lock_run_of, retry_delay, utcnow
 from tether.hub.store.dialect import lock_for_claim, lock_row
 from tether.hub.store.models import DagRun, LogChunk, TaskAttempt, TaskInstance, Worker
 from tether.protocol import ATTEMPT_SKIPPED, ATTEMPT_SUCCESS, AttemptResult, Job
@@ -156,6 +156,10 @@ def finish(
     when the task will be retried, the retry time.
     """
     attempt = _held_attempt(session, attempt_id, worker_name)
+    # Lock order for everything that changes a run's task instances: the run
+    # row first, then its task instances by id (see advance_run). Claims never
+    # wait on a lock (SKIP LOCKED), so they cannot join a deadlock.
+    run = lock_run_of(session, attempt.task_instance_id)
     ti = session.scalar(
         lock_row(select(TaskInstance).where(TaskInstance.id == attempt.task_instance_id), session)
     )
@@ -165,14 +169,10 @@ def finish(
             return ti.state or "", set(), None  # a repeated report: already recorded
         raise AttemptFenced(f"attempt {attempt_id} already ended as {attempt.state}")
     if ti.attempt_id != attempt_id or ti.state != S.RUNNING:
-        attempt.state = S.FAILED
-        attempt.ended_at = utcnow()
         raise AttemptFenced(f"attempt {attempt_id} no longer holds its task instance")
     now = utcnow()
     attempt.ended_at = now
     attempt.error = result.error
-    run = session.get(DagRun, ti.dag_run_id)
-    assert run is not None
     retry_at = None
     if result.state == ATTEMPT_SUCCESS:
         attempt.state = ti.state = S.SUCCESS
