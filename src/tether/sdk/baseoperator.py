@@ -202,7 +202,21 @@ class BaseOperator(DependencyMixin):
 
 
 def chain(*tasks: DependencyMixin | Sequence[DependencyMixin]) -> None:
-    """``chain(a, b, [c, d], e)`` is ``a >> b >> [c, d] >> e``."""
+    """``chain(a, b, [c, d], e)`` is ``a >> b >> [c, d] >> e``.
+
+    Two lists side by side are linked pairwise, as in Airflow:
+    ``chain(a, [b, c], [d, e])`` gives ``b >> d`` and ``c >> e``; their
+    lengths must match.
+    """
     for up, down in zip(tasks, tasks[1:], strict=False):
-        for op in _flatten(up if isinstance(up, Sequence) else [up]):
-            op.set_downstream(down)
+        if isinstance(up, Sequence) and isinstance(down, Sequence):
+            if len(up) != len(down):
+                raise DagDefinitionError(
+                    f"chain() links side-by-side lists pairwise; their lengths differ "
+                    f"({len(up)} and {len(down)})"
+                )
+            for left, right in zip(up, down, strict=True):
+                left.set_downstream(right)
+        else:
+            for op in _flatten(up if isinstance(up, Sequence) else [up]):
+                op.set_downstream(down)

@@ -8,7 +8,7 @@ from typing import Any
 
 from tether.sdk.dag import DagDefinitionError, current_dag
 from tether.sdk.operators import PythonOperator
-from tether.sdk.xcom import XComArg, find_xcom_args
+from tether.sdk.xcom import XComArg
 
 
 class _PythonDecoratedOperator(PythonOperator):
@@ -42,8 +42,6 @@ class TaskDecorator:
             op_kwargs=kwargs,
             **options,
         )
-        for arg in find_xcom_args([args, kwargs]):
-            arg.operator.set_downstream(op)
         return XComArg(op)
 
 

@@ -67,11 +67,12 @@ class BashOperator(BaseOperator):
         )
         assert proc.stdout is not None
         last = b""
-        for line in proc.stdout:
-            sys.stdout.buffer.write(line)
-            sys.stdout.flush()
-            if line.strip():
-                last = line
+        with proc.stdout:
+            for line in proc.stdout:
+                sys.stdout.buffer.write(line)
+                sys.stdout.flush()
+                if line.strip():
+                    last = line
         code = proc.wait()
         if self.skip_on_exit_code is not None and code == self.skip_on_exit_code:
             raise TetherSkipException(f"bash command exited with code {code}")
@@ -113,6 +114,11 @@ class PythonOperator(BaseOperator):
         self.python_callable = python_callable
         self.op_args = list(op_args or [])
         self.op_kwargs = dict(op_kwargs or {})
+        from tether.sdk.xcom import find_xcom_args
+
+        # A value of an upstream task passed as an argument makes it upstream.
+        for arg in find_xcom_args([self.op_args, self.op_kwargs]):
+            arg.operator.set_downstream(self)
 
     def execute(self, context: Context) -> Any:
         from tether.sdk.xcom import resolve

@@ -56,7 +56,7 @@ def find_xcom_args(value: Any) -> list[XComArg]:
     """Every XComArg inside ``value`` (lists, tuples, sets and dict values)."""
     if isinstance(value, XComArg):
         return [value]
-    if isinstance(value, list | tuple | set):
+    if isinstance(value, list | tuple | set | frozenset):
         return [x for item in value for x in find_xcom_args(item)]
     if isinstance(value, dict):
         return [x for item in value.values() for x in find_xcom_args(item)]
@@ -71,6 +71,8 @@ def resolve(value: Any, context: Context) -> Any:
         return [resolve(v, context) for v in value]
     if isinstance(value, tuple):
         return tuple(resolve(v, context) for v in value)
+    if isinstance(value, set | frozenset):
+        return type(value)(resolve(v, context) for v in value)
     if isinstance(value, dict):
         return {k: resolve(v, context) for k, v in value.items()}
     return value

@@ -73,16 +73,20 @@ class Timetable:
         nxt: datetime = it.get_next(datetime)
         return nxt.replace(fold=0)
 
-    def _latest_complete_start(self, now: datetime) -> datetime | None:
-        """Start of the newest interval that has ended by ``now``."""
+    def _latest_complete_start(self, now: datetime, anchor: datetime) -> datetime | None:
+        """Start of the newest interval that has ended by ``now``.
+
+        ``anchor`` is a point on the grid of a timedelta schedule.
+        """
         if self.delta is not None:
-            base = self.start_date or now
+            base = self.start_date or anchor
             if now < base + self.delta:
                 return None
             steps = (now - base) // self.delta
             return base + (steps - 1) * self.delta
         assert self.cron is not None
-        it = croniter(self.cron, now)
+        # From just past ``now``: a tick exactly at ``now`` ends an interval.
+        it = croniter(self.cron, now + timedelta(microseconds=1))
         it.get_prev(datetime)
         prev: datetime = it.get_prev(datetime)
         return prev.replace(fold=0)
@@ -102,7 +106,7 @@ class Timetable:
         else:
             start = self._next_tick(last_start)
         if not self.catchup:
-            latest = self._latest_complete_start(now)
+            latest = self._latest_complete_start(now, last_start or base)
             if latest is not None and latest > start:
                 start = latest
         if self.end_date is not None and start > self.end_date:
