@@ -181,7 +181,7 @@ def test_log_appends_are_idempotent_by_offset(hub: Hub) -> None:
         with pytest.raises(attempts.NotYourAttempt):
             attempts.append_log(s, attempt, "intruder", 12, b"x")
     with hub.store.session() as s:
-        assert attempts.read_log(s, attempt) == b"hello world\n"
+        assert queries.read_log(s, attempt) == b"hello world\n"
 
 
 def test_a_failed_try_with_retries_waits_then_requeues(hub: Hub, tmp_path: Path) -> None:
@@ -253,3 +253,21 @@ def test_the_scheduler_creates_cron_runs_with_their_data_intervals(
     assert intervals == [(start + i * hour, start + (i + 1) * hour) for i in range(first, 5)]
     # Another pass at the same time creates nothing new.
     assert tick(hub.store, now)[0] == set()
+
+
+def test_a_dag_id_defined_in_two_files_is_an_import_error_of_the_second(hub: Hub) -> None:
+    write_dag(
+        hub.config.dags_folder,
+        "zz_copy.py",
+        """
+        from tether import DAG, EmptyOperator
+        with DAG("pair"):
+            EmptyOperator(task_id="impostor")
+    """,
+    )
+    parse(hub)
+    with hub.store.session() as s:
+        errors = {e["fileloc"]: e["message"] for e in queries.list_import_errors(s)}
+        pair = queries.get_dag(s, "pair")
+        assert pair.fileloc == "wide.py"
+    assert errors == {"zz_copy.py": "DuplicateDagId: DAG id 'pair' is already defined in wide.py"}

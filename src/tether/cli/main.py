@@ -19,20 +19,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def hub_args(sp: argparse.ArgumentParser, default_port: int | None = None) -> None:
+    def hub_args(sp: argparse.ArgumentParser, dags_default: str) -> None:
         sp.add_argument("--home", type=_path, help="hub home (default: $TETHER_HOME or ~/.tether)")
-        sp.add_argument("--dags", type=_path, help="DAGs folder (default: HOME/dags)")
+        sp.add_argument(
+            "--dags",
+            type=_path,
+            help=f"DAGs folder (default: $TETHER_DAGS_FOLDER or {dags_default})",
+        )
         sp.add_argument("--host", help="address to listen on (default 127.0.0.1)")
         sp.add_argument("--port", type=int, help="port to listen on (default 8080)")
 
     sp = sub.add_parser("standalone", help="hub + one local worker + the example DAGs")
-    hub_args(sp)
+    hub_args(sp, "examples/dags")
     sp.add_argument("--queues", default="default", help="queues of the local worker")
     sp.add_argument("--concurrency", type=int, default=4, help="slots of the local worker")
     sp.set_defaults(func=_lazy("tether.cli.serve", "standalone_command"))
 
     sp = sub.add_parser("hub", help="run the hub (API, scheduler, dag processor)")
-    hub_args(sp)
+    hub_args(sp, "HOME/dags")
     sp.set_defaults(func=_lazy("tether.cli.serve", "hub_command"))
 
     sp = sub.add_parser("worker", help="run an edge worker (it only dials out)")

@@ -14,7 +14,7 @@ from tether import __version__
 from tether.protocol import Job, validate_queue_name
 from tether.worker.attempt import AttemptRunner
 from tether.worker.bundles import BundleCache
-from tether.worker.client import HubClient, Unauthorized
+from tether.worker.client import HubClient, HubError, Unauthorized
 
 log = logging.getLogger("tether.worker")
 
@@ -104,7 +104,7 @@ class Worker:
             await asyncio.sleep(self.config.heartbeat_interval)
             try:
                 await self.client.heartbeat(self._info(), retry_for=self.config.heartbeat_interval)
-            except ConnectionError as exc:
+            except (ConnectionError, HubError) as exc:
                 log.warning("heartbeat failed: %s", exc)
 
     async def _claim_loop(self) -> None:

@@ -7,13 +7,14 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
 
 from tether.protocol import ATTEMPT_END_STATES, ATTEMPT_FAILED, AttemptResult, Job
 from tether.worker.bundles import BundleCache
-from tether.worker.client import Gone, HubClient
+from tether.worker.client import HubClient, HubError
 
 log = logging.getLogger("tether.worker")
 
@@ -80,13 +81,21 @@ class AttemptRunner:
             result = await self._execute()
         finally:
             shipping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await shipping
-        try:
-            await shipper.ship_available()
-            await self.client.finish(self.job.attempt_id, result)
-        except Gone as exc:
-            log.warning("hub no longer wants attempt %s: %s", self.job.attempt_id, exc.reason)
+            except asyncio.CancelledError:
+                pass
+            except HubError as exc:  # the hub refused a chunk; the result still goes
+                log.warning("log upload for attempt %s refused: %s", self.job.attempt_id, exc)
+        for step in (
+            shipper.ship_available,
+            lambda: self.client.finish(self.job.attempt_id, result),
+        ):
+            try:
+                await step()
+            except HubError as exc:
+                log.warning("hub refused a report on attempt %s: %s", self.job.attempt_id, exc)
+        shutil.rmtree(self.workdir, ignore_errors=True)  # scratch space; the log stays
         return result
 
     def _note(self, text: str) -> None:

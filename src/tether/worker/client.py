@@ -41,11 +41,11 @@ class Unauthorized(HubError):
 
 
 class Forbidden(HubError):
-    """403: the credential may not do this (another tenant's queue or attempt)."""
+    """403: this worker may not do this (an attempt held by another worker)."""
 
 
 class Gone(HubError):
-    """404/409/410: the hub no longer knows or wants this attempt."""
+    """404/409: the hub does not know this attempt or no longer wants reports on it."""
 
 
 def _error_for(response: httpx.Response) -> HubError:
@@ -59,7 +59,7 @@ def _error_for(response: httpx.Response) -> HubError:
         cls = Unauthorized
     elif response.status_code == 403:
         cls = Forbidden
-    elif response.status_code in (404, 409, 410):
+    elif response.status_code in (404, 409):
         cls = Gone
     return cls(response.status_code, str(reason))
 

@@ -5,12 +5,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tether.hub.scheduler import runs
-from tether.hub.store.models import Dag, DagRun, ImportError_, TaskAttempt, TaskInstance, Worker
-from tether.hub.worker_api.attempts import count_queued, read_log
+from tether.hub.scheduler import states as S
+from tether.hub.store.models import (
+    Dag,
+    DagRun,
+    ImportError_,
+    LogChunk,
+    TaskAttempt,
+    TaskInstance,
+    Worker,
+)
 
 
 class NotFound(LookupError):
@@ -169,3 +177,20 @@ def list_import_errors(session: Session) -> list[dict[str, Any]]:
         {"fileloc": e.fileloc, "message": e.message, "timestamp": _iso(e.created_at)}
         for e in session.scalars(select(ImportError_).order_by(ImportError_.fileloc))
     ]
+
+
+def read_log(session: Session, attempt_id: str) -> bytes:
+    chunks = session.scalars(
+        select(LogChunk.data).where(LogChunk.attempt_id == attempt_id).order_by(LogChunk.offset)
+    )
+    return b"".join(chunks)
+
+
+def count_queued(session: Session) -> dict[str, dict[str, Any]]:
+    """Per queue: number of queued task instances and the oldest queued time."""
+    rows = session.execute(
+        select(TaskInstance.queue, func.count(), func.min(TaskInstance.queued_at))
+        .where(TaskInstance.state == S.QUEUED)
+        .group_by(TaskInstance.queue)
+    )
+    return {q: {"queued": n, "oldest_queued_at": oldest} for q, n, oldest in rows}

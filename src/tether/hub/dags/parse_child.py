@@ -15,6 +15,8 @@ from pathlib import Path
 from tether.sdk.loader import load_dag_file
 from tether.sdk.serialize import serialize_dag
 
+_OWN_DIR = str(Path(__file__).resolve().parents[2])  # the tether package
+
 
 def main() -> int:
     bundle_dir, relpath, out_file = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
@@ -23,8 +25,12 @@ def main() -> int:
         result: dict[str, object] = {"dags": [serialize_dag(d) for d in dags]}
     except BaseException:
         exc_type, exc, tb = sys.exc_info()
-        # Show the DAG file's frames, not the loader's.
-        frames = [f for f in traceback.extract_tb(tb) if "tether/sdk/loader" not in f.filename]
+        # Show the DAG file's frames, not ours or importlib's.
+        frames = [
+            f
+            for f in traceback.extract_tb(tb)
+            if not f.filename.startswith(_OWN_DIR) and "importlib" not in f.filename
+        ]
         text = "".join(traceback.format_list(frames[-8:]))
         text += "".join(traceback.format_exception_only(exc_type, exc))
         result = {"error": text.replace(str(bundle_dir) + "/", "")}

@@ -31,6 +31,10 @@ from tether.hub.store.models import Bundle, Dag, ImportError_
 log = logging.getLogger("tether.hub.dags")
 
 
+class DuplicateDagId(ValueError):
+    """Two files define the same DAG id; the later file (by path) is refused."""
+
+
 @dataclass
 class ParseResult:
     dags: list[dict[str, Any]] = field(default_factory=list)
@@ -89,10 +93,10 @@ def parse_bundle(bundle_dir: Path, timeout: float, parallel: int = 2) -> ParseRe
             for spec in dags:
                 Timetable.from_serialized(spec)
                 if spec["dag_id"] in owner:
-                    raise InvalidSchedule(
+                    raise DuplicateDagId(
                         f"DAG id {spec['dag_id']!r} is already defined in {owner[spec['dag_id']]}"
                     )
-        except InvalidSchedule as exc:
+        except (InvalidSchedule, DuplicateDagId) as exc:
             result.errors[relpath] = f"{type(exc).__name__}: {exc}"
             continue
         for spec in dags:

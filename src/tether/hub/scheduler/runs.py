@@ -228,6 +228,8 @@ def requeue_due_retries(session: Session, now: datetime) -> set[str]:
         ti.state = S.QUEUED
         ti.queued_at = now
         ti.next_retry_at = None
+        ti.worker_name = None  # the previous try's worker stays on its attempt row
+        ti.started_at = ti.ended_at = None
         woken.add(ti.queue)
     return woken
 

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tether.hub.scheduler import states as S
@@ -140,13 +140,6 @@ def append_log(
     return attempt.log_size
 
 
-def read_log(session: Session, attempt_id: str) -> bytes:
-    chunks = session.scalars(
-        select(LogChunk.data).where(LogChunk.attempt_id == attempt_id).order_by(LogChunk.offset)
-    )
-    return b"".join(chunks)
-
-
 def finish(
     session: Session, attempt_id: str, worker_name: str, result: AttemptResult
 ) -> tuple[str, set[str], datetime | None]:
@@ -220,13 +213,3 @@ def heartbeat(session: Session, worker_name: str, info: dict[str, Any]) -> None:
     worker.version = info.get("version")
     worker.info = {k: info[k] for k in ("hostname", "platform", "python", "running") if k in info}
     worker.last_heartbeat = now
-
-
-def count_queued(session: Session) -> dict[str, dict[str, Any]]:
-    """Per queue: number of queued task instances and the oldest queued time."""
-    rows = session.execute(
-        select(TaskInstance.queue, func.count(), func.min(TaskInstance.queued_at))
-        .where(TaskInstance.state == S.QUEUED)
-        .group_by(TaskInstance.queue)
-    )
-    return {q: {"queued": n, "oldest_queued_at": oldest} for q, n, oldest in rows}
