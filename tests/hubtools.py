@@ -13,7 +13,6 @@ from tether.hub.dags.processor import DagProcessor
 from tether.hub.state import Hub
 
 ADMIN = "admin-token-for-tests"
-WORKER = "worker-token-for-tests"
 
 
 def write_dag(folder: Path, name: str, source: str) -> None:
@@ -25,7 +24,7 @@ def make_hub(tmp: Path, database_url: str, dags: Path) -> Hub:
     config = HubConfig(
         home=tmp / "home", dags_folder=dags, database_url=database_url, dag_file_timeout=5
     )
-    return build_hub(config, Tokens(admin=ADMIN, worker=WORKER))
+    return build_hub(config, Tokens(admin=ADMIN))
 
 
 def parse(hub: Hub) -> None:
@@ -34,4 +33,4 @@ def parse(hub: Hub) -> None:
     ).process_once()
 
 
-__all__ = ["ADMIN", "WORKER", "create_app", "make_hub", "parse", "write_dag"]
+__all__ = ["ADMIN", "create_app", "make_hub", "parse", "write_dag"]

@@ -16,8 +16,8 @@ PROTOCOL_VERSION = 1
 
 WORKER_API_PREFIX = "/api/worker/v1"
 
-#: Header that names the calling worker on every worker-API request.
-WORKER_NAME_HEADER = "X-Tether-Worker"
+#: Header that carries the worker process's session id (see POST /sessions).
+SESSION_HEADER = "X-Tether-Session"
 
 #: Longest a claim may be held open by the hub, in seconds.
 MAX_CLAIM_WAIT = 60.0
@@ -68,6 +68,8 @@ class Job:
     data_interval_start: str | None = None
     data_interval_end: str | None = None
     execution_timeout: float | None = None
+    #: Worker slots the task takes (``pool_slots``).
+    pool_slots: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 import httpx
 
 ADMIN_TOKEN = "test-admin-token-" + "a" * 20
-WORKER_TOKEN = "test-worker-token-" + "b" * 20
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "dags"
 T = TypeVar("T")
@@ -88,7 +87,6 @@ class Hub(Process):
             env={
                 "TETHER_DATABASE_URL": database_url,
                 "TETHER_ADMIN_TOKEN": ADMIN_TOKEN,
-                "TETHER_WORKER_TOKEN": WORKER_TOKEN,
                 "TETHER_DAG_SCAN_INTERVAL": "0.3",
                 "TETHER_DAG_FILE_TIMEOUT": "3",
                 **env,
@@ -113,6 +111,12 @@ class Hub(Process):
 
 
 class Worker(Process):
+    """A ``tether worker`` process, enrolled for ``queues`` unless its home holds a credential.
+
+    ``enrol`` overrides the enrolment token (for tests of bad tokens);
+    ``extra`` adds command-line arguments.
+    """
+
     def __init__(
         self,
         hub: Hub,
@@ -122,31 +126,30 @@ class Worker(Process):
         *,
         cwd: Path | None = None,
         concurrency: int = 4,
-        token: str = WORKER_TOKEN,
+        enrol: str | None = None,
+        extra: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        hub_url: str | None = None,
     ) -> None:
         self.home = home
         self.name = name
         workdir = cwd or home.parent / f"{name}-cwd"
         workdir.mkdir(parents=True, exist_ok=True)
         home.mkdir(parents=True, exist_ok=True)
-        super().__init__(
-            [
-                "worker",
-                "--hub",
-                hub.url,
-                "--queues",
-                queues,
-                "--home",
-                str(home),
-                "--name",
-                name,
-                "--concurrency",
-                str(concurrency),
-            ],
-            env={"TETHER_WORKER_TOKEN": token},
-            cwd=workdir,
-            log=home / "worker.log",
-        )
+        args = [
+            "worker",
+            "--hub",
+            hub_url or hub.url,
+            "--home",
+            str(home),
+            "--concurrency",
+            str(concurrency),
+            *(extra or []),
+        ]
+        if not (home / "credential.json").exists():
+            token = enrol if enrol is not None else hub.api.enrolment_token(queues, name)
+            args += ["--enrol", token]
+        super().__init__(args, env=env or {}, cwd=workdir, log=home / "worker.log")
         self.hub = hub
 
     def wait_registered(self, timeout: float = 30) -> None:
@@ -154,7 +157,7 @@ class Worker(Process):
             if self.popen.poll() is not None:
                 raise AssertionError(f"worker {self.name} exited:\n{self.output()}")
             return any(
-                w["name"] == self.name and w["state"] != "offline"
+                w["name"] == self.name and w["state"] in ("idle", "running")
                 for w in self.hub.api.get("/workers")["workers"]
             )
 
@@ -173,6 +176,22 @@ class Api:
         response = self.http.get(path, **kwargs)
         response.raise_for_status()
         return response.json()
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        response = self.http.post(path, json=body)
+        response.raise_for_status()
+        return response.json()
+
+    def enrolment_token(self, queues: str, name: str, expires_in: float = 3600) -> str:
+        answer = self.post(
+            "/workers/enrolment-tokens",
+            {"queues": queues.split(","), "name": name, "expires_in": expires_in},
+        )
+        token: str = answer["token"]
+        return token
+
+    def worker(self, name: str) -> dict[str, Any]:
+        return next(w for w in self.get("/workers")["workers"] if w["name"] == name)
 
     def dag_ids(self) -> set[str]:
         return {d["dag_id"] for d in self.get("/dags")["dags"]}

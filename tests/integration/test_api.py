@@ -10,10 +10,12 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
-from tests.hubtools import ADMIN, WORKER, create_app, make_hub, parse, write_dag
+from tests.hubtools import ADMIN, create_app, make_hub, parse, write_dag
+from tether import __version__
 from tether.hub.state import Hub
-from tether.protocol import WORKER_NAME_HEADER
+from tether.protocol import PROTOCOL_VERSION, SESSION_HEADER
 
 
 @pytest.fixture
@@ -39,21 +41,58 @@ def run(hub: Hub, scenario: Any) -> Any:
     async def main() -> Any:
         hub.wakeups.bind(asyncio.get_running_loop())
         transport = httpx.ASGITransport(app=create_app(hub))
-        async with (
-            httpx.AsyncClient(
-                transport=transport,
-                base_url="http://hub",
-                headers={"Authorization": f"Bearer {ADMIN}"},
-            ) as admin,
-            httpx.AsyncClient(
-                transport=transport,
-                base_url="http://hub",
-                headers={"Authorization": f"Bearer {WORKER}", WORKER_NAME_HEADER: "w1"},
-            ) as worker,
-        ):
-            return await scenario(admin, worker)
+        async with httpx.AsyncClient(
+            transport=transport,
+            base_url="http://hub",
+            headers={"Authorization": f"Bearer {ADMIN}"},
+        ) as admin:
+            return await scenario(admin, Workers(transport, admin))
 
     return asyncio.run(main())
+
+
+W = "/api/worker/v1"
+FACTS = {"concurrency": 2, "free_slots": 2, "version": __version__, "protocol": PROTOCOL_VERSION}
+
+
+class Workers:
+    """Enrols workers and opens their sessions, as the real worker does."""
+
+    def __init__(self, transport: httpx.ASGITransport, admin: httpx.AsyncClient) -> None:
+        self.transport, self.admin = transport, admin
+
+    async def token(self, queues: list[str], name: str, expires_in: float = 600) -> str:
+        answer = await self.admin.post(
+            "/api/v1/workers/enrolment-tokens",
+            json={"queues": queues, "name": name, "expires_in": expires_in},
+        )
+        assert answer.status_code == 200, answer.text
+        token: str = answer.json()["token"]
+        return token
+
+    def client(self, credential: str = "", session: str = "") -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {credential}"} if credential else {}
+        if session:
+            headers[SESSION_HEADER] = session
+        return httpx.AsyncClient(transport=self.transport, base_url="http://hub", headers=headers)
+
+    async def enrol(self, queues: list[str], name: str) -> str:
+        async with self.client() as anon:
+            answer = await anon.post(f"{W}/enrol", json={"token": await self.token(queues, name)})
+        assert answer.status_code == 200, answer.text
+        credential: str = answer.json()["credential"]
+        return credential
+
+    async def connect(self, queues: list[str], name: str) -> httpx.AsyncClient:
+        """An enrolled worker with an open session."""
+        credential = await self.enrol(queues, name)
+        return await self.session(credential)
+
+    async def session(self, credential: str) -> httpx.AsyncClient:
+        async with self.client(credential) as c:
+            answer = await c.post(f"{W}/sessions", json=FACTS)
+        assert answer.status_code == 200, answer.text
+        return self.client(credential, answer.json()["session_id"])
 
 
 async def _expect(response: httpx.Response, status: int, reason: str) -> None:
@@ -62,15 +101,11 @@ async def _expect(response: httpx.Response, status: int, reason: str) -> None:
 
 
 def test_rest_api_errors_have_reasons(hub: Hub) -> None:
-    async def scenario(admin: httpx.AsyncClient, _: httpx.AsyncClient) -> None:
+    async def scenario(admin: httpx.AsyncClient, _: Workers) -> None:
         anon = await admin.get("/api/v1/dags", headers={"Authorization": ""})
         await _expect(anon, 401, "missing bearer token")
         wrong = await admin.get("/api/v1/dags", headers={"Authorization": "Bearer nope"})
         await _expect(wrong, 401, "invalid token")
-        worker_token = await admin.get(
-            "/api/v1/dags", headers={"Authorization": f"Bearer {WORKER}"}
-        )
-        await _expect(worker_token, 401, "invalid token")
         assert (await admin.get("/api/v1/health", headers={"Authorization": ""})).status_code == 200
 
         await _expect(await admin.get("/api/v1/dags/nope"), 404, "no DAG 'nope'")
@@ -107,93 +142,208 @@ def test_rest_api_errors_have_reasons(hub: Hub) -> None:
     run(hub, scenario)
 
 
-def test_worker_api_errors_have_reasons(hub: Hub) -> None:
-    async def scenario(admin: httpx.AsyncClient, worker: httpx.AsyncClient) -> None:
-        base = "/api/worker/v1"
-        admin_as_worker = await admin.post(
-            f"{base}/claim", json={"queues": ["default"], "slots": 1, "wait": 0}
-        )
-        await _expect(admin_as_worker, 401, "invalid token")
-        nameless = await worker.post(
-            f"{base}/claim",
-            headers={WORKER_NAME_HEADER: ""},
-            json={"queues": ["default"], "slots": 1, "wait": 0},
-        )
-        await _expect(nameless, 400, WORKER_NAME_HEADER)
-        bad_queue = await worker.post(f"{base}/claim", json={"queues": ["a b"], "slots": 1})
-        assert bad_queue.status_code == 422
-        assert "invalid queue name" in bad_queue.text
-        too_long = await worker.post(
-            f"{base}/claim", json={"queues": ["q"], "slots": 1, "wait": 3600}
-        )
-        assert too_long.status_code == 422
-        await _expect(await worker.get(f"{base}/bundles/{'0' * 64}"), 404, "no bundle")
-        await _expect(
-            await worker.post(f"{base}/attempts/nope/finish", json={"state": "success"}),
-            404,
-            "no attempt",
-        )
-        bad_state = await worker.post(f"{base}/attempts/nope/finish", json={"state": "great"})
-        assert bad_state.status_code == 422
-
-        await admin.post("/api/v1/dags/pair/runs", json={"run_id": "r1"})
-        claimed = await worker.post(
-            f"{base}/claim", json={"queues": ["default"], "slots": 5, "wait": 0}
-        )
-        (job,) = claimed.json()["jobs"]
-        other = {WORKER_NAME_HEADER: "w2"}
-        await _expect(
-            await worker.post(
-                f"{base}/attempts/{job['attempt_id']}/finish",
-                json={"state": "success"},
-                headers=other,
-            ),
-            403,
-            "held by another worker",
-        )
-        await _expect(
-            await worker.post(
-                f"{base}/attempts/{job['attempt_id']}/logs?offset=0", content=b"x", headers=other
-            ),
-            403,
-            "held by another worker",
-        )
-        no_offset = await worker.post(f"{base}/attempts/{job['attempt_id']}/logs", content=b"x")
-        assert no_offset.status_code == 422
-        bundle = await worker.get(f"{base}/bundles/{job['bundle_sha']}")
-        assert bundle.status_code == 200
-        assert bundle.content[:2] == b"\x1f\x8b"  # gzip
+def test_enrolment_tokens_are_single_use_hashed_and_expire(hub: Hub) -> None:
+    async def scenario(admin: httpx.AsyncClient, workers: Workers) -> None:
+        token = await workers.token(["acme"], "edge-1")
+        async with workers.client() as anon:
+            await _expect(
+                await anon.post(f"{W}/enrol", json={"token": "tte_x.y"}),
+                401,
+                "unknown enrolment token",
+            )
+            first = await anon.post(f"{W}/enrol", json={"token": token})
+            assert first.json()["name"] == "edge-1"
+            assert first.json()["queues"] == ["acme"]
+            await _expect(await anon.post(f"{W}/enrol", json={"token": token}), 401, "already used")
+            short = await workers.token(["acme"], "edge-2", expires_in=0.05)
+            await asyncio.sleep(0.1)
+            await _expect(await anon.post(f"{W}/enrol", json={"token": short}), 401, "expired")
+            bad = await admin.post(
+                "/api/v1/workers/enrolment-tokens", json={"queues": ["no spaces"]}
+            )
+            assert bad.status_code == 422
+        credential = first.json()["credential"]
+        # Only hashes are stored: neither secret appears in the database.
+        with hub.store.session() as s:
+            dump = "\n".join(
+                str(row)
+                for table in ("worker", "enrolment_token")
+                for row in s.execute(text(f"SELECT * FROM {table}"))
+            )
+        assert credential not in dump
+        assert token.split(".")[1] not in dump
 
     run(hub, scenario)
 
 
-def test_a_held_claim_answers_as_soon_as_work_appears(hub: Hub) -> None:
-    async def scenario(admin: httpx.AsyncClient, worker: httpx.AsyncClient) -> Any:
-        claim = asyncio.create_task(
-            worker.post(
-                "/api/worker/v1/claim", json={"queues": ["default"], "slots": 1, "wait": 30}
+def test_worker_api_errors_have_reasons(hub: Hub) -> None:
+    async def scenario(admin: httpx.AsyncClient, workers: Workers) -> None:
+        async with workers.client() as anon:
+            await _expect(
+                await anon.post(f"{W}/poll", json={"slots": 1}), 401, "missing bearer token"
             )
-        )
-        await asyncio.sleep(0.2)  # the claim is now held open with nothing to take
-        assert not claim.done()
-        await admin.post("/api/v1/dags/pair/runs", json={})
-        response = await asyncio.wait_for(claim, 10)
-        return response.json()["jobs"]
+        async with workers.client(ADMIN) as admin_as_worker:
+            await _expect(
+                await admin_as_worker.post(f"{W}/sessions", json=FACTS),
+                401,
+                "invalid worker credential",
+            )
+        credential = await workers.enrol(["default"], "w1")
+        async with workers.client(credential) as c:
+            await _expect(
+                await c.post(f"{W}/poll", json={"slots": 1, "wait": 0}), 409, "no longer current"
+            )
+            await _expect(
+                await c.post(f"{W}/sessions", json={**FACTS, "queues": ["other"]}),
+                403,
+                "may not serve other",
+            )
+            bad_queue = await c.post(f"{W}/sessions", json={**FACTS, "queues": ["a b"]})
+            assert bad_queue.status_code == 422
+            assert "invalid queue name" in bad_queue.text
+            old = await c.post(f"{W}/sessions", json={**FACTS, "version": "0.0.1"})
+            await _expect(
+                old,
+                426,
+                f"worker 0.0.1 is older than the minimum 0.1.0 accepted by hub {__version__}",
+            )
+            other_protocol = await c.post(f"{W}/sessions", json={**FACTS, "protocol": 99})
+            await _expect(other_protocol, 426, "speaks protocol 99")
+        worker = await workers.session(credential)
+        async with worker:
+            too_long = await worker.post(f"{W}/poll", json={"slots": 1, "wait": 3600})
+            assert too_long.status_code == 422
+            await _expect(await worker.get(f"{W}/bundles/{'0' * 64}"), 404, "no bundle")
+            await _expect(
+                await worker.post(f"{W}/attempts/nope/finish", json={"state": "success"}),
+                404,
+                "no attempt",
+            )
+            bad_state = await worker.post(f"{W}/attempts/nope/finish", json={"state": "great"})
+            assert bad_state.status_code == 422
+
+            await admin.post("/api/v1/dags/pair/runs", json={"run_id": "r1"})
+            claimed = await worker.post(f"{W}/poll", json={"slots": 5, "wait": 0})
+            (job,) = claimed.json()["jobs"]
+            bundle = await worker.get(f"{W}/bundles/{job['bundle_sha']}")
+            assert bundle.content[:2] == b"\x1f\x8b"  # gzip
+            no_offset = await worker.post(f"{W}/attempts/{job['attempt_id']}/logs", content=b"x")
+            assert no_offset.status_code == 422
+            # Another worker cannot report on this worker's attempt.
+            async with await workers.connect(["default"], "w2") as intruder:
+                attempt = job["attempt_id"]
+                await _expect(
+                    await intruder.post(
+                        f"{W}/attempts/{attempt}/finish", json={"state": "success"}
+                    ),
+                    403,
+                    "held by another worker",
+                )
+                await _expect(
+                    await intruder.post(f"{W}/attempts/{attempt}/logs?offset=0", content=b"x"),
+                    403,
+                    "held by another worker",
+                )
+
+    run(hub, scenario)
+
+
+def test_a_worker_claims_only_its_own_queues(hub: Hub) -> None:
+    async def scenario(admin: httpx.AsyncClient, workers: Workers) -> None:
+        await admin.post("/api/v1/dags/pair/runs", json={"run_id": "r1"})
+        async with await workers.connect(["other"], "other-tenant") as other:
+            nothing = await other.post(f"{W}/poll", json={"slots": 5, "wait": 0})
+            assert nothing.json()["jobs"] == []
+        async with await workers.connect(["default"], "right-tenant") as right:
+            got = await right.post(f"{W}/poll", json={"slots": 5, "wait": 0})
+            assert [j["task_id"] for j in got.json()["jobs"]] == ["a"]
+
+    run(hub, scenario)
+
+
+def test_a_revoked_worker_gets_401_on_its_next_call(hub: Hub) -> None:
+    async def scenario(admin: httpx.AsyncClient, workers: Workers) -> None:
+        async with await workers.connect(["default"], "w1") as worker:
+            ok = await worker.post(f"{W}/heartbeat", json=FACTS)
+            assert ok.status_code == 200
+            assert (await admin.post("/api/v1/workers/w1/revoke")).status_code == 200
+            await _expect(
+                await worker.post(f"{W}/heartbeat", json=FACTS), 401, "invalid or revoked"
+            )
+            await _expect(
+                await admin.post("/api/v1/workers/nobody/revoke"), 404, "no worker 'nobody'"
+            )
+
+    run(hub, scenario)
+
+
+def test_a_newer_session_supersedes_the_older(hub: Hub) -> None:
+    async def scenario(admin: httpx.AsyncClient, workers: Workers) -> None:
+        credential = await workers.enrol(["default"], "w1")
+        first = await workers.session(credential)
+        held = asyncio.create_task(first.post(f"{W}/poll", json={"slots": 0, "wait": 30}))
+        await asyncio.sleep(0.2)
+        assert not held.done()
+        second = await workers.session(credential)
+        # The held poll of the first process answers at once: it has been replaced.
+        await _expect(await asyncio.wait_for(held, 10), 409, "took over")
+        assert (await second.post(f"{W}/heartbeat", json=FACTS)).status_code == 200
+        await first.aclose()
+        await second.aclose()
+
+    run(hub, scenario)
+
+
+def test_a_held_poll_answers_as_soon_as_work_appears(hub: Hub) -> None:
+    async def scenario(admin: httpx.AsyncClient, workers: Workers) -> Any:
+        async with await workers.connect(["default"], "w1") as worker:
+            poll = asyncio.create_task(worker.post(f"{W}/poll", json={"slots": 1, "wait": 30}))
+            await asyncio.sleep(0.2)  # the poll is now held open with nothing to take
+            assert not poll.done()
+            await admin.post("/api/v1/dags/pair/runs", json={})
+            response = await asyncio.wait_for(poll, 10)
+            return response.json()["jobs"]
 
     jobs = run(hub, scenario)
     assert [j["task_id"] for j in jobs] == ["a"]
 
 
-def test_a_held_claim_is_released_when_the_hub_closes(hub: Hub) -> None:
-    async def scenario(admin: httpx.AsyncClient, worker: httpx.AsyncClient) -> Any:
-        claim = asyncio.create_task(
-            worker.post(
-                "/api/worker/v1/claim", json={"queues": ["default"], "slots": 1, "wait": 30}
+def test_marking_a_running_task_failed_answers_the_held_poll_with_a_kill(hub: Hub) -> None:
+    async def scenario(admin: httpx.AsyncClient, workers: Workers) -> None:
+        async with await workers.connect(["default"], "w1") as worker:
+            await admin.post("/api/v1/dags/pair/runs", json={"run_id": "r1"})
+            (job,) = (await worker.post(f"{W}/poll", json={"slots": 1, "wait": 0})).json()["jobs"]
+            busy = {"slots": 0, "running": [job["attempt_id"]], "wait": 30}
+            poll = asyncio.create_task(worker.post(f"{W}/poll", json=busy))
+            await asyncio.sleep(0.2)
+            assert not poll.done()
+            marked = await admin.patch(
+                "/api/v1/dags/pair/runs/r1/tasks/a", json={"state": "failed"}
             )
-        )
-        await asyncio.sleep(0.2)
-        assert not claim.done()
-        hub.wakeups.close()
-        return (await asyncio.wait_for(claim, 10)).json()
+            assert marked.status_code == 200
+            answer = (await asyncio.wait_for(poll, 10)).json()
+            assert answer["directives"]["kill"] == [job["attempt_id"]]
+            late = await worker.post(
+                f"{W}/attempts/{job['attempt_id']}/finish", json={"state": "success"}
+            )
+            await _expect(late, 409, "already ended as lost")
+            detail = (await admin.get("/api/v1/dags/pair/runs/r1")).json()
+            assert {t["task_id"]: t["state"] for t in detail["tasks"]} == {
+                "a": "failed",
+                "b": "upstream_failed",
+            }
+            assert detail["state"] == "failed"
 
-    assert run(hub, scenario) == {"jobs": []}
+    run(hub, scenario)
+
+
+def test_a_held_poll_is_released_when_the_hub_closes(hub: Hub) -> None:
+    async def scenario(admin: httpx.AsyncClient, workers: Workers) -> Any:
+        async with await workers.connect(["default"], "w1") as worker:
+            poll = asyncio.create_task(worker.post(f"{W}/poll", json={"slots": 1, "wait": 30}))
+            await asyncio.sleep(0.2)
+            assert not poll.done()
+            hub.wakeups.close()
+            return (await asyncio.wait_for(poll, 10)).json()["jobs"]
+
+    assert run(hub, scenario) == []

@@ -55,16 +55,24 @@ def test_a_customer_task_waits_for_a_worker_of_its_queue(hub: Hub, tmp_path: Pat
 
 
 def test_a_worker_with_an_invalid_queue_name_refuses_to_start(hub: Hub, tmp_path: Path) -> None:
-    bad = Worker(hub, tmp_path / "bad", "default,no spaces allowed", "bad-queue")
+    bad = Worker(
+        hub,
+        tmp_path / "bad",
+        "default",
+        "bad-queue",
+        extra=["--queues", "default,no spaces allowed"],
+    )
     code = wait_for(lambda: bad.popen.poll(), 30, "the worker to exit")
     bad.stop()
     assert code == 1
     assert "invalid queue name 'no spaces allowed'" in bad.output()
 
 
-def test_a_worker_with_a_wrong_token_exits_with_the_reason(hub: Hub, tmp_path: Path) -> None:
-    bad = Worker(hub, tmp_path / "bad", "default", "intruder", token="not-the-token")
+def test_a_worker_with_a_bad_enrolment_token_exits_with_the_reason(
+    hub: Hub, tmp_path: Path
+) -> None:
+    bad = Worker(hub, tmp_path / "bad", "default", "intruder", enrol="tte_0000.not-a-token")
     code = wait_for(lambda: bad.popen.poll() is not None, 30, "the worker to exit")
     bad.stop()
     assert code
-    assert "refused this worker's token" in bad.output()
+    assert "enrolment refused: unknown enrolment token" in bad.output()

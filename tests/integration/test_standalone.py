@@ -25,7 +25,6 @@ def test_standalone_runs_the_examples_on_its_local_worker(tmp_path: Path) -> Non
         if k
         not in (
             "TETHER_ADMIN_TOKEN",
-            "TETHER_WORKER_TOKEN",
             "TETHER_DATABASE_URL",
             "TETHER_DAGS_FOLDER",
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 from tether.cli.rest import Api, CliError, out
@@ -67,6 +68,72 @@ def dags_trigger(args: argparse.Namespace) -> int:
         )
     out(f"run {run_id}: {run['state']}")
     return 0 if run["state"] == "success" else 1
+
+
+def _duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except (ValueError, IndexError):
+        raise CliError(f"invalid duration {text!r}: use e.g. 90s, 30m, 24h, 7d") from None
+
+
+def workers_list(args: argparse.Namespace) -> int:
+    workers = Api(args.hub).get("/workers")["workers"]
+    if args.json:
+        out(json.dumps(workers, indent=2))
+        return 0
+    out(f"{'name':28} {'state':12} {'slots':7} {'queues':30} last heartbeat / comment")
+    for w in workers:
+        comment = w.get("maintenance_comment") or ""
+        slots = f"{w['free_slots']}/{w['concurrency']}"
+        out(
+            f"{w['name']:28} {w['state']:12} {slots:7} {','.join(w['queues']):30} "
+            f"{w['last_heartbeat'] or '-'} {comment}"
+        )
+    return 0
+
+
+def workers_token_create(args: argparse.Namespace) -> int:
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    body: dict[str, object] = {"queues": queues, "expires_in": _duration(args.expires)}
+    if args.name:
+        body["name"] = args.name
+    answer = Api(args.hub).post("/workers/enrolment-tokens", body)
+    out(answer["token"])
+    sys.stderr.write(
+        f"one-time enrolment token for worker {answer['name']} (queues "
+        f"{','.join(answer['queues'])}), valid until {answer['expires_at']}\n"
+    )
+    return 0
+
+
+def workers_revoke(args: argparse.Namespace) -> int:
+    Api(args.hub).post(f"/workers/{args.name}/revoke", {})
+    out(f"worker {args.name} revoked")
+    return 0
+
+
+def workers_shutdown(args: argparse.Namespace) -> int:
+    Api(args.hub).post(f"/workers/{args.name}/shutdown", {})
+    out(f"worker {args.name} asked to shut down")
+    return 0
+
+
+def workers_remove(args: argparse.Namespace) -> int:
+    Api(args.hub).request("DELETE", f"/workers/{args.name}")
+    out(f"worker {args.name} removed")
+    return 0
+
+
+def workers_maintenance(args: argparse.Namespace) -> int:
+    Api(args.hub).post(
+        f"/workers/{args.name}/maintenance", {"on": args.mode == "on", "comment": args.comment}
+    )
+    out(f"worker {args.name}: maintenance {args.mode}")
+    return 0
 
 
 def db_migrate(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from tether import __version__
 from tether.cli.rest import CliError
+from tether.cli.worker import add_worker_parser
 
 HUB_EXTRA_HINT = "this command needs the hub's dependencies: pip install 'tether[hub]'"
 HUB_MODULES = frozenset({"fastapi", "uvicorn", "sqlalchemy", "alembic", "croniter", "starlette"})
@@ -37,16 +38,17 @@ def _parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("hub", help="run the hub (API, scheduler, dag processor)")
     hub_args(sp, "HOME/dags")
+    sp.add_argument(
+        "--tls-cert",
+        type=_path,
+        help="serve HTTPS with this PEM certificate chain (default: $TETHER_TLS_CERT)",
+    )
+    sp.add_argument(
+        "--tls-key", type=_path, help="the certificate's PEM private key (default: $TETHER_TLS_KEY)"
+    )
     sp.set_defaults(func=_lazy("tether.cli.serve", "hub_command"))
 
-    sp = sub.add_parser("worker", help="run an edge worker (it only dials out)")
-    sp.add_argument("--hub", help="hub URL (default: $TETHER_HUB_URL or http://127.0.0.1:8080)")
-    sp.add_argument("--token", help="worker token (default: $TETHER_WORKER_TOKEN)")
-    sp.add_argument("--queues", required=True, help="comma-separated queues to serve")
-    sp.add_argument("--concurrency", type=int, default=4, help="tasks run at once (default 4)")
-    sp.add_argument("--home", help="worker home (default: $TETHER_WORKER_HOME or ~/.tether-worker)")
-    sp.add_argument("--name", help="worker name (default: the host name)")
-    sp.set_defaults(func=_lazy("tether.cli.worker", "worker_command"))
+    add_worker_parser(sub)
 
     db = sub.add_parser("db", help="metadata store").add_subparsers(dest="db", required=True)
     sp = db.add_parser("migrate", help="create or upgrade the database schema")
@@ -75,6 +77,37 @@ def _parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--timeout", type=float, default=None, help="give up waiting after S s")
     sp.set_defaults(func=_lazy("tether.cli.commands", "dags_trigger"))
+    workers = sub.add_parser("workers", help="edge workers, from the centre").add_subparsers(
+        dest="workers", required=True
+    )
+    sp = workers.add_parser("list", help="list workers")
+    client_args(sp)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=_lazy("tether.cli.commands", "workers_list"))
+    token = workers.add_parser("token", help="enrolment tokens").add_subparsers(
+        dest="token", required=True
+    )
+    sp = token.add_parser("create", help="a one-time token for a new worker")
+    client_args(sp)
+    sp.add_argument("--queues", required=True, help="comma-separated queues it may serve")
+    sp.add_argument("--name", help="the worker's name (default: generated)")
+    sp.add_argument("--expires", default="24h", help="token lifetime: 30m, 24h, 7d (default 24h)")
+    sp.set_defaults(func=_lazy("tether.cli.commands", "workers_token_create"))
+    for action, text in (
+        ("revoke", "revoke a worker's credential: its next request gets 401"),
+        ("shutdown", "ask a worker to drain and exit"),
+        ("remove", "revoke a worker and forget it (its running tasks fail or retry)"),
+    ):
+        sp = workers.add_parser(action, help=text)
+        client_args(sp)
+        sp.add_argument("name")
+        sp.set_defaults(func=_lazy("tether.cli.commands", f"workers_{action}"))
+    sp = workers.add_parser("maintenance", help="put a worker in maintenance, or take it out")
+    client_args(sp)
+    sp.add_argument("name")
+    sp.add_argument("mode", choices=["on", "off"])
+    sp.add_argument("--comment", help="why; shown in the worker list")
+    sp.set_defaults(func=_lazy("tether.cli.commands", "workers_maintenance"))
     return p
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from tether.cli.rest import out
+from tether.cli.rest import CliError, out
 
 if TYPE_CHECKING:
     from tether.hub.config import HubConfig
@@ -48,7 +48,8 @@ def _serve(
     from tether.hub.app import build_hub, create_app
 
     hub = build_hub(config)
-    url = f"http://{config.host}:{config.port}"
+    scheme = "https" if config.tls_cert else "http"
+    url = f"{scheme}://{config.host}:{config.port}"
     out(f"Tether hub on {url}  (store: {hub.store.dialect}, DAGs: {config.dags_folder})")
     out(f"  status page:  {url}/#token={hub.tokens.admin}")
     out(
@@ -59,8 +60,10 @@ def _serve(
             else ""
         )
     )
-    if "TETHER_WORKER_TOKEN" not in os.environ:
-        out(f"  worker token: {hub.tokens.worker}  (kept in {config.home / 'worker_token'})")
+    out(
+        "  workers:      tether workers token create --queues QUEUES, then "
+        "tether worker --hub URL --enrol TOKEN"
+    )
 
     class Server(uvicorn.Server):
         exiting = False
@@ -101,6 +104,8 @@ def _serve(
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=10,
+            ssl_certfile=str(config.tls_cert) if config.tls_cert else None,
+            ssl_keyfile=str(config.tls_key) if config.tls_key else None,
         )
     )
     if on_started is not None:
@@ -113,7 +118,16 @@ def _serve(
 def hub_command(args: argparse.Namespace) -> int:
     from tether.hub.config import HubConfig
 
-    config = HubConfig.load(home=args.home, dags_folder=args.dags, host=args.host, port=args.port)
+    config = HubConfig.load(
+        home=args.home,
+        dags_folder=args.dags,
+        host=args.host,
+        port=args.port,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+    )
+    if bool(config.tls_cert) != bool(config.tls_key):
+        raise CliError("TLS needs both --tls-cert and --tls-key")
     _serve(config)
     return 0
 
@@ -131,7 +145,17 @@ def standalone_command(args: argparse.Namespace) -> int:
 
     def start_worker(hub: Hub, url: str) -> None:
         nonlocal worker
-        env = {**os.environ, "TETHER_WORKER_TOKEN": hub.tokens.worker}
+        from datetime import timedelta
+
+        from tether.hub.auth.credentials import create_enrolment_token
+
+        queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+        with hub.store.session() as s:
+            token, _, _ = create_enrolment_token(
+                s, queues, "standalone-worker", timedelta(minutes=10)
+            )
+        # The token travels in the environment, not argv (argv is visible to `ps`).
+        env = {**os.environ, "TETHER_ENROL_TOKEN": token}
         worker = subprocess.Popen(
             [
                 sys.executable,
@@ -144,8 +168,6 @@ def standalone_command(args: argparse.Namespace) -> int:
                 args.queues,
                 "--home",
                 str(config.home / "worker"),
-                "--name",
-                "standalone-worker",
                 "--concurrency",
                 str(args.concurrency),
             ],

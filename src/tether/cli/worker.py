@@ -1,42 +1,160 @@
-"""``tether worker``: run an edge worker in the foreground."""
+"""``tether worker``: run an edge worker, and control it from its own machine."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
+import shlex
 import signal
-import socket
+import sys
+import time
 from pathlib import Path
 
-from tether.cli.rest import CliError
+from tether.cli.rest import CliError, out
 from tether.protocol import InvalidQueueName
 
 log = logging.getLogger("tether.worker")
 
 
-def worker_command(args: argparse.Namespace) -> int:
-    from tether.worker.agent import Worker, WorkerConfig
-    from tether.worker.client import Unauthorized
-
-    token = args.token or os.environ.get("TETHER_WORKER_TOKEN")
-    if not token:
-        raise CliError("a worker needs --token or TETHER_WORKER_TOKEN")
-    hub = args.hub or os.environ.get("TETHER_HUB_URL") or "http://127.0.0.1:8080"
-    home = (
-        Path(args.home or os.environ.get("TETHER_WORKER_HOME") or Path.home() / ".tether-worker")
+def worker_home(value: str | None) -> Path:
+    return (
+        Path(value or os.environ.get("TETHER_WORKER_HOME") or Path.home() / ".tether-worker")
         .expanduser()
         .resolve()
     )
+
+
+def add_worker_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    sp = sub.add_parser("worker", help="run an edge worker (it only dials out), or control it")
+    sp.add_argument("--hub", help="hub URL (default: $TETHER_HUB_URL, or the one enrolled with)")
+    sp.add_argument(
+        "--enrol",
+        metavar="TOKEN",
+        help="enrolment token to exchange for this worker's credential "
+        "(default: $TETHER_ENROL_TOKEN); needed once",
+    )
+    sp.add_argument(
+        "--queues",
+        default="",
+        help="comma-separated queues to serve (default: all the credential allows)",
+    )
+    sp.add_argument("--concurrency", type=int, default=4, help="task slots (default 4)")
+    sp.add_argument("--home", help="worker home (default: $TETHER_WORKER_HOME or ~/.tether-worker)")
+    sp.add_argument(
+        "--ca-file",
+        help="CA bundle to trust for the hub's TLS certificate (default: the system's trust store)",
+    )
+    sp.add_argument(
+        "--proxy",
+        help="proxy URL, credentials allowed in it (default: HTTPS_PROXY / HTTP_PROXY / NO_PROXY)",
+    )
+    sp.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=_env_float("TETHER_WORKER_DRAIN_TIMEOUT"),
+        help="seconds a drain may take before running tasks are killed "
+        "(default: $TETHER_WORKER_DRAIN_TIMEOUT, or no limit)",
+    )
+    sp.add_argument(
+        "--kill-grace",
+        type=float,
+        default=1.5,
+        help="seconds between SIGTERM and SIGKILL when a task is killed",
+    )
+    sp.set_defaults(func=worker_command)
+    actions = sp.add_subparsers(dest="action", metavar="ACTION")
+
+    ap = actions.add_parser("maintenance", help="stop taking new tasks (running ones finish)")
+    ap.add_argument("mode", choices=["on", "off"])
+    ap.add_argument("--comment", help="why; shown to the centre")
+    ap.add_argument("--wait", action="store_true", help="wait until no task runs")
+    ap.add_argument("--home", dest="action_home")
+    ap.set_defaults(func=maintenance_command)
+
+    ap = actions.add_parser("status", help="print the running worker's state as JSON")
+    ap.add_argument("--home", dest="action_home")
+    ap.set_defaults(func=status_command)
+
+    ap = actions.add_parser("stop", help="drain, then exit")
+    ap.add_argument(
+        "--timeout", type=float, help="kill the tasks still running after this many seconds"
+    )
+    ap.add_argument("--home", dest="action_home")
+    ap.set_defaults(func=stop_command)
+
+    ap = actions.add_parser("install-service", help="a systemd unit for this worker")
+    ap.add_argument(
+        "--print",
+        action="store_true",
+        required=True,
+        help="print the unit (install it yourself; nothing is written)",
+    )
+    ap.add_argument("--home", dest="action_home")
+    ap.add_argument("--user", default="tether", help="the user the service runs as")
+    ap.set_defaults(func=install_service_command)
+
+
+def _env_float(name: str) -> float | None:
+    value = os.environ.get(name)
+    return float(value) if value else None
+
+
+def _home_of(args: argparse.Namespace) -> Path:
+    return worker_home(getattr(args, "action_home", None) or args.home)
+
+
+def worker_command(args: argparse.Namespace) -> int:
+    from tether.worker.agent import Worker, WorkerConfig, WorkerExit
+    from tether.worker.client import HubClient, HubError
+    from tether.worker.credential import Credential
+
+    home = _home_of(args)
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    saved = Credential.load(home)
+    token = args.enrol or os.environ.get("TETHER_ENROL_TOKEN")
+    hub = args.hub or os.environ.get("TETHER_HUB_URL") or (saved.hub_url if saved else None)
+    if not hub:
+        raise CliError("give the hub's URL with --hub or TETHER_HUB_URL")
+    if saved is None or (token and args.enrol):
+        if not token:
+            raise CliError(
+                f"this worker is not enrolled: no credential in {home}. Create a "
+                "token on the hub (tether workers token create --queues ...) and "
+                "pass it with --enrol"
+            )
+
+        async def enrol() -> Credential:
+            client = HubClient(hub, ca_file=args.ca_file, proxy=args.proxy)
+            try:
+                answer = await client.enrol(token)
+            finally:
+                await client.aclose()
+            return Credential(hub, answer["name"], answer["credential"], answer["queues"])
+
+        try:
+            saved = asyncio.run(enrol())
+        except HubError as exc:
+            raise CliError(f"enrolment refused: {exc.reason}") from None
+        path = saved.save(home)
+        out(
+            f"enrolled as worker {saved.name} for queues {','.join(saved.queues)}; "
+            f"credential kept in {path}"
+        )
     try:
         config = WorkerConfig(
             hub_url=hub,
-            token=token,
-            queues=[q.strip() for q in args.queues.split(",") if q.strip()],
+            credential=saved.credential,
             home=home,
-            name=args.name or socket.gethostname(),
+            name=saved.name,
+            queues=queues,
             concurrency=args.concurrency,
+            drain_timeout=args.drain_timeout,
+            kill_grace=args.kill_grace,
+            ca_file=args.ca_file,
+            proxy=args.proxy,
         )
     except (InvalidQueueName, ValueError) as exc:
         raise CliError(str(exc)) from None
@@ -45,7 +163,6 @@ def worker_command(args: argparse.Namespace) -> int:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         signals = 0
-        killers: set[asyncio.Task[None]] = set()
 
         def on_signal(signum: int) -> None:
             nonlocal signals
@@ -58,10 +175,7 @@ def worker_command(args: argparse.Namespace) -> int:
                 worker.stop()
             else:
                 log.warning("second signal: killing running tasks")
-                for runner in list(worker.running.values()):
-                    killer = loop.create_task(runner.kill())
-                    killers.add(killer)
-                    killer.add_done_callback(killers.discard)
+                worker.kill_all(f"the worker got {signal.Signals(signum).name} twice")
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal, sig)
@@ -69,6 +183,92 @@ def worker_command(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(main())
-    except Unauthorized as exc:
-        raise CliError(f"the hub refused this worker's token: {exc.reason}") from None
+    except WorkerExit as exc:
+        sys.stderr.write(f"tether worker: {exc}\n")
+        return exc.code
+    return 0
+
+
+def maintenance_command(args: argparse.Namespace) -> int:
+    from tether.worker import control
+
+    home = _home_of(args)
+    on = args.mode == "on"
+    control.update_control(home, maintenance=on, comment=args.comment if on else None)
+    if control.running_pid(home) is None:
+        out(f"maintenance {args.mode} recorded; no worker is running in {home}")
+        return 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        status = control.read_status(home)
+        if status.get("maintenance") == on:
+            break
+        time.sleep(0.2)
+    else:
+        raise CliError("the worker did not confirm the change within 10s")
+    if on and args.wait:
+        while control.read_status(home).get("running"):
+            time.sleep(0.5)
+    out(json.dumps(control.read_status(home), indent=2))
+    return 0
+
+
+def status_command(args: argparse.Namespace) -> int:
+    from tether.worker import control
+
+    home = _home_of(args)
+    status = control.read_status(home)
+    if control.running_pid(home) is None:
+        status = {**status, "state": "stopped", "running": []}
+    out(json.dumps(status, indent=2))
+    return 0 if status else 1
+
+
+def stop_command(args: argparse.Namespace) -> int:
+    from tether.worker import control
+
+    home = _home_of(args)
+    pid = control.running_pid(home)
+    if pid is None:
+        out(f"no worker is running in {home}")
+        return 0
+    control.update_control(home, stop=True, timeout=args.timeout)
+    out(f"worker {pid} is draining" + (f" (at most {args.timeout:g}s)" if args.timeout else ""))
+    while control.running_pid(home) == pid:
+        time.sleep(0.2)
+    out("worker stopped")
+    return 0
+
+
+def install_service_command(args: argparse.Namespace) -> int:
+    home = _home_of(args)
+    exe = shlex.quote(sys.executable)
+    out(f"""# /etc/systemd/system/tether-worker.service
+# Enrol once first, as the service user:
+#   sudo -u {args.user} {exe} -m tether worker --hub https://HUB --enrol TOKEN --home {home}
+# then: systemctl daemon-reload && systemctl enable --now tether-worker
+[Unit]
+Description=Tether edge worker (dials out to its hub; opens no port)
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+User={args.user}
+ExecStart={exe} -m tether worker --home {home}
+# Proxy and private CA, if the network needs them:
+# Environment=HTTPS_PROXY=http://user:password@proxy.example:3128
+# Environment=NO_PROXY=localhost,127.0.0.1
+# ExecStart={exe} -m tether worker --home {home} --ca-file /etc/tether/hub-ca.pem
+# SIGTERM drains: running tasks finish, bounded by the stop timeout below.
+KillSignal=SIGTERM
+KillMode=mixed
+TimeoutStopSec=600
+Restart=always
+RestartSec=5
+NoNewPrivileges=yes
+ProtectSystem=full
+ReadWritePaths={home}
+
+[Install]
+WantedBy=multi-user.target""")
     return 0

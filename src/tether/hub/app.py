@@ -57,7 +57,12 @@ def create_app(hub: Hub) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         hub.wakeups.bind(asyncio.get_running_loop())
-        scheduler = Scheduler(hub.store, hub.wakeups, hub.config.scheduler_sweep_interval)
+        scheduler = Scheduler(
+            hub.store,
+            hub.wakeups,
+            min(hub.config.scheduler_sweep_interval, hub.config.worker_lost_timeout / 2),
+            hub.config.worker_lost_timeout,
+        )
         background = [
             asyncio.create_task(_process_dags(hub), name="dag-processor"),
             asyncio.create_task(scheduler.run(), name="scheduler"),

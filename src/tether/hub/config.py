@@ -26,6 +26,15 @@ class HubConfig:
     dag_scan_interval: float = 2.0
     #: Safety-net sweep of the scheduler, in seconds (it is event-driven otherwise).
     scheduler_sweep_interval: float = 5.0
+    #: Seconds between a worker's heartbeats (told to each worker when it connects).
+    worker_heartbeat_interval: float = 10.0
+    #: A worker silent for this long is lost; its attempts fail or retry.
+    worker_lost_timeout: float = 300.0
+    #: Oldest worker release the hub accepts (same protocol version required too).
+    min_worker_version: str = "0.1.0"
+    #: Serve HTTPS with this certificate chain and key (PEM files).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     @classmethod
     def load(
@@ -35,6 +44,8 @@ class HubConfig:
         dags_folder: Path | None = None,
         host: str | None = None,
         port: int | None = None,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
     ) -> HubConfig:
         the_home = (home or default_home()).expanduser().resolve()
         env_dags = os.environ.get("TETHER_DAGS_FOLDER")
@@ -48,4 +59,13 @@ class HubConfig:
             dag_file_timeout=float(os.environ.get("TETHER_DAG_FILE_TIMEOUT", "30")),
             dag_scan_interval=float(os.environ.get("TETHER_DAG_SCAN_INTERVAL", "2")),
             scheduler_sweep_interval=float(os.environ.get("TETHER_SCHEDULER_SWEEP", "5")),
+            worker_heartbeat_interval=float(os.environ.get("TETHER_WORKER_HEARTBEAT", "10")),
+            worker_lost_timeout=float(os.environ.get("TETHER_WORKER_LOST_TIMEOUT", "300")),
+            min_worker_version=os.environ.get("TETHER_MIN_WORKER_VERSION", "0.1.0"),
+            tls_cert=tls_cert or _path(os.environ.get("TETHER_TLS_CERT")),
+            tls_key=tls_key or _path(os.environ.get("TETHER_TLS_KEY")),
         )
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value).expanduser() if value else None

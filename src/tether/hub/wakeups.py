@@ -17,6 +17,7 @@ class Wakeups:
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._worker_waiters: dict[str, set[asyncio.Event]] = {}
         self.scheduler = asyncio.Event()
         #: Set when the hub shuts down: held-open claims answer at once.
         self.closing = asyncio.Event()
@@ -25,27 +26,36 @@ class Wakeups:
         self._loop = loop
 
     @contextlib.contextmanager
-    def watching(self, queues: Iterable[str]) -> Iterator[asyncio.Event]:
-        """An event set whenever one of ``queues`` gets work; call from the loop."""
+    def watching(self, queues: Iterable[str], worker: str | None = None) -> Iterator[asyncio.Event]:
+        """An event set whenever one of ``queues`` gets work, or ``worker`` has news.
+
+        Call from the event loop.
+        """
         event = asyncio.Event()
-        names = list(queues)
-        for q in names:
-            self._waiters.setdefault(q, set()).add(event)
+        keys = [(self._waiters, q) for q in queues]
+        if worker is not None:
+            keys.append((self._worker_waiters, worker))
+        for table, key in keys:
+            table.setdefault(key, set()).add(event)
         try:
             yield event
         finally:
-            for q in names:
-                waiters = self._waiters.get(q)
+            for table, key in keys:
+                waiters = table.get(key)
                 if waiters is not None:
                     waiters.discard(event)
                     if not waiters:
-                        del self._waiters[q]
+                        del table[key]
 
     def notify(self, queues: Iterable[str]) -> None:
         """Wake the claims waiting on ``queues``; safe from any thread."""
         names = set(queues)
         if names:
-            self._call(self._wake_queues, names)
+            self._call(self._wake, self._waiters, names)
+
+    def notify_worker(self, name: str) -> None:
+        """Answer ``name``'s held poll now (a directive changed); safe from any thread."""
+        self._call(self._wake, self._worker_waiters, {name})
 
     def close(self) -> None:
         """Release every held-open claim; safe from any thread."""
@@ -68,7 +78,8 @@ class Wakeups:
         else:
             loop.call_soon_threadsafe(fn, *args)  # type: ignore[arg-type]
 
-    def _wake_queues(self, names: set[str]) -> None:
-        for q in names:
-            for event in self._waiters.get(q, ()):
+    @staticmethod
+    def _wake(table: dict[str, set[asyncio.Event]], keys: set[str]) -> None:
+        for key in keys:
+            for event in table.get(key, ()):
                 event.set()

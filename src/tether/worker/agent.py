@@ -1,39 +1,65 @@
-"""The edge worker's main loop: heartbeat, long-poll claim, run attempts, drain."""
+"""The edge worker's main loop.
+
+One long-poll is always open: it brings jobs when the worker has free slots,
+and directives (kill an attempt, maintenance, shutdown) at any time, so a busy
+worker still hears the centre within a round trip. Beside it run the
+heartbeat, the local control watcher and the delivery of spooled reports.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 import platform
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Any
 
 from tether import __version__
 from tether.protocol import Job, validate_queue_name
-from tether.worker.attempt import AttemptRunner
+from tether.worker import control
+from tether.worker.attempt import AttemptRunner, deliver, end_leftover
 from tether.worker.bundles import BundleCache
-from tether.worker.client import HubClient, HubError, Unauthorized
+from tether.worker.client import HubClient, HubError, Superseded
+from tether.worker.spool import Spool, clean_logs
 
 log = logging.getLogger("tether.worker")
+
+
+class WorkerExit(Exception):
+    """The worker must stop with this message and a non-zero exit code."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass
 class WorkerConfig:
     hub_url: str
-    token: str
-    queues: list[str]
+    credential: str
     home: Path
-    name: str = field(default_factory=socket.gethostname)
+    name: str
+    #: Queues to serve; empty: all the credential allows.
+    queues: list[str] = field(default_factory=list)
     concurrency: int = 4
-    heartbeat_interval: float = 10.0
-    claim_wait: float = 30.0
+    poll_wait: float = 30.0
     log_interval: float = 0.5
+    #: Seconds between SIGTERM and SIGKILL when a task is killed.
+    kill_grace: float = 1.5
+    #: Seconds a drain may take before the remaining tasks are killed (None: no limit).
+    drain_timeout: float | None = None
+    ca_file: str | None = None
+    proxy: str | None = None
+    #: Local task logs: deleted after this many seconds, or oldest first beyond the size.
+    log_max_age: float = 7 * 86400
+    log_max_bytes: int = 1024**3
 
     def __post_init__(self) -> None:
-        if not self.queues:
-            raise ValueError("a worker needs at least one queue")
         for q in self.queues:
             validate_queue_name(q)
         if self.concurrency < 1:
@@ -41,104 +67,359 @@ class WorkerConfig:
 
 
 class Worker:
-    """Pulls jobs for its queues and runs up to ``concurrency`` at once."""
+    """Pulls jobs for its queues and runs up to ``concurrency`` slots at once."""
 
     def __init__(self, config: WorkerConfig, client: HubClient | None = None) -> None:
         self.config = config
-        self.client = client or HubClient(config.hub_url, config.token, config.name)
-        self.bundles = BundleCache(config.home / "bundles", self.client.fetch_bundle)
+        self.client = client or HubClient(
+            config.hub_url, config.credential, ca_file=config.ca_file, proxy=config.proxy
+        )
+        self.home = config.home
+        self.bundles = BundleCache(self.home / "bundles", self.client.fetch_bundle)
+        self.spool = Spool(self.home / "spool")
         self.running: dict[str, AttemptRunner] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._slot_freed = asyncio.Event()
+        self.delivering: set[str] = set()
+        self.queues: list[str] = list(config.queues)
+        self.heartbeat_interval = 10.0
+        self.local_maintenance = False
+        self.local_comment: str | None = None
+        self.central_maintenance = False
+        self.central_comment: str | None = None
+        self.state = "starting"
+        self._tasks: set[asyncio.Task[Any]] = set()
+        # Two waiters, two events: a single event cleared by one would hide a
+        # change from the other.
+        self._poll_wake = asyncio.Event()
+        self._drain_wake = asyncio.Event()
+        self._last_clean = 0.0
         self._stopping = asyncio.Event()
+        self._drain_deadline: float | None = None
+        self._exit: WorkerExit | None = None
+        self._lock_file: IO[str] | None = None
+
+    # -- state ---------------------------------------------------------------------------
+
+    @property
+    def used_slots(self) -> int:
+        return sum(r.job.pool_slots for r in self.running.values())
 
     @property
     def free_slots(self) -> int:
-        return self.config.concurrency - len(self.running)
+        return max(0, self.config.concurrency - self.used_slots)
 
-    def stop(self) -> None:
-        """Stop taking work; running tasks finish. Safe to call more than once."""
+    @property
+    def maintenance(self) -> bool:
+        return self.local_maintenance or self.central_maintenance
+
+    @property
+    def accepting(self) -> bool:
+        return not self.maintenance and not self._stopping.is_set()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Drain: take no new work, let running tasks finish (at most ``timeout`` s)."""
+        loop = asyncio.get_running_loop()
+        limit = timeout if timeout is not None else self.config.drain_timeout
+        if limit is not None:
+            deadline = loop.time() + limit
+            if self._drain_deadline is None or deadline < self._drain_deadline:
+                self._drain_deadline = deadline
+        if not self._stopping.is_set():
+            log.info(
+                "draining: %d running task(s)%s",
+                len(self.running),
+                f", at most {limit:g}s" if limit is not None else "",
+            )
         self._stopping.set()
-        self._slot_freed.set()
+        self._notify()
+        self._tell_hub()
 
-    def _info(self) -> dict[str, object]:
+    def _notify(self) -> None:
+        """Something changed: slots, maintenance, stopping."""
+        self._poll_wake.set()
+        self._drain_wake.set()
+
+    def _tell_hub(self) -> None:
+        """Send a heartbeat now: the hub then answers the held poll without a job."""
+        if self.state in ("starting", "stopped"):
+            return
+
+        async def beat() -> None:
+            with contextlib.suppress(ConnectionError, HubError):
+                self._apply(await self.client.heartbeat(self.facts(), retry_for=5))
+
+        self._spawn(beat())
+
+    def kill_all(self, reason: str) -> None:
+        for runner in list(self.running.values()):
+            self._spawn(runner.kill(reason))
+
+    def facts(self) -> dict[str, Any]:
         return {
-            "name": self.config.name,
-            "queues": self.config.queues,
             "concurrency": self.config.concurrency,
             "free_slots": self.free_slots,
-            "running": sorted(self.running),
+            "running": sorted(set(self.running) | self.delivering),
+            "maintenance": self.maintenance,
+            "maintenance_comment": self.local_comment
+            if self.local_maintenance
+            else self.central_comment,
             "hostname": socket.gethostname(),
             "platform": platform.platform(),
             "python": platform.python_version(),
-            "worker_version": __version__,
+            "queues": self.queues,
         }
 
-    async def run(self) -> None:
-        """Serve until :meth:`stop`; then wait for running tasks to finish."""
-        self.config.home.mkdir(parents=True, exist_ok=True)
-        log.info(
-            "worker %s connecting to %s for queues %s",
-            self.config.name,
-            self.config.hub_url,
-            ",".join(self.config.queues),
+    def _write_status(self) -> None:
+        if self._stopping.is_set():
+            state = "draining"
+        elif self.maintenance:
+            state = "maintenance"
+        else:
+            state = self.state
+        control.write_status(
+            self.home,
+            {
+                "name": self.config.name,
+                "pid": os.getpid(),
+                "state": state,
+                "queues": self.queues,
+                "maintenance": self.maintenance,
+                "maintenance_comment": self.facts()["maintenance_comment"],
+                "free_slots": self.free_slots,
+                "running": [
+                    {
+                        "attempt_id": a,
+                        "dag_id": r.job.dag_id,
+                        "task_id": r.job.task_id,
+                        "run_id": r.job.run_id,
+                        "try_number": r.job.try_number,
+                    }
+                    for a, r in sorted(self.running.items())
+                ],
+                "version": __version__,
+            },
         )
-        await self.client.heartbeat(self._info())  # waits until the hub answers
-        log.info("worker %s connected", self.config.name)
-        beat = asyncio.create_task(self._heartbeat_loop())
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    def _lock_home(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self._lock_file = (self.home / "worker.lock").open("w")
         try:
-            await self._claim_loop()
-            if self._tasks:
-                log.info("draining: waiting for %d running task(s)", len(self._tasks))
-                await asyncio.gather(*self._tasks, return_exceptions=True)
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WorkerExit(f"another worker process is using {self.home}") from None
+        (self.home / control.PID).write_text(f"{os.getpid()}\n")
+
+    async def run(self) -> None:
+        """Serve until stopped and drained. Raises WorkerExit for a non-zero exit."""
+        self._lock_home()
+        try:
+            await self._run()
         finally:
-            beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beat
-            with contextlib.suppress(Exception):
-                await self.client.heartbeat({**self._info(), "state": "offline"}, retry_for=2)
+            (self.home / control.PID).unlink(missing_ok=True)
             await self.client.aclose()
+        if self._exit is not None:
+            raise self._exit
+
+    async def _run(self) -> None:
+        # A stop asked for before this start is stale.
+        control.update_control(self.home, stop=False)
+        self._read_control()
+        log.info("worker %s connecting to %s", self.config.name, self.config.hub_url)
+        try:
+            hello = await self.client.start_session({**self.facts(), "queues": self.queues})
+        except HubError as exc:
+            raise WorkerExit(f"the hub refused this worker: {exc.reason}") from None
+        self.queues = hello["queues"]
+        self.heartbeat_interval = float(hello["heartbeat_interval"])
+        self.state = "idle"
+        log.info(
+            "worker %s connected to hub %s; serving %s",
+            self.config.name,
+            hello.get("hub_version"),
+            ",".join(self.queues),
+        )
+        for entry in self.spool.leftovers():  # what a previous process left behind
+            end_leftover(entry)
+            self.spool.write(entry)
+            self.delivering.add(entry.job.attempt_id)
+            self._spawn(self._deliver_leftover(entry))
+        self._write_status()
+        side = [
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._control_loop(), name="control"),
+            asyncio.create_task(self._poll_loop(), name="poll"),
+        ]
+        try:
+            await self._until_drained()
+        finally:
+            for task in side:
+                task.cancel()
+            await asyncio.gather(*side, return_exceptions=True)
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            self.state = "stopped"
+            self._write_status()
+            if self._exit is None:
+                with contextlib.suppress(Exception):
+                    await self.client.heartbeat({**self.facts(), "state": "offline"}, retry_for=2)
+
+    async def _until_drained(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not (self._stopping.is_set() and not self.running and not self.delivering):
+            timeout = None
+            if self._drain_deadline is not None and self.running:
+                timeout = self._drain_deadline - loop.time()
+                if timeout <= 0:
+                    log.warning("drain timeout: killing %d running task(s)", len(self.running))
+                    self.kill_all("the worker's drain timeout ran out")
+                    self._drain_deadline = None
+                    timeout = None
+            self._drain_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drain_wake.wait(), timeout)
+
+    def _fatal(self, exit_: WorkerExit) -> None:
+        if self._exit is None:
+            log.error("%s", exit_)
+            self._exit = exit_
+        self.kill_all(str(exit_))
+        self.stop()
+
+    # -- loops ---------------------------------------------------------------------------
+
+    async def _deliver_leftover(self, entry: Any) -> None:
+        try:
+            await deliver(self.client, self.spool, entry)
+        finally:
+            self.delivering.discard(entry.job.attempt_id)
+            self._notify()
 
     async def _heartbeat_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.config.heartbeat_interval)
+            await asyncio.sleep(self.heartbeat_interval)
             try:
-                await self.client.heartbeat(self._info(), retry_for=self.config.heartbeat_interval)
+                directives = await self.client.heartbeat(
+                    self.facts(), retry_for=self.heartbeat_interval
+                )
+            except Superseded as exc:
+                self._fatal(WorkerExit(f"stopping: {exc.reason}", code=4))
+                return
             except (ConnectionError, HubError) as exc:
                 log.warning("heartbeat failed: %s", exc)
-
-    async def _claim_loop(self) -> None:
-        while not self._stopping.is_set():
-            if self.free_slots <= 0:
-                self._slot_freed.clear()
-                await self._slot_freed.wait()
                 continue
-            claim = asyncio.create_task(
-                self.client.claim(self.config.queues, self.free_slots, self.config.claim_wait)
+            self._apply(directives)
+
+    def _read_control(self) -> bool:
+        """Apply ``control.json``; True if something changed."""
+        wanted = control.read_control(self.home)
+        changed = False
+        on = bool(wanted.get("maintenance", False))
+        comment = wanted.get("comment") if on else None
+        if (on, comment) != (self.local_maintenance, self.local_comment):
+            log.info(
+                "maintenance %s (local)%s", "on" if on else "off", f": {comment}" if comment else ""
             )
-            stop = asyncio.create_task(self._stopping.wait())
-            done, _ = await asyncio.wait({claim, stop}, return_when=asyncio.FIRST_COMPLETED)
-            stop.cancel()
-            if claim not in done:
-                # Stopping while the claim is held open: give it up. The hub
-                # hands out no job on a request whose client has gone.
-                claim.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await claim
+            self.local_maintenance, self.local_comment = on, comment
+            changed = True
+        if wanted.get("stop") and not self._stopping.is_set():
+            self.stop(wanted.get("timeout"))
+            changed = True
+        return changed
+
+    async def _control_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            if self._read_control():
+                self._notify()
+            self._write_status()
+
+    async def _poll_loop(self) -> None:
+        while True:
+            slots = self.free_slots if self.accepting else 0
+            self._poll_wake.clear()
+            body = {
+                "slots": slots,
+                "running": sorted(self.running),
+                "maintenance": not self.accepting,
+                "central_maintenance": self.central_maintenance,
+            }
+            poll = asyncio.create_task(self.client.poll(body, self.config.poll_wait))
+            if slots == 0:
+                # A poll without slots never carries a job, so it is safe to drop
+                # when slots free up; one with slots is always read to the end, or
+                # a job claimed in that instant would be lost in transit.
+                changed = asyncio.create_task(self._poll_wake.wait())
+                done, _ = await asyncio.wait({poll, changed}, return_when=asyncio.FIRST_COMPLETED)
+                changed.cancel()
+                if poll not in done:
+                    poll.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await poll
+                    continue
+            else:
+                await asyncio.wait({poll})
+            try:
+                jobs, directives = poll.result()
+            except Superseded as exc:
+                self._fatal(WorkerExit(f"stopping: {exc.reason}", code=4))
                 return
-            jobs = await _claim_result(claim)
+            except HubError as exc:
+                self._fatal(WorkerExit(f"the hub refused this worker: {exc.reason}"))
+                return
+            except ConnectionError as exc:
+                log.warning("poll failed: %s", exc)
+                await asyncio.sleep(1.0)
+                continue
+            self._apply(directives)
             for job in jobs:
+                if not self.accepting:  # claimed in the instant before the hub heard
+                    log.info(
+                        "starting %s.%s, claimed just before this worker stopped taking work",
+                        job.dag_id,
+                        job.task_id,
+                    )
                 self._start(job)
+
+    def _apply(self, directives: dict[str, Any]) -> None:
+        for attempt_id in directives.get("kill", []):
+            runner = self.running.get(attempt_id)
+            if runner is not None:
+                log.info("the hub ended attempt %s; killing it", attempt_id)
+                self._spawn(runner.kill("the hub ended this attempt"))
+        on = bool(directives.get("maintenance"))
+        comment = directives.get("maintenance_comment") if on else None
+        if (on, comment) != (self.central_maintenance, self.central_comment):
+            log.info(
+                "maintenance %s (from the hub)%s",
+                "on" if on else "off",
+                f": {comment}" if comment else "",
+            )
+            self.central_maintenance, self.central_comment = on, comment
+            self._notify()
+            self._write_status()
+        if directives.get("shutdown") and not self._stopping.is_set():
+            log.info("the hub asked this worker to shut down")
+            self.stop()
 
     def _start(self, job: Job) -> None:
         runner = AttemptRunner(
             job,
             self.client,
             self.bundles,
-            self.config.home,
+            self.spool,
+            self.home,
             log_interval=self.config.log_interval,
+            kill_grace=self.config.kill_grace,
         )
         self.running[job.attempt_id] = runner
+        self.state = "running"
         log.info(
             "running %s.%s try %d (attempt %s)",
             job.dag_id,
@@ -146,6 +427,7 @@ class Worker:
             job.try_number,
             job.attempt_id,
         )
+        self._write_status()
 
         async def run() -> None:
             try:
@@ -155,19 +437,19 @@ class Worker:
                 log.exception("attempt %s crashed in the worker", job.attempt_id)
             finally:
                 del self.running[job.attempt_id]
-                self._slot_freed.set()
+                if not self.running:
+                    self.state = "idle"
+                self._notify()
+                self._write_status()
+                self._clean_logs()
 
-        task = asyncio.create_task(run())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(run())
 
-
-async def _claim_result(claim: asyncio.Task[list[Job]]) -> list[Job]:
-    try:
-        return await claim
-    except Unauthorized:
-        raise
-    except Exception as exc:
-        log.warning("claim failed: %s", exc)
-        await asyncio.sleep(1.0)
-        return []
+    def _clean_logs(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if now - self._last_clean < 60:
+            return
+        self._last_clean = now
+        keep = {r.log_path for r in self.running.values()}
+        keep |= {e.log_path for e in self.spool.leftovers()}
+        clean_logs(self.home / "logs", self.config.log_max_age, self.config.log_max_bytes, keep)

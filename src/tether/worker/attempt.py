@@ -1,4 +1,5 @@
-"""Run one attempt: a child process, its log shipped by tailing a file, its result reported."""
+"""Run one attempt: a child process, its log shipped by tailing a file, its result
+spooled and reported."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from tether.protocol import ATTEMPT_END_STATES, ATTEMPT_FAILED, AttemptResult, Job
 from tether.worker.bundles import BundleCache
 from tether.worker.client import HubClient, HubError
+from tether.worker.spool import Spool, SpoolEntry
 
 log = logging.getLogger("tether.worker")
 
@@ -22,8 +24,16 @@ log = logging.getLogger("tether.worker")
 CHUNK_SIZE = 512 * 1024
 
 
+def log_path_for(home: Path, job: Job) -> Path:
+    return home / "logs" / job.dag_id / job.run_id / job.task_id / f"attempt={job.try_number}.log"
+
+
 class LogShipper:
-    """Sends a growing log file to the hub in offset-addressed chunks."""
+    """Sends a growing log file to the hub in offset-addressed chunks.
+
+    The hub answers each chunk with the size it holds, which becomes the next
+    offset; a chunk re-sent after a lost answer is not duplicated.
+    """
 
     def __init__(self, client: HubClient, attempt_id: str, path: Path) -> None:
         self.client = client
@@ -47,6 +57,29 @@ class LogShipper:
             await self.ship_available()
 
 
+def note(path: Path, text: str) -> None:
+    """Add a line of Tether's own to a task log."""
+    with path.open("a") as f:
+        f.write(f"[tether] {text}\n")
+
+
+async def deliver(client: HubClient, spool: Spool, entry: SpoolEntry) -> None:
+    """Send the rest of the log, then the result; forget the entry once the hub has both.
+
+    Transport errors are retried until the hub answers (the link may be down
+    for minutes); a refusal (the hub gave up on the attempt) ends delivery.
+    """
+    assert entry.result is not None
+    shipper = LogShipper(client, entry.job.attempt_id, entry.log_path)
+    try:
+        shipper.offset = await client.upload_log(entry.job.attempt_id, 0, b"")
+        await shipper.ship_available()
+        await client.finish(entry.job.attempt_id, entry.result)
+    except HubError as exc:
+        log.warning("hub refused a report on attempt %s: %s", entry.job.attempt_id, exc)
+    spool.remove(entry)
+
+
 class AttemptRunner:
     """Runs one job to its end and reports it."""
 
@@ -55,26 +88,29 @@ class AttemptRunner:
         job: Job,
         client: HubClient,
         bundles: BundleCache,
+        spool: Spool,
         home: Path,
         *,
         log_interval: float = 0.5,
-        kill_grace: float = 5.0,
+        kill_grace: float = 1.5,
     ) -> None:
         self.job = job
         self.client = client
         self.bundles = bundles
+        self.spool = spool
         self.log_interval = log_interval
         self.kill_grace = kill_grace
         self.workdir = home / "attempts" / job.attempt_id
-        self.log_path = (
-            home / "logs" / job.dag_id / job.run_id / job.task_id / f"attempt={job.try_number}.log"
-        )
+        self.log_path = log_path_for(home, job)
         self.process: asyncio.subprocess.Process | None = None
+        self.kill_reason: str | None = None
+        self.entry: SpoolEntry | None = None
 
     async def run(self) -> AttemptResult:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path.touch()
+        self.entry = entry = self.spool.open(self.job, self.log_path)
         shipper = LogShipper(self.client, self.job.attempt_id, self.log_path)
         shipping = asyncio.create_task(shipper.run(self.log_interval))
         try:
@@ -87,28 +123,22 @@ class AttemptRunner:
                 pass
             except HubError as exc:  # the hub refused a chunk; the result still goes
                 log.warning("log upload for attempt %s refused: %s", self.job.attempt_id, exc)
-        for step in (
-            shipper.ship_available,
-            lambda: self.client.finish(self.job.attempt_id, result),
-        ):
-            try:
-                await step()
-            except HubError as exc:
-                log.warning("hub refused a report on attempt %s: %s", self.job.attempt_id, exc)
+        entry.result = result
+        self.spool.write(entry)
+        await deliver(self.client, self.spool, entry)
         shutil.rmtree(self.workdir, ignore_errors=True)  # scratch space; the log stays
         return result
-
-    def _note(self, text: str) -> None:
-        with self.log_path.open("a") as f:
-            f.write(f"[tether] {text}\n")
 
     async def _execute(self) -> AttemptResult:
         job = self.job
         try:
             bundle_dir = await self.bundles.ensure(job.bundle_sha)
         except Exception as exc:
-            self._note(f"could not get DAG bundle {job.bundle_sha}: {exc}")
+            note(self.log_path, f"could not get DAG bundle {job.bundle_sha}: {exc}")
             return AttemptResult(state=ATTEMPT_FAILED, error=f"bundle unavailable: {exc}")
+        if self.kill_reason is not None:
+            note(self.log_path, f"not started: {self.kill_reason}")
+            return AttemptResult(state=ATTEMPT_FAILED, error=self.kill_reason)
         job_file = self.workdir / "job.json"
         result_file = self.workdir / "result.json"
         job_file.write_text(json.dumps({"job": job.to_dict(), "bundle_dir": str(bundle_dir)}))
@@ -127,23 +157,27 @@ class AttemptRunner:
                 env=env,
                 start_new_session=True,  # its own process group: we can kill the whole tree
             )
+        assert self.entry is not None
+        self.entry.pid = self.process.pid
+        self.spool.write(self.entry)
         try:
             code = await asyncio.wait_for(self.process.wait(), job.execution_timeout)
         except TimeoutError:
-            self._note(f"execution_timeout of {job.execution_timeout}s exceeded; killing the task")
-            await self.kill()
-            return AttemptResult(state=ATTEMPT_FAILED, error="execution_timeout exceeded")
+            await self.kill(f"execution_timeout of {job.execution_timeout:g}s exceeded")
+            code = await self.process.wait()
         return self._result(code, result_file)
 
     def _result(self, code: int, result_file: Path) -> AttemptResult:
+        if self.kill_reason is not None:
+            return AttemptResult(state=ATTEMPT_FAILED, error=f"killed: {self.kill_reason}")
         if code < 0:
             name = signal.Signals(-code).name
-            self._note(f"task process was killed by signal {name}")
+            note(self.log_path, f"task process was killed by signal {name}")
             return AttemptResult(state=ATTEMPT_FAILED, error=f"killed by signal {name}")
         try:
             data = json.loads(result_file.read_text())
         except (OSError, ValueError):
-            self._note(f"task process exited with code {code} without a result")
+            note(self.log_path, f"task process exited with code {code} without a result")
             return AttemptResult(state=ATTEMPT_FAILED, error=f"exit code {code}, no result")
         if code != 0 or data.get("state") not in ATTEMPT_END_STATES:
             return AttemptResult(state=ATTEMPT_FAILED, error=f"exit code {code}")
@@ -154,8 +188,11 @@ class AttemptRunner:
             no_retry=bool(data.get("no_retry", False)),
         )
 
-    async def kill(self) -> None:
+    async def kill(self, reason: str) -> None:
         """SIGTERM the task's process group, then SIGKILL after the grace period."""
+        if self.kill_reason is None:
+            self.kill_reason = reason
+            note(self.log_path, f"killing the task: {reason}")
         proc = self.process
         if proc is None or proc.returncode is not None:
             return
@@ -167,3 +204,25 @@ class AttemptRunner:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
+
+
+def is_our_task_process(pid: int) -> bool:
+    """Whether ``pid`` is still a task process of ours (pids get reused)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"tether.worker.runner" in cmdline
+
+
+def end_leftover(entry: SpoolEntry) -> None:
+    """A task a previous worker process started: kill it if alive, record it failed."""
+    if entry.result is not None:
+        return
+    if entry.pid is not None and is_our_task_process(entry.pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(entry.pid, signal.SIGKILL)
+    reason = "the worker restarted while the task ran"
+    with contextlib.suppress(OSError):
+        note(entry.log_path, f"{reason}; the task was stopped")
+    entry.result = AttemptResult(state=ATTEMPT_FAILED, error=reason)

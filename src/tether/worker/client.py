@@ -18,8 +18,8 @@ import httpx
 from tether import __version__
 from tether.protocol import (
     PROTOCOL_VERSION,
+    SESSION_HEADER,
     WORKER_API_PREFIX,
-    WORKER_NAME_HEADER,
     AttemptResult,
     Job,
 )
@@ -37,15 +37,23 @@ class HubError(Exception):
 
 
 class Unauthorized(HubError):
-    """401: the token is wrong or revoked."""
+    """401: the credential is wrong or revoked."""
 
 
 class Forbidden(HubError):
-    """403: this worker may not do this (an attempt held by another worker)."""
+    """403: this worker may not do this (another tenant's queue, another worker's attempt)."""
 
 
 class Gone(HubError):
     """404/409: the hub does not know this attempt or no longer wants reports on it."""
+
+
+class Superseded(HubError):
+    """409 on a session call: another process of this worker took over."""
+
+
+class IncompatibleVersion(HubError):
+    """426: the hub does not accept this worker's version."""
 
 
 def _error_for(response: httpx.Response) -> HubError:
@@ -59,34 +67,44 @@ def _error_for(response: httpx.Response) -> HubError:
         cls = Unauthorized
     elif response.status_code == 403:
         cls = Forbidden
+    elif response.status_code == 426:
+        cls = IncompatibleVersion
     elif response.status_code in (404, 409):
         cls = Gone
     return cls(response.status_code, str(reason))
 
 
 class HubClient:
-    """Talks to one hub on behalf of one worker."""
+    """Talks to one hub on behalf of one worker.
+
+    TLS: the system's trust store by default, or ``ca_file`` for a private CA.
+    Proxies: ``proxy`` if given, else HTTPS_PROXY / HTTP_PROXY / NO_PROXY from
+    the environment (httpx's ``trust_env``).
+    """
 
     def __init__(
         self,
         hub_url: str,
-        token: str,
-        worker_name: str,
+        credential: str | None = None,
         *,
+        ca_file: str | None = None,
+        proxy: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
-        max_backoff: float = 30.0,
+        max_backoff: float = 10.0,
     ) -> None:
-        self.worker_name = worker_name
         self.max_backoff = max_backoff
+        self.session_id: str | None = None
+        headers = {"User-Agent": f"tether-worker/{__version__}"}
+        if credential:
+            headers["Authorization"] = f"Bearer {credential}"
         self._http = httpx.AsyncClient(
             base_url=hub_url.rstrip("/") + WORKER_API_PREFIX,
-            headers={
-                "Authorization": f"Bearer {token}",
-                WORKER_NAME_HEADER: worker_name,
-                "User-Agent": f"tether-worker/{__version__}",
-            },
+            headers=headers,
             timeout=httpx.Timeout(30.0, connect=10.0),
             transport=transport,
+            verify=ca_file if ca_file else True,
+            proxy=proxy,
+            trust_env=True,
         )
 
     async def aclose(self) -> None:
@@ -133,23 +151,47 @@ class HubClient:
             await asyncio.sleep(wait)
             delay = min(delay * 2, self.max_backoff)
 
-    async def heartbeat(
-        self, info: dict[str, Any], *, retry_for: float | None = None
-    ) -> dict[str, Any]:
-        body = {**info, "version": __version__, "protocol": PROTOCOL_VERSION}
-        response = await self._request("POST", "/heartbeat", json=body, retry_for=retry_for)
+    def _session_headers(self) -> dict[str, str]:
+        return {SESSION_HEADER: self.session_id} if self.session_id else {}
+
+    async def _session_call(self, path: str, body: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        try:
+            response = await self._request(
+                "POST", path, json=body, headers=self._session_headers(), **kwargs
+            )
+        except Gone as exc:
+            if exc.status == 409:
+                raise Superseded(exc.status, exc.reason) from None
+            raise
         data: dict[str, Any] = response.json()
         return data
 
-    async def claim(self, queues: list[str], slots: int, wait: float) -> list[Job]:
-        """Long-poll for up to ``slots`` jobs; the hub holds the request up to ``wait`` s."""
-        response = await self._request(
-            "POST",
-            "/claim",
-            json={"queues": queues, "slots": slots, "wait": wait},
-            read_timeout=wait + 30.0,
-        )
-        return [Job.from_dict(j) for j in response.json()["jobs"]]
+    async def enrol(self, token: str) -> dict[str, Any]:
+        """Exchange a one-time enrolment token for this worker's credential."""
+        response = await self._request("POST", "/enrol", json={"token": token})
+        data: dict[str, Any] = response.json()
+        return data
+
+    async def start_session(self, facts: dict[str, Any]) -> dict[str, Any]:
+        """Announce this process; the hub checks its version and lets it take over."""
+        body = {**facts, "version": __version__, "protocol": PROTOCOL_VERSION}
+        response = await self._request("POST", "/sessions", json=body)
+        data: dict[str, Any] = response.json()
+        self.session_id = data["session_id"]
+        return data
+
+    async def heartbeat(
+        self, facts: dict[str, Any], *, retry_for: float | None = None
+    ) -> dict[str, Any]:
+        body = {**facts, "version": __version__, "protocol": PROTOCOL_VERSION}
+        data = await self._session_call("/heartbeat", body, retry_for=retry_for)
+        directives: dict[str, Any] = data["directives"]
+        return directives
+
+    async def poll(self, body: dict[str, Any], wait: float) -> tuple[list[Job], dict[str, Any]]:
+        """Long-poll for jobs and directives; the hub holds it up to ``wait`` s."""
+        data = await self._session_call("/poll", {**body, "wait": wait}, read_timeout=wait + 30.0)
+        return [Job.from_dict(j) for j in data["jobs"]], data["directives"]
 
     async def fetch_bundle(self, sha: str) -> bytes:
         response = await self._request("GET", f"/bundles/{sha}", read_timeout=120.0)

@@ -140,9 +140,15 @@ def list_workers(session: Session) -> list[dict[str, Any]]:
             "name": w.name,
             "state": w.state,
             "queues": w.queues,
+            "allowed_queues": w.allowed_queues,
             "concurrency": w.concurrency,
             "free_slots": w.free_slots,
             "version": w.version,
+            "maintenance": w.maintenance,
+            "maintenance_comment": w.maintenance_comment,
+            "requested_maintenance": w.requested_maintenance,
+            "shutdown_requested": w.shutdown_requested,
+            "enrolled_at": _iso(w.enrolled_at),
             "first_seen": _iso(w.first_seen),
             "last_heartbeat": _iso(w.last_heartbeat),
             **w.info,
@@ -155,7 +161,9 @@ def list_queues(session: Session) -> list[dict[str, Any]]:
     queued = count_queued(session)
     names: set[str] = set(queued)
     served: dict[str, list[str]] = {}
-    for w in session.scalars(select(Worker).where(Worker.state != "offline")):
+    for w in session.scalars(
+        select(Worker).where(Worker.state.in_(("idle", "running", "maintenance")))
+    ):
         for q in w.queues:
             served.setdefault(q, []).append(w.name)
             names.add(q)

@@ -6,18 +6,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from tether import __version__
-from tether.hub.api import queries
+from tether.hub.api import control, queries
 from tether.hub.auth.deps import AdminAuth, HubDep
 from tether.hub.scheduler.runs import RunExists
 from tether.hub.state import Hub
+from tether.protocol import InvalidQueueName, validate_queue_name
 
 router = APIRouter(prefix="/api/v1", tags=["api"])
 T = TypeVar("T")
@@ -106,3 +107,103 @@ async def list_queues(hub: HubDep) -> dict[str, Any]:
 @router.get("/import-errors", dependencies=[AdminAuth])
 async def import_errors(hub: HubDep) -> dict[str, Any]:
     return {"import_errors": await _in_session(hub, queries.list_import_errors)}
+
+
+async def _act(hub: Hub, fn: Callable[[Session], control.Effects]) -> None:
+    """Run an operator action, then wake the queues and workers it concerns."""
+    fx = await _in_session(hub, fn)
+    hub.wakeups.notify(fx.queues)
+    for name in fx.workers:
+        hub.wakeups.notify_worker(name)
+
+
+class EnrolmentTokenIn(BaseModel):
+    queues: list[str] = Field(min_length=1, max_length=100)
+    name: str | None = Field(
+        default=None, min_length=1, max_length=250, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$"
+    )
+    expires_in: float = Field(default=86400.0, gt=0, le=365 * 86400)
+
+    @field_validator("queues")
+    @classmethod
+    def _valid_queues(cls, value: list[str]) -> list[str]:
+        try:
+            return [validate_queue_name(q) for q in value]
+        except InvalidQueueName as exc:
+            raise ValueError(str(exc)) from None
+
+
+@router.post("/workers/enrolment-tokens", dependencies=[AdminAuth])
+async def create_enrolment_token(body: EnrolmentTokenIn, hub: HubDep) -> dict[str, Any]:
+    """A one-time token a new worker exchanges for its own credential."""
+    from datetime import timedelta
+
+    from tether.hub.auth import credentials
+
+    def create(s: Session) -> dict[str, Any]:
+        token, name, expires_at = credentials.create_enrolment_token(
+            s, body.queues, body.name, timedelta(seconds=body.expires_in)
+        )
+        return {
+            "token": token,
+            "name": name,
+            "queues": body.queues,
+            "expires_at": expires_at.isoformat(),
+        }
+
+    return await _in_session(hub, create)
+
+
+class MaintenanceIn(BaseModel):
+    on: bool
+    comment: str | None = Field(default=None, max_length=1000)
+
+
+@router.post("/workers/{name}/maintenance", dependencies=[AdminAuth])
+async def worker_maintenance(name: str, body: MaintenanceIn, hub: HubDep) -> dict[str, str]:
+    await _act(hub, lambda s: control.set_maintenance(s, name, body.on, body.comment))
+    return {"name": name, "maintenance": "on" if body.on else "off"}
+
+
+@router.post("/workers/{name}/shutdown", dependencies=[AdminAuth])
+async def worker_shutdown(name: str, hub: HubDep) -> dict[str, str]:
+    await _act(hub, lambda s: control.request_shutdown(s, name))
+    return {"name": name, "shutdown": "requested"}
+
+
+@router.post("/workers/{name}/revoke", dependencies=[AdminAuth])
+async def worker_revoke(name: str, hub: HubDep) -> dict[str, str]:
+    await _act(hub, lambda s: control.revoke(s, name))
+    return {"name": name, "state": "revoked"}
+
+
+@router.delete("/workers/{name}", dependencies=[AdminAuth])
+async def worker_remove(name: str, hub: HubDep) -> dict[str, str]:
+    await _act(hub, lambda s: control.remove(s, name))
+    return {"name": name, "state": "removed"}
+
+
+class TaskStateIn(BaseModel):
+    state: Literal["success", "failed"]
+
+
+@router.patch("/dags/{dag_id}/runs/{run_id}/tasks/{task_id}", dependencies=[AdminAuth])
+async def mark_task(
+    dag_id: str, run_id: str, task_id: str, body: TaskStateIn, hub: HubDep
+) -> dict[str, str]:
+    """Mark a task instance success or failed; a running one is killed on its worker."""
+    await _act(hub, lambda s: control.mark_task(s, dag_id, run_id, task_id, body.state))
+    return {"task_id": task_id, "state": body.state}
+
+
+class ClearIn(BaseModel):
+    downstream: bool = False
+
+
+@router.post("/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/clear", dependencies=[AdminAuth])
+async def clear_task(
+    dag_id: str, run_id: str, task_id: str, body: ClearIn, hub: HubDep
+) -> dict[str, str]:
+    """Run a task instance again (with its downstream if asked); a running one is killed."""
+    await _act(hub, lambda s: control.clear_task(s, dag_id, run_id, task_id, body.downstream))
+    return {"task_id": task_id, "state": "cleared"}

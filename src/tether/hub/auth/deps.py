@@ -1,16 +1,15 @@
-"""FastAPI dependencies that check bearer tokens."""
+"""FastAPI dependencies that check bearer tokens and worker credentials."""
 
 from __future__ import annotations
 
-import re
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, status
 
+from tether.hub.auth import credentials
 from tether.hub.state import Hub, get_hub
-from tether.protocol import WORKER_NAME_HEADER
-
-_WORKER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,249}")
+from tether.protocol import SESSION_HEADER
 
 
 def _bearer(authorization: str | None) -> str:
@@ -33,25 +32,36 @@ def require_admin(
         )
 
 
+@dataclass(frozen=True)
+class WorkerIdentity:
+    """The worker a credential belongs to, as of this request."""
+
+    name: str
+    allowed_queues: tuple[str, ...]
+    session_id: str | None
+    #: The session the request claims to be part of (X-Tether-Session).
+    presented_session: str | None
+
+
 def require_worker(
     hub: Annotated[Hub, Depends(get_hub)],
     authorization: Annotated[str | None, Header()] = None,
-    worker_name: Annotated[str | None, Header(alias=WORKER_NAME_HEADER)] = None,
-) -> str:
-    """The calling worker's name, once its token checks out."""
-    if not hub.tokens.is_worker(_bearer(authorization)):
+    session_id: Annotated[str | None, Header(alias=SESSION_HEADER)] = None,
+) -> WorkerIdentity:
+    """The worker whose credential the request carries (a sync dependency: runs in a thread)."""
+    presented = _bearer(authorization)
+    try:
+        with hub.store.session() as s:
+            worker = credentials.authenticate(s, presented)
+            return WorkerIdentity(
+                worker.name, tuple(worker.allowed_queues), worker.session_id, session_id
+            )
+    except credentials.InvalidCredential as exc:
         raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED, "invalid token", headers={"WWW-Authenticate": "Bearer"}
-        )
-    if not worker_name or not _WORKER_NAME_RE.fullmatch(worker_name):
-        raise HTTPException(
-            status.HTTP_400_BAD_REQUEST,
-            f"header {WORKER_NAME_HEADER} must name the worker (1 to 250 letters, digits, "
-            "'.', '_', '-', ':', '@')",
-        )
-    return worker_name
+            status.HTTP_401_UNAUTHORIZED, str(exc), headers={"WWW-Authenticate": "Bearer"}
+        ) from None
 
 
 AdminAuth = Depends(require_admin)
-WorkerName = Annotated[str, Depends(require_worker)]
+WorkerAuth = Annotated[WorkerIdentity, Depends(require_worker)]
 HubDep = Annotated[Hub, Depends(get_hub)]

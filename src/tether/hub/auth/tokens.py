@@ -1,8 +1,8 @@
-"""The hub's API tokens (issue 2 scope: one admin token, one shared worker token).
+"""The hub's admin API token.
 
-Each comes from its environment variable or is generated on first start and
-kept in the hub's home with mode 0600. Per-worker enrolment replaces the
-shared worker token later.
+It comes from TETHER_ADMIN_TOKEN or is generated on first start and kept in
+the hub's home with mode 0600. Workers never use it: each holds its own
+credential (see :mod:`tether.hub.auth.credentials`).
 """
 
 from __future__ import annotations
@@ -31,24 +31,14 @@ def _load_or_create(path: Path, env_value: str | None) -> tuple[str, bool]:
 @dataclass
 class Tokens:
     admin: str
-    worker: str
     admin_generated: bool = False
-    worker_generated: bool = False
 
     @classmethod
     def load(cls, home: Path) -> Tokens:
         admin, admin_new = _load_or_create(
             home / "admin_token", os.environ.get("TETHER_ADMIN_TOKEN")
         )
-        worker, worker_new = _load_or_create(
-            home / "worker_token", os.environ.get("TETHER_WORKER_TOKEN")
-        )
-        if hmac.compare_digest(admin, worker):
-            raise ValueError("the worker token must differ from the admin token")
-        return cls(admin, worker, admin_new, worker_new)
+        return cls(admin, admin_new)
 
     def is_admin(self, presented: str) -> bool:
         return hmac.compare_digest(presented.encode(), self.admin.encode())
-
-    def is_worker(self, presented: str) -> bool:
-        return hmac.compare_digest(presented.encode(), self.worker.encode())

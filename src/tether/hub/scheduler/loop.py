@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 
@@ -20,6 +20,7 @@ from tether.hub.store.db import Store
 from tether.hub.store.dialect import lock_row
 from tether.hub.store.models import Dag
 from tether.hub.wakeups import Wakeups
+from tether.hub.worker_api.sessions import mark_lost_workers
 
 log = logging.getLogger("tether.hub.scheduler")
 
@@ -64,9 +65,14 @@ def create_scheduled_runs(store: Store, now: datetime) -> set[str]:
     return woken
 
 
-def tick(store: Store, now: datetime) -> tuple[set[str], datetime | None]:
+def tick(
+    store: Store, now: datetime, lost_timeout: timedelta | None = None
+) -> tuple[set[str], datetime | None]:
     """One pass; returns the queues that got work and the next deadline."""
     woken = create_scheduled_runs(store, now)
+    if lost_timeout is not None:
+        with store.session() as s:
+            woken |= mark_lost_workers(s, now, lost_timeout)
     with store.session() as s:
         woken |= runs.requeue_due_retries(s, now)
     with store.session() as s:
@@ -83,16 +89,21 @@ def tick(store: Store, now: datetime) -> tuple[set[str], datetime | None]:
 
 
 class Scheduler:
-    def __init__(self, store: Store, wakeups: Wakeups, sweep_interval: float) -> None:
+    def __init__(
+        self, store: Store, wakeups: Wakeups, sweep_interval: float, lost_timeout: float
+    ) -> None:
         self.store = store
         self.wakeups = wakeups
         self.sweep_interval = sweep_interval
+        self.lost_timeout = timedelta(seconds=lost_timeout)
 
     async def run(self) -> None:
         while True:
             self.wakeups.scheduler.clear()
             try:
-                woken, deadline = await asyncio.to_thread(tick, self.store, runs.utcnow())
+                woken, deadline = await asyncio.to_thread(
+                    tick, self.store, runs.utcnow(), self.lost_timeout
+                )
             except Exception:
                 log.exception("scheduler pass failed; retrying after the sweep interval")
                 woken, deadline = set(), None

@@ -15,6 +15,10 @@ REMOVED = "removed"
 TI_FINISHED = frozenset({SUCCESS, FAILED, SKIPPED, UPSTREAM_FAILED, REMOVED})
 TI_FAILED = frozenset({FAILED, UPSTREAM_FAILED})
 
+#: An attempt the hub gave up on (its worker was lost or replaced, or a person
+#: ended its task): reports on it are refused.
+ATTEMPT_LOST = "lost"
+
 RUN_QUEUED = "queued"
 RUN_RUNNING = "running"
 RUN_SUCCESS = "success"

@@ -176,13 +176,45 @@ class LogChunk(Base):
 
 
 class Worker(Base):
+    """An enrolled edge worker: its credential, what it may serve, what it reports."""
+
     __tablename__ = "worker"
     name: Mapped[str] = mapped_column(String(250), primary_key=True)
+    #: enrolled (never connected), idle, running, maintenance, offline, lost, revoked
     state: Mapped[str] = mapped_column(String(20))
+    #: sha256 of the worker's credential; the credential itself is never stored.
+    credential_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    #: The queues this credential may serve (its tenant).
+    allowed_queues: Mapped[list[str]] = mapped_column(JSON)
+    #: The queues the worker serves now (a subset of allowed_queues).
     queues: Mapped[list[str]] = mapped_column(JSON)
-    concurrency: Mapped[int] = mapped_column(Integer)
-    free_slots: Mapped[int] = mapped_column(Integer)
+    concurrency: Mapped[int] = mapped_column(Integer, default=0)
+    free_slots: Mapped[int] = mapped_column(Integer, default=0)
     version: Mapped[str | None] = mapped_column(String(50))
     info: Mapped[dict[str, Any]]
-    first_seen: Mapped[datetime]
-    last_heartbeat: Mapped[datetime]
+    #: The current process of this worker; an older session is refused (409).
+    session_id: Mapped[str | None] = mapped_column(String(32))
+    #: Maintenance as the worker reports it (set on its machine or from the centre).
+    maintenance: Mapped[bool] = mapped_column(Boolean, default=False)
+    maintenance_comment: Mapped[str | None] = mapped_column(Text)
+    #: Maintenance asked for from the centre, delivered in replies to the worker.
+    requested_maintenance: Mapped[bool] = mapped_column(Boolean, default=False)
+    requested_comment: Mapped[str | None] = mapped_column(Text)
+    shutdown_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    enrolled_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+    first_seen: Mapped[datetime | None]
+    last_heartbeat: Mapped[datetime | None]
+
+
+class EnrolmentToken(Base):
+    """A one-time token that a new worker exchanges for its own credential."""
+
+    __tablename__ = "enrolment_token"
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64))
+    worker_name: Mapped[str] = mapped_column(String(250))
+    queues: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from tether.hub.scheduler import states as S
 from tether.hub.scheduler.runs import advance_run, lock_run_of, retry_delay, utcnow
 from tether.hub.store.dialect import lock_for_claim, lock_row
-from tether.hub.store.models import DagRun, LogChunk, TaskAttempt, TaskInstance, Worker
+from tether.hub.store.models import DagRun, LogChunk, TaskAttempt, TaskInstance
 from tether.protocol import ATTEMPT_SKIPPED, ATTEMPT_SUCCESS, AttemptResult, Job
 
 
@@ -28,22 +28,33 @@ class AttemptFenced(Exception):
     """The hub has given up on this attempt; its reports are refused."""
 
 
-def claim(session: Session, worker_name: str, queues: list[str], limit: int) -> list[Job]:
-    """Hand up to ``limit`` queued task instances of ``queues`` to a worker.
+def claim(session: Session, worker_name: str, queues: list[str], slots: int) -> list[Job]:
+    """Hand queued task instances of ``queues`` to a worker with ``slots`` free slots.
 
-    Each becomes ``running`` under a new attempt id, in this transaction.
+    A task takes ``pool_slots`` slots; tasks that do not fit are left for a
+    worker with more room. Each claimed task becomes ``running`` under a new
+    attempt id, in this transaction.
     """
-    if limit <= 0 or not queues:
+    if slots <= 0 or not queues:
         return []
-    ids = session.scalars(
+    candidates = session.execute(
         lock_for_claim(
-            select(TaskInstance.id)
-            .where(TaskInstance.state == S.QUEUED, TaskInstance.queue.in_(queues))
+            select(TaskInstance.id, TaskInstance.pool_slots)
+            .where(
+                TaskInstance.state == S.QUEUED,
+                TaskInstance.queue.in_(queues),
+                TaskInstance.pool_slots <= slots,
+            )
             .order_by(TaskInstance.priority_weight.desc(), TaskInstance.queued_at, TaskInstance.id)
-            .limit(limit),
+            .limit(slots),
             session,
         )
     ).all()
+    ids: list[int] = []
+    for ti_id, need in candidates:
+        if need <= slots:
+            ids.append(ti_id)
+            slots -= need
     if not ids:
         return []
     now = utcnow()
@@ -107,6 +118,7 @@ def _job(session: Session, ti: TaskInstance, run: DagRun) -> Job:
         data_interval_start=_iso(run.data_interval_start),
         data_interval_end=_iso(run.data_interval_end),
         execution_timeout=spec.get("execution_timeout"),
+        pool_slots=ti.pool_slots,
     )
 
 
@@ -158,7 +170,7 @@ def finish(
     )
     assert ti is not None
     if attempt.state != S.RUNNING:
-        if ti.attempt_id == attempt_id and _same_end(attempt.state, ti.state, result.state):
+        if ti.attempt_id == attempt_id and attempt.state == result.state:
             return ti.state or "", set(), None  # a repeated report: already recorded
         raise AttemptFenced(f"attempt {attempt_id} already ended as {attempt.state}")
     if ti.attempt_id != attempt_id or ti.state != S.RUNNING:
@@ -184,32 +196,3 @@ def finish(
     ti.ended_at = now
     woken = advance_run(session, run) if ti.state in S.TI_FINISHED else set()
     return ti.state, woken, retry_at
-
-
-def _same_end(attempt_state: str, ti_state: str | None, reported: str) -> bool:
-    if reported == ATTEMPT_SUCCESS:
-        return attempt_state == S.SUCCESS
-    if reported == ATTEMPT_SKIPPED:
-        return attempt_state == S.SKIPPED
-    return attempt_state == S.FAILED and ti_state in (S.FAILED, S.UP_FOR_RETRY, S.QUEUED, S.RUNNING)
-
-
-def heartbeat(session: Session, worker_name: str, info: dict[str, Any]) -> None:
-    """Record that a worker is alive, with what it reports about itself."""
-    now = utcnow()
-    worker = session.get(Worker, worker_name)
-    state = (
-        "offline"
-        if info.get("state") == "offline"
-        else ("running" if info.get("running") else "idle")
-    )
-    if worker is None:
-        worker = Worker(name=worker_name, first_seen=now)
-        session.add(worker)
-    worker.state = state
-    worker.queues = list(info.get("queues", []))
-    worker.concurrency = int(info.get("concurrency", 0))
-    worker.free_slots = int(info.get("free_slots", 0))
-    worker.version = info.get("version")
-    worker.info = {k: info[k] for k in ("hostname", "platform", "python", "running") if k in info}
-    worker.last_heartbeat = now

@@ -1,17 +1,27 @@
-"""The worker API (``/api/worker/v1``): what edge workers call. Routes stay thin."""
+"""The worker API (``/api/worker/v1``): what edge workers call. Routes stay thin.
+
+Every call but ``/enrol`` carries the worker's own credential; ``/heartbeat``
+and ``/poll`` also carry the session id of the calling process.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from pydantic import BaseModel, Field, field_validator
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from tether.hub.auth.deps import HubDep, WorkerName
-from tether.hub.store.models import Bundle
-from tether.hub.worker_api import attempts
+from tether import __version__
+from tether.hub.auth import credentials
+from tether.hub.auth.deps import HubDep, WorkerAuth, WorkerIdentity
+from tether.hub.scheduler.runs import utcnow
+from tether.hub.state import Hub
+from tether.hub.store.models import Bundle, Worker
+from tether.hub.worker_api import attempts, sessions
 from tether.protocol import (
     MAX_CLAIM_WAIT,
     WORKER_API_PREFIX,
@@ -33,27 +43,43 @@ def _queues(value: list[str]) -> list[str]:
         raise ValueError(str(exc)) from None
 
 
-class HeartbeatIn(BaseModel):
-    queues: list[str] = Field(min_length=1, max_length=100)
+class Facts(BaseModel):
+    """What a worker says about itself on every heartbeat."""
+
     concurrency: int = Field(ge=0, le=10_000)
     free_slots: int = Field(ge=0, le=10_000)
     running: list[str] = Field(default_factory=list, max_length=10_000)
     state: Literal["online", "offline"] = "online"
+    maintenance: bool = False
+    maintenance_comment: str | None = Field(default=None, max_length=1000)
+    #: Stopping: it takes no new task and exits once the running ones end.
+    draining: bool = False
     version: str = Field(max_length=50)
     protocol: int
     hostname: str | None = Field(default=None, max_length=250)
     platform: str | None = Field(default=None, max_length=250)
     python: str | None = Field(default=None, max_length=50)
 
+
+class EnrolIn(BaseModel):
+    token: str = Field(min_length=1, max_length=200)
+
+
+class SessionIn(Facts):
+    #: Queues to serve; empty means every queue the credential allows.
+    queues: list[str] = Field(default_factory=list, max_length=100)
+
     _check_queues = field_validator("queues")(_queues)
 
 
-class ClaimIn(BaseModel):
-    queues: list[str] = Field(min_length=1, max_length=100)
-    slots: int = Field(ge=1, le=1000)
+class PollIn(BaseModel):
+    slots: int = Field(ge=0, le=1000)
+    running: list[str] = Field(default_factory=list, max_length=10_000)
+    #: The worker is in maintenance (for whatever reason): it takes no job.
+    maintenance: bool = False
+    #: Maintenance the worker last heard the centre ask for.
+    central_maintenance: bool = False
     wait: float = Field(default=30.0, ge=0, le=MAX_CLAIM_WAIT)
-
-    _check_queues = field_validator("queues")(_queues)
 
 
 class FinishIn(BaseModel):
@@ -73,27 +99,105 @@ def _attempt_errors(exc: Exception) -> HTTPException:
     raise exc
 
 
-@router.post("/heartbeat")
-async def heartbeat(body: HeartbeatIn, worker: WorkerName, hub: HubDep) -> dict[str, Any]:
-    info = body.model_dump()
+async def _as_worker(hub: Hub, me: WorkerIdentity, fn: Any, *, session_bound: bool) -> Any:
+    """Run ``fn(session, worker_row)`` in one transaction, checking the session if asked."""
 
-    def record() -> None:
+    def work() -> Any:
         with hub.store.session() as s:
-            attempts.heartbeat(s, worker, info)
+            worker = s.get(Worker, me.name)
+            if worker is None:
+                raise credentials.InvalidCredential("this worker was removed")
+            if session_bound:
+                sessions.check_session(worker, me.presented_session)
+            return fn(s, worker)
 
-    await run_in_threadpool(record)
-    return {"commands": []}
+    try:
+        result: Any = await run_in_threadpool(work)
+        return result
+    except credentials.InvalidCredential as exc:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc)) from None
+    except sessions.Superseded as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
 
 
-@router.post("/claim")
-async def claim(body: ClaimIn, worker: WorkerName, hub: HubDep, request: Request) -> dict[str, Any]:
-    """Long-poll: answer as soon as a job is claimed, or with none after ``wait`` s."""
+@router.post("/enrol")
+async def enrol(body: EnrolIn, hub: HubDep) -> dict[str, Any]:
+    """Exchange a one-time enrolment token for this worker's own credential."""
+
+    def work() -> dict[str, Any]:
+        with hub.store.session() as s:
+            worker, credential = credentials.enrol(s, body.token)
+            return {"name": worker.name, "credential": credential, "queues": worker.allowed_queues}
+
+    try:
+        return await run_in_threadpool(work)
+    except credentials.InvalidCredential as exc:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc)) from None
+
+
+@router.post("/sessions")
+async def start_session(body: SessionIn, me: WorkerAuth, hub: HubDep) -> dict[str, Any]:
+    """A worker process starts: check its version, take over from older processes."""
+    try:
+        sessions.check_version(
+            body.version, body.protocol, __version__, hub.config.min_worker_version
+        )
+    except sessions.IncompatibleVersion as exc:
+        raise HTTPException(status.HTTP_426_UPGRADE_REQUIRED, str(exc)) from None
+
+    def start(s: Session, worker: Worker) -> tuple[str, list[str]]:
+        return sessions.start_session(s, worker, body.model_dump())
+
+    try:
+        session_id, queues = await _as_worker(hub, me, start, session_bound=False)
+    except PermissionError as exc:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, str(exc)) from None
+    hub.wakeups.notify_worker(me.name)  # an older process's held poll learns at once
+    return {
+        "name": me.name,
+        "session_id": session_id,
+        "queues": queues,
+        "heartbeat_interval": hub.config.worker_heartbeat_interval,
+        "hub_version": __version__,
+    }
+
+
+@router.post("/heartbeat")
+async def heartbeat(body: Facts, me: WorkerAuth, hub: HubDep) -> dict[str, Any]:
+    grace = timedelta(seconds=3 * hub.config.worker_heartbeat_interval)
+
+    def record(s: Session, worker: Worker) -> tuple[dict[str, Any], set[str]]:
+        now = utcnow()
+        sessions.record_heartbeat(worker, body.model_dump(), now)
+        woken = sessions.reconcile(s, worker, body.running, now, grace)
+        return sessions.directives(s, worker, body.running), woken
+
+    directives, woken = await _as_worker(hub, me, record, session_bound=True)
+    hub.wakeups.notify(woken)
+    hub.wakeups.notify_worker(me.name)  # a held poll re-reads what the worker now accepts
+    return {"directives": directives}
+
+
+@router.post("/poll")
+async def poll(body: PollIn, me: WorkerAuth, hub: HubDep, request: Request) -> dict[str, Any]:
+    """Long-poll for jobs and directives.
+
+    Answers as soon as a job is claimed or a directive needs acting on, or
+    with nothing after ``wait`` seconds. With ``slots`` 0 it only waits for
+    directives, so a busy worker still hears a kill within a round trip.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + body.wait
+    take = body.slots if not body.maintenance else 0
 
-    def try_claim() -> list[dict[str, Any]]:
-        with hub.store.session() as s:
-            return [j.to_dict() for j in attempts.claim(s, worker, body.queues, body.slots)]
+    def look(s: Session, worker: Worker) -> dict[str, Any]:
+        worker.last_heartbeat = utcnow()
+        if worker.state in ("lost", "offline"):  # it is back
+            worker.state = "running" if body.running else "idle"
+        found = sessions.directives(s, worker, body.running)
+        quiet = found["shutdown"] or found["maintenance"] or not sessions.accepting(worker)
+        jobs = [] if quiet else attempts.claim(s, worker.name, worker.queues, take)
+        return {"jobs": [j.to_dict() for j in jobs], "directives": found}
 
     async def client_gone() -> None:
         # The body has been read, so the next ASGI message is the disconnect.
@@ -102,28 +206,33 @@ async def claim(body: ClaimIn, worker: WorkerName, hub: HubDep, request: Request
 
     gone = asyncio.create_task(client_gone())
     closing = asyncio.create_task(hub.wakeups.closing.wait())
+    queues = list(me.allowed_queues) if take else []
     try:
-        with hub.wakeups.watching(body.queues) as woken:
+        with hub.wakeups.watching(queues, worker=me.name) as woken:
             while True:
                 woken.clear()
-                if gone.done() or closing.done():
-                    return {"jobs": []}
-                jobs = await run_in_threadpool(try_claim)
+                answer: dict[str, Any] = await _as_worker(hub, me, look, session_bound=True)
+                if gone.done():
+                    return answer
+                d = answer["directives"]
+                urgent = d["kill"] or d["shutdown"] or d["maintenance"] != body.central_maintenance
                 remaining = deadline - loop.time()
-                if jobs or remaining <= 0:
-                    return {"jobs": jobs}
+                if answer["jobs"] or urgent or remaining <= 0 or closing.done():
+                    return answer
                 wake = asyncio.create_task(woken.wait())
                 await asyncio.wait(
                     {wake, gone, closing}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
                 )
                 wake.cancel()
+                if gone.done():
+                    return {"jobs": [], "directives": d}
     finally:
         gone.cancel()
         closing.cancel()
 
 
 @router.get("/bundles/{sha}")
-async def bundle(sha: str, worker: WorkerName, hub: HubDep) -> Response:
+async def bundle(sha: str, me: WorkerAuth, hub: HubDep) -> Response:
     def load() -> bytes | None:
         with hub.store.session() as s:
             row = s.get(Bundle, sha)
@@ -138,7 +247,7 @@ async def bundle(sha: str, worker: WorkerName, hub: HubDep) -> Response:
 @router.post("/attempts/{attempt_id}/logs")
 async def upload_log(
     attempt_id: str,
-    worker: WorkerName,
+    me: WorkerAuth,
     hub: HubDep,
     request: Request,
     offset: Annotated[int, Query(ge=0)],
@@ -152,7 +261,7 @@ async def upload_log(
 
     def append() -> int:
         with hub.store.session() as s:
-            return attempts.append_log(s, attempt_id, worker, offset, data)
+            return attempts.append_log(s, attempt_id, me.name, offset, data)
 
     try:
         size = await run_in_threadpool(append)
@@ -162,14 +271,12 @@ async def upload_log(
 
 
 @router.post("/attempts/{attempt_id}/finish")
-async def finish(
-    attempt_id: str, body: FinishIn, worker: WorkerName, hub: HubDep
-) -> dict[str, Any]:
+async def finish(attempt_id: str, body: FinishIn, me: WorkerAuth, hub: HubDep) -> dict[str, Any]:
     result = AttemptResult(**body.model_dump())
 
     def record() -> tuple[str, set[str], Any]:
         with hub.store.session() as s:
-            return attempts.finish(s, attempt_id, worker, result)
+            return attempts.finish(s, attempt_id, me.name, result)
 
     try:
         state, woken, retry_at = await run_in_threadpool(record)

@@ -1,0 +1,145 @@
+"""Operator actions behind the REST API: enrol, revoke, maintenance, shutdown and
+removal of workers; marking and clearing task instances.
+
+Each returns what the route must announce after the commit: the queues that
+got work and the workers whose held polls must answer now.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tether.hub.api.queries import NotFound, get_run
+from tether.hub.auth import credentials
+from tether.hub.scheduler import states as S
+from tether.hub.scheduler.runs import advance_run, utcnow
+from tether.hub.store.dialect import lock_row
+from tether.hub.store.models import DagRun, TaskAttempt, TaskInstance, Worker
+from tether.hub.worker_api.sessions import fail_attempts_of
+
+
+@dataclass
+class Effects:
+    queues: set[str] = field(default_factory=set)
+    workers: set[str] = field(default_factory=set)
+
+
+def _worker(session: Session, name: str) -> Worker:
+    worker = session.scalar(lock_row(select(Worker).where(Worker.name == name), session))
+    if worker is None:
+        raise NotFound(f"no worker {name!r}")
+    return worker
+
+
+def set_maintenance(session: Session, name: str, on: bool, comment: str | None) -> Effects:
+    worker = _worker(session, name)
+    worker.requested_maintenance = on
+    worker.requested_comment = comment if on else None
+    return Effects(workers={name})
+
+
+def request_shutdown(session: Session, name: str) -> Effects:
+    _worker(session, name).shutdown_requested = True
+    return Effects(workers={name})
+
+
+def revoke(session: Session, name: str) -> Effects:
+    try:
+        credentials.revoke(session, name)
+    except credentials.WorkerNotFound as exc:
+        raise NotFound(str(exc)) from None
+    return Effects(workers={name})
+
+
+def remove(session: Session, name: str) -> Effects:
+    """Revoke the worker, give up on its running attempts and forget it."""
+    worker = _worker(session, name)
+    queues = fail_attempts_of(session, name, f"worker {name} was removed")
+    session.delete(worker)
+    return Effects(queues=queues, workers={name})
+
+
+def _task_instances(session: Session, run: DagRun, task_ids: set[str]) -> list[TaskInstance]:
+    return list(
+        session.scalars(
+            lock_row(
+                select(TaskInstance)
+                .where(TaskInstance.dag_run_id == run.id, TaskInstance.task_id.in_(task_ids))
+                .order_by(TaskInstance.id),
+                session,
+            )
+        )
+    )
+
+
+def _end_running_attempt(session: Session, ti: TaskInstance, why: str, fx: Effects) -> None:
+    if ti.state != S.RUNNING or ti.attempt_id is None:
+        return
+    attempt = session.get(TaskAttempt, ti.attempt_id)
+    if attempt is not None and attempt.state == S.RUNNING:
+        attempt.state = S.ATTEMPT_LOST
+        attempt.ended_at = utcnow()
+        attempt.error = why
+        fx.workers.add(attempt.worker_name)  # its poll answers with "kill"
+
+
+def _locked_run(session: Session, dag_id: str, run_id: str) -> DagRun:
+    run = get_run(session, dag_id, run_id)
+    session.execute(lock_row(select(DagRun.id).where(DagRun.id == run.id), session))
+    return run
+
+
+def mark_task(session: Session, dag_id: str, run_id: str, task_id: str, state: str) -> Effects:
+    """Set a task instance to success or failed; a running attempt is killed."""
+    run = _locked_run(session, dag_id, run_id)
+    tis = _task_instances(session, run, {task_id})
+    if not tis:
+        raise NotFound(f"run {run_id!r} of DAG {dag_id!r} has no task {task_id!r}")
+    fx = Effects()
+    ti = tis[0]
+    _end_running_attempt(session, ti, f"marked {state} by an operator", fx)
+    ti.state = state
+    ti.ended_at = utcnow()
+    ti.next_retry_at = None
+    if run.state in S.RUN_FINISHED:
+        run.state, run.ended_at = S.RUN_RUNNING, None
+    fx.queues |= advance_run(session, run)
+    return fx
+
+
+def _downstream(spec: dict[str, Any], task_id: str) -> set[str]:
+    children = {t["task_id"]: t["downstream"] for t in spec["tasks"]}
+    found, todo = set(), [task_id]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def clear_task(
+    session: Session, dag_id: str, run_id: str, task_id: str, downstream: bool
+) -> Effects:
+    """Make a task instance (and, if asked, everything downstream) run again."""
+    run = _locked_run(session, dag_id, run_id)
+    ids = {task_id} | (_downstream(run.serialized, task_id) if downstream else set())
+    tis = _task_instances(session, run, ids)
+    if not any(ti.task_id == task_id for ti in tis):
+        raise NotFound(f"run {run_id!r} of DAG {dag_id!r} has no task {task_id!r}")
+    retries = {t["task_id"]: t["retries"] for t in run.serialized["tasks"]}
+    fx = Effects()
+    for ti in tis:
+        _end_running_attempt(session, ti, "cleared by an operator", fx)
+        ti.state = None
+        ti.max_tries = ti.try_number + retries[ti.task_id] + 1  # its retries, afresh
+        ti.next_retry_at = None
+        ti.started_at = ti.ended_at = ti.queued_at = None
+        ti.worker_name = None
+    run.state, run.ended_at = S.RUN_RUNNING, None
+    fx.queues |= advance_run(session, run)
+    return fx

@@ -1,0 +1,233 @@
+"""Worker sessions, heartbeats, directives and lost workers.
+
+A worker process opens a session when it starts; the newest session of a
+credential wins and an older one is refused (409) at its next request, so a
+duplicated deployment stops itself while a restarted worker is never locked
+out. Replies to polls and heartbeats carry *directives*: attempts to kill,
+maintenance asked for from the centre, shutdown. They are computed from the
+store each time, so a lost reply loses nothing.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tether.hub.scheduler import states as S
+from tether.hub.scheduler.runs import advance_run, lock_run_of, retry_delay, utcnow
+from tether.hub.store.dialect import lock_row
+from tether.hub.store.models import TaskAttempt, TaskInstance, Worker
+from tether.protocol import PROTOCOL_VERSION
+
+_VERSION_RE = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
+
+
+class Superseded(Exception):
+    """A newer process of this worker has taken over (409)."""
+
+
+class IncompatibleVersion(Exception):
+    """The hub does not accept this worker's version (426)."""
+
+
+def parse_version(text: str) -> tuple[int, int, int]:
+    match = _VERSION_RE.match(text or "")
+    if not match:
+        return (0, 0, 0)
+    major, minor, patch = match.groups()
+    return int(major), int(minor), int(patch or 0)
+
+
+def check_version(
+    worker_version: str, protocol: int, hub_version: str, min_worker_version: str
+) -> None:
+    """The compatibility rule: same protocol, and a release no older than the minimum."""
+    if protocol != PROTOCOL_VERSION:
+        raise IncompatibleVersion(
+            f"worker {worker_version} speaks protocol {protocol}; hub {hub_version} speaks "
+            f"protocol {PROTOCOL_VERSION}"
+        )
+    if parse_version(worker_version) < parse_version(min_worker_version):
+        raise IncompatibleVersion(
+            f"worker {worker_version} is older than the minimum {min_worker_version} "
+            f"accepted by hub {hub_version}"
+        )
+
+
+def start_session(session: Session, worker: Worker, info: dict[str, Any]) -> tuple[str, list[str]]:
+    """Open a new session for ``worker``, taking over from any older one.
+
+    Returns the session id and the queues to serve: the requested ones, or all
+    the credential allows when none are requested.
+    """
+    requested = info.get("queues") or worker.allowed_queues
+    refused = [q for q in requested if q not in worker.allowed_queues]
+    if refused:
+        raise PermissionError(
+            f"worker {worker.name!r} may not serve {', '.join(refused)}; its credential "
+            f"allows {', '.join(worker.allowed_queues)}"
+        )
+    now = utcnow()
+    worker.session_id = secrets.token_hex(16)
+    worker.queues = list(requested)
+    worker.first_seen = worker.first_seen or now
+    record_heartbeat(worker, info, now)
+    return worker.session_id, list(requested)
+
+
+def check_session(worker: Worker, session_id: str | None) -> None:
+    if not session_id or session_id != worker.session_id:
+        raise Superseded(
+            f"another process of worker {worker.name!r} took over (session {session_id} is "
+            "no longer current); this one must stop"
+        )
+
+
+def record_heartbeat(worker: Worker, info: dict[str, Any], now: datetime) -> None:
+    worker.concurrency = int(info.get("concurrency", worker.concurrency or 0))
+    worker.free_slots = int(info.get("free_slots", worker.free_slots or 0))
+    worker.version = info.get("version", worker.version)
+    worker.maintenance = bool(info.get("maintenance", False))
+    worker.maintenance_comment = info.get("maintenance_comment")
+    running = list(info.get("running", []))
+    worker.info = {
+        **{k: info[k] for k in ("hostname", "platform", "python") if k in info},
+        "running": running,
+    }
+    if info.get("state") == "offline":
+        worker.state = "offline"
+    elif info.get("draining"):
+        worker.state = "draining"
+    elif worker.maintenance:
+        worker.state = "maintenance"
+    else:
+        worker.state = "running" if running else "idle"
+    worker.last_heartbeat = now
+
+
+def accepting(worker: Worker) -> bool:
+    """Whether the worker, as it last reported, takes new tasks."""
+    return not worker.maintenance and worker.state not in ("draining", "offline")
+
+
+def directives(session: Session, worker: Worker, running: list[str]) -> dict[str, Any]:
+    """What the worker must do: kill attempts the hub gave up on, maintenance, shutdown."""
+    kill: list[str] = []
+    if running:
+        rows = session.execute(
+            select(
+                TaskAttempt.id,
+                TaskAttempt.worker_name,
+                TaskAttempt.state,
+                TaskInstance.attempt_id,
+                TaskInstance.state,
+            )
+            .join(TaskInstance, TaskInstance.id == TaskAttempt.task_instance_id)
+            .where(TaskAttempt.id.in_(running))
+        ).all()
+        current = {
+            attempt_id
+            for attempt_id, owner, state, ti_attempt, ti_state in rows
+            if owner == worker.name
+            and state == S.RUNNING
+            and ti_attempt == attempt_id
+            and ti_state == S.RUNNING
+        }
+        kill = sorted(set(running) - current)
+    return {
+        "kill": kill,
+        "maintenance": worker.requested_maintenance,
+        "maintenance_comment": worker.requested_comment,
+        "shutdown": worker.shutdown_requested,
+    }
+
+
+def fail_attempt(session: Session, attempt: TaskAttempt, reason: str) -> set[str]:
+    """End a running attempt the hub gives up on; its task retries if it may.
+
+    The attempt becomes ``lost``: any later report on it is refused (409).
+    Returns the queues that got work.
+    """
+    now = utcnow()
+    run = lock_run_of(session, attempt.task_instance_id)
+    ti = session.scalar(
+        lock_row(select(TaskInstance).where(TaskInstance.id == attempt.task_instance_id), session)
+    )
+    attempt.state = S.ATTEMPT_LOST
+    attempt.ended_at = now
+    attempt.error = reason
+    if ti is None or ti.attempt_id != attempt.id or ti.state != S.RUNNING:
+        return set()
+    ti.ended_at = now
+    if ti.try_number < ti.max_tries:
+        spec = next(t for t in run.serialized["tasks"] if t["task_id"] == ti.task_id)
+        ti.state = S.UP_FOR_RETRY
+        ti.next_retry_at = now + retry_delay(spec, ti.try_number)
+        return set()
+    ti.state = S.FAILED
+    return advance_run(session, run)
+
+
+def fail_attempts_of(session: Session, worker_name: str, reason: str) -> set[str]:
+    attempts = session.scalars(
+        select(TaskAttempt)
+        .where(TaskAttempt.worker_name == worker_name, TaskAttempt.state == S.RUNNING)
+        .order_by(TaskAttempt.id)
+    ).all()
+    woken: set[str] = set()
+    for attempt in attempts:
+        woken |= fail_attempt(session, attempt, reason)
+    return woken
+
+
+def mark_lost_workers(session: Session, now: datetime, timeout: timedelta) -> set[str]:
+    """Workers silent for longer than ``timeout`` become lost; their attempts fail or retry."""
+    silent = session.scalars(
+        lock_row(
+            select(Worker)
+            .where(
+                Worker.state.in_(("idle", "running", "maintenance", "draining")),
+                Worker.last_heartbeat < now - timeout,
+            )
+            .order_by(Worker.name),
+            session,
+        )
+    ).all()
+    woken: set[str] = set()
+    for worker in silent:
+        worker.state = "lost"
+        woken |= fail_attempts_of(
+            session, worker.name, f"worker {worker.name} lost: no heartbeat for {timeout}"
+        )
+    return woken
+
+
+def reconcile(
+    session: Session, worker: Worker, running: list[str], now: datetime, grace: timedelta
+) -> set[str]:
+    """Give up on attempts the hub thinks ``worker`` runs but the worker does not know.
+
+    A job handed out on a poll whose answer never arrived (the worker gave up
+    on the request in that instant) would otherwise stay ``running`` for ever
+    on a worker that is alive and well. ``grace`` covers the time between a
+    claim and the worker listing the attempt in its heartbeat.
+    """
+    unknown = session.scalars(
+        select(TaskAttempt)
+        .where(
+            TaskAttempt.worker_name == worker.name,
+            TaskAttempt.state == S.RUNNING,
+            TaskAttempt.started_at < now - grace,
+            TaskAttempt.id.not_in(running or [""]),
+        )
+        .order_by(TaskAttempt.id)
+    ).all()
+    woken: set[str] = set()
+    for attempt in unknown:
+        woken |= fail_attempt(session, attempt, f"worker {worker.name} does not run it")
+    return woken

@@ -1,0 +1,115 @@
+"""What the worker must not forget across a lost link or a restart.
+
+One JSON file per attempt under ``HOME/spool``: the job, the task's process
+id and log file, and, once the task ended, its result. A file is removed only
+when the hub has the whole log and the result (or refused them). On start the
+worker finishes what a previous process left: it kills tasks that outlived
+it (so no task runs twice) and delivers the spooled reports, in order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tether.protocol import AttemptResult, Job
+
+
+@dataclass
+class SpoolEntry:
+    path: Path
+    job: Job
+    log_path: Path
+    pid: int | None
+    result: AttemptResult | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "job": self.job.to_dict(),
+            "log_path": str(self.log_path),
+            "pid": self.pid,
+            "result": self.result.to_dict() if self.result else None,
+        }
+
+
+class Spool:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, attempt_id: str) -> Path:
+        return self.root / f"{attempt_id}.json"
+
+    def write(self, entry: SpoolEntry) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = entry.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(entry.to_dict()))
+        os.replace(tmp, entry.path)
+
+    def open(self, job: Job, log_path: Path) -> SpoolEntry:
+        entry = SpoolEntry(self._path(job.attempt_id), job, log_path, None, None)
+        self.write(entry)
+        return entry
+
+    def remove(self, entry: SpoolEntry) -> None:
+        entry.path.unlink(missing_ok=True)
+
+    def leftovers(self) -> list[SpoolEntry]:
+        """Entries a previous process left, oldest first."""
+        if not self.root.is_dir():
+            return []
+        entries = []
+        for path in sorted(self.root.glob("*.json"), key=lambda p: p.stat().st_mtime):
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                path.unlink(missing_ok=True)
+                continue
+            result = data.get("result")
+            entries.append(
+                SpoolEntry(
+                    path=path,
+                    job=Job.from_dict(data["job"]),
+                    log_path=Path(data["log_path"]),
+                    pid=data.get("pid"),
+                    result=AttemptResult(**result) if result else None,
+                )
+            )
+        return entries
+
+
+def clean_logs(root: Path, max_age: float, max_bytes: int, keep: set[Path]) -> int:
+    """Delete local task logs older than ``max_age`` s, then the oldest beyond ``max_bytes``.
+
+    Logs in ``keep`` (not yet delivered) are never deleted. Returns how many
+    files were removed.
+    """
+    if not root.is_dir():
+        return 0
+    files = []
+    for path in root.rglob("*.log"):
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        files.append((st.st_mtime, st.st_size, path))
+    files.sort()
+    now = time.time()
+    total = sum(size for _, size, _ in files)
+    removed = 0
+    for mtime, size, path in files:
+        if path in keep:
+            continue
+        if now - mtime > max_age or total > max_bytes:
+            path.unlink(missing_ok=True)
+            total -= size
+            removed += 1
+    for folder in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True):
+        try:
+            folder.rmdir()  # only empty ones
+        except OSError:
+            pass
+    return removed
