@@ -78,12 +78,36 @@ class Process:
 
 
 class Hub(Process):
-    def __init__(self, home: Path, dags: Path, database_url: str, **env: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+    """A ``tether hub`` process. Give ``port`` to restart one where it was."""
+
+    def __init__(
+        self,
+        home: Path,
+        dags: Path,
+        database_url: str,
+        *,
+        port: int | None = None,
+        scheme: str = "http",
+        extra: list[str] | None = None,
+        verify: str | bool = True,
+        **env: str,
+    ) -> None:
+        self.port = port or free_port()
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
+        self.home, self.dags, self.database_url = home, dags, database_url
+        self.env, self.extra, self.scheme = env, extra, scheme
         home.mkdir(parents=True, exist_ok=True)
         super().__init__(
-            ["hub", "--home", str(home), "--dags", str(dags), "--port", str(self.port)],
+            [
+                "hub",
+                "--home",
+                str(home),
+                "--dags",
+                str(dags),
+                "--port",
+                str(self.port),
+                *(extra or []),
+            ],
             env={
                 "TETHER_DATABASE_URL": database_url,
                 "TETHER_ADMIN_TOKEN": ADMIN_TOKEN,
@@ -92,10 +116,24 @@ class Hub(Process):
                 **env,
             },
             cwd=home,
-            log=home / "hub.log",
+            log=home / f"hub-{self.port}-{time.monotonic_ns()}.log",
         )
-        self.api = Api(self.url)
+        self.verify = verify
+        self.api = Api(self.url, verify=self.verify)
         wait_for(self._healthy, 30, f"the hub on {self.url} to answer")
+
+    def restart(self) -> Hub:
+        """A new hub process on the same port, home and database."""
+        return Hub(
+            self.home,
+            self.dags,
+            self.database_url,
+            port=self.port,
+            scheme=self.scheme,
+            extra=self.extra,
+            verify=self.verify,
+            **self.env,
+        )
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         self.api.http.close()
@@ -105,7 +143,10 @@ class Hub(Process):
         if self.popen.poll() is not None:
             raise AssertionError(f"the hub exited:\n{self.output()}")
         try:
-            return httpx.get(self.url + "/api/v1/health", timeout=1).status_code == 200
+            return (
+                httpx.get(self.url + "/api/v1/health", timeout=1, verify=self.verify).status_code
+                == 200
+            )
         except httpx.TransportError:
             return False
 
@@ -167,9 +208,12 @@ class Worker(Process):
 class Api:
     """The hub's REST API as a test sees it (admin token)."""
 
-    def __init__(self, url: str, token: str = ADMIN_TOKEN) -> None:
+    def __init__(self, url: str, token: str = ADMIN_TOKEN, verify: str | bool = True) -> None:
         self.http = httpx.Client(
-            base_url=url + "/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=30
+            base_url=url + "/api/v1",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+            verify=verify,
         )
 
     def get(self, path: str, **kwargs: Any) -> Any:

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from tether.sdk._process import die_with_parent
 from tether.sdk.baseoperator import BaseOperator
 from tether.sdk.context import Context, TetherSkipException
 from tether.sdk.dag import DagDefinitionError
@@ -64,6 +65,7 @@ class BashOperator(BaseOperator):
             stderr=subprocess.STDOUT,
             env=env,
             cwd=self.cwd,
+            preexec_fn=die_with_parent,  # the command dies with the task process
         )
         assert proc.stdout is not None
         last = b""

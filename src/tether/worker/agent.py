@@ -349,6 +349,7 @@ class Worker:
                 "running": sorted(self.running),
                 "maintenance": not self.accepting,
                 "central_maintenance": self.central_maintenance,
+                "draining": self._stopping.is_set(),
             }
             poll = asyncio.create_task(self.client.poll(body, self.config.poll_wait))
             if slots == 0:
@@ -404,6 +405,7 @@ class Worker:
             self.central_maintenance, self.central_comment = on, comment
             self._notify()
             self._write_status()
+            self._tell_hub()  # the hub shows, and the poll obeys, what the worker does
         if directives.get("shutdown") and not self._stopping.is_set():
             log.info("the hub asked this worker to shut down")
             self.stop()

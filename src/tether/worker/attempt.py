@@ -142,7 +142,7 @@ class AttemptRunner:
         job_file = self.workdir / "job.json"
         result_file = self.workdir / "result.json"
         job_file.write_text(json.dumps({"job": job.to_dict(), "bundle_dir": str(bundle_dir)}))
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TETHER_WORKER_PID": str(os.getpid())}
         with self.log_path.open("ab") as logf:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -189,13 +189,18 @@ class AttemptRunner:
         )
 
     async def kill(self, reason: str) -> None:
-        """SIGTERM the task's process group, then SIGKILL after the grace period."""
+        """SIGTERM the task's process group, then SIGKILL after the grace period.
+
+        A task that already ended is left alone (its log is not touched).
+        """
+        proc = self.process
+        if proc is not None and proc.returncode is not None:
+            return
         if self.kill_reason is None:
             self.kill_reason = reason
             note(self.log_path, f"killing the task: {reason}")
-        proc = self.process
-        if proc is None or proc.returncode is not None:
-            return
+        if proc is None:
+            return  # not started yet: _execute sees kill_reason
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
         try:

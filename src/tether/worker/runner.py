@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tether.protocol import ATTEMPT_FAILED, ATTEMPT_SKIPPED, ATTEMPT_SUCCESS, Job
+from tether.sdk._process import die_with_parent
 from tether.sdk.context import (
     DagRunInfo,
     TaskInstanceInfo,
@@ -90,6 +91,8 @@ def run(job: Job, bundle_dir: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    parent = os.environ.get("TETHER_WORKER_PID")
+    die_with_parent(int(parent) if parent else None)
     args = sys.argv[1:] if argv is None else argv
     job_file, result_file = Path(args[0]), Path(args[1])
     payload = json.loads(job_file.read_text())

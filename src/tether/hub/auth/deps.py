@@ -37,6 +37,7 @@ class WorkerIdentity:
     """The worker a credential belongs to, as of this request."""
 
     name: str
+    credential_hash: str
     allowed_queues: tuple[str, ...]
     session_id: str | None
     #: The session the request claims to be part of (X-Tether-Session).
@@ -53,8 +54,13 @@ def require_worker(
     try:
         with hub.store.session() as s:
             worker = credentials.authenticate(s, presented)
+            assert worker.credential_hash is not None
             return WorkerIdentity(
-                worker.name, tuple(worker.allowed_queues), worker.session_id, session_id
+                worker.name,
+                worker.credential_hash,
+                tuple(worker.allowed_queues),
+                worker.session_id,
+                session_id,
             )
     except credentials.InvalidCredential as exc:
         raise HTTPException(

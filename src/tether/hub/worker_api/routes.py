@@ -79,6 +79,8 @@ class PollIn(BaseModel):
     maintenance: bool = False
     #: Maintenance the worker last heard the centre ask for.
     central_maintenance: bool = False
+    #: The worker is already stopping (a shutdown directive is old news).
+    draining: bool = False
     wait: float = Field(default=30.0, ge=0, le=MAX_CLAIM_WAIT)
 
 
@@ -107,6 +109,8 @@ async def _as_worker(hub: Hub, me: WorkerIdentity, fn: Any, *, session_bound: bo
             worker = s.get(Worker, me.name)
             if worker is None:
                 raise credentials.InvalidCredential("this worker was removed")
+            if worker.credential_hash != me.credential_hash:  # revoked while the call waited
+                raise credentials.InvalidCredential("invalid or revoked worker credential")
             if session_bound:
                 sessions.check_session(worker, me.presented_session)
             return fn(s, worker)
@@ -192,7 +196,7 @@ async def poll(body: PollIn, me: WorkerAuth, hub: HubDep, request: Request) -> d
 
     def look(s: Session, worker: Worker) -> dict[str, Any]:
         worker.last_heartbeat = utcnow()
-        if worker.state in ("lost", "offline"):  # it is back
+        if worker.state == "lost":  # it is back
             worker.state = "running" if body.running else "idle"
         found = sessions.directives(s, worker, body.running)
         quiet = found["shutdown"] or found["maintenance"] or not sessions.accepting(worker)
@@ -211,11 +215,15 @@ async def poll(body: PollIn, me: WorkerAuth, hub: HubDep, request: Request) -> d
         with hub.wakeups.watching(queues, worker=me.name) as woken:
             while True:
                 woken.clear()
+                if gone.done():  # no one to hand a job to
+                    return {"jobs": [], "directives": {}}
                 answer: dict[str, Any] = await _as_worker(hub, me, look, session_bound=True)
-                if gone.done():
-                    return answer
                 d = answer["directives"]
-                urgent = d["kill"] or d["shutdown"] or d["maintenance"] != body.central_maintenance
+                urgent = (
+                    d["kill"]
+                    or (d["shutdown"] and not body.draining)
+                    or d["maintenance"] != body.central_maintenance
+                )
                 remaining = deadline - loop.time()
                 if answer["jobs"] or urgent or remaining <= 0 or closing.done():
                     return answer
