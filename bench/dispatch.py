@@ -32,7 +32,7 @@ from pathlib import Path
 
 import httpx
 
-ADMIN, WORKER = "bench-admin-token-xxxxxxxxxxxx", "bench-worker-token-yyyyyyyyyyyy"
+ADMIN = "bench-admin-token-xxxxxxxxxxxx"
 
 
 def _port() -> int:
@@ -75,7 +75,6 @@ def main() -> int:
     env = {
         **os.environ,
         "TETHER_ADMIN_TOKEN": ADMIN,
-        "TETHER_WORKER_TOKEN": WORKER,
         "TETHER_DAG_SCAN_INTERVAL": "0.5",
     }
     env.setdefault("TETHER_DATABASE_URL", f"sqlite:///{root / 'tether.db'}")
@@ -114,6 +113,9 @@ def main() -> int:
             if time.monotonic() > deadline:
                 raise SystemExit("hub did not come up; see " + str(root / "hub.log"))
             time.sleep(0.1)
+        token = api.post(
+            "/workers/enrolment-tokens", json={"queues": ["default"], "name": "bench"}
+        ).json()["token"]
         worker = subprocess.Popen(
             [
                 sys.executable,
@@ -126,8 +128,8 @@ def main() -> int:
                 "default",
                 "--home",
                 str(root / "worker"),
-                "--name",
-                "bench",
+                "--enrol",
+                token,
                 "--concurrency",
                 str(args.concurrency),
             ],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ ADMIN_TOKEN = "test-admin-token-" + "a" * 20
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "dags"
 T = TypeVar("T")
+PROXY_VARIABLES = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
 
 
 def free_port() -> int:
@@ -49,9 +51,11 @@ class Process:
     def __init__(self, args: list[str], *, env: dict[str, str], cwd: Path, log: Path) -> None:
         self.log_path = log
         self._log = log.open("wb")
+        # The machine's proxy settings must not steer loopback traffic in tests.
+        base = {k: v for k, v in os.environ.items() if k.lower() not in PROXY_VARIABLES}
         self.popen = subprocess.Popen(
             [sys.executable, "-m", "tether", *args],
-            env={**os.environ, **env},
+            env={**base, **env},
             cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
@@ -119,7 +123,10 @@ class Hub(Process):
             log=home / f"hub-{self.port}-{time.monotonic_ns()}.log",
         )
         self.verify = verify
-        self.api = Api(self.url, verify=self.verify)
+        self.ssl: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
+        )
+        self.api = Api(self.url, verify=self.ssl)
         wait_for(self._healthy, 30, f"the hub on {self.url} to answer")
 
     def restart(self) -> Hub:
@@ -144,7 +151,7 @@ class Hub(Process):
             raise AssertionError(f"the hub exited:\n{self.output()}")
         try:
             return (
-                httpx.get(self.url + "/api/v1/health", timeout=1, verify=self.verify).status_code
+                httpx.get(self.url + "/api/v1/health", timeout=1, verify=self.ssl).status_code
                 == 200
             )
         except httpx.TransportError:
@@ -208,7 +215,9 @@ class Worker(Process):
 class Api:
     """The hub's REST API as a test sees it (admin token)."""
 
-    def __init__(self, url: str, token: str = ADMIN_TOKEN, verify: str | bool = True) -> None:
+    def __init__(
+        self, url: str, token: str = ADMIN_TOKEN, verify: ssl.SSLContext | bool = True
+    ) -> None:
         self.http = httpx.Client(
             base_url=url + "/api/v1",
             headers={"Authorization": f"Bearer {token}"},

@@ -64,6 +64,14 @@ def test_standalone_runs_the_examples_on_its_local_worker(tmp_path: Path) -> Non
             timeout=10,
         )
         with api:
+
+            def listening() -> bool:
+                try:
+                    return api.get("/health").status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            wait_for(listening, 30, "the hub to listen")
             wait_for(
                 lambda: "taskflow_etl" in {d["dag_id"] for d in api.get("/dags").json()["dags"]},
                 30,

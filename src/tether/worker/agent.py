@@ -86,6 +86,12 @@ class Worker:
         self.central_maintenance = False
         self.central_comment: str | None = None
         self.state = "starting"
+        #: Host facts, read once (platform.platform() reads the interpreter's binary).
+        self.host = {
+            "hostname": socket.gethostname(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        }
         self._tasks: set[asyncio.Task[Any]] = set()
         # Two waiters, two events: a single event cleared by one would hide a
         # change from the other.
@@ -162,9 +168,8 @@ class Worker:
             "maintenance_comment": self.local_comment
             if self.local_maintenance
             else self.central_comment,
-            "hostname": socket.gethostname(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
+            "draining": self._stopping.is_set(),
+            **self.host,
             "queues": self.queues,
         }
 
@@ -183,7 +188,9 @@ class Worker:
                 "state": state,
                 "queues": self.queues,
                 "maintenance": self.maintenance,
-                "maintenance_comment": self.facts()["maintenance_comment"],
+                "maintenance_comment": self.local_comment
+                if self.local_maintenance
+                else self.central_comment,
                 "free_slots": self.free_slots,
                 "running": [
                     {
@@ -328,6 +335,7 @@ class Worker:
             )
             self.local_maintenance, self.local_comment = on, comment
             changed = True
+            self._tell_hub()
         if wanted.get("stop") and not self._stopping.is_set():
             self.stop(wanted.get("timeout"))
             changed = True

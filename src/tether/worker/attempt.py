@@ -63,16 +63,22 @@ def note(path: Path, text: str) -> None:
         f.write(f"[tether] {text}\n")
 
 
-async def deliver(client: HubClient, spool: Spool, entry: SpoolEntry) -> None:
+async def deliver(
+    client: HubClient, spool: Spool, entry: SpoolEntry, offset: int | None = None
+) -> None:
     """Send the rest of the log, then the result; forget the entry once the hub has both.
 
-    Transport errors are retried until the hub answers (the link may be down
-    for minutes); a refusal (the hub gave up on the attempt) ends delivery.
+    ``offset`` is how much of the log the hub is known to hold; when unknown
+    (a report left by a previous process) the hub is asked. Transport errors
+    are retried until the hub answers (the link may be down for minutes); a
+    refusal (the hub gave up on the attempt) ends delivery.
     """
     assert entry.result is not None
     shipper = LogShipper(client, entry.job.attempt_id, entry.log_path)
     try:
-        shipper.offset = await client.upload_log(entry.job.attempt_id, 0, b"")
+        if offset is None:
+            offset = await client.upload_log(entry.job.attempt_id, 0, b"")
+        shipper.offset = offset
         await shipper.ship_available()
         await client.finish(entry.job.attempt_id, entry.result)
     except HubError as exc:
@@ -125,7 +131,7 @@ class AttemptRunner:
                 log.warning("log upload for attempt %s refused: %s", self.job.attempt_id, exc)
         entry.result = result
         self.spool.write(entry)
-        await deliver(self.client, self.spool, entry)
+        await deliver(self.client, self.spool, entry, shipper.offset)
         shutil.rmtree(self.workdir, ignore_errors=True)  # scratch space; the log stays
         return result
 

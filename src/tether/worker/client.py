@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 from typing import Any
 
 import httpx
@@ -102,7 +103,8 @@ class HubClient:
             headers=headers,
             timeout=httpx.Timeout(30.0, connect=10.0),
             transport=transport,
-            verify=ca_file if ca_file else True,
+            # A private CA replaces the system's trust store for this hub.
+            verify=ssl.create_default_context(cafile=ca_file) if ca_file else True,
             proxy=proxy,
             trust_env=True,
         )

@@ -1,0 +1,77 @@
+"""A real HTTP CONNECT proxy on loopback, for tests: ``python -m tests.faults.proxy``.
+
+It tunnels ``CONNECT host:port`` after checking Basic proxy credentials, maps
+the made-up host names it is given to 127.0.0.1 (so a client that can only
+resolve them through the proxy proves it used the proxy), and logs every
+tunnel to stdout. It refuses any target outside loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import sys
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, asyncio.CancelledError):
+        pass
+    finally:
+        writer.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--user", required=True)
+    parser.add_argument("--password", required=True)
+    parser.add_argument("--map", action="append", default=[], help="NAME: a host sent to loopback")
+    args = parser.parse_args()
+    expected = "Basic " + base64.b64encode(f"{args.user}:{args.password}".encode()).decode()
+    mapped = set(args.map)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        method, target, _ = lines[0].split(" ", 2)
+        headers = {
+            k.strip().lower(): v.strip()
+            for k, _, v in (line.partition(":") for line in lines[1:] if line)
+        }
+        host, _, port = target.rpartition(":")
+        if method != "CONNECT":
+            writer.write(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
+        elif headers.get("proxy-authorization") != expected:
+            print(f"DENIED {target}", flush=True)
+            writer.write(
+                b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic\r\n\r\n"
+            )
+        elif host not in mapped and host not in ("127.0.0.1", "localhost"):
+            writer.write(b"HTTP/1.1 403 Forbidden\r\n\r\n")
+        else:
+            upstream_r, upstream_w = await asyncio.open_connection("127.0.0.1", int(port))
+            print(f"CONNECT {target}", flush=True)
+            writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+            await writer.drain()
+            await asyncio.gather(_pipe(reader, upstream_w), _pipe(upstream_r, writer))
+            return
+        await writer.drain()
+        writer.close()
+
+    async def serve() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", args.port)
+        print("READY", flush=True)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(serve())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Hostile networks: TLS with a private CA, and a hub reachable only through an
+authenticating HTTP CONNECT proxy."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+
+from tests.integration.processes import REPO, Hub, Worker, free_port, wait_for
+
+pytestmark = pytest.mark.integration
+
+DAG = """
+    from tether import DAG, BashOperator
+    with DAG("over_the_wire"):
+        BashOperator(task_id="t", bash_command="echo crossed the wire", queue="acme")
+"""
+
+
+@pytest.fixture
+def tls(tmp_path: Path) -> dict[str, Path]:
+    """A private CA and a certificate for 127.0.0.1 and a name only a proxy knows."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "hub.tether-test.invalid")
+    files = {"ca": tmp_path / "ca.pem", "cert": tmp_path / "hub.pem", "key": tmp_path / "key.pem"}
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    cert.private_key_pem.write_to_path(str(files["key"]))
+    cert.cert_chain_pems[0].write_to_path(str(files["cert"]))
+    for pem in cert.cert_chain_pems[1:]:
+        pem.write_to_path(str(files["cert"]), append=True)
+    return files
+
+
+@pytest.fixture
+def tls_hub(tmp_path: Path, tls: dict[str, Path]) -> Iterator[Hub]:
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "wire.py").write_text(textwrap.dedent(DAG))
+    hub = Hub(
+        tmp_path / "hub-home",
+        dags,
+        f"sqlite:///{tmp_path / 'hub.db'}",
+        scheme="https",
+        extra=["--tls-cert", str(tls["cert"]), "--tls-key", str(tls["key"])],
+        verify=str(tls["ca"]),
+    )
+    try:
+        hub.api.wait_dags("over_the_wire")
+        yield hub
+    finally:
+        hub.stop()
+
+
+def test_a_worker_runs_a_dag_over_tls_with_a_private_ca(
+    tls_hub: Hub, tls: dict[str, Path], tmp_path: Path
+) -> None:
+    # Without the CA the hub's certificate is refused (the worker keeps retrying,
+    # saying why, as it does for any failure to connect).
+    untrusting = Worker(tls_hub, tmp_path / "untrusting", "acme", "no-ca")
+    try:
+        wait_for(
+            lambda: "CERTIFICATE_VERIFY_FAILED" in untrusting.output(),
+            30,
+            "the certificate to be refused",
+        )
+    finally:
+        untrusting.stop()
+
+    worker = Worker(
+        tls_hub, tmp_path / "w", "acme", "acme-tls", extra=["--ca-file", str(tls["ca"])]
+    )
+    try:
+        worker.wait_registered()
+        run = tls_hub.api.wait_run("over_the_wire", tls_hub.api.trigger("over_the_wire"))
+        assert run["state"] == "success"
+        assert "crossed the wire" in tls_hub.api.log("over_the_wire", run["run_id"], "t")
+    finally:
+        worker.stop()
+
+
+def test_a_worker_reaches_the_hub_only_through_a_connect_proxy(
+    tls_hub: Hub, tls: dict[str, Path], tmp_path: Path
+) -> None:
+    port = free_port()
+    log = (tmp_path / "proxy.log").open("w")
+    proxy = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.faults.proxy",
+            "--port",
+            str(port),
+            "--user",
+            "edge",
+            "--password",
+            "s3cret",
+            "--map",
+            "hub.tether-test.invalid",
+        ],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    proxied = tmp_path / "proxy.log"
+    try:
+        wait_for(lambda: "READY" in proxied.read_text(), 30, "the proxy to listen")
+        # This name resolves nowhere but inside the proxy.
+        hub_url = f"https://hub.tether-test.invalid:{tls_hub.port}"
+        worker = Worker(
+            tls_hub,
+            tmp_path / "w",
+            "acme",
+            "acme-proxied",
+            hub_url=hub_url,
+            extra=["--ca-file", str(tls["ca"]), "--proxy", f"http://edge:s3cret@127.0.0.1:{port}"],
+        )
+        try:
+            worker.wait_registered()
+            run = tls_hub.api.wait_run("over_the_wire", tls_hub.api.trigger("over_the_wire"))
+            assert run["state"] == "success"
+            assert {t["worker"] for t in run["tasks"]} == {"acme-proxied"}
+        finally:
+            worker.stop()
+        assert f"CONNECT hub.tether-test.invalid:{tls_hub.port}" in proxied.read_text()
+
+        # The standard environment variables work too, and bad proxy credentials fail loudly.
+        env = {"HTTPS_PROXY": f"http://edge:wrong@127.0.0.1:{port}"}
+        denied = Worker(
+            tls_hub,
+            tmp_path / "denied",
+            "acme",
+            "acme-denied",
+            hub_url=hub_url,
+            extra=["--ca-file", str(tls["ca"])],
+            env=env,
+        )
+        try:
+            wait_for(lambda: "DENIED" in proxied.read_text(), 30, "the proxy to refuse")
+            wait_for(lambda: "407" in denied.output(), 30, "the worker to say why")
+        finally:
+            denied.stop()
+        assert all(w["name"] != "acme-denied" for w in tls_hub.api.get("/workers")["workers"])
+    finally:
+        proxy.terminate()
+        proxy.wait(10)
+        log.close()
