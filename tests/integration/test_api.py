@@ -347,3 +347,30 @@ def test_a_held_poll_is_released_when_the_hub_closes(hub: Hub) -> None:
             return (await asyncio.wait_for(poll, 10)).json()["jobs"]
 
     assert run(hub, scenario) == []
+
+
+def test_clearing_a_failed_task_with_downstream_runs_exactly_those_again(hub: Hub) -> None:
+    async def scenario(admin: httpx.AsyncClient, workers: Workers) -> dict[str, Any]:
+        async with await workers.connect(["default"], "w1") as worker:
+            await admin.post("/api/v1/dags/pair/runs", json={"run_id": "r1"})
+            (job,) = (await worker.post(f"{W}/poll", json={"slots": 1, "wait": 0})).json()["jobs"]
+            await worker.post(f"{W}/attempts/{job['attempt_id']}/finish", json={"state": "failed"})
+            failed = (await admin.get("/api/v1/dags/pair/runs/r1")).json()
+            assert failed["state"] == "failed"
+            cleared = await admin.post(
+                "/api/v1/dags/pair/runs/r1/tasks/a/clear", json={"downstream": True}
+            )
+            assert cleared.status_code == 200
+            await _expect(
+                await admin.post("/api/v1/dags/pair/runs/r1/tasks/zz/clear", json={}),
+                404,
+                "has no task 'zz'",
+            )
+            (again,) = (await worker.post(f"{W}/poll", json={"slots": 1, "wait": 0})).json()["jobs"]
+            assert (again["task_id"], again["try_number"]) == ("a", 2)
+            detail: dict[str, Any] = (await admin.get("/api/v1/dags/pair/runs/r1")).json()
+            return detail
+
+    detail = run(hub, scenario)
+    assert detail["state"] == "running"
+    assert {t["task_id"]: t["state"] for t in detail["tasks"]} == {"a": "running", "b": None}

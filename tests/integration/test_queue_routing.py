@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import make_database_url
-from tests.integration.processes import EXAMPLES, Hub, Worker, wait_for
+from tests.integration.processes import EXAMPLES, Hub, Worker, tether_cli, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -76,3 +76,50 @@ def test_a_worker_with_a_bad_enrolment_token_exits_with_the_reason(
     bad.stop()
     assert code
     assert "enrolment refused: unknown enrolment token" in bad.output()
+
+
+def test_workers_are_managed_from_the_cli(hub: Hub, tmp_path: Path) -> None:
+    created = tether_cli(
+        "workers",
+        "token",
+        "create",
+        "--queues",
+        "default",
+        "--name",
+        "cli-worker",
+        "--expires",
+        "10m",
+        hub=hub,
+    )
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    assert token.startswith("tte_")
+    assert "one-time enrolment token for worker cli-worker" in created.stderr
+    worker = Worker(hub, tmp_path / "w", "default", "cli-worker", enrol=token)
+    try:
+        worker.wait_registered()
+        listed = tether_cli("workers", "list", hub=hub)
+        assert listed.returncode == 0, listed.stderr
+        assert "cli-worker" in listed.stdout
+        on = tether_cli(
+            "workers", "maintenance", "cli-worker", "on", "--comment", "upgrade", hub=hub
+        )
+        assert on.returncode == 0, on.stderr
+        wait_for(
+            lambda: "upgrade" in tether_cli("workers", "list", hub=hub).stdout,
+            15,
+            "the comment in the list",
+        )
+        revoked = tether_cli("workers", "revoke", "cli-worker", hub=hub)
+        assert revoked.returncode == 0, revoked.stderr
+        wait_for(lambda: worker.popen.poll() is not None, 30, "the revoked worker to exit")
+        missing = tether_cli("workers", "revoke", "nobody", hub=hub)
+        assert missing.returncode == 1
+        assert "no worker 'nobody'" in missing.stderr
+        bad = tether_cli(
+            "workers", "token", "create", "--queues", "default", "--expires", "soon", hub=hub
+        )
+        assert bad.returncode == 1
+        assert "invalid duration 'soon'" in bad.stderr
+    finally:
+        worker.stop()

@@ -271,3 +271,27 @@ def test_a_dag_id_defined_in_two_files_is_an_import_error_of_the_second(hub: Hub
         pair = queries.get_dag(s, "pair")
         assert pair.fileloc == "wide.py"
     assert errors == {"zz_copy.py": "DuplicateDagId: DAG id 'pair' is already defined in wide.py"}
+
+
+def test_claims_respect_pool_slots(hub: Hub) -> None:
+    write_dag(
+        hub.config.dags_folder,
+        "heavy.py",
+        """
+        from tether import DAG, BashOperator
+        with DAG("heavy"):
+            BashOperator(task_id="big", bash_command="true", queue="h", pool_slots=3,
+                         priority_weight=10)
+            BashOperator(task_id="small1", bash_command="true", queue="h")
+            BashOperator(task_id="small2", bash_command="true", queue="h")
+    """,
+    )
+    parse(hub)
+    _trigger(hub, "heavy")
+    with hub.store.session() as s:
+        # Two free slots: the big task does not fit; the small ones do.
+        assert sorted(j.task_id for j in attempts.claim(s, "w", ["h"], 2)) == ["small1", "small2"]
+    with hub.store.session() as s:
+        assert attempts.claim(s, "w", ["h"], 2) == []
+        (big,) = attempts.claim(s, "w", ["h"], 3)
+    assert (big.task_id, big.pool_slots) == ("big", 3)

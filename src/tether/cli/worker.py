@@ -64,6 +64,21 @@ def add_worker_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         default=1.5,
         help="seconds between SIGTERM and SIGKILL when a task is killed",
     )
+    sp.add_argument(
+        "--log-max-age",
+        type=float,
+        default=7.0,
+        metavar="DAYS",
+        help="delete local task logs older than this (default 7); logs not yet delivered "
+        "to the hub are kept",
+    )
+    sp.add_argument(
+        "--log-max-mb",
+        type=float,
+        default=1024.0,
+        metavar="MB",
+        help="delete the oldest delivered local task logs beyond this total (default 1024)",
+    )
     sp.set_defaults(func=worker_command)
     actions = sp.add_subparsers(dest="action", metavar="ACTION")
 
@@ -153,6 +168,8 @@ def worker_command(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             drain_timeout=args.drain_timeout,
             kill_grace=args.kill_grace,
+            log_max_age=args.log_max_age * 86400,
+            log_max_bytes=int(args.log_max_mb * 1024 * 1024),
             ca_file=args.ca_file,
             proxy=args.proxy,
         )

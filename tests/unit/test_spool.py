@@ -1,0 +1,74 @@
+"""The worker's spool and local log cleanup."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from tether.protocol import AttemptResult, Job
+from tether.worker.spool import Spool, clean_logs
+
+
+def _job(attempt_id: str) -> Job:
+    return Job(
+        attempt_id=attempt_id,
+        dag_id="d",
+        task_id="t",
+        run_id="r",
+        try_number=1,
+        queue="q",
+        bundle_sha="0" * 64,
+        fileloc="d.py",
+    )
+
+
+def test_spool_entries_survive_a_restart_in_order(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    first = spool.open(_job("a1"), tmp_path / "a1.log")
+    first.pid = 123
+    spool.write(first)
+    os.utime(first.path, (time.time() - 10, time.time() - 10))
+    second = spool.open(_job("a2"), tmp_path / "a2.log")
+    second.result = AttemptResult(state="success", output={"n": 1})
+    spool.write(second)
+
+    again = Spool(tmp_path / "spool").leftovers()  # a new process reads them back
+    assert [e.job.attempt_id for e in again] == ["a1", "a2"]
+    assert (again[0].pid, again[0].result) == (123, None)
+    assert again[1].result == AttemptResult(state="success", output={"n": 1})
+    spool.remove(again[0])
+    assert [e.job.attempt_id for e in spool.leftovers()] == ["a2"]
+
+
+def test_a_corrupt_spool_file_is_dropped_not_fatal(tmp_path: Path) -> None:
+    (tmp_path / "spool").mkdir()
+    (tmp_path / "spool" / "broken.json").write_text("{not json")
+    assert Spool(tmp_path / "spool").leftovers() == []
+    assert not (tmp_path / "spool" / "broken.json").exists()
+
+
+def _log(root: Path, name: str, size: int, age: float) -> Path:
+    path = root / name / "attempt=1.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x" * size)
+    stamp = time.time() - age
+    os.utime(path, (stamp, stamp))
+    return path
+
+
+def test_logs_are_cleaned_by_age_then_size_but_undelivered_ones_are_kept(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "logs"
+    ancient = _log(root, "ancient", 10, age=30 * 86400)
+    undelivered = _log(root, "undelivered", 10, age=40 * 86400)
+    old = _log(root, "old", 600, age=3600)
+    new = _log(root, "new", 600, age=10)
+    removed = clean_logs(root, max_age=7 * 86400, max_bytes=1000, keep={undelivered})
+    assert removed == 2
+    assert not ancient.exists()
+    assert not old.exists()  # oldest first until under 1000 bytes
+    assert new.exists()
+    assert undelivered.exists()
+    assert not (root / "ancient").exists()  # its empty folder went too
