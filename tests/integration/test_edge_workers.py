@@ -352,3 +352,45 @@ def test_install_service_prints_a_systemd_unit(tmp_path: Path) -> None:
     assert "[Service]" in result.stdout
     assert f"-m tether worker --home {tmp_path / 'w'}" in result.stdout
     assert not (tmp_path / "w").exists()  # printed, nothing written
+
+
+def test_a_configured_drain_timeout_bounds_a_sigterm_drain(hub: Hub, tmp_path: Path) -> None:
+    worker = Worker(hub, tmp_path / "w", "acme", "acme-1", extra=["--drain-timeout", "1"])
+    worker.wait_registered()
+    run_id = hub.api.trigger("sleepy")
+    _running(hub, "sleepy", run_id)
+    started = time.monotonic()
+    assert worker.stop(signal.SIGTERM, timeout=60) == 0
+    assert time.monotonic() - started < 30  # not the task's 60 s
+    assert hub.api.tasks(hub.api.run("sleepy", run_id))["sleep"]["state"] == "failed"
+
+
+def test_a_worker_cannot_report_on_another_workers_attempt(hub: Hub, tmp_path: Path) -> None:
+    import httpx
+
+    holder = Worker(hub, tmp_path / "x", "acme", "worker-x")
+    try:
+        holder.wait_registered()
+        run_id = hub.api.trigger("sleepy")
+        _running(hub, "sleepy", run_id)
+        status = json.loads((holder.home / "status.json").read_text())
+        attempt = wait_for(
+            lambda: json.loads((holder.home / "status.json").read_text())["running"],
+            10,
+            "the attempt in the status",
+        )[0]["attempt_id"]
+        assert status["name"] == "worker-x"
+        # Worker Y, enrolled for the same queue, tries to end X's attempt.
+        token = hub.api.enrolment_token("acme", "worker-y")
+        with httpx.Client(base_url=hub.url + "/api/worker/v1", timeout=10) as y:
+            credential = y.post("/enrol", json={"token": token}).json()["credential"]
+            y.headers["Authorization"] = f"Bearer {credential}"
+            finish = y.post(f"/attempts/{attempt}/finish", json={"state": "success"})
+            logs = y.post(f"/attempts/{attempt}/logs", params={"offset": 0}, content=b"forged")
+        assert (finish.status_code, logs.status_code) == (403, 403)
+        assert "held by another worker" in finish.json()["detail"]
+        task = hub.api.tasks(hub.api.run("sleepy", run_id))["sleep"]
+        assert (task["state"], task["worker"]) == ("running", "worker-x")
+        assert "forged" not in hub.api.log("sleepy", run_id, "sleep")
+    finally:
+        holder.stop(signal.SIGKILL)
