@@ -7,8 +7,13 @@ fields and convert to and from dicts so that neither side hand-builds JSON.
 
 from __future__ import annotations
 
+import io
 import re
+import shutil
+import tarfile
+import tempfile
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 #: Bumped when the worker protocol changes incompatibly.
@@ -92,3 +97,21 @@ class AttemptResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def unpack_bundle(data: bytes, target: Path) -> None:
+    """Unpack a DAG bundle (tar.gz) into ``target``, which must not exist yet.
+
+    Unpacks beside it first and renames, so a reader never sees half a
+    bundle; the ``data`` filter refuses absolute paths, ``..`` and links
+    that leave the folder.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            tar.extractall(tmp, filter="data")
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
-import shutil
-import tarfile
-import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+from tether.protocol import unpack_bundle
 
 
 class BundleError(Exception):
@@ -45,16 +43,5 @@ class BundleCache:
             actual = hashlib.sha256(data).hexdigest()
             if actual != sha:
                 raise BundleError(f"bundle {sha} arrived with hash {actual}")
-            await asyncio.to_thread(self._unpack, data, target)
+            await asyncio.to_thread(unpack_bundle, data, target)
         return target
-
-    def _unpack(self, data: bytes, target: Path) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=self.root))
-        try:
-            with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-                tar.extractall(tmp, filter="data")
-            tmp.rename(target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise

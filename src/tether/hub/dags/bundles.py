@@ -5,10 +5,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import shutil
 import tarfile
-import tempfile
 from pathlib import Path
+
+from tether.protocol import unpack_bundle
 
 #: Folder and file names left out of bundles.
 IGNORED_NAMES = frozenset({"__pycache__", ".git", ".hg", ".svn", ".venv", "node_modules"})
@@ -50,14 +50,5 @@ def pack(folder: Path) -> tuple[str, bytes]:
     return hashlib.sha256(packed).hexdigest(), packed
 
 
-def unpack(data: bytes, target: Path) -> None:
-    """Unpack a bundle into ``target`` (which must not exist yet)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-            tar.extractall(tmp, filter="data")
-        tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+# Unpacking is shared with the worker, which must not import the hub.
+unpack = unpack_bundle
