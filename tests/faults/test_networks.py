@@ -128,6 +128,7 @@ def test_a_worker_reaches_the_hub_only_through_a_connect_proxy(
         finally:
             worker.stop()
         assert f"CONNECT hub.tether-test.invalid:{tls_hub.port}" in proxied.read_text()
+        assert "s3cret" not in worker.output()  # proxy credentials stay out of logs
 
         # The standard environment variables work too, and bad proxy credentials fail loudly.
         env = {"HTTPS_PROXY": f"http://edge:wrong@127.0.0.1:{port}"}
@@ -143,6 +144,7 @@ def test_a_worker_reaches_the_hub_only_through_a_connect_proxy(
         try:
             wait_for(lambda: "DENIED" in proxied.read_text(), 30, "the proxy to refuse")
             wait_for(lambda: "407" in denied.output(), 30, "the worker to say why")
+            assert "edge:wrong" not in denied.output()
         finally:
             denied.stop()
         assert all(w["name"] != "acme-denied" for w in tls_hub.api.get("/workers")["workers"])
