@@ -295,3 +295,31 @@ def test_claims_respect_pool_slots(hub: Hub) -> None:
         assert attempts.claim(s, "w", ["h"], 2) == []
         (big,) = attempts.claim(s, "w", ["h"], 3)
     assert (big.task_id, big.pool_slots) == ("big", 3)
+
+
+def test_a_finishing_sibling_does_not_hide_queued_work_from_claims(hub: Hub) -> None:
+    _trigger(hub, "wide")
+    with hub.store.session() as s:
+        (first,) = attempts.claim(s, "w1", ["q"], 1)
+    finishing, claimed = threading.Event(), threading.Event()
+    got: list[str] = []
+
+    def finish_slowly() -> None:
+        with hub.store.session() as s:
+            attempts.finish(s, first.attempt_id, "w1", AttemptResult("success"))
+            finishing.set()
+            claimed.wait(2)  # hold the transaction open while the other claims
+
+    def claim_meanwhile() -> None:
+        finishing.wait(10)
+        with hub.store.session() as s:
+            got.extend(j.task_id for j in attempts.claim(s, "w2", ["q"], 5))
+        claimed.set()
+
+    threads = [threading.Thread(target=finish_slowly), threading.Thread(target=claim_meanwhile)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    # Row locks taken by the finish must not make SKIP LOCKED pass over the siblings.
+    assert len(got) == 5

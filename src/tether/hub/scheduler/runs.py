@@ -134,7 +134,12 @@ def _decide(rule: str, counts: Counter[str], total: int) -> str | None:
 def advance_run(session: Session, run: DagRun) -> set[str]:
     """Queue every task whose upstream allows it; finish the run when all are done.
 
-    The caller holds the run's row lock (or just created the run).
+    The caller holds the run's row lock (or just created the run), which
+    serialises every change to the run's task instances except claims. So the
+    task instances are read without row locks: a claim only turns ``queued``
+    into ``running``, which changes no decision here, and a lock would make
+    concurrent claims (SKIP LOCKED) pass over queued work of this run and
+    sleep until their wait ends.
 
     Cascades within the run (a skip or upstream failure can free further
     tasks). Returns the queues that got new work.
@@ -143,12 +148,7 @@ def advance_run(session: Session, run: DagRun) -> set[str]:
     tis = {
         ti.task_id: ti
         for ti in session.scalars(
-            lock_row(
-                select(TaskInstance)
-                .where(TaskInstance.dag_run_id == run.id)
-                .order_by(TaskInstance.id),
-                session,
-            )
+            select(TaskInstance).where(TaskInstance.dag_run_id == run.id).order_by(TaskInstance.id)
         )
     }
     specs = {t["task_id"]: t for t in run.serialized["tasks"]}
