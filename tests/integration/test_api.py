@@ -374,3 +374,48 @@ def test_clearing_a_failed_task_with_downstream_runs_exactly_those_again(hub: Hu
     detail = run(hub, scenario)
     assert detail["state"] == "running"
     assert {t["task_id"]: t["state"] for t in detail["tasks"]} == {"a": "running", "b": None}
+
+
+def test_revoking_a_worker_gives_up_on_its_running_attempts(hub: Hub) -> None:
+    async def scenario(admin: httpx.AsyncClient, workers: Workers) -> None:
+        async with await workers.connect(["default"], "w1") as worker:
+            await admin.post("/api/v1/dags/pair/runs", json={"run_id": "r1"})
+            (job,) = (await worker.post(f"{W}/poll", json={"slots": 1, "wait": 0})).json()["jobs"]
+            assert (await admin.post("/api/v1/workers/w1/revoke")).status_code == 200
+            detail = (await admin.get("/api/v1/dags/pair/runs/r1")).json()
+            # No retries: the task fails rather than staying 'running' for ever.
+            assert {t["task_id"]: t["state"] for t in detail["tasks"]}["a"] == "failed"
+            late = await worker.post(
+                f"{W}/attempts/{job['attempt_id']}/finish", json={"state": "success"}
+            )
+            assert late.status_code == 401
+
+    run(hub, scenario)
+
+
+def test_a_shutdown_reaches_one_process_only(hub: Hub) -> None:
+    async def scenario(admin: httpx.AsyncClient, workers: Workers) -> None:
+        credential = await workers.enrol(["default"], "w1")
+        async with await workers.session(credential) as first:
+            await admin.post("/api/v1/workers/w1/shutdown")
+            told = (await first.post(f"{W}/heartbeat", json=FACTS)).json()["directives"]
+            assert told["shutdown"] is True
+        async with await workers.session(credential) as restarted:
+            again = (await restarted.post(f"{W}/heartbeat", json=FACTS)).json()["directives"]
+            assert again["shutdown"] is False
+
+    run(hub, scenario)
+
+
+def test_a_worker_gets_only_bundles_of_its_own_attempts(hub: Hub) -> None:
+    async def scenario(admin: httpx.AsyncClient, workers: Workers) -> None:
+        await admin.post("/api/v1/dags/pair/runs", json={"run_id": "r1"})
+        async with await workers.connect(["default"], "w1") as worker:
+            (job,) = (await worker.post(f"{W}/poll", json={"slots": 1, "wait": 0})).json()["jobs"]
+            assert (await worker.get(f"{W}/bundles/{job['bundle_sha']}")).status_code == 200
+        async with await workers.connect(["other"], "w2") as other:
+            await _expect(
+                await other.get(f"{W}/bundles/{job['bundle_sha']}"), 404, "for this worker"
+            )
+
+    run(hub, scenario)

@@ -145,6 +145,8 @@ def standalone_command(args: argparse.Namespace) -> int:
 
     def start_worker(hub: Hub, url: str) -> None:
         nonlocal worker
+        # Enrol afresh at every start, so --queues may change between runs.
+        (config.home / "worker" / "credential.json").unlink(missing_ok=True)
         from datetime import timedelta
 
         from tether.hub.auth.credentials import create_enrolment_token

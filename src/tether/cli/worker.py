@@ -45,7 +45,8 @@ def add_worker_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     sp.add_argument("--home", help="worker home (default: $TETHER_WORKER_HOME or ~/.tether-worker)")
     sp.add_argument(
         "--ca-file",
-        help="CA bundle to trust for the hub's TLS certificate (default: the system's trust store)",
+        help="CA bundle to trust for the hub's TLS certificate "
+        "(default: httpx's certifi bundle, or SSL_CERT_FILE)",
     )
     sp.add_argument(
         "--proxy",
@@ -282,6 +283,8 @@ KillMode=mixed
 TimeoutStopSec=600
 Restart=always
 RestartSec=5
+# Exit 4: a newer process of this worker took over; do not fight it.
+RestartPreventExitStatus=4
 NoNewPrivileges=yes
 ProtectSystem=full
 ReadWritePaths={home}

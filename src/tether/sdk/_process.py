@@ -1,8 +1,8 @@
 """Tie a task's processes to their parent, so none outlives a killed worker.
 
-Linux only (prctl PR_SET_PDEATHSIG); elsewhere these are no-ops and a
-restarted worker still kills what its predecessor left (see the worker's
-spool).
+Linux only (prctl PR_SET_PDEATHSIG); elsewhere this is a no-op. On Linux a
+restarted worker also kills task processes its predecessor left (see the
+worker's spool); other systems have neither safeguard yet.
 """
 
 from __future__ import annotations

@@ -252,11 +252,13 @@ class Worker:
             hello.get("hub_version"),
             ",".join(self.queues),
         )
-        for entry in self.spool.leftovers():  # what a previous process left behind
+        leftovers = self.spool.leftovers()  # what a previous process left behind
+        for entry in leftovers:
             end_leftover(entry)
             self.spool.write(entry)
             self.delivering.add(entry.job.attempt_id)
-            self._spawn(self._deliver_leftover(entry))
+        if leftovers:
+            self._spawn(self._deliver_leftovers(leftovers))
         self._write_status()
         side = [
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
@@ -301,12 +303,14 @@ class Worker:
 
     # -- loops ---------------------------------------------------------------------------
 
-    async def _deliver_leftover(self, entry: Any) -> None:
-        try:
-            await deliver(self.client, self.spool, entry)
-        finally:
-            self.delivering.discard(entry.job.attempt_id)
-            self._notify()
+    async def _deliver_leftovers(self, entries: list[Any]) -> None:
+        """Deliver spooled reports one after another, oldest first."""
+        for entry in entries:
+            try:
+                await deliver(self.client, self.spool, entry)
+            finally:
+                self.delivering.discard(entry.job.attempt_id)
+                self._notify()
 
     async def _heartbeat_loop(self) -> None:
         while True:

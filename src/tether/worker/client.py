@@ -78,7 +78,8 @@ def _error_for(response: httpx.Response) -> HubError:
 class HubClient:
     """Talks to one hub on behalf of one worker.
 
-    TLS: the system's trust store by default, or ``ca_file`` for a private CA.
+    TLS: httpx's default trust (certifi, or SSL_CERT_FILE), or ``ca_file`` for a
+    private CA.
     Proxies: ``proxy`` if given, else HTTPS_PROXY / HTTP_PROXY / NO_PROXY from
     the environment (httpx's ``trust_env``).
     """
@@ -103,7 +104,7 @@ class HubClient:
             headers=headers,
             timeout=httpx.Timeout(30.0, connect=10.0),
             transport=transport,
-            # A private CA replaces the system's trust store for this hub.
+            # A private CA replaces the default trust for this hub.
             verify=ssl.create_default_context(cafile=ca_file) if ca_file else True,
             proxy=proxy,
             trust_env=True,

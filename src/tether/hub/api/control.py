@@ -48,11 +48,14 @@ def request_shutdown(session: Session, name: str) -> Effects:
 
 
 def revoke(session: Session, name: str) -> Effects:
+    """Revoke the credential; the worker's running attempts fail or retry elsewhere
+    (its reports would be refused now, so nothing else would end them)."""
     try:
         credentials.revoke(session, name)
     except credentials.WorkerNotFound as exc:
         raise NotFound(str(exc)) from None
-    return Effects(workers={name})
+    queues = fail_attempts_of(session, name, f"worker {name} was revoked")
+    return Effects(queues=queues, workers={name})
 
 
 def remove(session: Session, name: str) -> Effects:

@@ -96,14 +96,17 @@ class Scheduler:
         self.wakeups = wakeups
         self.sweep_interval = sweep_interval
         self.lost_timeout = timedelta(seconds=lost_timeout)
+        self.started = runs.utcnow()
 
     async def run(self) -> None:
         while True:
             self.wakeups.scheduler.clear()
+            now = runs.utcnow()
+            # After a hub outage every worker has been silent: give them one
+            # lost-timeout from the hub's start to reconnect before judging.
+            judge = self.lost_timeout if now - self.started >= self.lost_timeout else None
             try:
-                woken, deadline = await asyncio.to_thread(
-                    tick, self.store, runs.utcnow(), self.lost_timeout
-                )
+                woken, deadline = await asyncio.to_thread(tick, self.store, now, judge)
             except Exception:
                 log.exception("scheduler pass failed; retrying after the sweep interval")
                 woken, deadline = set(), None

@@ -122,10 +122,11 @@ def _job(session: Session, ti: TaskInstance, run: DagRun) -> Job:
     )
 
 
-def _held_attempt(session: Session, attempt_id: str, worker_name: str) -> TaskAttempt:
-    attempt = session.scalar(
-        lock_row(select(TaskAttempt).where(TaskAttempt.id == attempt_id), session)
-    )
+def _held_attempt(
+    session: Session, attempt_id: str, worker_name: str, *, lock: bool = True
+) -> TaskAttempt:
+    query = select(TaskAttempt).where(TaskAttempt.id == attempt_id)
+    attempt = session.scalar(lock_row(query, session) if lock else query)
     if attempt is None:
         raise AttemptNotFound(f"no attempt {attempt_id}")
     if attempt.worker_name != worker_name:
@@ -160,15 +161,18 @@ def finish(
     Returns the task instance's new state, the queues that got new work and,
     when the task will be retried, the retry time.
     """
-    attempt = _held_attempt(session, attempt_id, worker_name)
+    attempt = _held_attempt(session, attempt_id, worker_name, lock=False)
     # Lock order for everything that changes a run's task instances: the run
-    # row first, then its task instances by id (see advance_run). Claims never
-    # wait on a lock (SKIP LOCKED), so they cannot join a deadlock.
+    # row, then task instances by id, then attempts (as fail_attempt and the
+    # operator actions do). Claims never wait on a lock (SKIP LOCKED), so they
+    # cannot join a deadlock.
     run = lock_run_of(session, attempt.task_instance_id)
     ti = session.scalar(
         lock_row(select(TaskInstance).where(TaskInstance.id == attempt.task_instance_id), session)
     )
     assert ti is not None
+    if session.get_bind().dialect.name == "postgresql":
+        session.refresh(attempt, with_for_update=True)  # now lock it, in that order
     if attempt.state != S.RUNNING:
         if ti.attempt_id == attempt_id and attempt.state == result.state:
             return ti.state or "", set(), None  # a repeated report: already recorded
@@ -196,3 +200,15 @@ def finish(
     ti.ended_at = now
     woken = advance_run(session, run) if ti.state in S.TI_FINISHED else set()
     return ti.state, woken, retry_at
+
+
+def ran_bundle(session: Session, worker_name: str, sha: str) -> bool:
+    """Whether ``worker_name`` was handed an attempt of a run pinned to bundle ``sha``."""
+    found = session.scalar(
+        select(TaskAttempt.id)
+        .join(TaskInstance, TaskInstance.id == TaskAttempt.task_instance_id)
+        .join(DagRun, DagRun.id == TaskInstance.dag_run_id)
+        .where(TaskAttempt.worker_name == worker_name, DagRun.bundle_sha == sha)
+        .limit(1)
+    )
+    return found is not None

@@ -241,14 +241,18 @@ async def poll(body: PollIn, me: WorkerAuth, hub: HubDep, request: Request) -> d
 
 @router.get("/bundles/{sha}")
 async def bundle(sha: str, me: WorkerAuth, hub: HubDep) -> Response:
+    """A bundle, to a worker that holds or held an attempt of a run pinned to it."""
+
     def load() -> bytes | None:
         with hub.store.session() as s:
+            if not attempts.ran_bundle(s, me.name, sha):
+                return None
             row = s.get(Bundle, sha)
             return row.data if row else None
 
     data = await run_in_threadpool(load)
-    if data is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no bundle {sha}")
+    if data is None:  # the same answer whether it exists or not
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no bundle {sha} for this worker")
     return Response(data, media_type="application/gzip")
 
 

@@ -74,6 +74,9 @@ def start_session(session: Session, worker: Worker, info: dict[str, Any]) -> tup
         )
     now = utcnow()
     worker.session_id = secrets.token_hex(16)
+    # A shutdown asked for from the centre ends the process it reached; a
+    # process started afterwards (by an operator or a service manager) runs.
+    worker.shutdown_requested = False
     worker.queues = list(requested)
     worker.first_seen = worker.first_seen or now
     record_heartbeat(worker, info, now)
