@@ -214,6 +214,12 @@ def test_a_worker_started_before_its_hub_waits_for_it(hub: Hub, tmp_path: Path) 
         wait_for(lambda: "retrying" in worker.output(), 30, "the worker to retry")
         time.sleep(2)
         assert worker.popen.poll() is None  # it waits; it does not exit
+        # ... yet a SIGTERM still stops it while it waits.
+        (tmp_path / "w2").mkdir()
+        shutil.copy(worker.home / "credential.json", tmp_path / "w2" / "credential.json")
+        impatient = Worker(hub, tmp_path / "w2", "acme", "acme-1")
+        wait_for(lambda: "retrying" in impatient.output(), 30, "the second worker to retry")
+        assert impatient.stop(signal.SIGTERM, timeout=15) == 0
         hub = hub.restart()
         run = hub.api.wait_run("quick", hub.api.trigger("quick"), timeout=60)
         assert run["state"] == "success"

@@ -239,8 +239,20 @@ class Worker:
         control.update_control(self.home, stop=False)
         self._read_control()
         log.info("worker %s connecting to %s", self.config.name, self.config.hub_url)
+        hello_task = asyncio.create_task(
+            self.client.start_session({**self.facts(), "queues": self.queues})
+        )
+        stop_task = asyncio.create_task(self._stopping.wait())
+        await asyncio.wait({hello_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        stop_task.cancel()
+        if not hello_task.done():  # stopped while still waiting for the hub
+            hello_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await hello_task
+            log.info("stopped before the hub answered")
+            return
         try:
-            hello = await self.client.start_session({**self.facts(), "queues": self.queues})
+            hello = hello_task.result()
         except HubError as exc:
             raise WorkerExit(f"the hub refused this worker: {exc.reason}") from None
         self.queues = hello["queues"]
