@@ -64,6 +64,17 @@ def hub(tmp_path: Path) -> Iterator[Hub]:
         hub.stop()
 
 
+@pytest.fixture
+def worker(hub: Hub, tmp_path: Path) -> Iterator[Worker]:
+    """A worker enrolled for queue acme, registered with the hub."""
+    worker = Worker(hub, tmp_path / "w", "acme", "acme-1")
+    try:
+        worker.wait_registered()
+        yield worker
+    finally:
+        worker.stop()
+
+
 def _pid_in_log(hub: Hub, dag_id: str, run_id: str, task_id: str) -> int:
     def find() -> int | None:
         match = re.search(r"PID=(\d+)", hub.api.log(dag_id, run_id, task_id))
@@ -88,26 +99,21 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_enrolled_worker_credential_is_private_and_revocable(hub: Hub, tmp_path: Path) -> None:
-    worker = Worker(hub, tmp_path / "w", "acme", "acme-1")
-    try:
-        worker.wait_registered()
-        credential = worker.home / "credential.json"
-        assert credential.stat().st_mode & 0o777 == 0o600
-        secret = json.loads(credential.read_text())["credential"]
-        db = Path(hub.database_url.removeprefix("sqlite:///"))
-        stored = b"".join(p.read_bytes() for p in db.parent.glob(db.name + "*"))
-        assert secret.encode() not in stored
-        run = hub.api.wait_run("acme_only", hub.api.trigger("acme_only"))
-        assert run["state"] == "success"
+def test_enrolled_worker_credential_is_private_and_revocable(hub: Hub, worker: Worker) -> None:
+    credential = worker.home / "credential.json"
+    assert credential.stat().st_mode & 0o777 == 0o600
+    secret = json.loads(credential.read_text())["credential"]
+    db = Path(hub.database_url.removeprefix("sqlite:///"))
+    stored = b"".join(p.read_bytes() for p in db.parent.glob(db.name + "*"))
+    assert secret.encode() not in stored
+    run = hub.api.wait_run("acme_only", hub.api.trigger("acme_only"))
+    assert run["state"] == "success"
 
-        hub.api.post("/workers/acme-1/revoke", {})
-        code = wait_for(lambda: worker.popen.poll(), 30, "the revoked worker to exit")
-        assert code != 0
-        assert "invalid or revoked worker credential" in worker.output()
-        assert hub.api.worker("acme-1")["state"] == "revoked"
-    finally:
-        worker.stop()
+    hub.api.post("/workers/acme-1/revoke", {})
+    code = wait_for(lambda: worker.popen.poll(), 30, "the revoked worker to exit")
+    assert code != 0
+    assert "invalid or revoked worker credential" in worker.output()
+    assert hub.api.worker("acme-1")["state"] == "revoked"
 
 
 def test_a_worker_cannot_serve_another_tenants_queue(hub: Hub, tmp_path: Path) -> None:
@@ -131,121 +137,101 @@ def test_a_worker_cannot_serve_another_tenants_queue(hub: Hub, tmp_path: Path) -
 
 
 def test_marking_a_running_task_failed_kills_it_within_two_seconds(
-    hub: Hub, tmp_path: Path
+    hub: Hub, worker: Worker
 ) -> None:
-    worker = Worker(hub, tmp_path / "w", "acme", "acme-1")
-    try:
-        worker.wait_registered()
-        run_id = hub.api.trigger("sleepy")
-        _running(hub, "sleepy", run_id)
-        pid = _pid_in_log(hub, "sleepy", run_id, "sleep")
-        assert _alive(pid)
-        response = hub.api.http.patch(
-            f"/dags/sleepy/runs/{run_id}/tasks/sleep", json={"state": "failed"}
-        )
-        assert response.status_code == 200
-        marked = time.monotonic()
-        wait_for(lambda: not _alive(pid), 5, "the task process to die")
-        assert time.monotonic() - marked < 2.0
-        run = hub.api.wait_run("sleepy", run_id)
-        assert run["state"] == "failed"
-        log = hub.api.log("sleepy", run_id, "sleep")
-        assert "killing the task: the hub ended this attempt" in log
-    finally:
-        worker.stop()
+    run_id = hub.api.trigger("sleepy")
+    _running(hub, "sleepy", run_id)
+    pid = _pid_in_log(hub, "sleepy", run_id, "sleep")
+    assert _alive(pid)
+    response = hub.api.http.patch(
+        f"/dags/sleepy/runs/{run_id}/tasks/sleep", json={"state": "failed"}
+    )
+    assert response.status_code == 200
+    marked = time.monotonic()
+    wait_for(lambda: not _alive(pid), 5, "the task process to die")
+    assert time.monotonic() - marked < 2.0
+    run = hub.api.wait_run("sleepy", run_id)
+    assert run["state"] == "failed"
+    log = hub.api.log("sleepy", run_id, "sleep")
+    assert "killing the task: the hub ended this attempt" in log
 
 
-def test_execution_timeout_kills_the_task_and_fails_it(hub: Hub, tmp_path: Path) -> None:
-    worker = Worker(hub, tmp_path / "w", "acme", "acme-1")
-    try:
-        worker.wait_registered()
-        run = hub.api.wait_run("timeout", hub.api.trigger("timeout"))
-        assert hub.api.tasks(run)["slow"]["state"] == "failed"
-        log = hub.api.log("timeout", run["run_id"], "slow")
-        assert "started" in log
-        assert "execution_timeout of 1s exceeded" in log
-    finally:
-        worker.stop()
+def test_execution_timeout_kills_the_task_and_fails_it(hub: Hub, worker: Worker) -> None:
+    run = hub.api.wait_run("timeout", hub.api.trigger("timeout"))
+    assert hub.api.tasks(run)["slow"]["state"] == "failed"
+    log = hub.api.log("timeout", run["run_id"], "slow")
+    assert "started" in log
+    assert "execution_timeout of 1s exceeded" in log
 
 
-def test_a_task_killed_by_a_signal_fails_and_says_which(hub: Hub, tmp_path: Path) -> None:
-    worker = Worker(hub, tmp_path / "w", "acme", "acme-1")
-    try:
-        worker.wait_registered()
-        run_id = hub.api.trigger("sleepy")
-        _running(hub, "sleepy", run_id)
-        bash_pid = _pid_in_log(hub, "sleepy", run_id, "sleep")
-        runner_pid = int(Path(f"/proc/{bash_pid}/stat").read_text().split()[3])  # its parent
-        assert b"tether.worker.runner" in Path(f"/proc/{runner_pid}/cmdline").read_bytes()
-        os.kill(runner_pid, signal.SIGKILL)  # as the OOM killer would
-        run = hub.api.wait_run("sleepy", run_id)
-        assert hub.api.tasks(run)["sleep"]["state"] == "failed"
-        assert "killed by signal SIGKILL" in hub.api.log("sleepy", run_id, "sleep")
-        wait_for(lambda: not _alive(bash_pid), 5, "the task's command to die with it")
-    finally:
-        worker.stop()
+def test_a_task_killed_by_a_signal_fails_and_says_which(hub: Hub, worker: Worker) -> None:
+    run_id = hub.api.trigger("sleepy")
+    _running(hub, "sleepy", run_id)
+    bash_pid = _pid_in_log(hub, "sleepy", run_id, "sleep")
+    runner_pid = int(Path(f"/proc/{bash_pid}/stat").read_text().split()[3])  # its parent
+    assert b"tether.worker.runner" in Path(f"/proc/{runner_pid}/cmdline").read_bytes()
+    os.kill(runner_pid, signal.SIGKILL)  # as the OOM killer would
+    run = hub.api.wait_run("sleepy", run_id)
+    assert hub.api.tasks(run)["sleep"]["state"] == "failed"
+    assert "killed by signal SIGKILL" in hub.api.log("sleepy", run_id, "sleep")
+    wait_for(lambda: not _alive(bash_pid), 5, "the task's command to die with it")
 
 
-def test_maintenance_from_the_centre_and_from_the_machine(hub: Hub, tmp_path: Path) -> None:
-    worker = Worker(hub, tmp_path / "w", "acme", "acme-1")
-    try:
-        worker.wait_registered()
-        running = hub.api.trigger("short_sleep")
-        _running(hub, "short_sleep", running)
-        hub.api.post("/workers/acme-1/maintenance", {"on": True, "comment": "disk swap"})
-        wait_for(
-            lambda: hub.api.worker("acme-1")["maintenance_comment"] == "disk swap",
-            10,
-            "the comment to show",
-        )
-        assert hub.api.worker("acme-1")["state"] == "maintenance"
-        waiting = hub.api.trigger("quick")
-        assert hub.api.wait_run("short_sleep", running)["state"] == "success"  # finishes
-        time.sleep(1.0)  # a window in which a worker taking work would have taken it
-        assert hub.api.tasks(hub.api.run("quick", waiting))["t"]["state"] == "queued"
-        hub.api.post("/workers/acme-1/maintenance", {"on": False})
-        assert hub.api.wait_run("quick", waiting)["state"] == "success"
+def test_maintenance_from_the_centre_and_from_the_machine(hub: Hub, worker: Worker) -> None:
+    running = hub.api.trigger("short_sleep")
+    _running(hub, "short_sleep", running)
+    hub.api.post("/workers/acme-1/maintenance", {"on": True, "comment": "disk swap"})
+    wait_for(
+        lambda: hub.api.worker("acme-1")["maintenance_comment"] == "disk swap",
+        10,
+        "the comment to show",
+    )
+    assert hub.api.worker("acme-1")["state"] == "maintenance"
+    waiting = hub.api.trigger("quick")
+    assert hub.api.wait_run("short_sleep", running)["state"] == "success"  # finishes
+    time.sleep(1.0)  # a window in which a worker taking work would have taken it
+    assert hub.api.tasks(hub.api.run("quick", waiting))["t"]["state"] == "queued"
+    hub.api.post("/workers/acme-1/maintenance", {"on": False})
+    assert hub.api.wait_run("quick", waiting)["state"] == "success"
 
-        # The same from the worker's own machine, through its home.
-        cli = [
-            sys.executable,
-            "-m",
-            "tether",
-            "worker",
-            "maintenance",
-            "on",
-            "--comment",
-            "patching",
-            "--home",
-            str(worker.home),
-        ]
-        result = subprocess.run(cli, capture_output=True, text=True, timeout=30)
-        assert result.returncode == 0, result.stderr
-        assert json.loads(result.stdout)["maintenance"] is True
-        wait_for(
-            lambda: hub.api.worker("acme-1")["maintenance_comment"] == "patching",
-            15,
-            "the local comment to reach the hub",
-        )
-        local_wait = hub.api.trigger("quick")
-        time.sleep(1.0)
-        assert hub.api.tasks(hub.api.run("quick", local_wait))["t"]["state"] == "queued"
-        status = subprocess.run(
-            [sys.executable, "-m", "tether", "worker", "status", "--home", str(worker.home)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert json.loads(status.stdout)["state"] == "maintenance"
-        subprocess.run(
-            [*cli[:5], "off", "--home", str(worker.home)],
-            check=True,
-            timeout=30,
-            capture_output=True,
-        )
-        assert hub.api.wait_run("quick", local_wait)["state"] == "success"
-    finally:
-        worker.stop()
+    # The same from the worker's own machine, through its home.
+    cli = [
+        sys.executable,
+        "-m",
+        "tether",
+        "worker",
+        "maintenance",
+        "on",
+        "--comment",
+        "patching",
+        "--home",
+        str(worker.home),
+    ]
+    result = subprocess.run(cli, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["maintenance"] is True
+    wait_for(
+        lambda: hub.api.worker("acme-1")["maintenance_comment"] == "patching",
+        15,
+        "the local comment to reach the hub",
+    )
+    local_wait = hub.api.trigger("quick")
+    time.sleep(1.0)
+    assert hub.api.tasks(hub.api.run("quick", local_wait))["t"]["state"] == "queued"
+    status = subprocess.run(
+        [sys.executable, "-m", "tether", "worker", "status", "--home", str(worker.home)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert json.loads(status.stdout)["state"] == "maintenance"
+    subprocess.run(
+        [*cli[:5], "off", "--home", str(worker.home)],
+        check=True,
+        timeout=30,
+        capture_output=True,
+    )
+    assert hub.api.wait_run("quick", local_wait)["state"] == "success"
 
 
 def test_sigterm_lets_the_running_task_finish(hub: Hub, tmp_path: Path) -> None:
@@ -261,39 +247,34 @@ def test_sigterm_lets_the_running_task_finish(hub: Hub, tmp_path: Path) -> None:
     assert hub.api.worker("acme-1")["state"] == "offline"
 
 
-def test_worker_stop_timeout_bounds_the_drain(hub: Hub, tmp_path: Path) -> None:
-    worker = Worker(hub, tmp_path / "w", "acme", "acme-1")
-    try:
-        worker.wait_registered()
-        run_id = hub.api.trigger("sleepy")
-        _running(hub, "sleepy", run_id)
-        pid = _pid_in_log(hub, "sleepy", run_id, "sleep")
-        started = time.monotonic()
-        stop = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "tether",
-                "worker",
-                "stop",
-                "--timeout",
-                "2",
-                "--home",
-                str(worker.home),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert stop.returncode == 0, stop.stderr
-        assert "worker stopped" in stop.stdout
-        assert time.monotonic() - started < 30  # not the task's 60 s
-        assert not _alive(pid)
-        run = hub.api.run("sleepy", run_id)
-        assert hub.api.tasks(run)["sleep"]["state"] == "failed"
-        assert "drain timeout ran out" in hub.api.log("sleepy", run_id, "sleep")
-    finally:
-        worker.stop()
+def test_worker_stop_timeout_bounds_the_drain(hub: Hub, worker: Worker) -> None:
+    run_id = hub.api.trigger("sleepy")
+    _running(hub, "sleepy", run_id)
+    pid = _pid_in_log(hub, "sleepy", run_id, "sleep")
+    started = time.monotonic()
+    stop = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tether",
+            "worker",
+            "stop",
+            "--timeout",
+            "2",
+            "--home",
+            str(worker.home),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert stop.returncode == 0, stop.stderr
+    assert "worker stopped" in stop.stdout
+    assert time.monotonic() - started < 30  # not the task's 60 s
+    assert not _alive(pid)
+    run = hub.api.run("sleepy", run_id)
+    assert hub.api.tasks(run)["sleep"]["state"] == "failed"
+    assert "drain timeout ran out" in hub.api.log("sleepy", run_id, "sleep")
 
 
 def test_shutdown_from_the_centre_drains_and_exits(hub: Hub, tmp_path: Path) -> None:
