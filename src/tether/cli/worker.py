@@ -80,6 +80,13 @@ def add_worker_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         metavar="MB",
         help="delete the oldest delivered local task logs beyond this total (default 1024)",
     )
+    sp.add_argument(
+        "--task-start",
+        choices=["fork", "spawn"],
+        default=os.environ.get("TETHER_WORKER_TASK_START", "fork"),
+        help="fork each task from a warm fork server (fast, the default) or spawn a new "
+        "interpreter per task (default: $TETHER_WORKER_TASK_START or fork)",
+    )
     sp.set_defaults(func=worker_command)
     actions = sp.add_subparsers(dest="action", metavar="ACTION")
 
@@ -171,6 +178,7 @@ def worker_command(args: argparse.Namespace) -> int:
             kill_grace=args.kill_grace,
             log_max_age=args.log_max_age * 86400,
             log_max_bytes=int(args.log_max_mb * 1024 * 1024),
+            task_start=args.task_start,
             ca_file=args.ca_file,
             proxy=args.proxy,
         )

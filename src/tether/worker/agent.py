@@ -25,6 +25,7 @@ from tether.worker import control
 from tether.worker.attempt import AttemptRunner, deliver, end_leftover
 from tether.worker.bundles import BundleCache
 from tether.worker.client import HubClient, HubError, Superseded
+from tether.worker.launcher import make_launcher
 from tether.worker.spool import Spool, clean_logs
 
 log = logging.getLogger("tether.worker")
@@ -58,6 +59,8 @@ class WorkerConfig:
     #: Local task logs: deleted after this many seconds, or oldest first beyond the size.
     log_max_age: float = 7 * 86400
     log_max_bytes: int = 1024**3
+    #: How task processes start: "fork" (from a warm fork server) or "spawn".
+    task_start: str = "fork"
 
     def __post_init__(self) -> None:
         for q in self.queues:
@@ -77,6 +80,7 @@ class Worker:
         self.home = config.home
         self.bundles = BundleCache(self.home / "bundles", self.client.fetch_bundle)
         self.spool = Spool(self.home / "spool")
+        self.launcher = make_launcher(config.task_start)
         self.running: dict[str, AttemptRunner] = {}
         self.delivering: set[str] = set()
         self.queues: list[str] = list(config.queues)
@@ -443,6 +447,7 @@ class Worker:
             self.home,
             log_interval=self.config.log_interval,
             kill_grace=self.config.kill_grace,
+            launcher=self.launcher,
         )
         self.running[job.attempt_id] = runner
         self.state = "running"

@@ -10,12 +10,12 @@ import logging
 import os
 import shutil
 import signal
-import sys
 from pathlib import Path
 
 from tether.protocol import ATTEMPT_END_STATES, ATTEMPT_FAILED, AttemptResult, Job
 from tether.worker.bundles import BundleCache
 from tether.worker.client import HubClient, HubError
+from tether.worker.launcher import TASK_PROCESS_MARKERS, Launcher, SpawnLauncher, TaskProcess
 from tether.worker.spool import Spool, SpoolEntry
 
 log = logging.getLogger("tether.worker")
@@ -99,6 +99,7 @@ class AttemptRunner:
         *,
         log_interval: float = 0.5,
         kill_grace: float = 1.5,
+        launcher: Launcher | None = None,
     ) -> None:
         self.job = job
         self.client = client
@@ -108,7 +109,8 @@ class AttemptRunner:
         self.kill_grace = kill_grace
         self.workdir = home / "attempts" / job.attempt_id
         self.log_path = log_path_for(home, job)
-        self.process: asyncio.subprocess.Process | None = None
+        self.launcher: Launcher = launcher or SpawnLauncher()
+        self.process: TaskProcess | None = None
         self.kill_reason: str | None = None
         self.entry: SpoolEntry | None = None
 
@@ -148,21 +150,10 @@ class AttemptRunner:
         job_file = self.workdir / "job.json"
         result_file = self.workdir / "result.json"
         job_file.write_text(json.dumps({"job": job.to_dict(), "bundle_dir": str(bundle_dir)}))
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TETHER_WORKER_PID": str(os.getpid())}
-        with self.log_path.open("ab") as logf:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "tether.worker.runner",
-                str(job_file),
-                str(result_file),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=logf,
-                stderr=asyncio.subprocess.STDOUT,
-                cwd=self.workdir,
-                env=env,
-                start_new_session=True,  # its own process group: we can kill the whole tree
-            )
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.process = await self.launcher.start(
+            job_file, result_file, self.log_path, self.workdir, env
+        )
         assert self.entry is not None
         self.entry.pid = self.process.pid
         self.spool.write(self.entry)
@@ -223,7 +214,7 @@ def is_our_task_process(pid: int) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"tether.worker.runner" in cmdline
+    return any(marker in cmdline for marker in TASK_PROCESS_MARKERS)
 
 
 def end_leftover(entry: SpoolEntry) -> None:
