@@ -193,6 +193,24 @@ def retry_delay(spec: dict[str, Any], try_number: int) -> timedelta:
     return timedelta(seconds=delay)
 
 
+def fail_task_instance(
+    session: Session, run: DagRun, ti: TaskInstance, now: datetime, *, may_retry: bool = True
+) -> tuple[set[str], datetime | None]:
+    """A try of ``ti`` failed: ``up_for_retry`` if tries are left, else ``failed``.
+
+    The caller holds the run's lock. Returns the queues that got work and,
+    for a retry, its time.
+    """
+    ti.ended_at = now
+    if may_retry and ti.try_number < ti.max_tries:
+        spec = next(t for t in run.serialized["tasks"] if t["task_id"] == ti.task_id)
+        ti.state = S.UP_FOR_RETRY
+        ti.next_retry_at = now + retry_delay(spec, ti.try_number)
+        return set(), ti.next_retry_at
+    ti.state = S.FAILED
+    return advance_run(session, run), None
+
+
 def lock_run_of(session: Session, task_instance_id: int) -> DagRun:
     """Lock and return the run of a task instance (taken before its task instances)."""
     run_pk = select(TaskInstance.dag_run_id).where(TaskInstance.id == task_instance_id)

@@ -10,10 +10,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tether.hub.scheduler import states as S
-from tether.hub.scheduler.runs import advance_run, lock_run_of, retry_delay, utcnow
+from tether.hub.scheduler.runs import advance_run, fail_task_instance, lock_run_of, utcnow
 from tether.hub.store.dialect import lock_for_claim, lock_row
 from tether.hub.store.models import DagRun, LogChunk, TaskAttempt, TaskInstance
-from tether.protocol import ATTEMPT_SKIPPED, ATTEMPT_SUCCESS, AttemptResult, Job
+from tether.protocol import ATTEMPT_FAILED, ATTEMPT_SUCCESS, AttemptResult, Job
 
 
 class AttemptNotFound(LookupError):
@@ -182,24 +182,15 @@ def finish(
     now = utcnow()
     attempt.ended_at = now
     attempt.error = result.error
-    retry_at = None
-    if result.state == ATTEMPT_SUCCESS:
-        attempt.state = ti.state = S.SUCCESS
-        ti.output = result.output
-    elif result.state == ATTEMPT_SKIPPED:
-        attempt.state = ti.state = S.SKIPPED
-    else:
+    if result.state == ATTEMPT_FAILED:
         attempt.state = S.FAILED
-        if ti.try_number < ti.max_tries and not result.no_retry:
-            spec = next(t for t in run.serialized["tasks"] if t["task_id"] == ti.task_id)
-            retry_at = now + retry_delay(spec, ti.try_number)
-            ti.state = S.UP_FOR_RETRY
-            ti.next_retry_at = retry_at
-        else:
-            ti.state = S.FAILED
+        woken, retry_at = fail_task_instance(session, run, ti, now, may_retry=not result.no_retry)
+        return ti.state, woken, retry_at
+    attempt.state = ti.state = S.SUCCESS if result.state == ATTEMPT_SUCCESS else S.SKIPPED
+    if result.state == ATTEMPT_SUCCESS:
+        ti.output = result.output
     ti.ended_at = now
-    woken = advance_run(session, run) if ti.state in S.TI_FINISHED else set()
-    return ti.state, woken, retry_at
+    return ti.state, advance_run(session, run), None
 
 
 def ran_bundle(session: Session, worker_name: str, sha: str) -> bool:

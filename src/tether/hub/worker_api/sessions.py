@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tether.hub.scheduler import states as S
-from tether.hub.scheduler.runs import advance_run, lock_run_of, retry_delay, utcnow
+from tether.hub.scheduler.runs import fail_task_instance, lock_run_of, utcnow
 from tether.hub.store.dialect import lock_row
 from tether.hub.store.models import TaskAttempt, TaskInstance, Worker
 from tether.protocol import PROTOCOL_VERSION
@@ -166,14 +166,8 @@ def fail_attempt(session: Session, attempt: TaskAttempt, reason: str) -> set[str
     attempt.error = reason
     if ti is None or ti.attempt_id != attempt.id or ti.state != S.RUNNING:
         return set()
-    ti.ended_at = now
-    if ti.try_number < ti.max_tries:
-        spec = next(t for t in run.serialized["tasks"] if t["task_id"] == ti.task_id)
-        ti.state = S.UP_FOR_RETRY
-        ti.next_retry_at = now + retry_delay(spec, ti.try_number)
-        return set()
-    ti.state = S.FAILED
-    return advance_run(session, run)
+    woken, _ = fail_task_instance(session, run, ti, now)
+    return woken
 
 
 def fail_attempts_of(session: Session, worker_name: str, reason: str) -> set[str]:
