@@ -102,6 +102,7 @@ class Worker:
         self._poll_wake = asyncio.Event()
         self._drain_wake = asyncio.Event()
         self._last_clean = 0.0
+        self._last_status: dict[str, Any] | None = None
         self._stopping = asyncio.Event()
         self._drain_deadline: float | None = None
         self._exit: WorkerExit | None = None
@@ -120,6 +121,10 @@ class Worker:
     @property
     def maintenance(self) -> bool:
         return self.local_maintenance or self.central_maintenance
+
+    @property
+    def maintenance_comment(self) -> str | None:
+        return self.local_comment if self.local_maintenance else self.central_comment
 
     @property
     def accepting(self) -> bool:
@@ -169,9 +174,7 @@ class Worker:
             "free_slots": self.free_slots,
             "running": sorted(set(self.running) | self.delivering),
             "maintenance": self.maintenance,
-            "maintenance_comment": self.local_comment
-            if self.local_maintenance
-            else self.central_comment,
+            "maintenance_comment": self.maintenance_comment,
             "draining": self._stopping.is_set(),
             **self.host,
             "queues": self.queues,
@@ -184,31 +187,29 @@ class Worker:
             state = "maintenance"
         else:
             state = self.state
-        control.write_status(
-            self.home,
-            {
-                "name": self.config.name,
-                "pid": os.getpid(),
-                "state": state,
-                "queues": self.queues,
-                "maintenance": self.maintenance,
-                "maintenance_comment": self.local_comment
-                if self.local_maintenance
-                else self.central_comment,
-                "free_slots": self.free_slots,
-                "running": [
-                    {
-                        "attempt_id": a,
-                        "dag_id": r.job.dag_id,
-                        "task_id": r.job.task_id,
-                        "run_id": r.job.run_id,
-                        "try_number": r.job.try_number,
-                    }
-                    for a, r in sorted(self.running.items())
-                ],
-                "version": __version__,
-            },
-        )
+        status = {
+            "name": self.config.name,
+            "pid": os.getpid(),
+            "state": state,
+            "queues": self.queues,
+            "maintenance": self.maintenance,
+            "maintenance_comment": self.maintenance_comment,
+            "free_slots": self.free_slots,
+            "running": [
+                {
+                    "attempt_id": a,
+                    "dag_id": r.job.dag_id,
+                    "task_id": r.job.task_id,
+                    "run_id": r.job.run_id,
+                    "try_number": r.job.try_number,
+                }
+                for a, r in sorted(self.running.items())
+            ],
+            "version": __version__,
+        }
+        if status != self._last_status:  # the control loop calls this twice a second
+            control.write_status(self.home, status)
+            self._last_status = status
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)

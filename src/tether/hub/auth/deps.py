@@ -39,7 +39,6 @@ class WorkerIdentity:
     name: str
     credential_hash: str
     allowed_queues: tuple[str, ...]
-    session_id: str | None
     #: The session the request claims to be part of (X-Tether-Session).
     presented_session: str | None
 
@@ -59,7 +58,6 @@ def require_worker(
                 worker.name,
                 worker.credential_hash,
                 tuple(worker.allowed_queues),
-                worker.session_id,
                 session_id,
             )
     except credentials.InvalidCredential as exc:
