@@ -141,6 +141,8 @@ def store_parse(store: Store, sha: str, data: bytes, result: ParseResult) -> Non
             row.fileloc = spec["fileloc"]
             row.bundle_sha = sha
             row.serialized = spec
+            row.max_active_runs = int(spec.get("max_active_runs") or 16)
+            row.max_active_tasks = int(spec.get("max_active_tasks") or 16)
             row.is_active = True
             row.last_parsed_at = now
         for dag_id, row in existing.items():

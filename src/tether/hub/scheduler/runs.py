@@ -75,6 +75,7 @@ def create_run(
                 queue=spec["queue"],
                 priority_weight=spec["priority_weight"],
                 pool_slots=spec["pool_slots"],
+                pool=spec.get("pool") or "default_pool",
             )
         )
     session.flush()

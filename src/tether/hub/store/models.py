@@ -83,6 +83,10 @@ class Dag(Base):
     next_dagrun: Mapped[datetime | None]
     #: When that run may be created (the end of its data interval).
     next_dagrun_create_after: Mapped[datetime | None]
+    #: Most runs of this DAG that may be running at once; more wait as ``queued``.
+    max_active_runs: Mapped[int] = mapped_column(Integer, default=16)
+    #: Most task instances of this DAG (all its runs) that may be running at once.
+    max_active_tasks: Mapped[int] = mapped_column(Integer, default=16)
     last_parsed_at: Mapped[datetime]
 
 
@@ -138,6 +142,7 @@ class TaskInstance(Base):
     queue: Mapped[str] = mapped_column(String(256))
     priority_weight: Mapped[int] = mapped_column(Integer, default=1)
     pool_slots: Mapped[int] = mapped_column(Integer, default=1)
+    pool: Mapped[str] = mapped_column(String(256), default="default_pool")
     #: The attempt that currently holds this task instance, if any.
     attempt_id: Mapped[str | None] = mapped_column(String(32))
     worker_name: Mapped[str | None] = mapped_column(String(250))
@@ -205,6 +210,16 @@ class Worker(Base):
     revoked_at: Mapped[datetime | None]
     first_seen: Mapped[datetime | None]
     last_heartbeat: Mapped[datetime | None]
+
+
+class Pool(Base):
+    """A named number of slots that the running task instances in it may take."""
+
+    __tablename__ = "pool"
+    name: Mapped[str] = mapped_column(String(256), primary_key=True)
+    #: Slots of the pool; -1 is unlimited.
+    slots: Mapped[int] = mapped_column(Integer)
+    description: Mapped[str | None] = mapped_column(Text)
 
 
 class EnrolmentToken(Base):

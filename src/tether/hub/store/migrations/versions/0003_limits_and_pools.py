@@ -1,0 +1,58 @@
+"""limits and pools
+
+Revision ID: 0003
+Revises: 0002
+Create Date: 2026-11-22
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0003"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    pool = op.create_table(
+        "pool",
+        sa.Column("name", sa.String(length=256), nullable=False),
+        sa.Column("slots", sa.Integer(), nullable=False),
+        sa.Column("description", sa.Text(), nullable=True),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_pool")),
+    )
+    op.bulk_insert(
+        pool,
+        [
+            {
+                "name": "default_pool",
+                "slots": -1,
+                "description": "Tasks that name no pool; unlimited unless set",
+            }
+        ],
+    )
+    with op.batch_alter_table("dag", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("max_active_runs", sa.Integer(), nullable=False, server_default="16")
+        )
+        batch_op.add_column(
+            sa.Column("max_active_tasks", sa.Integer(), nullable=False, server_default="16")
+        )
+    with op.batch_alter_table("task_instance", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column(
+                "pool", sa.String(length=256), nullable=False, server_default="default_pool"
+            )
+        )
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("task_instance", schema=None) as batch_op:
+        batch_op.drop_column("pool")
+    with op.batch_alter_table("dag", schema=None) as batch_op:
+        batch_op.drop_column("max_active_tasks")
+        batch_op.drop_column("max_active_runs")
+    op.drop_table("pool")
