@@ -42,7 +42,7 @@ def hub(tmp_path: Path, database_url: str) -> Iterator[Hub]:
         "wide.py",
         """
         from tether import DAG, BashOperator
-        with DAG("wide"):
+        with DAG("wide", max_active_tasks=100):
             for i in range(20):
                 BashOperator(task_id=f"t{i}", bash_command="true", queue="q")
         with DAG("fan_in"):

@@ -108,6 +108,23 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("mode", choices=["on", "off"])
     sp.add_argument("--comment", help="why; shown in the worker list")
     sp.set_defaults(func=_lazy("tether.cli.commands", "workers_maintenance"))
+
+    pools = sub.add_parser("pools", help="pools: slots shared by the tasks that name them")
+    pool_actions = pools.add_subparsers(dest="pools", required=True)
+    sp = pool_actions.add_parser("list", help="pools, their slots and use")
+    client_args(sp)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=_lazy("tether.cli.pools", "pools_list"))
+    sp = pool_actions.add_parser("set", help="create a pool or change its slots")
+    client_args(sp)
+    sp.add_argument("name")
+    sp.add_argument("slots", type=int, help="number of slots; -1 for unlimited")
+    sp.add_argument("--description")
+    sp.set_defaults(func=_lazy("tether.cli.pools", "pools_set"))
+    sp = pool_actions.add_parser("delete", help="delete a pool (its waiting tasks wait for it)")
+    client_args(sp)
+    sp.add_argument("name")
+    sp.set_defaults(func=_lazy("tether.cli.pools", "pools_delete"))
     return p
 
 

@@ -32,6 +32,9 @@ class HubConfig:
     worker_lost_timeout: float = 300.0
     #: Oldest worker release the hub accepts (same protocol version required too).
     min_worker_version: str = "0.1.0"
+    #: Most task instances running at once across the hub; 0 is unlimited
+    #: (workers' slots, pools and max_active_tasks still apply).
+    parallelism: int = 0
     #: Serve HTTPS with this certificate chain and key (PEM files).
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -61,6 +64,7 @@ class HubConfig:
             scheduler_sweep_interval=float(os.environ.get("TETHER_SCHEDULER_SWEEP", "5")),
             worker_heartbeat_interval=float(os.environ.get("TETHER_WORKER_HEARTBEAT", "10")),
             worker_lost_timeout=float(os.environ.get("TETHER_WORKER_LOST_TIMEOUT", "300")),
+            parallelism=int(os.environ.get("TETHER_PARALLELISM", "0")),
             min_worker_version=os.environ.get("TETHER_MIN_WORKER_VERSION", "0.1.0"),
             tls_cert=tls_cert or _path(os.environ.get("TETHER_TLS_CERT")),
             tls_key=tls_key or _path(os.environ.get("TETHER_TLS_KEY")),

@@ -18,6 +18,11 @@ class Wakeups:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._worker_waiters: dict[str, set[asyncio.Event]] = {}
+        #: Claims that left work behind because of a limit (pools, parallelism,
+        #: max_active_tasks): any notify may have freed room for them.
+        self._limit_waiters: set[asyncio.Event] = set()
+        #: Counts notifies, so a claim can tell one happened while it looked.
+        self.generation = 0
         self.scheduler = asyncio.Event()
         #: Set when the hub shuts down: held-open claims answer at once.
         self.closing = asyncio.Event()
@@ -48,10 +53,34 @@ class Wakeups:
                         del table[key]
 
     def notify(self, queues: Iterable[str]) -> None:
-        """Wake the claims waiting on ``queues``; safe from any thread."""
-        names = set(queues)
-        if names:
-            self._call(self._wake, self._waiters, names)
+        """Wake the claims waiting on ``queues``; safe from any thread.
+
+        Every change that ends running work calls this after its commit (with
+        the queues it filled, perhaps none), so it also wakes the claims that
+        limits held back.
+        """
+        self._call(self._notify, set(queues))
+
+    def _notify(self, names: set[str]) -> None:
+        self.generation += 1
+        self._wake(self._waiters, names)
+        for event in self._limit_waiters:
+            event.set()
+
+    @contextlib.contextmanager
+    def held_back(self, event: asyncio.Event, generation: int) -> Iterator[None]:
+        """While inside, ``event`` is set by the next notify.
+
+        ``generation`` is :attr:`generation` from before the claim looked; if a
+        notify came since, ``event`` is set at once. Call from the event loop.
+        """
+        if generation != self.generation:
+            event.set()
+        self._limit_waiters.add(event)
+        try:
+            yield
+        finally:
+            self._limit_waiters.discard(event)
 
     def notify_worker(self, name: str) -> None:
         """Answer ``name``'s held poll now (a directive changed); safe from any thread."""

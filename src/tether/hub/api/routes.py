@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 from pydantic import BaseModel, Field, field_validator
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from tether import __version__
 from tether.hub.api import control, queries
 from tether.hub.auth.deps import AdminAuth, HubDep
+from tether.hub.scheduler import limits
 from tether.hub.scheduler.runs import RunExists
 from tether.hub.state import Hub
 from tether.protocol import InvalidQueueName, validate_queue_name
@@ -207,3 +208,44 @@ async def clear_task(
     """Run a task instance again (with its downstream if asked); a running one is killed."""
     await _act(hub, lambda s: control.clear_task(s, dag_id, run_id, task_id, body.downstream))
     return {"task_id": task_id, "state": "cleared"}
+
+
+POOL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,255}$"
+
+
+class PoolIn(BaseModel):
+    slots: int = Field(ge=-1, le=1_000_000, description="-1 for unlimited")
+    description: str | None = Field(default=None, max_length=1000)
+
+
+@router.get("/pools", dependencies=[AdminAuth])
+async def list_pools(hub: HubDep) -> dict[str, Any]:
+    """Pools with their slots and use; pools that tasks name but that do not exist
+    are listed with ``missing: true`` (their tasks wait)."""
+    return {"pools": await _in_session(hub, limits.list_pools)}
+
+
+@router.put("/pools/{name}", dependencies=[AdminAuth])
+async def set_pool(
+    name: Annotated[str, Path(pattern=POOL_NAME)], body: PoolIn, hub: HubDep
+) -> dict[str, Any]:
+    """Create a pool or change its slots; waiting tasks are looked at again at once."""
+
+    def put(s: Session) -> dict[str, Any]:
+        pool = limits.set_pool(s, name, body.slots, body.description)
+        return {"name": pool.name, "slots": pool.slots, "description": pool.description}
+
+    answer = await _in_session(hub, put)
+    hub.wakeups.notify(())  # more room: claims held back by the pool look again
+    return answer
+
+
+@router.delete("/pools/{name}", dependencies=[AdminAuth])
+async def delete_pool(name: str, hub: HubDep) -> dict[str, str]:
+    try:
+        found = await _in_session(hub, lambda s: limits.delete_pool(s, name))
+    except limits.PoolError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    if not found:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no pool {name!r}")
+    return {"name": name, "state": "deleted"}

@@ -15,10 +15,11 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 
 from tether.hub.scheduler import runs
+from tether.hub.scheduler import states as S
 from tether.hub.scheduler.timetable import Timetable
 from tether.hub.store.db import Store
 from tether.hub.store.dialect import lock_row
-from tether.hub.store.models import Dag
+from tether.hub.store.models import Dag, DagRun
 from tether.hub.wakeups import Wakeups
 from tether.hub.worker_api.sessions import mark_lost_workers
 
@@ -75,6 +76,13 @@ def tick(
             woken |= mark_lost_workers(s, now, lost_timeout)
     with store.session() as s:
         woken |= runs.requeue_due_retries(s, now)
+    with store.session() as s:
+        waiting = s.scalars(
+            select(DagRun.dag_id).where(DagRun.state == S.RUN_QUEUED).distinct()
+        ).all()
+    for dag_id in waiting:  # normally started as earlier runs end; this is the safety net
+        with store.session() as s:
+            woken |= runs.start_queued_runs(s, dag_id)
     with store.session() as s:
         deadlines = [
             runs.next_retry_time(s),

@@ -11,11 +11,11 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tether.hub.scheduler import states as S
-from tether.hub.store.dialect import lock_row
+from tether.hub.store.dialect import lock_for_claim, lock_row
 from tether.hub.store.models import Dag, DagRun, TaskInstance
 
 
@@ -37,7 +37,12 @@ def create_run(
     logical_date: datetime | None = None,
     data_interval: tuple[datetime, datetime] | None = None,
 ) -> tuple[DagRun, set[str]]:
-    """Create a run of ``dag`` pinned to its current bundle; queue its root tasks."""
+    """Create a run of ``dag`` pinned to its current bundle.
+
+    The run starts (its root tasks are queued) at once if the DAG has fewer
+    than ``max_active_runs`` running runs; otherwise it waits as ``queued``
+    and starts when an earlier run ends (see :func:`start_queued_runs`).
+    """
     now = utcnow()
     stamp = logical_date or now
     run_id = run_id or f"{run_type}__{stamp.isoformat()}"
@@ -79,7 +84,43 @@ def create_run(
             )
         )
     session.flush()
-    return run, advance_run(session, run)
+    return run, start_queued_runs(session, dag.dag_id)
+
+
+def start_queued_runs(session: Session, dag_id: str) -> set[str]:
+    """Start the oldest queued runs of a DAG while it has fewer than
+    ``max_active_runs`` running. Returns the queues that got work.
+
+    The DAG row's lock makes concurrent callers take turns. Queued runs are
+    taken with SKIP LOCKED: one that someone else holds waits for the next
+    call (every run end calls this; so does the scheduler's sweep).
+    """
+    dag = session.scalar(lock_row(select(Dag).where(Dag.dag_id == dag_id), session))
+    if dag is None:
+        return set()
+    running = session.scalar(
+        select(func.count())
+        .select_from(DagRun)
+        .where(DagRun.dag_id == dag_id, DagRun.state == S.RUN_RUNNING)
+    )
+    room = dag.max_active_runs - (running or 0) if dag.max_active_runs > 0 else None
+    if room is not None and room <= 0:
+        return set()
+    queued = session.scalars(
+        lock_for_claim(
+            select(DagRun)
+            .where(DagRun.dag_id == dag_id, DagRun.state == S.RUN_QUEUED)
+            .order_by(DagRun.logical_date, DagRun.id)
+            .limit(room if room is not None else 1000),
+            session,
+        )
+    ).all()
+    woken: set[str] = set()
+    for run in queued:
+        run.state = S.RUN_RUNNING
+        run.started_at = utcnow()
+        woken |= advance_run(session, run)
+    return woken
 
 
 def _decide(rule: str, counts: Counter[str], total: int) -> str | None:
@@ -145,6 +186,8 @@ def advance_run(session: Session, run: DagRun) -> set[str]:
     Cascades within the run (a skip or upstream failure can free further
     tasks). Returns the queues that got new work.
     """
+    if run.state == S.RUN_QUEUED:
+        return set()  # not started yet (max_active_runs); start_queued_runs starts it
     now = utcnow()
     tis = {
         ti.task_id: ti
@@ -173,13 +216,12 @@ def advance_run(session: Session, run: DagRun) -> set[str]:
                 woken.add(ti.queue)
             else:
                 ti.ended_at = now
-    if run.state == S.RUN_QUEUED and any(ti.state is not None for ti in tis.values()):
-        run.state = S.RUN_RUNNING
-        run.started_at = now
-    if run.state not in S.RUN_FINISHED and all(ti.state in S.TI_FINISHED for ti in tis.values()):
+    if run.state == S.RUN_RUNNING and all(ti.state in S.TI_FINISHED for ti in tis.values()):
         failed = any(ti.state in S.TI_FAILED for ti in tis.values())
         run.state = S.RUN_FAILED if failed else S.RUN_SUCCESS
         run.ended_at = now
+        session.flush()
+        woken |= start_queued_runs(session, run.dag_id)  # room for the next run
     return woken
 
 
@@ -260,3 +302,31 @@ def next_retry_time(session: Session) -> datetime | None:
         .order_by(TaskInstance.next_retry_at)
         .limit(1)
     )
+
+
+def skip_unchosen_branches(session: Session, run: DagRun, ti: TaskInstance, chosen: Any) -> None:
+    """After a branch task succeeded: skip its direct downstream tasks it did not choose.
+
+    ``chosen`` is the branch's output, a list of task ids (checked by the
+    task itself; anything else chooses nothing). The caller holds the run's
+    lock and calls :func:`advance_run` next, which spreads the skips.
+    """
+    spec = next(t for t in run.serialized["tasks"] if t["task_id"] == ti.task_id)
+    if not spec.get("branch"):
+        return
+    follow = set(chosen) if isinstance(chosen, list) else set()
+    others = set(spec["downstream"]) - follow
+    if not others:
+        return
+    now = utcnow()
+    for other in session.scalars(
+        select(TaskInstance)
+        .where(
+            TaskInstance.dag_run_id == run.id,
+            TaskInstance.task_id.in_(others),
+            TaskInstance.state.is_(None),
+        )
+        .order_by(TaskInstance.id)
+    ):
+        other.state = S.SKIPPED
+        other.ended_at = now

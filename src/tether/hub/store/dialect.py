@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from sqlalchemy import Select
+from sqlalchemy import Select, text
 from sqlalchemy.orm import Session
 
 S = TypeVar("S", bound=Select[*tuple[Any, ...]])
@@ -29,3 +29,20 @@ def lock_row(stmt: S, session: Session) -> S:
     if session.get_bind().dialect.name == "postgresql":
         return stmt.with_for_update()
     return stmt
+
+
+#: Key of the PostgreSQL advisory lock that serialises claims.
+CLAIM_LOCK_KEY = 0x7E7E_C1A1
+
+
+def serialise_claims(session: Session) -> None:
+    """Make claims take turns until the end of the transaction.
+
+    A claim counts what is running against the limits (parallelism,
+    max_active_tasks, pools) and then takes work; two claims interleaving
+    could both take the last slot. PostgreSQL: a transaction-scoped advisory
+    lock (claims are short and never wait on anything else while holding
+    it). SQLite: ``BEGIN IMMEDIATE`` already serialises every writer.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CLAIM_LOCK_KEY})

@@ -9,9 +9,16 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from tether.hub.scheduler import limits
 from tether.hub.scheduler import states as S
-from tether.hub.scheduler.runs import advance_run, fail_task_instance, lock_run_of, utcnow
-from tether.hub.store.dialect import lock_for_claim, lock_row
+from tether.hub.scheduler.runs import (
+    advance_run,
+    fail_task_instance,
+    lock_run_of,
+    skip_unchosen_branches,
+    utcnow,
+)
+from tether.hub.store.dialect import lock_for_claim, lock_row, serialise_claims
 from tether.hub.store.models import DagRun, LogChunk, TaskAttempt, TaskInstance
 from tether.protocol import ATTEMPT_FAILED, ATTEMPT_SUCCESS, AttemptResult, Job
 
@@ -28,33 +35,50 @@ class AttemptFenced(Exception):
     """The hub has given up on this attempt; its reports are refused."""
 
 
-def claim(session: Session, worker_name: str, queues: list[str], slots: int) -> list[Job]:
+def claim(
+    session: Session, worker_name: str, queues: list[str], slots: int, parallelism: int = 0
+) -> list[Job]:
     """Hand queued task instances of ``queues`` to a worker with ``slots`` free slots.
 
-    A task takes ``pool_slots`` slots; tasks that do not fit are left for a
-    worker with more room. Each claimed task becomes ``running`` under a new
-    attempt id, in this transaction.
+    Highest ``priority_weight`` first, then oldest. A task takes ``pool_slots``
+    worker slots and as many slots of its pool; tasks that do not fit, or
+    that the limits hold back (``parallelism``, the DAG's
+    ``max_active_tasks``, the pool), stay queued. Each claimed task becomes
+    ``running`` under a new attempt id, in this transaction.
     """
     if slots <= 0 or not queues:
         return []
+    serialise_claims(session)
+    use = limits.usage(session, parallelism)
+    if use.parallelism_room is not None and use.parallelism_room < 1:
+        return []
+    window = slots * 4 + 16  # room for candidates a limit turns down
     candidates = session.execute(
         lock_for_claim(
-            select(TaskInstance.id, TaskInstance.pool_slots)
+            select(TaskInstance.id, TaskInstance.dag_id, TaskInstance.pool, TaskInstance.pool_slots)
             .where(
                 TaskInstance.state == S.QUEUED,
                 TaskInstance.queue.in_(queues),
                 TaskInstance.pool_slots <= slots,
+                TaskInstance.dag_id.not_in(use.full_dags),
+                TaskInstance.pool.in_(use.open_pools),
             )
             .order_by(TaskInstance.priority_weight.desc(), TaskInstance.queued_at, TaskInstance.id)
-            .limit(slots),
+            .limit(window),
             session,
         )
     ).all()
+    new_dags = {dag_id for _, dag_id, _, _ in candidates} - set(use.by_dag)
+    if new_dags:  # the limits of DAGs with nothing running yet
+        use = limits.usage(session, parallelism, new_dags)
     ids: list[int] = []
-    for ti_id, need in candidates:
-        if need <= slots:
+    for ti_id, dag_id, pool, need in candidates:
+        if need <= slots and use.admits(dag_id, pool, need):
+            use.take(dag_id, pool, need)
             ids.append(ti_id)
             slots -= need
+            if slots <= 0:
+                break
     if not ids:
         return []
     now = utcnow()
@@ -84,6 +108,18 @@ def claim(session: Session, worker_name: str, queues: list[str], slots: int) -> 
         )
         jobs.append(_job(session, ti, run))
     return jobs
+
+
+def has_queued_work(session: Session, queues: list[str]) -> bool:
+    """Whether ``queues`` hold queued work (after a claim: work the limits held back)."""
+    if not queues:
+        return False
+    found = session.scalar(
+        select(TaskInstance.id)
+        .where(TaskInstance.state == S.QUEUED, TaskInstance.queue.in_(queues))
+        .limit(1)
+    )
+    return found is not None
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -190,6 +226,8 @@ def finish(
     if result.state == ATTEMPT_SUCCESS:
         ti.output = result.output
     ti.ended_at = now
+    if result.state == ATTEMPT_SUCCESS:
+        skip_unchosen_branches(session, run, ti, result.output)
     return ti.state, advance_run(session, run), None
 
 

@@ -7,6 +7,7 @@ and ``/poll`` also carry the session id of the calling process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
@@ -200,8 +201,15 @@ async def poll(body: PollIn, me: WorkerAuth, hub: HubDep, request: Request) -> d
             worker.state = "running" if body.running else "idle"
         found = sessions.directives(s, worker, body.running)
         quiet = found["shutdown"] or found["maintenance"] or not sessions.accepting(worker)
-        jobs = [] if quiet else attempts.claim(s, worker.name, worker.queues, take)
-        return {"jobs": [j.to_dict() for j in jobs], "directives": found}
+        jobs = (
+            []
+            if quiet
+            else attempts.claim(s, worker.name, worker.queues, take, hub.config.parallelism)
+        )
+        # Work left behind (a limit, or a task too big for the free slots):
+        # wait for any change that ends running work, not only for new work.
+        held_back = not quiet and len(jobs) < take and attempts.has_queued_work(s, worker.queues)
+        return {"jobs": [j.to_dict() for j in jobs], "directives": found, "held_back": held_back}
 
     async def client_gone() -> None:
         # The body has been read, so the next ASGI message is the disconnect.
@@ -217,7 +225,9 @@ async def poll(body: PollIn, me: WorkerAuth, hub: HubDep, request: Request) -> d
                 woken.clear()
                 if gone.done():  # no one to hand a job to
                     return {"jobs": [], "directives": {}}
+                generation = hub.wakeups.generation
                 answer: dict[str, Any] = await _as_worker(hub, me, look, session_bound=True)
+                held_back = answer.pop("held_back")
                 d = answer["directives"]
                 urgent = (
                     d["kill"]
@@ -227,11 +237,18 @@ async def poll(body: PollIn, me: WorkerAuth, hub: HubDep, request: Request) -> d
                 remaining = deadline - loop.time()
                 if answer["jobs"] or urgent or remaining <= 0 or closing.done():
                     return answer
-                wake = asyncio.create_task(woken.wait())
-                await asyncio.wait(
-                    {wake, gone, closing}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-                )
-                wake.cancel()
+                with (
+                    hub.wakeups.held_back(woken, generation)
+                    if held_back
+                    else contextlib.nullcontext()
+                ):
+                    wake = asyncio.create_task(woken.wait())
+                    await asyncio.wait(
+                        {wake, gone, closing},
+                        timeout=remaining,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                    wake.cancel()
                 if gone.done():
                     return {"jobs": [], "directives": d}
     finally:
