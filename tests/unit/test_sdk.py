@@ -949,3 +949,23 @@ def test_bash_env_replaces_the_environment_unless_appended(
     assert _bash('echo "$TETHER_TEST_OUTER $MINE"', env={"MINE": "x"}, append_env=True) == (
         "outer x"
     )
+
+
+def test_dag_time_zone_comes_from_timezone_or_the_start_dates_zone() -> None:
+    from zoneinfo import ZoneInfo
+
+    assert DAG("utc_by_default").timezone == "UTC"
+    local = DAG("local", start_date=datetime(2026, 1, 1, tzinfo=ZoneInfo("Asia/Tokyo")))
+    assert local.timezone == "Asia/Tokyo"
+    assert DAG("named", timezone="America/Chicago").timezone == "America/Chicago"
+    assert serialize_dag(DAG("ser", timezone="Europe/Paris"))["timezone"] == "Europe/Paris"
+    with pytest.raises(DagDefinitionError, match="unknown timezone 'Nowhere/Atlantis'"):
+        DAG("bad_zone", timezone="Nowhere/Atlantis")
+
+
+@pytest.mark.parametrize("limit", [0, -1, 1.5, True])
+def test_max_active_limits_must_be_positive_integers(limit: object) -> None:
+    with pytest.raises(DagDefinitionError, match="must be an integer >= 1"):
+        DAG("limited", max_active_runs=limit)  # type: ignore[arg-type]
+    with pytest.raises(DagDefinitionError, match="must be an integer >= 1"):
+        DAG("limited2", max_active_tasks=limit)  # type: ignore[arg-type]

@@ -292,3 +292,82 @@ def test_without_catchup_a_timedelta_without_start_date_skips_missed_intervals()
         at(2024, 1, 1, 9),
         at(2024, 1, 1, 10),
     )
+
+
+# --- time zones and DST ----------------------------------------------------------------------
+
+AMS = "Europe/Amsterdam"
+
+
+def walk(
+    table: Timetable, first_start: datetime | None, count: int
+) -> list[tuple[datetime, datetime]]:
+    out: list[tuple[datetime, datetime]] = []
+    last = first_start
+    for _ in range(count):
+        interval = table.next_interval(last, FAR, FAR)
+        assert interval is not None
+        out.append(interval)
+        last = interval[0]
+    return out
+
+
+def test_cron_is_read_in_the_dags_zone_and_returned_in_utc() -> None:
+    table = timetable("0 6 * * *", start_date=at(2026, 1, 10), timezone=AMS, catchup=True)
+    # 06:00 in Amsterdam in winter is 05:00 UTC.
+    assert table.next_interval(None, FAR, FAR) == (at(2026, 1, 10, 5), at(2026, 1, 11, 5))
+
+
+def test_daily_intervals_shrink_and_grow_across_dst() -> None:
+    table = timetable("@daily", start_date=at(2026, 3, 27), timezone=AMS, catchup=True)
+    starts = [s for s, _ in walk(table, None, 4)]
+    # Local midnights: +01:00 before 29 March, +02:00 after.
+    assert starts == [
+        at(2026, 3, 27, 23),
+        at(2026, 3, 28, 23),
+        at(2026, 3, 29, 22),
+        at(2026, 3, 30, 22),
+    ]
+    # From local midnight of 24 October (22:00 UTC the day before).
+    autumn = timetable("@daily", start_date=at(2026, 10, 23, 22), timezone=AMS, catchup=True)
+    lengths = [(e - s) for s, e in walk(autumn, None, 3)]
+    assert lengths == [timedelta(hours=24), timedelta(hours=25), timedelta(hours=24)]
+
+
+def test_a_wall_clock_time_repeated_in_autumn_runs_once() -> None:
+    table = timetable("30 2 * * *", start_date=at(2026, 10, 23), timezone=AMS, catchup=True)
+    starts = [s for s, _ in walk(table, None, 4)]
+    # 02:30 happens twice on 25 October (CEST, then CET): one run, at the first.
+    assert starts == [
+        at(2026, 10, 23, 0, 30),
+        at(2026, 10, 24, 0, 30),
+        at(2026, 10, 25, 0, 30),
+        at(2026, 10, 26, 1, 30),
+    ]
+
+
+def test_a_wall_clock_time_missing_in_spring_moves_after_the_gap() -> None:
+    table = timetable("30 2 * * *", start_date=at(2026, 3, 28), timezone=AMS, catchup=True)
+    starts = [s for s, _ in walk(table, None, 3)]
+    # 02:30 does not exist on 29 March; the run comes at 03:00 CEST (01:00 UTC).
+    assert starts == [at(2026, 3, 28, 1, 30), at(2026, 3, 29, 1, 0), at(2026, 3, 30, 0, 30)]
+
+
+def test_hourly_keeps_every_absolute_hour_across_dst() -> None:
+    table = timetable("@hourly", start_date=at(2026, 10, 24, 23), timezone=AMS, catchup=True)
+    intervals = walk(table, None, 5)
+    assert [s for s, _ in intervals] == [
+        at(2026, 10, 24, 23) + timedelta(hours=h) for h in range(5)
+    ]
+    assert all(e - s == timedelta(hours=1) for s, e in intervals)
+
+
+def test_without_catchup_the_latest_interval_is_found_in_the_zone() -> None:
+    table = timetable("@daily", start_date=at(2026, 1, 1), timezone=AMS)
+    now = at(2026, 7, 10, 12)
+    assert table.next_interval(None, now, now) == (at(2026, 7, 8, 22), at(2026, 7, 9, 22))
+
+
+def test_unknown_time_zone_is_rejected() -> None:
+    with pytest.raises(InvalidSchedule, match="unknown time zone 'Mars/Olympus'"):
+        Timetable.from_serialized(spec("@daily", timezone="Mars/Olympus"))

@@ -13,7 +13,12 @@ from tether.sdk.context import (
 )
 from tether.sdk.dag import DAG, DagDefinitionError, dag
 from tether.sdk.decorators import task
-from tether.sdk.operators import BashOperator, EmptyOperator, PythonOperator
+from tether.sdk.operators import (
+    BashOperator,
+    BranchPythonOperator,
+    EmptyOperator,
+    PythonOperator,
+)
 from tether.sdk.xcom import XComArg
 
 __all__ = [
@@ -21,6 +26,7 @@ __all__ = [
     "BaseOperator",
     "BashOperator",
     "DagDefinitionError",
+    "BranchPythonOperator",
     "EmptyOperator",
     "PythonOperator",
     "TetherFailException",

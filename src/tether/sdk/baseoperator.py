@@ -111,6 +111,9 @@ class BaseOperator(DependencyMixin):
 
     #: Fields rendered as templates (used by the templating issue).
     template_fields: Sequence[str] = ()
+    #: A branch returns the ids of the direct downstream tasks to follow; the
+    #: hub skips the others (see BranchPythonOperator).
+    is_branch: bool = False
 
     def __init__(
         self,

@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 if TYPE_CHECKING:
     from tether.sdk.baseoperator import BaseOperator
@@ -63,6 +64,25 @@ def _aware(value: datetime | None, name: str) -> datetime | None:
     return value
 
 
+def _zone_name(name: str | None, start_date: datetime | None) -> str:
+    """The DAG's time zone: ``timezone=``, else start_date's zone (a ZoneInfo), else UTC."""
+    if name is None and start_date is not None:
+        name = getattr(start_date.tzinfo, "key", None)
+    if name is None or name == "UTC":
+        return "UTC"
+    if not isinstance(name, str):
+        raise DagDefinitionError(
+            f"timezone must be an IANA name such as 'Europe/Paris', not {name!r}"
+        )
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise DagDefinitionError(
+            f"unknown timezone {name!r}: use an IANA name such as 'Europe/Paris'"
+        ) from None
+    return name
+
+
 class DAG:
     """A directed acyclic graph of tasks.
 
@@ -86,6 +106,7 @@ class DAG:
         params: dict[str, Any] | None = None,
         doc_md: str | None = None,
         is_paused_upon_creation: bool | None = None,
+        timezone: str | None = None,
     ) -> None:
         if not isinstance(dag_id, str) or not _DAG_ID_RE.fullmatch(dag_id):
             raise DagDefinitionError(
@@ -99,10 +120,17 @@ class DAG:
         self.description = description
         self.schedule = schedule
         self.start_date = _aware(start_date, "start_date")
+        self.timezone = _zone_name(timezone, self.start_date)
         self.end_date = _aware(end_date, "end_date")
         self.catchup = bool(catchup)
         self.default_args: dict[str, Any] = dict(default_args or {})
         self.tags = list(tags or [])
+        for name, limit in (
+            ("max_active_runs", max_active_runs),
+            ("max_active_tasks", max_active_tasks),
+        ):
+            if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+                raise DagDefinitionError(f"{name} must be an integer >= 1, not {limit!r}")
         self.max_active_runs = max_active_runs
         self.max_active_tasks = max_active_tasks
         self.params: dict[str, Any] = dict(params or {})

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tether.sdk.dag import DagDefinitionError, current_dag
-from tether.sdk.operators import PythonOperator
+from tether.sdk.operators import BranchPythonOperator, PythonOperator
 from tether.sdk.xcom import XComArg
 
 
@@ -15,8 +15,14 @@ class _PythonDecoratedOperator(PythonOperator):
     """A PythonOperator made by ``@task``; its return value travels as an XComArg."""
 
 
+class _BranchDecoratedOperator(BranchPythonOperator):
+    """A BranchPythonOperator made by ``@task.branch``."""
+
+
 class TaskDecorator:
     """What ``@task`` returns: call it inside a DAG to add a task."""
+
+    operator_class: type[PythonOperator] = _PythonDecoratedOperator
 
     def __init__(self, function: Callable[..., Any], **task_kwargs: Any) -> None:
         if not callable(function):
@@ -27,7 +33,7 @@ class TaskDecorator:
 
     def override(self, **task_kwargs: Any) -> TaskDecorator:
         """The same task with other arguments (``task_id``, ``queue``, ``retries``...)."""
-        return TaskDecorator(self.function, **{**self.task_kwargs, **task_kwargs})
+        return type(self)(self.function, **{**self.task_kwargs, **task_kwargs})
 
     def __call__(self, *args: Any, **kwargs: Any) -> XComArg:
         dag = self.task_kwargs.get("dag") or current_dag()
@@ -35,7 +41,7 @@ class TaskDecorator:
             raise DagDefinitionError(f"@task {self.function.__name__!r} was called outside a DAG")
         options = dict(self.task_kwargs)
         task_id = options.pop("task_id", None) or dag.unique_task_id(self.function.__name__)
-        op = _PythonDecoratedOperator(
+        op = self.operator_class(
             task_id=task_id,
             python_callable=self.function,
             op_args=list(args),
@@ -43,6 +49,10 @@ class TaskDecorator:
             **options,
         )
         return XComArg(op)
+
+
+class BranchTaskDecorator(TaskDecorator):
+    operator_class = _BranchDecoratedOperator
 
 
 class _TaskNamespace:
@@ -56,6 +66,12 @@ class _TaskNamespace:
         return functools.partial(TaskDecorator, **task_kwargs)
 
     python = __call__
+
+    def branch(self, python_callable: Callable[..., Any] | None = None, **task_kwargs: Any) -> Any:
+        """``@task.branch``: the function returns the downstream task id(s) to follow."""
+        if python_callable is not None:
+            return BranchTaskDecorator(python_callable, **task_kwargs)
+        return functools.partial(BranchTaskDecorator, **task_kwargs)
 
 
 task = _TaskNamespace()

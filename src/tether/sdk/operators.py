@@ -129,3 +129,42 @@ class PythonOperator(BaseOperator):
         kwargs = resolve(self.op_kwargs, context)
         result = call_with_context(self.python_callable, args, kwargs, context)
         return result if self.do_xcom_push else None
+
+
+class BranchPythonOperator(PythonOperator):
+    """Calls ``python_callable``, which returns the task id (or ids) to follow.
+
+    The direct downstream tasks it does not name are skipped, and the skip
+    spreads as trigger rules say (a join after a branch usually wants
+    ``trigger_rule="none_failed_min_one_success"``). Returning None skips
+    every direct downstream task.
+    """
+
+    is_branch = True
+
+    def execute(self, context: Context) -> list[str]:
+        chosen = super().execute(context) if self.do_xcom_push else None
+        return branch_choice(self, chosen)
+
+
+def branch_choice(task: BaseOperator, chosen: Any) -> list[str]:
+    """The task ids a branch returned, checked against its direct downstream tasks."""
+    if chosen is None:
+        ids: list[str] = []
+    elif isinstance(chosen, str):
+        ids = [chosen]
+    elif isinstance(chosen, list | tuple | set) and all(isinstance(c, str) for c in chosen):
+        ids = sorted(set(chosen))
+    else:
+        raise TypeError(
+            f"branch task {task.task_id!r} must return a task id, a list of task ids or None, "
+            f"not {chosen!r}"
+        )
+    unknown = [c for c in ids if c not in task.downstream_task_ids]
+    if unknown:
+        raise ValueError(
+            f"branch task {task.task_id!r} returned {', '.join(map(repr, unknown))}, which "
+            f"is not directly downstream of it (downstream: "
+            f"{', '.join(sorted(task.downstream_task_ids)) or 'none'})"
+        )
+    return ids

@@ -27,6 +27,7 @@ def serialize_dag(dag: DAG) -> dict[str, Any]:
         "start_date": dag.start_date.isoformat() if dag.start_date else None,
         "end_date": dag.end_date.isoformat() if dag.end_date else None,
         "catchup": dag.catchup,
+        "timezone": dag.timezone,
         "tags": dag.tags,
         "max_active_runs": dag.max_active_runs,
         "max_active_tasks": dag.max_active_tasks,
@@ -46,6 +47,7 @@ def serialize_dag(dag: DAG) -> dict[str, Any]:
                 "pool": t.pool,
                 "pool_slots": t.pool_slots,
                 "priority_weight": t.priority_weight,
+                "branch": t.is_branch,
                 "upstream": sorted(t.upstream_task_ids),
                 "downstream": sorted(t.downstream_task_ids),
             }

@@ -130,7 +130,9 @@ def store_parse(store: Store, sha: str, data: bytes, result: ParseResult) -> Non
             schedule_key = (
                 None
                 if schedule is None
-                else json.dumps([schedule, spec["start_date"], spec["catchup"]])
+                else json.dumps(
+                    [schedule, spec["start_date"], spec["catchup"], spec.get("timezone")]
+                )
             )
             if row is None:
                 row = Dag(dag_id=spec["dag_id"], is_paused=bool(spec["is_paused_upon_creation"]))
@@ -141,8 +143,8 @@ def store_parse(store: Store, sha: str, data: bytes, result: ParseResult) -> Non
             row.fileloc = spec["fileloc"]
             row.bundle_sha = sha
             row.serialized = spec
-            row.max_active_runs = int(spec.get("max_active_runs") or 16)
-            row.max_active_tasks = int(spec.get("max_active_tasks") or 16)
+            row.max_active_runs = int(spec.get("max_active_runs", 16))
+            row.max_active_tasks = int(spec.get("max_active_tasks", 16))
             row.is_active = True
             row.last_parsed_at = now
         for dag_id, row in existing.items():

@@ -2,13 +2,23 @@
 
 As in Airflow, a run covers a data interval ``[start, end)`` and is created
 once ``end`` has passed; its logical date is ``start``.
+
+Cron expressions are read in the DAG's time zone (UTC unless the DAG names
+one), so ``0 2 * * *`` in Europe/Amsterdam is 02:00 there all year round.
+Across a DST change a wall-clock schedule fires once per day: on the
+autumn night that repeats 02:30, ``30 2 * * *`` runs at the first 02:30
+only, and in spring a time that does not exist moves to the first valid
+minute after it. Expressions that fire every hour keep firing every
+(absolute) hour. Timedelta schedules are absolute. Everything returned is
+UTC.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
@@ -27,6 +37,7 @@ class Timetable:
     start_date: datetime | None = None
     end_date: datetime | None = None
     catchup: bool = False
+    tz: tzinfo = UTC
 
     @classmethod
     def from_serialized(cls, spec: dict[str, Any]) -> Timetable | None:
@@ -38,6 +49,7 @@ class Timetable:
             "start_date": start,
             "end_date": end,
             "catchup": bool(spec.get("catchup")),
+            "tz": zone(spec.get("timezone")),
         }
         if schedule is None:
             return None
@@ -68,10 +80,8 @@ class Timetable:
             if tick < after or (tick == after and not inclusive):
                 tick += self.delta
             return tick
-        assert self.cron is not None
-        it = croniter(self.cron, after - timedelta(microseconds=1) if inclusive else after)
-        nxt: datetime = it.get_next(datetime)
-        return nxt.replace(fold=0)
+        start = after - timedelta(microseconds=1) if inclusive else after
+        return self._cron_ticks(start, forward=True)
 
     def _latest_complete_start(self, now: datetime, anchor: datetime) -> datetime | None:
         """Start of the newest interval that has ended by ``now``.
@@ -84,12 +94,21 @@ class Timetable:
                 return None
             steps = (now - base) // self.delta
             return base + (steps - 1) * self.delta
-        assert self.cron is not None
         # From just past ``now``: a tick exactly at ``now`` ends an interval.
-        it = croniter(self.cron, now + timedelta(microseconds=1))
-        it.get_prev(datetime)
-        prev: datetime = it.get_prev(datetime)
-        return prev.replace(fold=0)
+        end = self._cron_ticks(now + timedelta(microseconds=1), forward=False)
+        return self._cron_ticks(end, forward=False)
+
+    def _cron_ticks(self, origin: datetime, *, forward: bool) -> datetime:
+        """The cron tick after (or before) ``origin``, in UTC."""
+        assert self.cron is not None
+        it = croniter(self.cron, origin.astimezone(self.tz))
+        wall_clock = self.cron.split()[1] != "*"  # a fixed hour of the day
+        while True:
+            tick: datetime = it.get_next(datetime) if forward else it.get_prev(datetime)
+            # The second pass through a repeated autumn hour: a wall-clock
+            # schedule already fired at the first one.
+            if not (wall_clock and tick.fold == 1 and _repeated(tick)):
+                return tick.astimezone(UTC)
 
     def next_interval(
         self, last_start: datetime | None, now: datetime, first_seen: datetime
@@ -112,3 +131,18 @@ class Timetable:
         if self.end_date is not None and start > self.end_date:
             return None
         return start, self._next_tick(start)
+
+
+def _repeated(moment: datetime) -> bool:
+    """Whether ``moment``'s wall-clock time also happened an offset earlier (DST end)."""
+    return moment.utcoffset() != moment.replace(fold=0).utcoffset()
+
+
+def zone(name: str | None) -> tzinfo:
+    """The time zone called ``name`` (IANA, e.g. ``Europe/Amsterdam``); UTC for None."""
+    if not name or name == "UTC":
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidSchedule(f"unknown time zone {name!r}: use an IANA name") from None

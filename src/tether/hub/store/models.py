@@ -121,6 +121,8 @@ class DagRun(Base):
     created_at: Mapped[datetime]
     started_at: Mapped[datetime | None]
     ended_at: Mapped[datetime | None]
+    #: When a running run fails for taking too long (the DAG's dagrun_timeout).
+    timeout_at: Mapped[datetime | None] = mapped_column(index=True)
 
 
 class TaskInstance(Base):

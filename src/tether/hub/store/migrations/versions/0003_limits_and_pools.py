@@ -41,17 +41,21 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("max_active_tasks", sa.Integer(), nullable=False, server_default="16")
         )
+    with op.batch_alter_table("dag_run", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("timeout_at", sa.DateTime(timezone=True), nullable=True))
+        batch_op.create_index(batch_op.f("ix_dag_run_timeout_at"), ["timeout_at"], unique=False)
     with op.batch_alter_table("task_instance", schema=None) as batch_op:
         batch_op.add_column(
-            sa.Column(
-                "pool", sa.String(length=256), nullable=False, server_default="default_pool"
-            )
+            sa.Column("pool", sa.String(length=256), nullable=False, server_default="default_pool")
         )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("task_instance", schema=None) as batch_op:
         batch_op.drop_column("pool")
+    with op.batch_alter_table("dag_run", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_dag_run_timeout_at"))
+        batch_op.drop_column("timeout_at")
     with op.batch_alter_table("dag", schema=None) as batch_op:
         batch_op.drop_column("max_active_tasks")
         batch_op.drop_column("max_active_runs")
