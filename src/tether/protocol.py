@@ -75,6 +75,8 @@ class Job:
     execution_timeout: float | None = None
     #: Worker slots the task takes (``pool_slots``).
     pool_slots: int = 1
+    #: Index of a mapped task instance (``expand()``); -1 when the task is not mapped.
+    map_index: int = -1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

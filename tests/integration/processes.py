@@ -272,8 +272,17 @@ class Api:
     def tasks(self, run: dict[str, Any]) -> dict[str, dict[str, Any]]:
         return {t["task_id"]: t for t in run["tasks"]}
 
-    def log(self, dag_id: str, run_id: str, task_id: str, try_number: int | None = None) -> str:
+    def log(
+        self,
+        dag_id: str,
+        run_id: str,
+        task_id: str,
+        try_number: int | None = None,
+        map_index: int | None = None,
+    ) -> str:
         params = {} if try_number is None else {"try_number": try_number}
+        if map_index is not None:
+            params["map_index"] = map_index
         response = self.http.get(
             f"/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/logs", params=params
         )

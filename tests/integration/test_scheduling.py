@@ -43,6 +43,51 @@ with DAG("bad_branch"):
 """
 
 
+MAPPED_DAGS = """
+from tether import DAG, task
+
+with DAG("mapped"):
+    @task
+    def numbers():
+        return [1, 2, 3]
+
+    @task(retries=1, retry_delay=0)
+    def square(x, base, ti=None):
+        print(f"squaring x={x} (map index {ti.map_index})")
+        if x == 2 and ti.try_number == 1:
+            raise RuntimeError("first try of x=2 fails")
+        return x * x + base
+
+    @task
+    def total(values):
+        print(f"total={sum(values)} of {values}")
+
+    total(square.partial(base=0).expand(x=numbers()))
+
+    @task
+    def pair(a, b):
+        print(f"pair={a}{b}")
+
+    pair.expand(a=["x", "y"], b=[1, 2, 3])
+
+    @task
+    def nothing():
+        return []
+
+    @task
+    def echo(x):
+        return x
+
+    echo.expand(x=nothing())
+
+    @task
+    def not_a_list():
+        return 5
+
+    echo.override(task_id="bad_map").expand(x=not_a_list())
+"""
+
+
 @pytest.fixture(scope="module", params=BACKENDS)
 def hub(
     request: pytest.FixtureRequest,
@@ -52,12 +97,13 @@ def hub(
     root = tmp_path_factory.mktemp(f"scheduling-{request.param}")
     dags = root / "dags"
     write_dag(dags, "branches.py", BRANCH_DAGS)
+    write_dag(dags, "mapped.py", MAPPED_DAGS)
     urls = make_database_url(request.param, root, _postgres_reason)
     hub = Hub(root / "hub", dags, next(urls))
     worker = Worker(hub, root / "worker", "default", "w1")
     try:
         worker.wait_registered()
-        hub.api.wait_dags("branchy", "classic_branch", "bad_branch")
+        hub.api.wait_dags("branchy", "classic_branch", "bad_branch", "mapped")
         yield hub
     finally:
         worker.stop()
@@ -105,3 +151,42 @@ def test_a_branch_naming_a_task_that_is_not_downstream_fails(hub: Hub) -> None:
     assert states == {"wrong": "failed", "only": "upstream_failed"}
     log = hub.api.log("bad_branch", run["run_id"], "wrong")
     assert "returned 'nowhere', which is not directly downstream of it" in log
+
+
+def test_mapped_tasks_get_one_instance_per_value_each_with_its_own_tries_and_log(
+    hub: Hub,
+) -> None:
+    run = hub.api.wait_run("mapped", hub.api.trigger("mapped"))
+    by_key = {(t["task_id"], t["map_index"]): t for t in run["tasks"]}
+    squares = {i: by_key[("square", i)] for i in range(3)}
+    assert {i: t["state"] for i, t in squares.items()} == {0: "success", 1: "success", 2: "success"}
+    # Only index 1 (x=2) failed once and was retried.
+    assert {i: t["try_number"] for i, t in squares.items()} == {0: 1, 1: 2, 2: 1}
+    for i, x in enumerate([1, 2, 3]):
+        assert f"squaring x={x}" in hub.api.log("mapped", run["run_id"], "square", map_index=i)
+    first_try = hub.api.log("mapped", run["run_id"], "square", try_number=1, map_index=1)
+    assert "first try of x=2 fails" in first_try
+    # The downstream task gets every index's value, in map-index order.
+    assert "total=14 of [1, 4, 9]" in hub.api.log("mapped", run["run_id"], "total")
+
+    # Two literal lists: their cross product, the last argument varying fastest.
+    pairs = [hub.api.log("mapped", run["run_id"], "pair", map_index=i) for i in range(6)]
+    assert [p.split("pair=")[1].split()[0] for p in pairs] == ["x1", "x2", "x3", "y1", "y2", "y3"]
+
+    # An empty list skips the mapped task; a value that is not a list fails it.
+    assert by_key[("echo", -1)]["state"] == "skipped"
+    assert by_key[("bad_map", -1)]["state"] == "failed"
+    reason = hub.api.log("mapped", run["run_id"], "bad_map")
+    assert "x= needs a list from task 'not_a_list', which returned int" in reason
+    assert run["state"] == "failed"
+
+
+def test_the_log_of_a_mapped_task_needs_its_map_index(hub: Hub) -> None:
+    run = hub.api.wait_run("mapped", hub.api.trigger("mapped"))
+    answer = hub.api.http.get(f"/dags/mapped/runs/{run['run_id']}/tasks/square/logs")
+    assert answer.status_code == 400
+    assert "give map_index (0 to 2)" in answer.json()["detail"]
+    missing = hub.api.http.get(
+        f"/dags/mapped/runs/{run['run_id']}/tasks/square/logs", params={"map_index": 7}
+    )
+    assert missing.status_code == 404

@@ -969,3 +969,62 @@ def test_max_active_limits_must_be_positive_integers(limit: object) -> None:
         DAG("limited", max_active_runs=limit)  # type: ignore[arg-type]
     with pytest.raises(DagDefinitionError, match="must be an integer >= 1"):
         DAG("limited2", max_active_tasks=limit)  # type: ignore[arg-type]
+
+
+def test_expand_serializes_literal_lengths_and_upstream_references() -> None:
+    from tether import task
+
+    with DAG("mapping") as d:
+
+        @task
+        def make() -> list[int]:
+            return [1, 2]
+
+        @task
+        def use(x: int, y: str, fixed: int) -> None:
+            return None
+
+        use.partial(fixed=1).expand(x=make(), y=["a", "b", "c"])
+    spec = {t["task_id"]: t for t in serialize_dag(d)["tasks"]}
+    assert spec["use"]["mapped"] == [
+        {"arg": "x", "task_id": "make", "key": None},
+        {"arg": "y", "length": 3},
+    ]
+    assert spec["use"]["upstream"] == ["make"]
+    assert spec["make"]["mapped"] is None
+
+
+@pytest.mark.parametrize(
+    ("mapped", "message"),
+    [
+        ({"x": 5}, "takes a list, a tuple or an upstream task's output, not int"),
+        ({"x": list(range(1025))}, "makes 1025 task instances; the limit is 1024"),
+        ({}, "expand\\(\\) needs at least one argument"),
+    ],
+)
+def test_expand_refuses_what_it_cannot_map(mapped: dict[str, Any], message: str) -> None:
+    from tether import task
+
+    with DAG("bad_mapping"):
+
+        @task
+        def use(x: int) -> None:
+            return None
+
+        with pytest.raises(DagDefinitionError, match=message):
+            use.expand(**mapped)
+
+
+def test_partial_and_expand_may_not_name_the_same_argument() -> None:
+    from tether import task
+
+    with DAG("overlap"):
+
+        @task
+        def use(x: int) -> None:
+            return None
+
+        with pytest.raises(
+            DagDefinitionError, match="x given to both partial\\(\\) and expand\\(\\)"
+        ):
+            use.partial(x=1).expand(x=[1, 2])

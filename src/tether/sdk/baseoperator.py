@@ -114,6 +114,8 @@ class BaseOperator(DependencyMixin):
     #: A branch returns the ids of the direct downstream tasks to follow; the
     #: hub skips the others (see BranchPythonOperator).
     is_branch: bool = False
+    #: Mapped arguments (``expand()``), in order; empty for a task that is not mapped.
+    expand_input: Sequence[tuple[str, Any]] = ()
 
     def __init__(
         self,

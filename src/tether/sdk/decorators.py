@@ -36,6 +36,19 @@ class TaskDecorator:
         return type(self)(self.function, **{**self.task_kwargs, **task_kwargs})
 
     def __call__(self, *args: Any, **kwargs: Any) -> XComArg:
+        return self._add(list(args), kwargs, None)
+
+    def partial(self, **kwargs: Any) -> PartialTask:
+        """Fix some arguments of a task that :meth:`PartialTask.expand` maps over the rest."""
+        return PartialTask(self, kwargs)
+
+    def expand(self, **mapped: Any) -> XComArg:
+        """One task instance per value of ``mapped`` (a list, or an upstream task's list)."""
+        return self.partial().expand(**mapped)
+
+    def _add(
+        self, args: list[Any], kwargs: dict[str, Any], mapped: dict[str, Any] | None
+    ) -> XComArg:
         dag = self.task_kwargs.get("dag") or current_dag()
         if dag is None:
             raise DagDefinitionError(f"@task {self.function.__name__!r} was called outside a DAG")
@@ -44,11 +57,29 @@ class TaskDecorator:
         op = self.operator_class(
             task_id=task_id,
             python_callable=self.function,
-            op_args=list(args),
+            op_args=args,
             op_kwargs=kwargs,
             **options,
         )
+        if mapped is not None:
+            op.set_expand_input(mapped)
         return XComArg(op)
+
+
+class PartialTask:
+    """``my_task.partial(fixed=...)``: waits for ``.expand(mapped=[...])``."""
+
+    def __init__(self, decorator: TaskDecorator, kwargs: dict[str, Any]) -> None:
+        self.decorator = decorator
+        self.kwargs = kwargs
+
+    def expand(self, **mapped: Any) -> XComArg:
+        both = set(self.kwargs) & set(mapped)
+        if both:
+            raise DagDefinitionError(
+                f"{', '.join(sorted(both))} given to both partial() and expand()"
+            )
+        return self.decorator._add([], self.kwargs, mapped)
 
 
 class BranchTaskDecorator(TaskDecorator):

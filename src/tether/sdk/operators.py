@@ -122,11 +122,27 @@ class PythonOperator(BaseOperator):
         for arg in find_xcom_args([self.op_args, self.op_kwargs]):
             arg.operator.set_downstream(self)
 
+    def set_expand_input(self, mapped: dict[str, Any]) -> None:
+        """Map this task over ``mapped`` (see :mod:`tether.sdk.mapping`)."""
+        from tether.sdk.mapping import check_expand
+        from tether.sdk.xcom import XComArg
+
+        self.expand_input = check_expand(self.task_id, mapped)
+        for _, source in self.expand_input:
+            if isinstance(source, XComArg):
+                source.operator.set_downstream(self)
+
     def execute(self, context: Context) -> Any:
         from tether.sdk.xcom import resolve
 
         args = resolve(self.op_args, context)
         kwargs = resolve(self.op_kwargs, context)
+        if self.expand_input:
+            from tether.sdk.mapping import mapped_values
+
+            kwargs.update(
+                mapped_values(self.expand_input, context["ti"].map_index, context["inputs"])
+            )
         result = call_with_context(self.python_callable, args, kwargs, context)
         return result if self.do_xcom_push else None
 

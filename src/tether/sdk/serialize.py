@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 from tether.sdk.dag import DAG
+from tether.sdk.mapping import serialize_expand
 
 
 def _schedule(value: str | timedelta | None) -> str | float | None:
@@ -48,6 +49,7 @@ def serialize_dag(dag: DAG) -> dict[str, Any]:
                 "pool_slots": t.pool_slots,
                 "priority_weight": t.priority_weight,
                 "branch": t.is_branch,
+                "mapped": serialize_expand(t.expand_input) if t.expand_input else None,
                 "upstream": sorted(t.upstream_task_ids),
                 "downstream": sorted(t.downstream_task_ids),
             }

@@ -25,7 +25,11 @@ CHUNK_SIZE = 512 * 1024
 
 
 def log_path_for(home: Path, job: Job) -> Path:
-    return home / "logs" / job.dag_id / job.run_id / job.task_id / f"attempt={job.try_number}.log"
+    """Where a try's log is kept on the worker (laid out as Airflow's task logs)."""
+    folder = home / "logs" / job.dag_id / job.run_id / job.task_id
+    if job.map_index >= 0:
+        folder = folder / f"map_index={job.map_index}"
+    return folder / f"attempt={job.try_number}.log"
 
 
 class LogShipper:

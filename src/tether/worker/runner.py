@@ -51,6 +51,7 @@ def build_context(job: Job, dag: Any, task: Any) -> dict[str, Any]:
             task_id=job.task_id,
             run_id=job.run_id,
             try_number=job.try_number,
+            map_index=job.map_index,
             queue=job.queue,
             attempt_id=job.attempt_id,
             inputs=job.inputs,
@@ -100,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     bundle_dir = Path(payload["bundle_dir"])
     print(
         f"[tether] dag={job.dag_id} task={job.task_id} run={job.run_id} "
-        f"try={job.try_number} attempt={job.attempt_id}",
+        f"try={job.try_number} attempt={job.attempt_id}"
+        + (f" map_index={job.map_index}" if job.map_index >= 0 else ""),
         flush=True,
     )
     result: dict[str, Any]

@@ -25,6 +25,10 @@ class NotFound(LookupError):
     """The named DAG, run, task or try does not exist."""
 
 
+class BadRequest(ValueError):
+    """The request cannot be answered as asked (the reason says why)."""
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
@@ -113,16 +117,31 @@ def run_detail(session: Session, dag_id: str, run_id: str) -> dict[str, Any]:
 
 
 def task_log(
-    session: Session, dag_id: str, run_id: str, task_id: str, try_number: int | None
+    session: Session,
+    dag_id: str,
+    run_id: str,
+    task_id: str,
+    try_number: int | None,
+    map_index: int | None = None,
 ) -> bytes:
     run = get_run(session, dag_id, run_id)
-    ti = session.scalar(
-        select(TaskInstance).where(
-            TaskInstance.dag_run_id == run.id, TaskInstance.task_id == task_id
+    tis = {
+        ti.map_index: ti
+        for ti in session.scalars(
+            select(TaskInstance).where(
+                TaskInstance.dag_run_id == run.id, TaskInstance.task_id == task_id
+            )
         )
-    )
-    if ti is None:
+    }
+    if not tis:
         raise NotFound(f"run {run_id!r} of DAG {dag_id!r} has no task {task_id!r}")
+    if map_index is None:
+        if -1 not in tis:
+            raise BadRequest(f"task {task_id!r} is mapped: give map_index (0 to {max(tis)})")
+        map_index = -1
+    ti = tis.get(map_index)
+    if ti is None:
+        raise NotFound(f"task {task_id!r} has no map index {map_index}")
     number = try_number if try_number is not None else ti.try_number
     attempt = session.scalar(
         select(TaskAttempt).where(

@@ -36,6 +36,8 @@ async def _in_session(hub: Hub, fn: Callable[[Session], T]) -> T:
         return await run_in_threadpool(work)
     except queries.NotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+    except queries.BadRequest as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
 
 
 class TriggerIn(BaseModel):
@@ -88,9 +90,11 @@ async def task_log(
     task_id: str,
     hub: HubDep,
     try_number: Annotated[int | None, Query(ge=1)] = None,
+    map_index: Annotated[int | None, Query(ge=-1)] = None,
 ) -> Response:
+    """A try's log (the latest by default); a mapped task needs ``map_index``."""
     data = await _in_session(
-        hub, lambda s: queries.task_log(s, dag_id, run_id, task_id, try_number)
+        hub, lambda s: queries.task_log(s, dag_id, run_id, task_id, try_number, map_index)
     )
     return Response(data, media_type="text/plain; charset=utf-8")
 

@@ -7,6 +7,7 @@ them once the transaction has committed.
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,7 +17,8 @@ from sqlalchemy.orm import Session
 
 from tether.hub.scheduler import states as S
 from tether.hub.store.dialect import lock_for_claim, lock_row
-from tether.hub.store.models import Dag, DagRun, TaskInstance
+from tether.hub.store.models import Dag, DagRun, LogChunk, TaskAttempt, TaskInstance
+from tether.sdk.mapping import MAX_MAP_LENGTH
 
 
 def utcnow() -> datetime:
@@ -189,40 +191,145 @@ def advance_run(session: Session, run: DagRun) -> set[str]:
     if run.state == S.RUN_QUEUED:
         return set()  # not started yet (max_active_runs); start_queued_runs starts it
     now = utcnow()
-    tis = {
-        ti.task_id: ti
-        for ti in session.scalars(
-            select(TaskInstance).where(TaskInstance.dag_run_id == run.id).order_by(TaskInstance.id)
-        )
-    }
-    specs = {t["task_id"]: t for t in run.serialized["tasks"]}
+    groups: dict[str, list[TaskInstance]] = {}
+    for ti in session.scalars(
+        select(TaskInstance).where(TaskInstance.dag_run_id == run.id).order_by(TaskInstance.id)
+    ):
+        groups.setdefault(ti.task_id, []).append(ti)
     woken: set[str] = set()
-    changed = True
-    while changed:
-        changed = False
-        for task_id, ti in tis.items():
-            if ti.state is not None:
-                continue
-            spec = specs[task_id]
-            upstream = spec["upstream"]
-            counts = Counter(tis[u].state or "none" for u in upstream if u in tis)
-            decision = _decide(spec["trigger_rule"], counts, len(upstream))
-            if decision is None:
-                continue
-            changed = True
+    # Serialized tasks are in topological order: one pass sees every upstream
+    # decision (a skip or upstream failure cascades) before its downstream.
+    for spec in run.serialized["tasks"]:
+        group = groups.get(spec["task_id"], [])
+        waiting = [ti for ti in group if ti.state is None]
+        if not waiting:
+            continue
+        # Trigger rules count every upstream task instance (each map index).
+        upstream = [ti for u in spec["upstream"] for ti in groups.get(u, [])]
+        counts = Counter(ti.state or "none" for ti in upstream)
+        decision = _decide(spec["trigger_rule"], counts, len(upstream))
+        if decision is None:
+            continue
+        if decision == S.QUEUED and spec.get("mapped") and _unexpanded(group):
+            expanded = _expand(session, run, spec, group[0], groups, now)
+            if expanded is None:
+                continue  # failed or skipped
+            group[:] = waiting = expanded
+        for ti in waiting:
             ti.state = decision
             if decision == S.QUEUED:
                 ti.queued_at = now
                 woken.add(ti.queue)
             else:
                 ti.ended_at = now
-    if run.state == S.RUN_RUNNING and all(ti.state in S.TI_FINISHED for ti in tis.values()):
-        failed = any(ti.state in S.TI_FAILED for ti in tis.values())
+    tis = [ti for group in groups.values() for ti in group]
+    if run.state == S.RUN_RUNNING and all(ti.state in S.TI_FINISHED for ti in tis):
+        failed = any(ti.state in S.TI_FAILED for ti in tis)
         run.state = S.RUN_FAILED if failed else S.RUN_SUCCESS
         run.ended_at = now
         session.flush()
         woken |= start_queued_runs(session, run.dag_id)  # room for the next run
     return woken
+
+
+def _unexpanded(group: list[TaskInstance]) -> bool:
+    return len(group) == 1 and group[0].map_index == -1
+
+
+def _expand(
+    session: Session,
+    run: DagRun,
+    spec: dict[str, Any],
+    placeholder: TaskInstance,
+    groups: dict[str, list[TaskInstance]],
+    now: datetime,
+) -> list[TaskInstance] | None:
+    """Turn a mapped task's placeholder into one task instance per map index.
+
+    Returns them, or None when the task ended here: skipped for zero
+    values (as in Airflow), failed when an upstream value is not a list or
+    the product exceeds MAX_MAP_LENGTH (the reason is the try's log).
+    """
+    size = 1
+    for source in spec["mapped"]:
+        if "length" in source:
+            size *= int(source["length"])
+            continue
+        outputs = [ti.output for ti in groups.get(source["task_id"], []) if ti.state == S.SUCCESS]
+        is_mapped = any(
+            t["task_id"] == source["task_id"] and t.get("mapped") for t in run.serialized["tasks"]
+        )
+        value: Any = outputs if is_mapped else (outputs[0] if outputs else [])
+        if source.get("key") is not None:
+            value = value.get(source["key"]) if isinstance(value, dict) else None
+        if not isinstance(value, list):
+            _fail_on_hub(
+                session,
+                placeholder,
+                now,
+                f"cannot expand {spec['task_id']!r}: {source['arg']}= needs a list from task "
+                f"{source['task_id']!r}, which returned {type(value).__name__}",
+            )
+            return None
+        size *= len(value)
+    if size > MAX_MAP_LENGTH:
+        _fail_on_hub(
+            session,
+            placeholder,
+            now,
+            f"cannot expand {spec['task_id']!r}: {size} task instances; "
+            f"the limit is {MAX_MAP_LENGTH}",
+        )
+        return None
+    if size == 0:
+        placeholder.state = S.SKIPPED
+        placeholder.ended_at = now
+        return None
+    placeholder.map_index = 0
+    expanded = [placeholder]
+    for index in range(1, size):
+        ti = TaskInstance(
+            dag_run_id=run.id,
+            dag_id=run.dag_id,
+            run_id=run.run_id,
+            task_id=placeholder.task_id,
+            map_index=index,
+            state=None,
+            try_number=0,
+            max_tries=placeholder.max_tries,
+            queue=placeholder.queue,
+            priority_weight=placeholder.priority_weight,
+            pool_slots=placeholder.pool_slots,
+            pool=placeholder.pool,
+        )
+        session.add(ti)
+        expanded.append(ti)
+    session.flush()
+    return expanded
+
+
+def _fail_on_hub(session: Session, ti: TaskInstance, now: datetime, reason: str) -> None:
+    """End ``ti`` as failed with no worker involved; ``reason`` becomes its try's log."""
+    ti.try_number += 1
+    ti.state = S.FAILED
+    ti.started_at = ti.ended_at = now
+    ti.attempt_id = uuid.uuid4().hex
+    data = f"[tether] {reason}\n".encode()
+    session.add(
+        TaskAttempt(
+            id=ti.attempt_id,
+            task_instance_id=ti.id,
+            try_number=ti.try_number,
+            worker_name="hub",
+            state=S.FAILED,
+            started_at=now,
+            ended_at=now,
+            error=reason,
+            log_size=len(data),
+        )
+    )
+    session.flush()
+    session.add(LogChunk(attempt_id=ti.attempt_id, offset=0, data=data))
 
 
 def retry_delay(spec: dict[str, Any], try_number: int) -> timedelta:

@@ -131,13 +131,20 @@ def _job(session: Session, ti: TaskInstance, run: DagRun) -> Job:
     inputs: dict[str, Any] = {}
     if spec["upstream"]:
         rows = session.execute(
-            select(TaskInstance.task_id, TaskInstance.output).where(
+            select(TaskInstance.task_id, TaskInstance.map_index, TaskInstance.output)
+            .where(
                 TaskInstance.dag_run_id == run.id,
                 TaskInstance.task_id.in_(spec["upstream"]),
                 TaskInstance.state == S.SUCCESS,
             )
+            .order_by(TaskInstance.task_id, TaskInstance.map_index)
         )
-        inputs = {task_id: output for task_id, output in rows}
+        mapped = {t["task_id"] for t in run.serialized["tasks"] if t.get("mapped")}
+        for task_id, _index, output in rows:
+            if task_id in mapped:  # every index's value, in map-index order
+                inputs.setdefault(task_id, []).append(output)
+            else:
+                inputs[task_id] = output
     assert ti.attempt_id is not None
     return Job(
         attempt_id=ti.attempt_id,
@@ -155,6 +162,7 @@ def _job(session: Session, ti: TaskInstance, run: DagRun) -> Job:
         data_interval_end=_iso(run.data_interval_end),
         execution_timeout=spec.get("execution_timeout"),
         pool_slots=ti.pool_slots,
+        map_index=ti.map_index,
     )
 
 
