@@ -75,6 +75,9 @@ class Job:
     execution_timeout: float | None = None
     #: Worker slots the task takes (``pool_slots``).
     pool_slots: int = 1
+    #: Tries the task instance has in all (its retries + 1): the task's
+    #: on_retry_callback runs while tries are left, on_failure_callback after.
+    max_tries: int = 1
     #: Index of a mapped task instance (``expand()``); -1 when the task is not mapped.
     map_index: int = -1
 

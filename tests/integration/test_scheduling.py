@@ -4,12 +4,13 @@ timetable's catchup runs, dagrun_timeout."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import BACKENDS, make_database_url
 from tests.hubtools import write_dag
-from tests.integration.processes import Hub, Worker
+from tests.integration.processes import Hub, Worker, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -88,6 +89,56 @@ with DAG("mapped"):
 """
 
 
+CALLBACK_DAGS = """
+import signal
+import time
+from datetime import timedelta
+from pathlib import Path
+from tether import DAG, BashOperator, task
+
+def say(what):
+    def callback(context):
+        exc = context.get("exception")
+        print(f"{what} callback ran for try {context['ti'].try_number}: {exc!r}")
+    callback.__name__ = what
+    return callback
+
+def mark(context):
+    Path(context["conf"]["mark"]).write_text(
+        f"{context['dag'].dag_id} {context['run_id']} {context['reason']} {context['state']}"
+    )
+
+def broken(context):
+    raise RuntimeError("this callback is broken")
+
+with DAG("callbacks", on_failure_callback=[broken, mark], on_success_callback=mark):
+    @task(on_success_callback=say("success"))
+    def fine():
+        return 1
+
+    @task(retries=1, retry_delay=0, on_retry_callback=say("retry"),
+          on_failure_callback=[broken, say("failure")])
+    def flaky(ti=None, conf=None):
+        if conf.get("fail"):
+            raise RuntimeError(f"try {ti.try_number} fails")
+
+    fine() >> flaky()
+
+with DAG("times_out", on_failure_callback=mark):
+    @task(execution_timeout=timedelta(seconds=1), on_failure_callback=say("timeout"))
+    def slow():
+        time.sleep(30)
+
+    @task(execution_timeout=timedelta(seconds=1))
+    def stubborn():
+        signal.signal(signal.SIGALRM, signal.SIG_IGN)  # will not stop by itself
+        time.sleep(60)
+
+    slow()
+    stubborn()
+"""
+
+
 @pytest.fixture(scope="module", params=BACKENDS)
 def hub(
     request: pytest.FixtureRequest,
@@ -98,12 +149,15 @@ def hub(
     dags = root / "dags"
     write_dag(dags, "branches.py", BRANCH_DAGS)
     write_dag(dags, "mapped.py", MAPPED_DAGS)
+    write_dag(dags, "callbacks.py", CALLBACK_DAGS)
     urls = make_database_url(request.param, root, _postgres_reason)
     hub = Hub(root / "hub", dags, next(urls))
     worker = Worker(hub, root / "worker", "default", "w1")
     try:
         worker.wait_registered()
-        hub.api.wait_dags("branchy", "classic_branch", "bad_branch", "mapped")
+        hub.api.wait_dags(
+            "branchy", "classic_branch", "bad_branch", "mapped", "callbacks", "times_out"
+        )
         yield hub
     finally:
         worker.stop()
@@ -190,3 +244,46 @@ def test_the_log_of_a_mapped_task_needs_its_map_index(hub: Hub) -> None:
         f"/dags/mapped/runs/{run['run_id']}/tasks/square/logs", params={"map_index": 7}
     )
     assert missing.status_code == 404
+
+
+def test_task_callbacks_run_in_the_task_process_and_dag_callbacks_on_the_hub(
+    hub: Hub, tmp_path: Path
+) -> None:
+    ok_mark = tmp_path / "ok"
+    ok = hub.api.wait_run("callbacks", hub.api.trigger("callbacks", {"mark": str(ok_mark)}))
+    assert ok["state"] == "success"
+    assert "success callback ran for try 1: None" in hub.api.log("callbacks", ok["run_id"], "fine")
+    wait_for(ok_mark.exists, 30, "the DAG's on_success_callback")
+    assert ok_mark.read_text() == f"callbacks {ok['run_id']} success success"
+
+    bad_mark = tmp_path / "bad"
+    bad = hub.api.wait_run(
+        "callbacks", hub.api.trigger("callbacks", {"mark": str(bad_mark), "fail": True})
+    )
+    assert bad["state"] == "failed"
+    first = hub.api.log("callbacks", bad["run_id"], "flaky", try_number=1)
+    last = hub.api.log("callbacks", bad["run_id"], "flaky", try_number=2)
+    assert "retry callback ran for try 1: RuntimeError('try 1 fails')" in first
+    assert "failure callback" not in first
+    # A broken callback is logged and the next one still runs.
+    assert "RuntimeError: this callback is broken" in last
+    assert "failure callback ran for try 2: RuntimeError('try 2 fails')" in last
+    wait_for(bad_mark.exists, 30, "the DAG's on_failure_callback")
+    assert bad_mark.read_text() == f"callbacks {bad['run_id']} task_failure failed"
+    # The hub logs the DAG callbacks' output once the child process is done.
+    wait_for(lambda: "this callback is broken" in hub.output(), 30, "the callback's output")
+
+
+def test_execution_timeout_fails_the_task_inside_it_and_kills_a_stubborn_one(
+    hub: Hub, tmp_path: Path
+) -> None:
+    mark = tmp_path / "timeout"
+    run = hub.api.wait_run("times_out", hub.api.trigger("times_out", {"mark": str(mark)}))
+    states = {t["task_id"]: t["state"] for t in run["tasks"]}
+    assert states == {"slow": "failed", "stubborn": "failed"}
+    slow = hub.api.log("times_out", run["run_id"], "slow")
+    assert "TetherTaskTimeout: execution_timeout of 1s exceeded" in slow
+    assert "timeout callback ran for try 1: TetherTaskTimeout" in slow
+    stubborn = hub.api.log("times_out", run["run_id"], "stubborn")
+    assert "execution_timeout of 1s exceeded and the task did not stop within 5s" in stubborn
+    wait_for(mark.exists, 30, "the DAG's on_failure_callback")

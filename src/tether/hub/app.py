@@ -16,6 +16,7 @@ from tether import __version__
 from tether.hub.api.routes import router as api_router
 from tether.hub.auth.tokens import Tokens
 from tether.hub.config import HubConfig
+from tether.hub.dags.callbacks import DagCallbacks
 from tether.hub.dags.processor import DagProcessor
 from tether.hub.scheduler.loop import Scheduler
 from tether.hub.state import Hub
@@ -24,6 +25,9 @@ from tether.hub.wakeups import Wakeups
 from tether.hub.worker_api.routes import router as worker_router
 
 log = logging.getLogger("tether.hub")
+
+#: Seconds between looks for pending DAG callbacks (they need no faster answer).
+CALLBACK_CHECK_INTERVAL = 0.5
 
 STATUS_PAGE = (Path(__file__).parent / "ui" / "status.html").read_text()
 
@@ -53,6 +57,18 @@ async def _process_dags(hub: Hub) -> None:
         await asyncio.sleep(hub.config.dag_scan_interval)
 
 
+async def _run_dag_callbacks(hub: Hub) -> None:
+    callbacks = DagCallbacks(hub.store, hub.config.home, hub.config.dag_file_timeout)
+    while True:
+        try:
+            taken = await asyncio.to_thread(callbacks.run_pending)
+        except Exception:
+            log.exception("running DAG callbacks failed; trying again")
+            taken = 0
+        if not taken:
+            await asyncio.sleep(CALLBACK_CHECK_INTERVAL)
+
+
 def create_app(hub: Hub) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -66,6 +82,7 @@ def create_app(hub: Hub) -> FastAPI:
         background = [
             asyncio.create_task(_process_dags(hub), name="dag-processor"),
             asyncio.create_task(scheduler.run(), name="scheduler"),
+            asyncio.create_task(_run_dag_callbacks(hub), name="dag-callbacks"),
         ]
         try:
             yield

@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from tether.protocol import InvalidQueueName, validate_queue_name
-from tether.sdk.dag import DAG, DagDefinitionError, current_dag
+from tether.sdk.dag import DAG, DagDefinitionError, check_callbacks, current_dag
 
 if TYPE_CHECKING:
     from tether.sdk.context import Context
@@ -47,6 +47,10 @@ _BASE_DEFAULTS: dict[str, Any] = {
     "depends_on_past": False,
     "do_xcom_push": True,
     "doc_md": None,
+    # Run in the task process on the worker when the try ends (see docs/dags.md).
+    "on_success_callback": None,
+    "on_failure_callback": None,
+    "on_retry_callback": None,
 }
 
 
@@ -173,6 +177,8 @@ class BaseOperator(DependencyMixin):
         self.owner: str = values["owner"]
         self.do_xcom_push = bool(values["do_xcom_push"])
         self.doc_md = values["doc_md"]
+        for kind in ("on_success_callback", "on_failure_callback", "on_retry_callback"):
+            setattr(self, kind, check_callbacks(values[kind], f"task {task_id!r}: {kind}"))
         self.upstream_task_ids: set[str] = set()
         self.downstream_task_ids: set[str] = set()
         the_dag.add_task(self)

@@ -64,6 +64,14 @@ def _aware(value: datetime | None, name: str) -> datetime | None:
     return value
 
 
+def check_callbacks(value: Any, what: str) -> Any:
+    """A callback, a list of callbacks, or None; anything else is a definition error."""
+    items = value if isinstance(value, list | tuple) else [value]
+    if value is not None and not all(callable(v) for v in items):
+        raise DagDefinitionError(f"{what} must be a callable or a list of callables")
+    return value
+
+
 def _zone_name(name: str | None, start_date: datetime | None) -> str:
     """The DAG's time zone: ``timezone=``, else start_date's zone (a ZoneInfo), else UTC."""
     if name is None and start_date is not None:
@@ -107,6 +115,9 @@ class DAG:
         doc_md: str | None = None,
         is_paused_upon_creation: bool | None = None,
         timezone: str | None = None,
+        dagrun_timeout: timedelta | None = None,
+        on_success_callback: Callable[..., Any] | list[Callable[..., Any]] | None = None,
+        on_failure_callback: Callable[..., Any] | list[Callable[..., Any]] | None = None,
     ) -> None:
         if not isinstance(dag_id, str) or not _DAG_ID_RE.fullmatch(dag_id):
             raise DagDefinitionError(
@@ -131,6 +142,15 @@ class DAG:
         ):
             if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
                 raise DagDefinitionError(f"{name} must be an integer >= 1, not {limit!r}")
+        if dagrun_timeout is not None and (
+            not isinstance(dagrun_timeout, timedelta) or dagrun_timeout <= timedelta(0)
+        ):
+            raise DagDefinitionError(
+                f"dagrun_timeout must be a positive timedelta, not {dagrun_timeout!r}"
+            )
+        self.dagrun_timeout = dagrun_timeout
+        self.on_success_callback = check_callbacks(on_success_callback, "on_success_callback")
+        self.on_failure_callback = check_callbacks(on_failure_callback, "on_failure_callback")
         self.max_active_runs = max_active_runs
         self.max_active_tasks = max_active_tasks
         self.params: dict[str, Any] = dict(params or {})

@@ -24,6 +24,10 @@ log = logging.getLogger("tether.worker")
 CHUNK_SIZE = 512 * 1024
 
 
+#: Seconds past its execution_timeout before a task that did not stop is killed.
+KILL_GRACE = 5.0
+
+
 def log_path_for(home: Path, job: Job) -> Path:
     """Where a try's log is kept on the worker (laid out as Airflow's task logs)."""
     folder = home / "logs" / job.dag_id / job.run_id / job.task_id
@@ -161,10 +165,16 @@ class AttemptRunner:
         assert self.entry is not None
         self.entry.pid = self.process.pid
         self.spool.write(self.entry)
+        # The task raises at its execution_timeout by itself (so its failure
+        # callback runs); a task that does not stop is killed a little later.
+        deadline = job.execution_timeout + KILL_GRACE if job.execution_timeout else None
         try:
-            code = await asyncio.wait_for(self.process.wait(), job.execution_timeout)
+            code = await asyncio.wait_for(self.process.wait(), deadline)
         except TimeoutError:
-            await self.kill(f"execution_timeout of {job.execution_timeout:g}s exceeded")
+            await self.kill(
+                f"execution_timeout of {job.execution_timeout:g}s exceeded "
+                f"and the task did not stop within {KILL_GRACE:g}s"
+            )
             code = await self.process.wait()
         return self._result(code, result_file)
 

@@ -8,10 +8,13 @@ writing the result, the worker reports the attempt failed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 import traceback
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -69,17 +72,47 @@ def build_context(job: Job, dag: Any, task: Any) -> dict[str, Any]:
     }
 
 
-def run(job: Job, bundle_dir: Path) -> dict[str, Any]:
-    """Run the job's task; return the result message."""
+class TetherTaskTimeout(Exception):
+    """The task ran past its ``execution_timeout`` (raised inside the task process)."""
+
+
+@contextlib.contextmanager
+def execution_timeout(seconds: float | None) -> Iterator[None]:
+    """Raise TetherTaskTimeout in the task after ``seconds`` (SIGALRM, as Airflow does).
+
+    The task fails as an ordinary failure (retries and on_failure_callback
+    apply). The worker kills the process if it does not stop by itself.
+    """
+    if not seconds:
+        yield
+        return
+
+    def expired(signum: int, frame: Any) -> None:
+        raise TetherTaskTimeout(f"execution_timeout of {seconds:g}s exceeded")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def load_task(job: Job, bundle_dir: Path) -> tuple[Any, Any]:
+    """The job's DAG and task, imported from the bundle."""
     dags = load_dag_file(bundle_dir / job.fileloc, bundle_dir)
     matches = [d for d in dags if d.dag_id == job.dag_id]
     if not matches:
         raise LookupError(f"DAG {job.dag_id!r} is not defined in {job.fileloc} any more")
     dag = matches[0]
-    task = dag.get_task(job.task_id)
-    context = build_context(job, dag, task)
+    return dag, dag.get_task(job.task_id)
+
+
+def run(job: Job, dag: Any, task: Any, context: dict[str, Any]) -> dict[str, Any]:
+    """Run the job's task; return the result message."""
     os.environ.update(context["env_vars"])
-    with running(context):
+    with running(context), execution_timeout(job.execution_timeout):
         output = task.execute(context)
     try:
         json.dumps(output)
@@ -89,6 +122,34 @@ def run(job: Job, bundle_dir: Path) -> dict[str, Any]:
             "Return dicts, lists, strings and numbers, or set do_xcom_push=False."
         ) from None
     return {"state": ATTEMPT_SUCCESS, "output": output}
+
+
+def run_task_callbacks(
+    task: Any, context: dict[str, Any], result: dict[str, Any], job: Job
+) -> None:
+    """The task's on_success / on_retry / on_failure callbacks, in this process.
+
+    A callback that raises is logged and changes nothing.
+    """
+    if result["state"] == ATTEMPT_SUCCESS:
+        kind = "on_success_callback"
+    elif result["state"] == ATTEMPT_FAILED:
+        retries_left = job.try_number < job.max_tries and not result.get("no_retry")
+        kind = "on_retry_callback" if retries_left else "on_failure_callback"
+    else:
+        return
+    callbacks = getattr(task, kind, None)
+    if callbacks is None:
+        return
+    for callback in callbacks if isinstance(callbacks, list | tuple) else [callbacks]:
+        name = getattr(callback, "__name__", repr(callback))
+        print(f"[tether] running {kind} {name}", flush=True)
+        try:
+            with running(context):
+                callback(context)
+        except BaseException:
+            print(f"[tether] {kind} {name} failed:", flush=True)
+            traceback.print_exc()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,17 +167,25 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     result: dict[str, Any]
+    task: Any = None
+    context: dict[str, Any] = {}
     try:
-        result = run(job, bundle_dir)
+        dag, task = load_task(job, bundle_dir)
+        context = build_context(job, dag, task)
+        result = run(job, dag, task, context)
     except TetherSkipException as exc:
         print(f"[tether] task skipped: {exc}", flush=True)
         result = {"state": ATTEMPT_SKIPPED, "error": str(exc)}
     except TetherFailException as exc:
         traceback.print_exc()
         result = {"state": ATTEMPT_FAILED, "error": str(exc), "no_retry": True}
+        context["exception"] = exc
     except BaseException as exc:
         traceback.print_exc()
         result = {"state": ATTEMPT_FAILED, "error": f"{type(exc).__name__}: {exc}"}
+        context["exception"] = exc
+    if task is not None and context:
+        run_task_callbacks(task, context, result, job)
     sys.stdout.flush()
     sys.stderr.flush()
     tmp = result_file.with_suffix(".tmp")

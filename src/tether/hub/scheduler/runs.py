@@ -17,7 +17,14 @@ from sqlalchemy.orm import Session
 
 from tether.hub.scheduler import states as S
 from tether.hub.store.dialect import lock_for_claim, lock_row
-from tether.hub.store.models import Dag, DagRun, LogChunk, TaskAttempt, TaskInstance
+from tether.hub.store.models import (
+    CallbackRequest,
+    Dag,
+    DagRun,
+    LogChunk,
+    TaskAttempt,
+    TaskInstance,
+)
 from tether.sdk.mapping import MAX_MAP_LENGTH
 
 
@@ -121,6 +128,8 @@ def start_queued_runs(session: Session, dag_id: str) -> set[str]:
     for run in queued:
         run.state = S.RUN_RUNNING
         run.started_at = utcnow()
+        timeout = run.serialized.get("dagrun_timeout")
+        run.timeout_at = run.started_at + timedelta(seconds=timeout) if timeout else None
         woken |= advance_run(session, run)
     return woken
 
@@ -225,11 +234,37 @@ def advance_run(session: Session, run: DagRun) -> set[str]:
     tis = [ti for group in groups.values() for ti in group]
     if run.state == S.RUN_RUNNING and all(ti.state in S.TI_FINISHED for ti in tis):
         failed = any(ti.state in S.TI_FAILED for ti in tis)
-        run.state = S.RUN_FAILED if failed else S.RUN_SUCCESS
-        run.ended_at = now
-        session.flush()
-        woken |= start_queued_runs(session, run.dag_id)  # room for the next run
+        if failed:
+            woken |= finish_run(session, run, S.RUN_FAILED, "task_failure")
+        else:
+            woken |= finish_run(session, run, S.RUN_SUCCESS, "success")
     return woken
+
+
+def finish_run(session: Session, run: DagRun, state: str, reason: str) -> set[str]:
+    """End a run as ``state``: ask for the DAG's callback, start the next queued run.
+
+    ``reason`` tells the DAG callback why (success, task_failure, timed_out,
+    marked). Returns the queues that got work.
+    """
+    run.state = state
+    run.ended_at = utcnow()
+    run.timeout_at = None
+    kind = "on_success_callback" if state == S.RUN_SUCCESS else "on_failure_callback"
+    if run.serialized.get(f"has_{kind}"):
+        session.add(
+            CallbackRequest(
+                dag_id=run.dag_id,
+                run_id=run.run_id,
+                kind=kind,
+                reason=reason,
+                bundle_sha=run.bundle_sha,
+                fileloc=run.serialized["fileloc"],
+                created_at=run.ended_at,
+            )
+        )
+    session.flush()
+    return start_queued_runs(session, run.dag_id)  # room for the next run
 
 
 def _unexpanded(group: list[TaskInstance]) -> bool:

@@ -214,6 +214,22 @@ class Worker(Base):
     last_heartbeat: Mapped[datetime | None]
 
 
+class CallbackRequest(Base):
+    """A DAG-level callback (on_success_callback / on_failure_callback) to run on the hub."""
+
+    __tablename__ = "callback_request"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dag_id: Mapped[str] = mapped_column(String(250))
+    run_id: Mapped[str] = mapped_column(String(250))
+    #: on_success_callback or on_failure_callback
+    kind: Mapped[str] = mapped_column(String(40))
+    #: Why the run ended: success, task_failure, timed_out, marked.
+    reason: Mapped[str] = mapped_column(String(40))
+    bundle_sha: Mapped[str] = mapped_column(String(64))
+    fileloc: Mapped[str] = mapped_column(String(1000))
+    created_at: Mapped[datetime]
+
+
 class Pool(Base):
     """A named number of slots that the running task instances in it may take."""
 

@@ -163,6 +163,7 @@ def _job(session: Session, ti: TaskInstance, run: DagRun) -> Job:
         execution_timeout=spec.get("execution_timeout"),
         pool_slots=ti.pool_slots,
         map_index=ti.map_index,
+        max_tries=ti.max_tries,
     )
 
 

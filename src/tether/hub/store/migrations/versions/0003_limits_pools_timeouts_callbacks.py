@@ -1,4 +1,4 @@
-"""limits and pools
+"""limits, pools, run timeouts and DAG callbacks
 
 Revision ID: 0003
 Revises: 0002
@@ -34,6 +34,18 @@ def upgrade() -> None:
             }
         ],
     )
+    op.create_table(
+        "callback_request",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("dag_id", sa.String(length=250), nullable=False),
+        sa.Column("run_id", sa.String(length=250), nullable=False),
+        sa.Column("kind", sa.String(length=40), nullable=False),
+        sa.Column("reason", sa.String(length=40), nullable=False),
+        sa.Column("bundle_sha", sa.String(length=64), nullable=False),
+        sa.Column("fileloc", sa.String(length=1000), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_callback_request")),
+    )
     with op.batch_alter_table("dag", schema=None) as batch_op:
         batch_op.add_column(
             sa.Column("max_active_runs", sa.Integer(), nullable=False, server_default="16")
@@ -60,3 +72,4 @@ def downgrade() -> None:
         batch_op.drop_column("max_active_tasks")
         batch_op.drop_column("max_active_runs")
     op.drop_table("pool")
+    op.drop_table("callback_request")
