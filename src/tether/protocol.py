@@ -67,6 +67,8 @@ class Job:
     bundle_sha: str
     fileloc: str  # path of the DAG file inside the bundle
     conf: dict[str, Any] = field(default_factory=dict)
+    #: The run's params: the DAG's defaults overridden by ``conf``, validated by the hub.
+    params: dict[str, Any] = field(default_factory=dict)
     #: Return values of upstream tasks, by task id (TaskFlow arguments).
     inputs: dict[str, Any] = field(default_factory=dict)
     logical_date: str | None = None

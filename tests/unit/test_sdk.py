@@ -16,6 +16,7 @@ from tether.sdk import (
     BashOperator,
     DagDefinitionError,
     EmptyOperator,
+    Param,
     PythonOperator,
     XComArg,
     chain,
@@ -685,7 +686,7 @@ def test_serialize_dag() -> None:
         start_date=start,
         catchup=True,
         tags=["x"],
-        params={"p": 1, "when": start},
+        params={"p": 1, "n": Param(2, type="integer", description="how many")},
         default_args={"retry_delay": timedelta(seconds=90), "retries": 2},
     ) as d:
         last = EmptyOperator(task_id="last", queue="q2")
@@ -702,7 +703,10 @@ def test_serialize_dag() -> None:
     assert out["end_date"] is None
     assert out["catchup"] is True
     assert out["tags"] == ["x"]
-    assert out["params"] == {"p": 1, "when": repr(start)}
+    assert out["params"] == {
+        "p": {"schema": {}, "description": None, "default": 1},
+        "n": {"schema": {"type": "integer"}, "description": "how many", "default": 2},
+    }
     tasks = {t["task_id"]: t for t in out["tasks"]}
     assert tasks["first"]["operator"] == "BashOperator"
     assert tasks["first"]["upstream"] == []

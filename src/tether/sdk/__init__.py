@@ -19,6 +19,7 @@ from tether.sdk.operators import (
     EmptyOperator,
     PythonOperator,
 )
+from tether.sdk.params import Param
 from tether.sdk.xcom import XComArg
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "DagDefinitionError",
     "BranchPythonOperator",
     "EmptyOperator",
+    "Param",
     "PythonOperator",
     "TetherFailException",
     "TetherSkipException",

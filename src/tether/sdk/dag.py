@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 if TYPE_CHECKING:
     from tether.sdk.baseoperator import BaseOperator
+    from tether.sdk.params import ParamsDict
 
 _DAG_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,250}")
 
@@ -153,7 +154,12 @@ class DAG:
         self.on_failure_callback = check_callbacks(on_failure_callback, "on_failure_callback")
         self.max_active_runs = max_active_runs
         self.max_active_tasks = max_active_tasks
-        self.params: dict[str, Any] = dict(params or {})
+        from tether.sdk.params import ParamsDict  # params.py imports this module
+
+        try:
+            self.params: ParamsDict = ParamsDict(params)
+        except DagDefinitionError as exc:
+            raise DagDefinitionError(f"DAG {dag_id!r}: {exc}") from None
         self.doc_md = doc_md
         self.is_paused_upon_creation = is_paused_upon_creation
         self.fileloc: str | None = None

@@ -36,7 +36,9 @@ def serialize_dag(dag: DAG) -> dict[str, Any]:
         "max_active_runs": dag.max_active_runs,
         "max_active_tasks": dag.max_active_tasks,
         "is_paused_upon_creation": dag.is_paused_upon_creation,
-        "params": _jsonable(dag.params),
+        # name -> {"schema", "description", "default" (absent: required)}; the hub
+        # validates defaults at parse time and a run's values when it is triggered.
+        "params": dag.params.serialize(),
         "tasks": [
             {
                 "task_id": t.task_id,
@@ -59,13 +61,3 @@ def serialize_dag(dag: DAG) -> dict[str, Any]:
             for t in (dag.task_dict[i] for i in order)
         ],
     }
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    return repr(value)

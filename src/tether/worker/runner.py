@@ -43,7 +43,7 @@ def build_context(job: Job, dag: Any, task: Any) -> dict[str, Any]:
         "run_id": job.run_id,
         "try_number": job.try_number,
         "conf": job.conf,
-        "params": {**dag.params, **job.conf},
+        "params": dict(job.params),
         "logical_date": logical,
         "ds": logical.strftime("%Y-%m-%d") if logical else None,
         "ds_nodash": logical.strftime("%Y%m%d") if logical else None,

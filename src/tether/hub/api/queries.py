@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from tether.hub.dags import params
 from tether.hub.scheduler import runs
 from tether.hub.scheduler import states as S
 from tether.hub.store.models import (
@@ -66,7 +67,9 @@ def get_dag(session: Session, dag_id: str) -> Dag:
 def trigger(
     session: Session, dag_id: str, conf: dict[str, Any], run_id: str | None
 ) -> tuple[str, set[str]]:
+    """Create a manual run; InvalidParams if ``conf`` gives the DAG's params bad values."""
     dag = get_dag(session, dag_id)
+    params.resolve(dag.serialized, conf)
     run, woken = runs.create_run(
         session, dag, run_type="manual", conf=conf, run_id=run_id, logical_date=runs.utcnow()
     )
@@ -91,6 +94,7 @@ def run_detail(session: Session, dag_id: str, run_id: str) -> dict[str, Any]:
         "run_type": run.run_type,
         "state": run.state,
         "conf": run.conf,
+        "params": params.effective(run.serialized, run.conf),
         "logical_date": _iso(run.logical_date),
         "data_interval_start": _iso(run.data_interval_start),
         "data_interval_end": _iso(run.data_interval_end),

@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from tether import __version__
 from tether.hub.api import control, queries
 from tether.hub.auth.deps import AdminAuth, HubDep
+from tether.hub.dags.params import InvalidParams
 from tether.hub.scheduler import limits
 from tether.hub.scheduler.runs import RunExists
 from tether.hub.state import Hub
@@ -61,7 +62,11 @@ async def list_dags(hub: HubDep) -> dict[str, Any]:
 async def get_dag(dag_id: str, hub: HubDep) -> dict[str, Any]:
     def detail(s: Session) -> dict[str, Any]:
         dag = queries.get_dag(s, dag_id)
-        return {**queries.dag_summary(dag), "tasks": dag.serialized["tasks"]}
+        return {
+            **queries.dag_summary(dag),
+            "params": dag.serialized.get("params", {}),
+            "tasks": dag.serialized["tasks"],
+        }
 
     return await _in_session(hub, detail)
 
@@ -74,6 +79,8 @@ async def trigger_run(dag_id: str, body: TriggerIn, hub: HubDep) -> dict[str, st
         )
     except RunExists as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    except InvalidParams as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
     hub.wakeups.notify(woken)
     return {"run_id": run_id}
 

@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import select
 
 from tether.hub.dags.bundles import fingerprint, pack, unpack
+from tether.hub.dags.params import InvalidParams, check_defaults
 from tether.hub.scheduler.runs import utcnow
 from tether.hub.scheduler.timetable import InvalidSchedule, Timetable
 from tether.hub.store.db import Store
@@ -92,11 +93,12 @@ def parse_bundle(bundle_dir: Path, timeout: float, parallel: int = 2) -> ParseRe
         try:
             for spec in dags:
                 Timetable.from_serialized(spec)
+                check_defaults(spec)
                 if spec["dag_id"] in owner:
                     raise DuplicateDagId(
                         f"DAG id {spec['dag_id']!r} is already defined in {owner[spec['dag_id']]}"
                     )
-        except (InvalidSchedule, DuplicateDagId) as exc:
+        except (InvalidSchedule, InvalidParams, DuplicateDagId) as exc:
             result.errors[relpath] = f"{type(exc).__name__}: {exc}"
             continue
         for spec in dags:

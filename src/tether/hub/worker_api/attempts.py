@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from tether.hub.dags import params
 from tether.hub.scheduler import limits
 from tether.hub.scheduler import states as S
 from tether.hub.scheduler.runs import (
@@ -156,6 +157,7 @@ def _job(session: Session, ti: TaskInstance, run: DagRun) -> Job:
         bundle_sha=run.bundle_sha,
         fileloc=run.serialized["fileloc"],
         conf=run.conf,
+        params=params.effective(run.serialized, run.conf),
         inputs=inputs,
         logical_date=_iso(run.logical_date),
         data_interval_start=_iso(run.data_interval_start),

@@ -1,0 +1,92 @@
+"""DAG params on the hub: JSON-schema validation of defaults and of a run's values.
+
+A serialized DAG carries ``params`` as ``{name: {"schema", "description",
+"default"}}`` (``sdk/params.py``; no ``default``: the param is required).
+The effective params of a run are the defaults overridden by the ``conf``
+keys that name params; other ``conf`` keys stay in ``conf`` only. They are
+validated when the run is triggered and recomputed, unvalidated, when a job
+is built, which gives the same result since neither input changes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError, ValidationError, best_match
+from jsonschema.validators import validator_for
+
+
+class InvalidParams(ValueError):
+    """A DAG's params, or the values a run would give them, break their schema."""
+
+
+def _specs(serialized: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    specs = serialized.get("params") or {}
+    # A run created before params had schemas stored plain defaults.
+    return {
+        name: spec
+        if isinstance(spec, dict) and "schema" in spec
+        else {"schema": {}, "default": spec}
+        for name, spec in specs.items()
+    }
+
+
+def _problem(name: str, schema: dict[str, Any], value: Any) -> str | None:
+    """Why ``value`` does not fit ``schema``, or None if it does."""
+    cls = validator_for(schema, default=Draft202012Validator)
+    try:
+        cls.check_schema(schema)
+    except SchemaError as exc:
+        return f"param {name!r} has an invalid schema: {exc.message}"
+    error: ValidationError | None = best_match(
+        cls(schema, format_checker=cls.FORMAT_CHECKER).iter_errors(value)
+    )
+    if error is None:
+        return None
+    where = f" (at {error.json_path})" if error.path else ""
+    return f"param {name!r}: {error.message}{where}"
+
+
+def check_defaults(serialized: dict[str, Any]) -> None:
+    """At parse time: schemas are valid, defaults fit them, and a scheduled DAG
+    has a default for every param (a scheduled run has no ``conf`` to fill one)."""
+    problems = []
+    for name, spec in _specs(serialized).items():
+        if "default" in spec:
+            problem = _problem(name, spec["schema"], spec["default"])
+            if problem is not None:
+                problems.append(f"{problem} (the default)")
+        elif serialized.get("schedule") is not None:
+            problems.append(
+                f"param {name!r} has no default, which only a DAG without a schedule allows"
+            )
+    if problems:
+        raise InvalidParams(f"DAG {serialized['dag_id']!r}: " + "; ".join(problems))
+
+
+def effective(serialized: dict[str, Any], conf: dict[str, Any]) -> dict[str, Any]:
+    """The run's params, without validation: defaults overridden by ``conf``."""
+    return {
+        name: conf[name] if name in conf else spec["default"]
+        for name, spec in _specs(serialized).items()
+        if name in conf or "default" in spec
+    }
+
+
+def resolve(serialized: dict[str, Any], conf: dict[str, Any]) -> dict[str, Any]:
+    """The run's params, validated; InvalidParams names each param that is wrong and why."""
+    values = effective(serialized, conf)
+    problems = []
+    for name, spec in _specs(serialized).items():
+        if name not in values:
+            problems.append(
+                f"param {name!r} is required: it has no default and conf does not set it"
+            )
+            continue
+        problem = _problem(name, spec["schema"], values[name])
+        if problem is not None:
+            problems.append(problem)
+    if problems:
+        raise InvalidParams("invalid params: " + "; ".join(problems))
+    return values
