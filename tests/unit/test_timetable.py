@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tether.hub.scheduler.timetable import InvalidSchedule, Timetable
+from tether.hub.scheduler.timetable import InvalidSchedule, Timetable, manual_data_interval
 
 
 def at(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
@@ -371,3 +371,41 @@ def test_without_catchup_the_latest_interval_is_found_in_the_zone() -> None:
 def test_unknown_time_zone_is_rejected() -> None:
     with pytest.raises(InvalidSchedule, match="unknown time zone 'Mars/Olympus'"):
         Timetable.from_serialized(spec("@daily", timezone="Mars/Olympus"))
+
+
+# --- manual runs (Airflow's infer_manual_data_interval) ------------------------------------
+
+
+def test_a_manual_run_of_a_cron_dag_covers_the_latest_complete_interval() -> None:
+    daily = spec("@daily")
+    assert manual_data_interval(daily, at(2026, 3, 25, 1, 30)) == (at(2026, 3, 24), at(2026, 3, 25))
+    # Triggered exactly on a tick: the interval that tick ends.
+    assert manual_data_interval(daily, at(2026, 3, 25)) == (at(2026, 3, 24), at(2026, 3, 25))
+    hourly = spec("0 * * * *")
+    assert manual_data_interval(hourly, at(2026, 3, 25, 7, 59)) == (
+        at(2026, 3, 25, 6),
+        at(2026, 3, 25, 7),
+    )
+
+
+def test_a_manual_run_of_a_timedelta_dag_covers_the_delta_before_it() -> None:
+    six_hours = spec(6 * 3600.0, schedule_is_timedelta=True, start_date=at(2026, 1, 1))
+    assert manual_data_interval(six_hours, at(2026, 3, 25, 7, 30)) == (
+        at(2026, 3, 25, 1, 30),
+        at(2026, 3, 25, 7, 30),
+    )
+
+
+@pytest.mark.parametrize("schedule", [None, "@once"])
+def test_a_manual_run_without_a_recurring_schedule_covers_its_own_moment(schedule: Any) -> None:
+    when = at(2026, 3, 25, 7, 30)
+    assert manual_data_interval(spec(schedule), when) == (when, when)
+
+
+def test_a_manual_run_of_a_cron_dag_follows_the_dags_time_zone() -> None:
+    # 02:00 in Amsterdam is 01:00 UTC in March (before DST starts on the 29th).
+    nightly = spec("0 2 * * *", timezone=AMS)
+    assert manual_data_interval(nightly, at(2026, 3, 25, 1, 30)) == (
+        at(2026, 3, 24, 1),
+        at(2026, 3, 25, 1),
+    )

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from tether.hub.dags import params
 from tether.hub.scheduler import runs
 from tether.hub.scheduler import states as S
+from tether.hub.scheduler.timetable import manual_data_interval
 from tether.hub.store.models import (
     Dag,
     DagRun,
@@ -67,11 +68,22 @@ def get_dag(session: Session, dag_id: str) -> Dag:
 def trigger(
     session: Session, dag_id: str, conf: dict[str, Any], run_id: str | None
 ) -> tuple[str, set[str]]:
-    """Create a manual run; InvalidParams if ``conf`` gives the DAG's params bad values."""
+    """Create a manual run; InvalidParams if ``conf`` gives the DAG's params bad values.
+
+    Its logical date is now and its data interval the one Airflow infers for
+    a manual run (``timetable.manual_data_interval``).
+    """
     dag = get_dag(session, dag_id)
     params.resolve(dag.serialized, conf)
+    now = runs.utcnow()
     run, woken = runs.create_run(
-        session, dag, run_type="manual", conf=conf, run_id=run_id, logical_date=runs.utcnow()
+        session,
+        dag,
+        run_type="manual",
+        conf=conf,
+        run_id=run_id,
+        logical_date=now,
+        data_interval=manual_data_interval(dag.serialized, now),
     )
     return run.run_id, woken
 

@@ -70,6 +70,18 @@ class Timetable:
             )
         return cls(cron=cron, **common)
 
+    def manual_interval(self, run_after: datetime) -> tuple[datetime, datetime]:
+        """The data interval of a run triggered by hand at ``run_after`` (Airflow's
+        ``infer_manual_data_interval``): the latest complete interval for cron, the
+        ``timedelta`` before it, or just the moment for ``@once``."""
+        if self.once:
+            return run_after, run_after
+        if self.delta is not None:
+            return run_after - self.delta, run_after
+        # As _latest_complete_start: a tick exactly at ``run_after`` ends an interval.
+        end = self._cron_ticks(run_after + timedelta(microseconds=1), forward=False)
+        return self._cron_ticks(end, forward=False), end
+
     def _next_tick(self, after: datetime, inclusive: bool = False) -> datetime:
         if self.delta is not None:
             base = self.start_date or after
@@ -146,3 +158,12 @@ def zone(name: str | None) -> tzinfo:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
         raise InvalidSchedule(f"unknown time zone {name!r}: use an IANA name") from None
+
+
+def manual_data_interval(spec: dict[str, Any], run_after: datetime) -> tuple[datetime, datetime]:
+    """The data interval of a manual run of the serialized DAG ``spec``.
+
+    A DAG without a schedule gets ``[run_after, run_after]``, as in Airflow.
+    """
+    timetable = Timetable.from_serialized(spec)
+    return (run_after, run_after) if timetable is None else timetable.manual_interval(run_after)
