@@ -44,7 +44,16 @@ def test_the_plain_install_has_no_hub_dependencies(tmp_path: Path) -> None:
     names = {line.split("==")[0] for line in listed.splitlines()}
     assert "tether" in names
     assert "httpx" in names
-    for heavy in ("fastapi", "sqlalchemy", "uvicorn", "alembic", "starlette", "psycopg"):
+    assert "jinja2" in names  # task processes render templated fields
+    for heavy in (
+        "fastapi",
+        "sqlalchemy",
+        "uvicorn",
+        "alembic",
+        "starlette",
+        "psycopg",
+        "jsonschema",  # params are validated on the hub only
+    ):
         assert heavy not in names, f"{heavy} came with the plain install"
 
     help_text = subprocess.run(
@@ -73,6 +82,7 @@ def test_the_plain_install_has_no_hub_dependencies(tmp_path: Path) -> None:
             str(python),
             "-c",
             "import tether.worker.agent, tether.worker.runner, tether; "
+            "import tether.sdk.templating, tether.sdk.params; "
             "import sys; print(sorted(m for m in sys.modules if m.startswith('tether.hub')))",
         ],
         capture_output=True,

@@ -55,6 +55,8 @@ class DagRunInfo:
     run_id: str
     conf: dict[str, Any] = field(default_factory=dict)
     logical_date: Any = None
+    data_interval_start: Any = None
+    data_interval_end: Any = None
 
 
 def get_current_context() -> Context:

@@ -29,6 +29,7 @@ from tether.sdk.context import (
     running,
 )
 from tether.sdk.loader import load_dag_file
+from tether.sdk.templating import render_params, render_template_fields
 
 
 def _date(value: str | None) -> datetime | None:
@@ -36,7 +37,19 @@ def _date(value: str | None) -> datetime | None:
 
 
 def build_context(job: Job, dag: Any, task: Any) -> dict[str, Any]:
+    """The Airflow-style context: what ``execute`` receives and templates see."""
     logical = _date(job.logical_date)
+    ti = TaskInstanceInfo(
+        dag_id=job.dag_id,
+        task_id=job.task_id,
+        run_id=job.run_id,
+        try_number=job.try_number,
+        map_index=job.map_index,
+        queue=job.queue,
+        attempt_id=job.attempt_id,
+        inputs=job.inputs,
+    )
+    start, end = _date(job.data_interval_start), _date(job.data_interval_end)
     return {
         "dag": dag,
         "task": task,
@@ -47,20 +60,19 @@ def build_context(job: Job, dag: Any, task: Any) -> dict[str, Any]:
         "logical_date": logical,
         "ds": logical.strftime("%Y-%m-%d") if logical else None,
         "ds_nodash": logical.strftime("%Y%m%d") if logical else None,
-        "data_interval_start": _date(job.data_interval_start),
-        "data_interval_end": _date(job.data_interval_end),
-        "ti": TaskInstanceInfo(
-            dag_id=job.dag_id,
-            task_id=job.task_id,
-            run_id=job.run_id,
-            try_number=job.try_number,
-            map_index=job.map_index,
-            queue=job.queue,
-            attempt_id=job.attempt_id,
-            inputs=job.inputs,
-        ),
+        "ts": logical.isoformat() if logical else None,
+        "ts_nodash": logical.strftime("%Y%m%dT%H%M%S") if logical else None,
+        "data_interval_start": start,
+        "data_interval_end": end,
+        "ti": ti,
+        "task_instance": ti,
         "dag_run": DagRunInfo(
-            dag_id=job.dag_id, run_id=job.run_id, conf=job.conf, logical_date=logical
+            dag_id=job.dag_id,
+            run_id=job.run_id,
+            conf=job.conf,
+            logical_date=logical,
+            data_interval_start=start,
+            data_interval_end=end,
         ),
         "inputs": job.inputs,
         "env_vars": {
@@ -112,6 +124,9 @@ def load_task(job: Job, bundle_dir: Path) -> tuple[Any, Any]:
 def run(job: Job, dag: Any, task: Any, context: dict[str, Any]) -> dict[str, Any]:
     """Run the job's task; return the result message."""
     os.environ.update(context["env_vars"])
+    # As in Airflow: params first (fields see them rendered), then the fields.
+    context["params"] = render_params(context["params"], context)
+    render_template_fields(task, context)
     with running(context), execution_timeout(job.execution_timeout):
         output = task.execute(context)
     try:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tether.sdk.loader import load_dag_file
 from tether.sdk.serialize import serialize_dag
+from tether.sdk.templating import check_templates
 
 _OWN_DIR = str(Path(__file__).resolve().parents[2])  # the tether package
 
@@ -22,6 +23,8 @@ def main() -> int:
     bundle_dir, relpath, out_file = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
     try:
         dags = load_dag_file(bundle_dir / relpath, bundle_dir)
+        for dag in dags:
+            check_templates(dag)
         result: dict[str, object] = {"dags": [serialize_dag(d) for d in dags]}
     except BaseException:
         exc_type, exc, tb = sys.exc_info()

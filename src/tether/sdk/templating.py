@@ -1,0 +1,179 @@
+"""Jinja templates in operator fields, rendered in the task process right before ``execute``.
+
+Every operator names its templated attributes in ``template_fields``
+(``BashOperator``: ``bash_command``, ``env``, ``cwd``; ``PythonOperator`` and
+``@task``: ``op_args``, ``op_kwargs``). Each string in them, also inside
+lists, tuples, sets and dict values, is a Jinja template rendered with the
+task's context (``ds``, ``params``, ``run_id``, ``ti``, ...), as in Airflow.
+String values of ``params`` are rendered first, so fields see the rendered
+params.
+
+Two choices, both Airflow's:
+
+- ``StrictUndefined``: a name the context does not have is an error naming
+  it, not an empty string that would run ``rm -rf /data/{{ oops }}``.
+- A sandboxed environment (``jinja2.sandbox``): templates cannot reach
+  attributes starting with ``_`` (``__class__``, ``__globals__``) and thus
+  cannot escape to arbitrary Python. A run's ``conf`` and params come from
+  whoever can trigger runs on the hub, and string params are rendered, so
+  without the sandbox the hub's API would be a way to run code on edge
+  workers, which otherwise only run code that arrives in DAG bundles.
+
+Datetimes render as ISO 8601 (``2026-01-01T00:00:00+00:00``), like
+Airflow's. Jinja's own syntax applies to every templated string: a literal
+``{{``, ``{%`` or ``{#`` (bash's ``${#array[@]}``) needs ``{% raw %}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError
+from jinja2.sandbox import SandboxedEnvironment
+
+from tether.sdk.dag import DAG, DagDefinitionError
+from tether.sdk.xcom import XComArg
+
+if TYPE_CHECKING:
+    from tether.sdk.baseoperator import BaseOperator
+    from tether.sdk.context import Context
+
+
+class TemplateRenderError(Exception):
+    """A templated field could not be rendered; the task fails with this message."""
+
+
+def _finalize(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+_env: SandboxedEnvironment | None = None
+
+
+def environment() -> SandboxedEnvironment:
+    """The one Jinja environment of this process."""
+    global _env
+    if _env is None:
+        _env = SandboxedEnvironment(
+            undefined=StrictUndefined,
+            finalize=_finalize,
+            # Rendering must not change a string beyond its template parts.
+            keep_trailing_newline=True,
+            autoescape=False,
+        )
+    return _env
+
+
+def _is_template(text: str) -> bool:
+    # Every Jinja delimiter starts with "{"; other strings render to themselves.
+    return "{" in text
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, TemplateSyntaxError):
+        return f"syntax error on line {exc.lineno}: {exc.message}"
+    if isinstance(exc, TemplateError):
+        return exc.message or type(exc).__name__
+    return f"{type(exc).__name__}: {exc}"
+
+
+def render_value(value: Any, context: Mapping[str, Any]) -> Any:
+    """``value`` with every string in it rendered; XComArgs and other objects kept."""
+    if isinstance(value, str):
+        if not _is_template(value):
+            return value
+        try:
+            return environment().from_string(value).render(context)
+        except Exception as exc:
+            raise TemplateRenderError(f"{_reason(exc)} in template {_short(value)}") from exc
+    if isinstance(value, XComArg):
+        return value
+    if isinstance(value, list):
+        return [render_value(v, context) for v in value]
+    if isinstance(value, tuple):
+        return tuple(render_value(v, context) for v in value)
+    if isinstance(value, set | frozenset):
+        return type(value)(render_value(v, context) for v in value)
+    if isinstance(value, dict):
+        return {k: render_value(v, context) for k, v in value.items()}
+    return value
+
+
+def _field(task: BaseOperator, name: str) -> Any:
+    try:
+        return getattr(task, name)
+    except AttributeError:
+        raise TemplateRenderError(
+            f"task {task.task_id!r}: template field {name!r} is not an attribute of "
+            f"{type(task).__name__}"
+        ) from None
+
+
+def render_template_fields(task: BaseOperator, context: Context) -> None:
+    """Render each of ``task.template_fields`` in place, as Airflow does before ``execute``."""
+    for name in task.template_fields:
+        value = _field(task, name)
+        try:
+            rendered = render_value(value, context)
+        except TemplateRenderError as exc:
+            raise TemplateRenderError(
+                f"task {task.task_id!r}: cannot render {name}: {exc}"
+            ) from exc.__cause__
+        setattr(task, name, rendered)
+
+
+def render_params(params: Mapping[str, Any], context: Context) -> dict[str, Any]:
+    """``params`` with string values rendered; the templates see the unrendered params."""
+    rendered = {}
+    for name, value in params.items():
+        try:
+            rendered[name] = render_value(value, context)
+        except TemplateRenderError as exc:
+            raise TemplateRenderError(f"cannot render param {name!r}: {exc}") from exc.__cause__
+    return rendered
+
+
+def _syntax_errors(value: Any) -> list[str]:
+    if isinstance(value, str):
+        if not _is_template(value):
+            return []
+        try:
+            environment().parse(value)
+        except TemplateSyntaxError as exc:
+            return [f"{_reason(exc)} in template {_short(value)}"]
+        return []
+    if isinstance(value, list | tuple | set | frozenset):
+        return [e for v in value for e in _syntax_errors(v)]
+    if isinstance(value, dict):
+        return [e for v in value.values() for e in _syntax_errors(v)]
+    return []
+
+
+def check_templates(dag: DAG) -> None:
+    """Raise DagDefinitionError for a template that is not valid Jinja.
+
+    Looks at every task's template fields (which must exist) and the string
+    defaults of the DAG's params. The dag processor calls this, so a broken
+    template is an import error instead of a failed task. Undefined names can
+    only be found at run time.
+    """
+    for name in dag.params:
+        param = dag.params.get_param(name)
+        errors = _syntax_errors(param.value) if param.has_value else []
+        if errors:
+            raise DagDefinitionError(f"DAG {dag.dag_id!r}: param {name!r}: {errors[0]}")
+    for task in dag.tasks:
+        for field in task.template_fields:
+            try:
+                value = _field(task, field)
+            except TemplateRenderError as exc:
+                raise DagDefinitionError(str(exc)) from None
+            errors = _syntax_errors(value)
+            if errors:
+                raise DagDefinitionError(f"task {task.task_id!r}: {field}: {errors[0]}")
