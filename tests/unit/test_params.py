@@ -89,6 +89,8 @@ def test_valid_defaults_pass() -> None:
         (Param("2026-02-30", type="string", format="date"), "is not a 'date'"),
         (Param([1, "2"], type="array", items={"type": "integer"}), "(at $[1])"),
         (Param(1, type="integr"), "param 'x' has an invalid schema"),
+        (Param("a", pattern="("), "param 'x' has an invalid schema: '(' is not a 'regex'"),
+        (Param(1, **{"$ref": "#/nowhere"}), "param 'x' has a schema that cannot be used"),
     ],
 )
 def test_a_default_that_breaks_its_schema_is_refused_with_the_reason(
@@ -98,6 +100,17 @@ def test_a_default_that_breaks_its_schema_is_refused_with_the_reason(
         check_defaults(serialized({"x": param}))
     assert str(caught.value).startswith("DAG 'p': ")
     assert reason in str(caught.value)
+
+
+def test_the_schema_of_a_required_param_is_checked_too() -> None:
+    with pytest.raises(InvalidParams, match="param 'who' has an invalid schema"):
+        check_defaults(serialized({"who": Param(type="text")}))
+
+
+def test_a_schema_that_cannot_be_used_is_a_reason_on_trigger_not_a_crash() -> None:
+    spec = serialized({"who": Param(**{"$ref": "#/nowhere"})})
+    with pytest.raises(InvalidParams, match="param 'who' has a schema that cannot be used"):
+        resolve(spec, {"who": "x"})
 
 
 def test_a_scheduled_dag_needs_a_default_for_every_param() -> None:

@@ -32,20 +32,26 @@ def _specs(serialized: dict[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
-def _problem(name: str, schema: dict[str, Any], value: Any) -> str | None:
-    """Why ``value`` does not fit ``schema``, or None if it does."""
+def _validator(name: str, schema: dict[str, Any]) -> tuple[Any, str | None]:
+    """A validator for ``schema``, or why the schema is not valid."""
     cls = validator_for(schema, default=Draft202012Validator)
     try:
         cls.check_schema(schema)
     except SchemaError as exc:
-        return f"param {name!r} has an invalid schema: {exc.message}"
-    error: ValidationError | None = best_match(
-        cls(schema, format_checker=cls.FORMAT_CHECKER).iter_errors(value)
-    )
+        return None, f"param {name!r} has an invalid schema: {exc.message}"
+    return cls(schema, format_checker=cls.FORMAT_CHECKER), None
+
+
+def _check(name: str, validator: Any, value: Any, suffix: str = "") -> str | None:
+    """Why ``value`` does not fit the validator's schema, or None if it does."""
+    try:
+        error: ValidationError | None = best_match(validator.iter_errors(value))
+    except Exception as exc:  # e.g. a $ref that leads nowhere: say so, never a 500
+        return f"param {name!r} has a schema that cannot be used: {exc}"
     if error is None:
         return None
     where = f" (at {error.json_path})" if error.path else ""
-    return f"param {name!r}: {error.message}{where}"
+    return f"param {name!r}: {error.message}{where}{suffix}"
 
 
 def check_defaults(serialized: dict[str, Any]) -> None:
@@ -53,14 +59,13 @@ def check_defaults(serialized: dict[str, Any]) -> None:
     has a default for every param (a scheduled run has no ``conf`` to fill one)."""
     problems = []
     for name, spec in _specs(serialized).items():
-        if "default" in spec:
-            problem = _problem(name, spec["schema"], spec["default"])
-            if problem is not None:
-                problems.append(f"{problem} (the default)")
-        elif serialized.get("schedule") is not None:
-            problems.append(
-                f"param {name!r} has no default, which only a DAG without a schedule allows"
-            )
+        validator, problem = _validator(name, spec["schema"])
+        if problem is None and "default" in spec:
+            problem = _check(name, validator, spec["default"], " (the default)")
+        elif problem is None and serialized.get("schedule") is not None:
+            problem = f"param {name!r} has no default, which only a DAG without a schedule allows"
+        if problem is not None:
+            problems.append(problem)
     if problems:
         raise InvalidParams(f"DAG {serialized['dag_id']!r}: " + "; ".join(problems))
 
@@ -84,7 +89,9 @@ def resolve(serialized: dict[str, Any], conf: dict[str, Any]) -> dict[str, Any]:
                 f"param {name!r} is required: it has no default and conf does not set it"
             )
             continue
-        problem = _problem(name, spec["schema"], values[name])
+        validator, problem = _validator(name, spec["schema"])
+        if problem is None:
+            problem = _check(name, validator, values[name])
         if problem is not None:
             problems.append(problem)
     if problems:
