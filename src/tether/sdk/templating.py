@@ -30,13 +30,12 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError
-from jinja2.sandbox import SandboxedEnvironment
-
 from tether.sdk.dag import DAG, DagDefinitionError
 from tether.sdk.xcom import XComArg
 
 if TYPE_CHECKING:
+    from jinja2.sandbox import SandboxedEnvironment
+
     from tether.sdk.baseoperator import BaseOperator
     from tether.sdk.context import Context
 
@@ -53,9 +52,17 @@ _env: SandboxedEnvironment | None = None
 
 
 def environment() -> SandboxedEnvironment:
-    """The one Jinja environment of this process."""
+    """The one Jinja environment of this process.
+
+    Jinja is imported on first use: importing it takes longer than starting a
+    spawned task process, and tasks without templates never need it. (The
+    worker's fork server imports it ahead, see ``worker/launcher.py``.)
+    """
     global _env
     if _env is None:
+        from jinja2 import StrictUndefined
+        from jinja2.sandbox import SandboxedEnvironment
+
         _env = SandboxedEnvironment(
             undefined=StrictUndefined,
             finalize=_finalize,
@@ -76,6 +83,8 @@ def _short(text: str, limit: int = 200) -> str:
 
 
 def _reason(exc: Exception) -> str:
+    from jinja2 import TemplateError, TemplateSyntaxError
+
     if isinstance(exc, TemplateSyntaxError):
         return f"syntax error on line {exc.lineno}: {exc.message}"
     if isinstance(exc, TemplateError):
@@ -143,6 +152,8 @@ def _syntax_errors(value: Any) -> list[str]:
     if isinstance(value, str):
         if not _is_template(value):
             return []
+        from jinja2 import TemplateSyntaxError
+
         try:
             environment().parse(value)
         except TemplateSyntaxError as exc:

@@ -129,7 +129,8 @@ class ForkLauncher:
 
     def __init__(self) -> None:
         self._ctx = multiprocessing.get_context("forkserver")
-        self._ctx.set_forkserver_preload(["tether.worker.runner"])
+        # Jinja too: the runner imports it only when a task has templates.
+        self._ctx.set_forkserver_preload(["tether.worker.runner", "jinja2.sandbox"])
 
     async def start(
         self, job_file: Path, result_file: Path, log_path: Path, cwd: Path, env: dict[str, str]
