@@ -258,6 +258,45 @@ def test_the_task_process_renders_with_the_jobs_params_before_execute(tmp_path: 
     }
 
 
+def test_literal_mapped_values_render_and_upstream_values_do_not(tmp_path: Path) -> None:
+    (tmp_path / "rendered.py").write_text(
+        textwrap.dedent(
+            """
+            from tether import DAG, task
+
+            with DAG("rendered"):
+                @task
+                def make() -> list:
+                    return ["{{ ds }} stays literal"]
+
+                @task
+                def show(day: str, raw: str, fixed: str) -> str:
+                    return f"{day} | {raw} | {fixed}"
+
+                show.partial(fixed="{{ run_id }}").expand(
+                    day=["a {{ ds }}", "b {{ ds_nodash }}"], raw=make()
+                )
+            """
+        )
+    )
+    inputs = {"make": ["{{ ds }} stays literal"]}
+    result = run(_job("show", map_index=1, inputs=inputs), tmp_path)
+    assert result["output"] == (
+        "b 20260325 | {{ ds }} stays literal | manual__2026-03-25T07:30:00+00:00"
+    )
+
+
+def test_check_templates_looks_at_literal_mapped_values() -> None:
+    @task
+    def show(x: str) -> None:
+        return None
+
+    with DAG("t") as d:
+        show.expand(x=["ok", "{{ broken"])
+    with pytest.raises(DagDefinitionError, match=r"task 'show': expand\(x=...\): syntax error"):
+        check_templates(d)
+
+
 def test_the_task_process_fails_on_an_undefined_variable(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     (tmp_path / "rendered.py").write_text(

@@ -135,6 +135,18 @@ def render_template_fields(task: BaseOperator, context: Context) -> None:
                 f"task {task.task_id!r}: cannot render {name}: {exc}"
             ) from exc.__cause__
         setattr(task, name, rendered)
+    # The literal values of expand() arguments are templates too, as in Airflow
+    # (render_value leaves values that come from upstream tasks alone).
+    if task.expand_input:
+        mapped = []
+        for arg, source in task.expand_input:
+            try:
+                mapped.append((arg, render_value(source, context)))
+            except TemplateRenderError as exc:
+                raise TemplateRenderError(
+                    f"task {task.task_id!r}: cannot render expand({arg}=...): {exc}"
+                ) from exc.__cause__
+        task.expand_input = mapped
 
 
 def render_params(params: Mapping[str, Any], context: Context) -> dict[str, Any]:
@@ -169,8 +181,9 @@ def _syntax_errors(value: Any) -> list[str]:
 def check_templates(dag: DAG) -> None:
     """Raise DagDefinitionError for a template that is not valid Jinja.
 
-    Looks at every task's template fields (which must exist) and the string
-    defaults of the DAG's params. The dag processor calls this, so a broken
+    Looks at every task's template fields (which must exist), the literal
+    values of its ``expand()`` arguments and the string defaults of the DAG's
+    params. The dag processor calls this, so a broken
     template is an import error instead of a failed task. Undefined names can
     only be found at run time.
     """
@@ -188,3 +201,7 @@ def check_templates(dag: DAG) -> None:
             errors = _syntax_errors(value)
             if errors:
                 raise DagDefinitionError(f"task {task.task_id!r}: {field}: {errors[0]}")
+        for arg, source in task.expand_input:
+            errors = _syntax_errors(source)
+            if errors:
+                raise DagDefinitionError(f"task {task.task_id!r}: expand({arg}=...): {errors[0]}")
