@@ -22,7 +22,7 @@ from tether.sdk.templating import (
     render_value,
 )
 from tether.sdk.xcom import XComArg
-from tether.worker.runner import run
+from tether.worker.runner import build_context, load_task, run
 
 CONTEXT: dict[str, Any] = {
     "ds": "2026-03-25",
@@ -33,6 +33,12 @@ CONTEXT: dict[str, Any] = {
 
 
 # --- render_value -----------------------------------------------------------------------------
+
+
+def _run(job: Job, bundle_dir: Path) -> dict[str, Any]:
+    """What the task process does with a job: import its DAG, build the context, run."""
+    dag, task = load_task(job, bundle_dir)
+    return run(job, dag, task, build_context(job, dag, task))
 
 
 def test_strings_render_with_the_context() -> None:
@@ -246,7 +252,7 @@ def test_the_task_process_renders_with_the_jobs_params_before_execute(tmp_path: 
         )
     )
     job = _job("show", params={"n": 7, "day": "{{ ds_nodash }}"}, conf={"n": 7, "free": "f"})
-    result = run(job, tmp_path)
+    result = _run(job, tmp_path)
     assert result["state"] == "success"
     assert result["output"] == {
         "line": "2026-03-25|20260325|2026-03-25T07:30:00+00:00"
@@ -280,7 +286,7 @@ def test_literal_mapped_values_render_and_upstream_values_do_not(tmp_path: Path)
         )
     )
     inputs = {"make": ["{{ ds }} stays literal"]}
-    result = run(_job("show", map_index=1, inputs=inputs), tmp_path)
+    result = _run(_job("show", map_index=1, inputs=inputs), tmp_path)
     assert result["output"] == (
         "b 20260325 | {{ ds }} stays literal | manual__2026-03-25T07:30:00+00:00"
     )
@@ -305,5 +311,5 @@ def test_the_task_process_fails_on_an_undefined_variable(tmp_path: Path) -> None
         f"    BashOperator(task_id='b', bash_command='touch {marker}; echo {{{{ nope_var }}}}')\n"
     )
     with pytest.raises(TemplateRenderError, match="'nope_var' is undefined"):
-        run(_job("b"), tmp_path)
+        _run(_job("b"), tmp_path)
     assert not marker.exists()  # rendering failed before the command ran
