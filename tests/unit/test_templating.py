@@ -32,13 +32,13 @@ CONTEXT: dict[str, Any] = {
 }
 
 
-# --- render_value -----------------------------------------------------------------------------
-
-
 def _run(job: Job, bundle_dir: Path) -> dict[str, Any]:
     """What the task process does with a job: import its DAG, build the context, run."""
     dag, task = load_task(job, bundle_dir)
     return run(job, dag, task, build_context(job, dag, task))
+
+
+# --- render_value -----------------------------------------------------------------------------
 
 
 def test_strings_render_with_the_context() -> None:
