@@ -10,6 +10,8 @@ from tether import __version__
 from tether.cli.rest import CliError
 from tether.cli.worker import add_worker_parser
 
+SUPPRESS_HELP = argparse.SUPPRESS
+
 HUB_EXTRA_HINT = "this command needs the hub's dependencies: pip install 'tether[hub]'"
 HUB_MODULES = frozenset({"fastapi", "uvicorn", "sqlalchemy", "alembic", "croniter", "starlette"})
 
@@ -77,6 +79,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--timeout", type=float, default=None, help="give up waiting after S s")
     sp.set_defaults(func=_lazy("tether.cli.commands", "dags_trigger"))
+    sp = dags.add_parser("backfill", help="run a DAG for the past intervals between two dates")
+    client_args(sp)
+    sp.add_argument("dag_id")
+    sp.add_argument(
+        "--start", required=True, help="first logical date (ISO date or datetime; DAG's zone)"
+    )
+    sp.add_argument("--end", required=True, help="last logical date, included")
+    sp.add_argument("--no-wait", action="store_true", help="create the runs and return")
+    sp.add_argument("--timeout", type=float, default=None, help="give up waiting after S s")
+    sp.add_argument("--interval", type=float, default=1.0, help=SUPPRESS_HELP)
+    sp.set_defaults(func=_lazy("tether.cli.backfill", "dags_backfill"))
     workers = sub.add_parser("workers", help="edge workers, from the centre").add_subparsers(
         dest="workers", required=True
     )

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response, status
@@ -17,8 +18,8 @@ from tether import __version__
 from tether.hub.api import control, queries
 from tether.hub.auth.deps import AdminAuth, HubDep
 from tether.hub.dags.params import InvalidParams
-from tether.hub.scheduler import limits
-from tether.hub.scheduler.runs import RunExists
+from tether.hub.scheduler import backfill, limits
+from tether.hub.scheduler.runs import RunExists, utcnow
 from tether.hub.state import Hub
 from tether.protocol import InvalidQueueName, validate_queue_name
 
@@ -260,3 +261,40 @@ async def delete_pool(name: str, hub: HubDep) -> dict[str, str]:
     if not found:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no pool {name!r}")
     return {"name": name, "state": "deleted"}
+
+
+class BackfillIn(BaseModel):
+    #: Dates or datetimes (ISO 8601); without an offset, in the DAG's time zone.
+    start: str = Field(max_length=40)
+    end: str = Field(max_length=40)
+
+    @field_validator("start", "end")
+    @classmethod
+    def _iso(cls, value: str) -> str:
+        try:
+            datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an ISO 8601 date or datetime") from None
+        return value
+
+
+@router.post("/dags/{dag_id}/backfills", dependencies=[AdminAuth])
+async def create_backfill(dag_id: str, body: BackfillIn, hub: HubDep) -> dict[str, Any]:
+    """Runs for the DAG's intervals whose logical date is in [start, end] (see backfill.py)."""
+
+    def create(s: Session) -> backfill.Backfill:
+        dag = queries.get_dag(s, dag_id)
+        start, end = datetime.fromisoformat(body.start), datetime.fromisoformat(body.end)
+        return backfill.create_backfill(s, dag, start, end, utcnow())
+
+    try:
+        made = await _in_session(hub, create)
+    except backfill.BackfillError as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+    hub.wakeups.notify(made.queues)
+    return {
+        "dag_id": dag_id,
+        "run_ids": made.run_ids,
+        "existing": [d.isoformat() for d in made.existing],
+        "future": made.future,
+    }

@@ -122,6 +122,19 @@ class Timetable:
             if not (wall_clock and tick.fold == 1 and _repeated(tick)):
                 return tick.astimezone(UTC)
 
+    def intervals_between(
+        self, start: datetime, end: datetime, limit: int
+    ) -> list[tuple[datetime, datetime]]:
+        """The data intervals whose start (logical date) lies in ``[start, end]``, at
+        most ``limit`` of them (for backfill; catchup and start_date do not apply)."""
+        out: list[tuple[datetime, datetime]] = []
+        tick = self._next_tick(start, inclusive=True)
+        while tick <= end and len(out) < limit:
+            following = self._next_tick(tick)
+            out.append((tick, following))
+            tick = following
+        return out
+
     def next_interval(
         self, last_start: datetime | None, now: datetime, first_seen: datetime
     ) -> tuple[datetime, datetime] | None:
