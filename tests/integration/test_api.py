@@ -419,3 +419,48 @@ def test_a_worker_gets_only_bundles_of_its_own_attempts(hub: Hub) -> None:
             )
 
     run(hub, scenario)
+
+
+def test_pausing_a_dag_survives_a_reparse_and_bad_patches_get_reasons(hub: Hub) -> None:
+    async def scenario(admin: httpx.AsyncClient, _: Workers) -> None:
+        paused = await admin.patch("/api/v1/dags/pair", json={"is_paused": True})
+        assert paused.status_code == 200, paused.text
+        assert paused.json()["is_paused"] is True
+        assert paused.json()["dag_id"] == "pair"
+        for bad in ({"is_paused": "yes"}, {"is_paused": 1}, {"is_paused": None}, {}):
+            answer = await admin.patch("/api/v1/dags/pair", json=bad)
+            assert answer.status_code == 422, bad
+            assert "is_paused" in answer.text
+        extra = await admin.patch("/api/v1/dags/pair", json={"is_paused": False, "schedule": "x"})
+        assert extra.status_code == 422
+        assert "schedule" in extra.text
+        await _expect(
+            await admin.patch("/api/v1/dags/nope", json={"is_paused": True}), 404, "no DAG 'nope'"
+        )
+        assert (await admin.get("/api/v1/dags/pair")).json()["is_paused"] is True
+
+        # A changed file is parsed again; the DAG stays paused.
+        write_dag(
+            hub.config.dags_folder,
+            "pair.py",
+            """
+            from tether import DAG, BashOperator
+            with DAG("pair", is_paused_upon_creation=False):
+                BashOperator(task_id="a", bash_command="true") >> BashOperator(
+                    task_id="c", bash_command="true", queue="other")
+            """,
+        )
+        parse(hub)
+        reparsed = (await admin.get("/api/v1/dags/pair")).json()
+        assert reparsed["task_ids"] == ["a", "c"]
+        assert reparsed["is_paused"] is True
+        # As in Airflow, a paused DAG can still be triggered by hand.
+        made = await admin.post("/api/v1/dags/pair/runs", json={"run_id": "manual"})
+        assert made.status_code == 200
+
+        unpaused = await admin.patch("/api/v1/dags/pair", json={"is_paused": False})
+        assert unpaused.json()["is_paused"] is False
+        listed = {d["dag_id"]: d for d in (await admin.get("/api/v1/dags")).json()["dags"]}
+        assert listed["pair"]["is_paused"] is False
+
+    run(hub, scenario)

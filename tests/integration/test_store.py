@@ -12,7 +12,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, select
 
 from tests.hubtools import make_hub, parse, write_dag
-from tether.hub.api import queries
+from tether.hub.api import control, queries
 from tether.hub.scheduler import runs
 from tether.hub.scheduler.loop import tick
 from tether.hub.state import Hub
@@ -253,6 +253,45 @@ def test_the_scheduler_creates_cron_runs_with_their_data_intervals(
     assert intervals == [(start + i * hour, start + (i + 1) * hour) for i in range(first, 5)]
     # Another pass at the same time creates nothing new.
     assert tick(hub.store, now)[0] == set()
+
+
+@pytest.mark.parametrize(("catchup", "expected_runs"), [(True, 8), (False, 1)])
+def test_a_paused_dag_gets_no_runs_and_unpaused_resumes_per_catchup(
+    hub: Hub, catchup: bool, expected_runs: int
+) -> None:
+    start = runs.utcnow().replace(minute=0, second=0, microsecond=0) - runs.timedelta(hours=5)
+    write_dag(
+        hub.config.dags_folder,
+        "hourly.py",
+        f"""
+        from datetime import datetime
+        from tether import DAG, EmptyOperator
+        with DAG("hourly", schedule="@hourly", catchup={catchup}, is_paused_upon_creation=True,
+                 start_date=datetime.fromisoformat("{start.isoformat()}")):
+            EmptyOperator(task_id="tick")
+    """,
+    )
+    parse(hub)
+    hour = runs.timedelta(hours=1)
+    later = start + 8 * hour + runs.timedelta(minutes=30)  # three hours after the parse
+
+    def intervals() -> list[tuple[object, object]]:
+        with hub.store.session() as s:
+            rows = s.scalars(
+                select(DagRun).where(DagRun.dag_id == "hourly").order_by(DagRun.logical_date)
+            )
+            return [(r.data_interval_start, r.data_interval_end) for r in rows]
+
+    assert tick(hub.store, later) == (set(), None)  # paused: no run, no deadline
+    assert intervals() == []
+    with hub.store.session() as s:
+        assert control.set_paused(s, "hourly", False)["is_paused"] is False
+    woken, deadline = tick(hub.store, later)
+    assert woken == {"default"}
+    assert deadline == start + 9 * hour
+    # catchup: every interval missed while paused; without: only the latest one.
+    first = 8 - expected_runs
+    assert intervals() == [(start + i * hour, start + (i + 1) * hour) for i in range(first, 8)]
 
 
 def test_a_dag_id_defined_in_two_files_is_an_import_error_of_the_second(hub: Hub) -> None:

@@ -1,8 +1,11 @@
-"""Operator actions behind the REST API: enrol, revoke, maintenance, shutdown and
-removal of workers; marking and clearing task instances.
+"""Operator actions behind the REST API: revoke, maintenance, shutdown and
+removal of workers; pausing DAGs; marking and clearing task instances and runs.
 
 Each returns what the route must announce after the commit: the queues that
 got work and the workers whose held polls must answer now.
+
+Lock order (as everywhere that changes a run): the ``dag_run`` row first,
+then the task instances it changes in id order, then their attempts.
 """
 
 from __future__ import annotations
@@ -13,12 +16,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tether.hub.api.queries import NotFound, get_run
+from tether.hub.api.queries import NotFound, dag_summary, get_run
 from tether.hub.auth import credentials
 from tether.hub.scheduler import states as S
 from tether.hub.scheduler.runs import advance_run, utcnow
 from tether.hub.store.dialect import lock_row
-from tether.hub.store.models import DagRun, TaskAttempt, TaskInstance, Worker
+from tether.hub.store.models import Dag, DagRun, TaskAttempt, TaskInstance, Worker
 from tether.hub.worker_api.sessions import fail_attempts_of
 
 
@@ -64,6 +67,21 @@ def remove(session: Session, name: str) -> Effects:
     queues = fail_attempts_of(session, name, f"worker {name} was removed")
     session.delete(worker)
     return Effects(queues=queues, workers={name})
+
+
+def set_paused(session: Session, dag_id: str, paused: bool) -> dict[str, Any]:
+    """Pause or unpause a DAG: a paused DAG gets no scheduled runs.
+
+    Runs that exist go on, and manual runs can still be triggered (as in
+    Airflow, which creates them too). The flag is the DAG row's own: the dag
+    processor never overwrites it on a re-parse. The scheduler picks an
+    unpaused DAG up where its schedule stands (``loop.skip_missed_intervals``).
+    """
+    dag = session.scalar(lock_row(select(Dag).where(Dag.dag_id == dag_id), session))
+    if dag is None or not dag.is_active:
+        raise NotFound(f"no DAG {dag_id!r}")
+    dag.is_paused = paused
+    return dag_summary(dag)
 
 
 def _task_instances(session: Session, run: DagRun, task_ids: set[str]) -> list[TaskInstance]:

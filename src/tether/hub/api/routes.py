@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response, status
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -70,6 +70,20 @@ async def get_dag(dag_id: str, hub: HubDep) -> dict[str, Any]:
         }
 
     return await _in_session(hub, detail)
+
+
+class DagPatchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # nothing else of a DAG can be changed here
+    is_paused: StrictBool
+
+
+@router.patch("/dags/{dag_id}", dependencies=[AdminAuth])
+async def patch_dag(dag_id: str, body: DagPatchIn, hub: HubDep) -> dict[str, Any]:
+    """Pause or unpause a DAG; an unpaused one is scheduled again at once."""
+    summary = await _in_session(hub, lambda s: control.set_paused(s, dag_id, body.is_paused))
+    if not body.is_paused:
+        hub.wakeups.poke_scheduler()
+    return summary
 
 
 @router.post("/dags/{dag_id}/runs", dependencies=[AdminAuth])

@@ -29,6 +29,20 @@ log = logging.getLogger("tether.hub.scheduler")
 MAX_RUNS_PER_PASS = 50
 
 
+def skip_missed_intervals(dag: Dag, timetable: Timetable, now: datetime) -> None:
+    """Without catchup, move a stale next run to the latest complete interval.
+
+    The stored next run falls behind while a DAG is paused (or the hub is
+    down); catchup=False means only the latest interval runs when it is
+    scheduled again, as in Airflow, which recomputes it on every parse.
+    """
+    if timetable.catchup or dag.next_dagrun is None:
+        return
+    later = timetable.next_interval(dag.next_dagrun, now, dag.last_parsed_at)
+    if later is not None and later[1] <= now:  # a later interval is complete too
+        dag.next_dagrun, dag.next_dagrun_create_after = later
+
+
 def create_scheduled_runs(store: Store, now: datetime) -> set[str]:
     woken: set[str] = set()
     with store.session() as s:
@@ -46,6 +60,8 @@ def create_scheduled_runs(store: Store, now: datetime) -> set[str]:
         ).all()
         for dag in due:
             timetable = Timetable.from_serialized(dag.serialized)
+            if timetable is not None:
+                skip_missed_intervals(dag, timetable, now)
             for _ in range(MAX_RUNS_PER_PASS):
                 start, end = dag.next_dagrun, dag.next_dagrun_create_after
                 if timetable is None or start is None or end is None or end > now:
