@@ -360,7 +360,7 @@ def test_clearing_a_failed_task_with_downstream_runs_exactly_those_again(hub: Hu
             cleared = await admin.post(
                 "/api/v1/dags/pair/runs/r1/tasks/a/clear", json={"downstream": True}
             )
-            assert cleared.status_code == 200
+            assert cleared.json() == {"task_id": "a", "state": "cleared", "cleared": ["a", "b"]}
             await _expect(
                 await admin.post("/api/v1/dags/pair/runs/r1/tasks/zz/clear", json={}),
                 404,
@@ -462,5 +462,133 @@ def test_pausing_a_dag_survives_a_reparse_and_bad_patches_get_reasons(hub: Hub) 
         assert unpaused.json()["is_paused"] is False
         listed = {d["dag_id"]: d for d in (await admin.get("/api/v1/dags")).json()["dags"]}
         assert listed["pair"]["is_paused"] is False
+
+    run(hub, scenario)
+
+
+def test_marking_a_run_failed_kills_its_running_task_and_skips_the_rest(hub: Hub) -> None:
+    async def scenario(admin: httpx.AsyncClient, workers: Workers) -> None:
+        async with await workers.connect(["default"], "w1") as worker:
+            await admin.post("/api/v1/dags/pair/runs", json={"run_id": "r1"})
+            (job,) = (await worker.post(f"{W}/poll", json={"slots": 1, "wait": 0})).json()["jobs"]
+            busy = {"slots": 0, "running": [job["attempt_id"]], "wait": 30}
+            poll = asyncio.create_task(worker.post(f"{W}/poll", json=busy))
+            await asyncio.sleep(0.2)
+            assert not poll.done()
+            marked = await admin.patch("/api/v1/dags/pair/runs/r1", json={"state": "failed"})
+            assert marked.json() == {"run_id": "r1", "state": "failed"}
+            answer = (await asyncio.wait_for(poll, 10)).json()
+            assert answer["directives"]["kill"] == [job["attempt_id"]]
+            late = await worker.post(
+                f"{W}/attempts/{job['attempt_id']}/finish", json={"state": "success"}
+            )
+            await _expect(late, 409, "already ended as lost")
+            detail = (await admin.get("/api/v1/dags/pair/runs/r1")).json()
+            assert detail["state"] == "failed"
+            assert detail["ended_at"] is not None
+            assert {t["task_id"]: t["state"] for t in detail["tasks"]} == {
+                "a": "failed",
+                "b": "skipped",
+            }
+
+            for bad in ({"state": "running"}, {"state": "queued"}, {}, {"state": None}):
+                answer = await admin.patch("/api/v1/dags/pair/runs/r1", json=bad)
+                assert answer.status_code == 422, bad
+            await _expect(
+                await admin.patch("/api/v1/dags/pair/runs/nope", json={"state": "success"}),
+                404,
+                "has no run 'nope'",
+            )
+            # Nothing of the failed run is handed out any more.
+            again = await worker.post(f"{W}/poll", json={"slots": 1, "wait": 0})
+            assert again.json()["jobs"] == []
+
+    run(hub, scenario)
+
+
+def test_marking_a_run_success_finishes_only_its_unfinished_tasks(hub: Hub) -> None:
+    async def scenario(admin: httpx.AsyncClient, workers: Workers) -> None:
+        async with await workers.connect(["default"], "w1") as worker:
+            await admin.post("/api/v1/dags/pair/runs", json={"run_id": "r1"})
+            (job,) = (await worker.post(f"{W}/poll", json={"slots": 1, "wait": 0})).json()["jobs"]
+            marked = await admin.patch("/api/v1/dags/pair/runs/r1", json={"state": "success"})
+            assert marked.status_code == 200
+            detail = (await admin.get("/api/v1/dags/pair/runs/r1")).json()
+            assert detail["state"] == "success"
+            assert {t["task_id"]: t["state"] for t in detail["tasks"]} == {
+                "a": "success",
+                "b": "success",
+            }
+            busy = {"slots": 0, "running": [job["attempt_id"]], "wait": 0}
+            told = (await worker.post(f"{W}/poll", json=busy)).json()["directives"]
+            assert told["kill"] == [job["attempt_id"]]
+
+            # Finished tasks keep their state: a failed, b upstream_failed.
+            await admin.post("/api/v1/dags/pair/runs", json={"run_id": "r2"})
+            await admin.patch("/api/v1/dags/pair/runs/r2/tasks/a", json={"state": "failed"})
+            assert (await admin.get("/api/v1/dags/pair/runs/r2")).json()["state"] == "failed"
+            await admin.patch("/api/v1/dags/pair/runs/r2", json={"state": "success"})
+            detail = (await admin.get("/api/v1/dags/pair/runs/r2")).json()
+            assert detail["state"] == "success"
+            assert {t["task_id"]: t["state"] for t in detail["tasks"]} == {
+                "a": "failed",
+                "b": "upstream_failed",
+            }
+
+            # A queued task is taken back: no worker gets it.
+            await admin.post("/api/v1/dags/pair/runs", json={"run_id": "r3"})
+            await admin.patch("/api/v1/dags/pair/runs/r3", json={"state": "success"})
+            nothing = await worker.post(f"{W}/poll", json={"slots": 1, "wait": 0})
+            assert nothing.json()["jobs"] == []
+
+    run(hub, scenario)
+
+
+def test_clearing_a_run_reruns_all_or_only_its_failed_tasks(hub: Hub) -> None:
+    async def scenario(admin: httpx.AsyncClient, workers: Workers) -> None:
+        async with await workers.connect(["default"], "w1") as worker:
+            await admin.post("/api/v1/dags/pair/runs", json={"run_id": "r1"})
+            (job,) = (await worker.post(f"{W}/poll", json={"slots": 1, "wait": 0})).json()["jobs"]
+            await worker.post(f"{W}/attempts/{job['attempt_id']}/finish", json={"state": "failed"})
+            assert (await admin.get("/api/v1/dags/pair/runs/r1")).json()["state"] == "failed"
+
+            cleared = await admin.post(
+                "/api/v1/dags/pair/runs/r1/clear", json={"only_failed": True}
+            )
+            assert cleared.json() == {"run_id": "r1", "cleared": ["a", "b"]}
+            detail = (await admin.get("/api/v1/dags/pair/runs/r1")).json()
+            assert detail["state"] == "running"
+            assert {t["task_id"]: t["state"] for t in detail["tasks"]} == {
+                "a": "queued",
+                "b": None,
+            }
+            (again,) = (await worker.post(f"{W}/poll", json={"slots": 1, "wait": 0})).json()["jobs"]
+            assert (again["task_id"], again["try_number"]) == ("a", 2)
+            await worker.post(
+                f"{W}/attempts/{again['attempt_id']}/finish", json={"state": "success"}
+            )
+            await admin.patch("/api/v1/dags/pair/runs/r1/tasks/b", json={"state": "success"})
+            assert (await admin.get("/api/v1/dags/pair/runs/r1")).json()["state"] == "success"
+
+            # Nothing failed: nothing to clear, and the run stays finished.
+            none = await admin.post("/api/v1/dags/pair/runs/r1/clear", json={"only_failed": True})
+            assert none.json() == {"run_id": "r1", "cleared": []}
+            assert (await admin.get("/api/v1/dags/pair/runs/r1")).json()["state"] == "success"
+            everything = await admin.post("/api/v1/dags/pair/runs/r1/clear", json={})
+            assert everything.json()["cleared"] == ["a", "b"]
+            detail = (await admin.get("/api/v1/dags/pair/runs/r1")).json()
+            assert detail["state"] == "running"
+            assert {t["task_id"]: (t["state"], t["try_number"]) for t in detail["tasks"]} == {
+                "a": ("queued", 2),
+                "b": (None, 0),
+            }
+
+            await _expect(
+                await admin.post("/api/v1/dags/pair/runs/nope/clear", json={}),
+                404,
+                "has no run 'nope'",
+            )
+            bad = await admin.post("/api/v1/dags/pair/runs/r1/clear", json={"only_failed": []})
+            assert bad.status_code == 422
 
     run(hub, scenario)

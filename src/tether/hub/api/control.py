@@ -84,17 +84,14 @@ def set_paused(session: Session, dag_id: str, paused: bool) -> dict[str, Any]:
     return dag_summary(dag)
 
 
-def _task_instances(session: Session, run: DagRun, task_ids: set[str]) -> list[TaskInstance]:
-    return list(
-        session.scalars(
-            lock_row(
-                select(TaskInstance)
-                .where(TaskInstance.dag_run_id == run.id, TaskInstance.task_id.in_(task_ids))
-                .order_by(TaskInstance.id),
-                session,
-            )
-        )
-    )
+def _task_instances(
+    session: Session, run: DagRun, task_ids: set[str] | None = None
+) -> list[TaskInstance]:
+    """The run's task instances (``task_ids`` only, if given), locked, in id order."""
+    stmt = select(TaskInstance).where(TaskInstance.dag_run_id == run.id)
+    if task_ids is not None:
+        stmt = stmt.where(TaskInstance.task_id.in_(task_ids))
+    return list(session.scalars(lock_row(stmt.order_by(TaskInstance.id), session)))
 
 
 def _end_running_attempt(session: Session, ti: TaskInstance, why: str, fx: Effects) -> None:
@@ -143,17 +140,9 @@ def _downstream(spec: dict[str, Any], task_id: str) -> set[str]:
     return found
 
 
-def clear_task(
-    session: Session, dag_id: str, run_id: str, task_id: str, downstream: bool
-) -> Effects:
-    """Make a task instance (and, if asked, everything downstream) run again."""
-    run = _locked_run(session, dag_id, run_id)
-    ids = {task_id} | (_downstream(run.serialized, task_id) if downstream else set())
-    tis = _task_instances(session, run, ids)
-    if not any(ti.task_id == task_id for ti in tis):
-        raise NotFound(f"run {run_id!r} of DAG {dag_id!r} has no task {task_id!r}")
+def _clear(session: Session, run: DagRun, tis: list[TaskInstance], fx: Effects) -> None:
+    """Make ``tis`` (locked) run again with their retries afresh, and reopen the run."""
     retries = {t["task_id"]: t["retries"] for t in run.serialized["tasks"]}
-    fx = Effects()
     for ti in tis:
         _end_running_attempt(session, ti, "cleared by an operator", fx)
         ti.state = None
@@ -163,4 +152,66 @@ def clear_task(
         ti.worker_name = None
     run.state, run.ended_at = S.RUN_RUNNING, None
     fx.queues |= advance_run(session, run)
+
+
+def clear_task(
+    session: Session, dag_id: str, run_id: str, task_id: str, downstream: bool
+) -> tuple[list[str], Effects]:
+    """Make a task instance (and, if asked, everything downstream) run again.
+
+    Returns the cleared task ids, in the run's order.
+    """
+    run = _locked_run(session, dag_id, run_id)
+    ids = {task_id} | (_downstream(run.serialized, task_id) if downstream else set())
+    tis = _task_instances(session, run, ids)
+    if not any(ti.task_id == task_id for ti in tis):
+        raise NotFound(f"run {run_id!r} of DAG {dag_id!r} has no task {task_id!r}")
+    fx = Effects()
+    _clear(session, run, tis, fx)
+    return [ti.task_id for ti in tis], fx
+
+
+def clear_run(
+    session: Session, dag_id: str, run_id: str, only_failed: bool
+) -> tuple[list[str], Effects]:
+    """Run a whole run again, or only its ``failed`` and ``upstream_failed`` tasks.
+
+    Returns the cleared task ids; when there are none the run is left as it is.
+    """
+    run = _locked_run(session, dag_id, run_id)
+    tis = _task_instances(session, run)
+    if only_failed:
+        tis = [ti for ti in tis if ti.state in S.TI_FAILED]
+    fx = Effects()
+    if tis:
+        _clear(session, run, tis, fx)
+    return [ti.task_id for ti in tis], fx
+
+
+def mark_run(session: Session, dag_id: str, run_id: str, state: str) -> Effects:
+    """Set a run to success or failed, and its unfinished task instances with it.
+
+    As Airflow: ``success`` makes every unfinished task instance ``success``;
+    ``failed`` makes those that ran or were about to (``running``, ``queued``,
+    ``up_for_retry``) ``failed`` and those that never started ``skipped``.
+    Finished task instances keep their state. Running attempts are ended and
+    their workers told to kill them.
+    """
+    run = _locked_run(session, dag_id, run_id)
+    now = utcnow()
+    fx = Effects()
+    for ti in _task_instances(session, run):
+        if ti.state in S.TI_FINISHED:
+            continue
+        _end_running_attempt(session, ti, f"run marked {state} by an operator", fx)
+        if state == S.RUN_SUCCESS:
+            ti.state = S.SUCCESS
+        else:
+            ti.state = S.SKIPPED if ti.state is None else S.FAILED
+        ti.ended_at = now
+        ti.next_retry_at = None
+    # Not advance_run: it would judge the run by its task states, and a run
+    # marked success may hold failed tasks (or one marked failed none).
+    run.state, run.ended_at = state, now
+    run.started_at = run.started_at or now
     return fx

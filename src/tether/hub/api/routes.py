@@ -138,7 +138,11 @@ async def import_errors(hub: HubDep) -> dict[str, Any]:
 
 async def _act(hub: Hub, fn: Callable[[Session], control.Effects]) -> None:
     """Run an operator action, then wake the queues and workers it concerns."""
-    fx = await _in_session(hub, fn)
+    _announce(hub, await _in_session(hub, fn))
+
+
+def _announce(hub: Hub, fx: control.Effects) -> None:
+    """After the commit: wake the queues that got work and the workers concerned."""
     hub.wakeups.notify(fx.queues)
     for name in fx.workers:
         hub.wakeups.notify_worker(name)
@@ -230,10 +234,38 @@ class ClearIn(BaseModel):
 @router.post("/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/clear", dependencies=[AdminAuth])
 async def clear_task(
     dag_id: str, run_id: str, task_id: str, body: ClearIn, hub: HubDep
-) -> dict[str, str]:
+) -> dict[str, Any]:
     """Run a task instance again (with its downstream if asked); a running one is killed."""
-    await _act(hub, lambda s: control.clear_task(s, dag_id, run_id, task_id, body.downstream))
-    return {"task_id": task_id, "state": "cleared"}
+    cleared, fx = await _in_session(
+        hub, lambda s: control.clear_task(s, dag_id, run_id, task_id, body.downstream)
+    )
+    _announce(hub, fx)
+    return {"task_id": task_id, "state": "cleared", "cleared": cleared}
+
+
+class RunStateIn(BaseModel):
+    state: Literal["success", "failed"]
+
+
+@router.patch("/dags/{dag_id}/runs/{run_id}", dependencies=[AdminAuth])
+async def mark_run(dag_id: str, run_id: str, body: RunStateIn, hub: HubDep) -> dict[str, str]:
+    """Mark a run success or failed, with its unfinished task instances."""
+    await _act(hub, lambda s: control.mark_run(s, dag_id, run_id, body.state))
+    return {"run_id": run_id, "state": body.state}
+
+
+class ClearRunIn(BaseModel):
+    only_failed: bool = False
+
+
+@router.post("/dags/{dag_id}/runs/{run_id}/clear", dependencies=[AdminAuth])
+async def clear_run(dag_id: str, run_id: str, body: ClearRunIn, hub: HubDep) -> dict[str, Any]:
+    """Run a whole run again, or only its failed tasks."""
+    cleared, fx = await _in_session(
+        hub, lambda s: control.clear_run(s, dag_id, run_id, body.only_failed)
+    )
+    _announce(hub, fx)
+    return {"run_id": run_id, "cleared": cleared}
 
 
 POOL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,255}$"
