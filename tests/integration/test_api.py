@@ -466,6 +466,45 @@ def test_pausing_a_dag_survives_a_reparse_and_bad_patches_get_reasons(hub: Hub) 
     run(hub, scenario)
 
 
+def test_listing_runs_newest_first_with_paging_and_a_state_filter(hub: Hub) -> None:
+    async def scenario(admin: httpx.AsyncClient, _: Workers) -> None:
+        for run_id in ("r1", "r2", "r3"):
+            made = await admin.post(
+                "/api/v1/dags/pair/runs", json={"run_id": run_id, "conf": {"n": run_id}}
+            )
+            assert made.status_code == 200
+        await admin.patch("/api/v1/dags/pair/runs/r2", json={"state": "success"})
+
+        listed = (await admin.get("/api/v1/dags/pair/runs")).json()
+        assert listed["total_entries"] == 3
+        assert [r["run_id"] for r in listed["dag_runs"]] == ["r3", "r2", "r1"]
+        r3 = listed["dag_runs"][0]
+        assert r3["state"] == "running"
+        assert r3["run_type"] == "manual"
+        assert r3["conf"] == {"n": "r3"}
+        assert r3["logical_date"] is not None
+        assert r3["started_at"] is not None
+        assert r3["ended_at"] is None
+        assert {"data_interval_start", "data_interval_end", "dag_id", "bundle_sha"} <= set(r3)
+
+        page = (await admin.get("/api/v1/dags/pair/runs?limit=2&offset=1")).json()
+        assert [r["run_id"] for r in page["dag_runs"]] == ["r2", "r1"]
+        assert page["total_entries"] == 3
+        done = (await admin.get("/api/v1/dags/pair/runs?state=success")).json()
+        assert [r["run_id"] for r in done["dag_runs"]] == ["r2"]
+        assert done["total_entries"] == 1
+        assert done["dag_runs"][0]["ended_at"] is not None
+        beyond = (await admin.get("/api/v1/dags/pair/runs?offset=10")).json()
+        assert beyond == {"dag_runs": [], "total_entries": 3}
+
+        for query in ("limit=0", "limit=1001", "offset=-1", "state=great", "limit=x"):
+            answer = await admin.get(f"/api/v1/dags/pair/runs?{query}")
+            assert answer.status_code == 422, query
+        await _expect(await admin.get("/api/v1/dags/nope/runs"), 404, "no DAG 'nope'")
+
+    run(hub, scenario)
+
+
 def test_marking_a_run_failed_kills_its_running_task_and_skips_the_rest(hub: Hub) -> None:
     async def scenario(admin: httpx.AsyncClient, workers: Workers) -> None:
         async with await workers.connect(["default"], "w1") as worker:

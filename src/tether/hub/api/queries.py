@@ -95,11 +95,7 @@ def get_run(session: Session, dag_id: str, run_id: str) -> DagRun:
     return run
 
 
-def run_detail(session: Session, dag_id: str, run_id: str) -> dict[str, Any]:
-    run = get_run(session, dag_id, run_id)
-    tis = session.scalars(
-        select(TaskInstance).where(TaskInstance.dag_run_id == run.id).order_by(TaskInstance.id)
-    )
+def run_summary(run: DagRun) -> dict[str, Any]:
     return {
         "dag_id": run.dag_id,
         "run_id": run.run_id,
@@ -113,6 +109,36 @@ def run_detail(session: Session, dag_id: str, run_id: str) -> dict[str, Any]:
         "started_at": _iso(run.started_at),
         "ended_at": _iso(run.ended_at),
         "bundle_sha": run.bundle_sha,
+    }
+
+
+def list_runs(
+    session: Session, dag_id: str, *, state: str | None, limit: int, offset: int
+) -> dict[str, Any]:
+    """A page of the DAG's runs, newest first, and how many there are in all.
+
+    Runs of a DAG whose file went away (inactive) are still listed; only a
+    DAG the hub never knew is 404.
+    """
+    if session.get(Dag, dag_id) is None:
+        raise NotFound(f"no DAG {dag_id!r}")
+    where = [DagRun.dag_id == dag_id]
+    if state is not None:
+        where.append(DagRun.state == state)
+    total = session.scalar(select(func.count()).select_from(DagRun).where(*where))
+    page = session.scalars(
+        select(DagRun).where(*where).order_by(DagRun.id.desc()).limit(limit).offset(offset)
+    )
+    return {"dag_runs": [run_summary(r) for r in page], "total_entries": total or 0}
+
+
+def run_detail(session: Session, dag_id: str, run_id: str) -> dict[str, Any]:
+    run = get_run(session, dag_id, run_id)
+    tis = session.scalars(
+        select(TaskInstance).where(TaskInstance.dag_run_id == run.id).order_by(TaskInstance.id)
+    )
+    return {
+        **run_summary(run),
         "tasks": [
             {
                 "task_id": ti.task_id,

@@ -86,6 +86,22 @@ async def patch_dag(dag_id: str, body: DagPatchIn, hub: HubDep) -> dict[str, Any
     return summary
 
 
+RunState = Literal["queued", "running", "success", "failed"]
+
+
+@router.get("/dags/{dag_id}/runs", dependencies=[AdminAuth])
+async def list_runs(
+    dag_id: str,
+    hub: HubDep,
+    state: RunState | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
+    return await _in_session(
+        hub, lambda s: queries.list_runs(s, dag_id, state=state, limit=limit, offset=offset)
+    )
+
+
 @router.post("/dags/{dag_id}/runs", dependencies=[AdminAuth])
 async def trigger_run(dag_id: str, body: TriggerIn, hub: HubDep) -> dict[str, str]:
     try:
