@@ -1,4 +1,5 @@
-"""``tether dags ...`` and ``tether db ...``: thin clients of the hub."""
+"""``tether dags|runs|tasks|workers ...``: thin clients of the hub's REST API;
+``tether db ...``: the hub's database, directly."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import argparse
 import json
 import sys
 import time
+from typing import Any
 
-from tether.cli.rest import Api, CliError, out
+from tether.cli.rest import Api, CliError, api_path, out
 
 FINISHED_RUN_STATES = ("success", "failed")
 
@@ -61,13 +63,97 @@ def dags_trigger(args: argparse.Namespace) -> int:
             return 2
         time.sleep(delay)
         delay = min(delay * 1.5, 2.0)
+    _print_tasks(run)
+    out(f"run {run_id}: {run['state']}")
+    return 0 if run["state"] == "success" else 1
+
+
+def _print_tasks(run: dict[str, Any]) -> None:
     for t in run["tasks"]:
         out(
             f"  {t['task_id']:40} {t['state'] or 'none':16} try {t['try_number']} "
             f"on {t['worker'] or '-'}"
         )
-    out(f"run {run_id}: {run['state']}")
-    return 0 if run["state"] == "success" else 1
+
+
+def dags_pause(args: argparse.Namespace) -> int:
+    Api(args.hub).patch(api_path("dags", args.dag_id), {"is_paused": True})
+    out(f"DAG {args.dag_id} paused")
+    return 0
+
+
+def dags_unpause(args: argparse.Namespace) -> int:
+    Api(args.hub).patch(api_path("dags", args.dag_id), {"is_paused": False})
+    out(f"DAG {args.dag_id} unpaused")
+    return 0
+
+
+def dags_runs(args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"limit": args.limit, "offset": args.offset}
+    if args.state:
+        params["state"] = args.state
+    page = Api(args.hub).get(api_path("dags", args.dag_id, "runs"), params=params)
+    if args.json:
+        out(json.dumps(page, indent=2))
+        return 0
+    out(f"{'run_id':48} {'state':8} {'type':9} {'logical_date':32} {'started_at':32} ended_at")
+    for r in page["dag_runs"]:
+        out(
+            f"{r['run_id']:48} {r['state']:8} {r['run_type']:9} {r['logical_date'] or '-':32} "
+            f"{r['started_at'] or '-':32} {r['ended_at'] or '-'}"
+        )
+    shown = len(page["dag_runs"])
+    out(f"{shown} of {page['total_entries']} run(s)" + (" (--offset for more)" if shown else ""))
+    return 0
+
+
+def runs_show(args: argparse.Namespace) -> int:
+    run = Api(args.hub).get(api_path("dags", args.dag_id, "runs", args.run_id))
+    if args.json:
+        out(json.dumps(run, indent=2))
+        return 0
+    out(
+        f"run {run['run_id']} of {run['dag_id']}: {run['state']} ({run['run_type']}, "
+        f"started {run['started_at'] or '-'}, ended {run['ended_at'] or '-'})"
+    )
+    _print_tasks(run)
+    return 0
+
+
+def runs_mark(args: argparse.Namespace) -> int:
+    Api(args.hub).patch(api_path("dags", args.dag_id, "runs", args.run_id), {"state": args.state})
+    out(f"run {args.run_id} of {args.dag_id} marked {args.state}")
+    return 0
+
+
+def runs_clear(args: argparse.Namespace) -> int:
+    answer = Api(args.hub).post(
+        api_path("dags", args.dag_id, "runs", args.run_id, "clear"),
+        {"only_failed": args.only_failed},
+    )
+    _print_cleared(answer["cleared"], args.run_id)
+    return 0
+
+
+def tasks_mark(args: argparse.Namespace) -> int:
+    path = api_path("dags", args.dag_id, "runs", args.run_id, "tasks", args.task_id)
+    Api(args.hub).patch(path, {"state": args.state})
+    out(f"task {args.task_id} of run {args.run_id} marked {args.state}")
+    return 0
+
+
+def tasks_clear(args: argparse.Namespace) -> int:
+    path = api_path("dags", args.dag_id, "runs", args.run_id, "tasks", args.task_id, "clear")
+    answer = Api(args.hub).post(path, {"downstream": args.downstream})
+    _print_cleared(answer["cleared"], args.run_id)
+    return 0
+
+
+def _print_cleared(task_ids: list[str], run_id: str) -> None:
+    if task_ids:
+        out(f"cleared {len(task_ids)} task(s) of run {run_id}: {', '.join(task_ids)}")
+    else:
+        out(f"nothing to clear in run {run_id}")
 
 
 def _duration(text: str) -> float:

@@ -13,6 +13,7 @@ from tether.cli.worker import add_worker_parser
 SUPPRESS_HELP = argparse.SUPPRESS
 
 HUB_EXTRA_HINT = "this command needs the hub's dependencies: pip install 'tether[hub]'"
+RUN_STATES = ["queued", "running", "success", "failed"]
 HUB_MODULES = frozenset({"fastapi", "uvicorn", "sqlalchemy", "alembic", "croniter", "starlette"})
 
 
@@ -90,6 +91,70 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--timeout", type=float, default=None, help="give up waiting after S s")
     sp.add_argument("--interval", type=float, default=1.0, help=SUPPRESS_HELP)
     sp.set_defaults(func=_lazy("tether.cli.backfill", "dags_backfill"))
+    for action, text in (
+        ("pause", "stop scheduling a DAG (running and manual runs go on)"),
+        ("unpause", "schedule a DAG again"),
+    ):
+        sp = dags.add_parser(action, help=text)
+        client_args(sp)
+        sp.add_argument("dag_id")
+        sp.set_defaults(func=_lazy("tether.cli.commands", f"dags_{action}"))
+    sp = dags.add_parser("runs", help="list a DAG's runs, newest first")
+    client_args(sp)
+    sp.add_argument("dag_id")
+    sp.add_argument("--state", choices=RUN_STATES, help="only runs in this state")
+    sp.add_argument("--limit", type=int, default=25, help="at most this many (default 25)")
+    sp.add_argument("--offset", type=int, default=0, help="skip the newest N")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=_lazy("tether.cli.commands", "dags_runs"))
+
+    runs = sub.add_parser("runs", help="one run of a DAG").add_subparsers(
+        dest="runs", required=True
+    )
+    sp = runs.add_parser("show", help="a run and the state of each of its tasks")
+    client_args(sp)
+    sp.add_argument("dag_id")
+    sp.add_argument("run_id")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=_lazy("tether.cli.commands", "runs_show"))
+    sp = runs.add_parser(
+        "mark",
+        help="set a run success or failed with its unfinished tasks (running ones are killed)",
+    )
+    client_args(sp)
+    sp.add_argument("dag_id")
+    sp.add_argument("run_id")
+    sp.add_argument("state", choices=["success", "failed"])
+    sp.set_defaults(func=_lazy("tether.cli.commands", "runs_mark"))
+    sp = runs.add_parser("clear", help="run a run's tasks again")
+    client_args(sp)
+    sp.add_argument("dag_id")
+    sp.add_argument("run_id")
+    sp.add_argument(
+        "--only-failed", action="store_true", help="only failed and upstream_failed tasks"
+    )
+    sp.set_defaults(func=_lazy("tether.cli.commands", "runs_clear"))
+
+    tasks = sub.add_parser("tasks", help="one task of a run").add_subparsers(
+        dest="tasks", required=True
+    )
+    sp = tasks.add_parser(
+        "mark", help="set a task success or failed (a running one is killed); the run moves on"
+    )
+    client_args(sp)
+    sp.add_argument("dag_id")
+    sp.add_argument("run_id")
+    sp.add_argument("task_id")
+    sp.add_argument("state", choices=["success", "failed"])
+    sp.set_defaults(func=_lazy("tether.cli.commands", "tasks_mark"))
+    sp = tasks.add_parser("clear", help="run a task again (a running one is killed)")
+    client_args(sp)
+    sp.add_argument("dag_id")
+    sp.add_argument("run_id")
+    sp.add_argument("task_id")
+    sp.add_argument("--downstream", action="store_true", help="and every task downstream of it")
+    sp.set_defaults(func=_lazy("tether.cli.commands", "tasks_clear"))
+
     workers = sub.add_parser("workers", help="edge workers, from the centre").add_subparsers(
         dest="workers", required=True
     )

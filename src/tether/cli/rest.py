@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -60,6 +61,14 @@ class Api:
 
     def post(self, path: str, body: dict[str, Any]) -> Any:
         return self.request("POST", path, json=body).json()
+
+    def patch(self, path: str, body: dict[str, Any]) -> Any:
+        return self.request("PATCH", path, json=body).json()
+
+
+def api_path(*segments: str) -> str:
+    """A REST path from names given on the command line, each percent-encoded."""
+    return "".join("/" + quote(str(s), safe="") for s in segments)
 
 
 def out(text: str) -> None:
