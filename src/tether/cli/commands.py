@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from tether.cli.rest import Api, CliError, api_path, out
 
 FINISHED_RUN_STATES = ("success", "failed")
+log = logging.getLogger("tether.cli")
 
 
 def dags_list(args: argparse.Namespace) -> int:
@@ -230,6 +233,62 @@ def db_migrate(args: argparse.Namespace) -> int:
     migrate(config.database_url)
     out(f"database at {_safe_url(config.database_url)} is up to date")
     return 0
+
+
+def db_clean(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from tether.hub.config import HubConfig
+    from tether.hub.scheduler.runs import utcnow
+    from tether.hub.store import cleanup
+    from tether.hub.store.db import Store
+
+    age = _duration(args.older_than)
+    if age <= 0:
+        raise CliError("--older-than must be more than 0")
+    if args.batch_size < 1:
+        raise CliError("--batch-size must be at least 1")
+    config = HubConfig.load(home=args.home)
+    url = config.database_url
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        raise CliError(f"no database at {url}")
+    cutoff = utcnow() - timedelta(seconds=age)
+    store = Store(url)
+    try:
+        out(f"database {_safe_url(url)}: runs that finished before {cutoff.isoformat()}")
+        with store.session() as s:
+            before = cleanup.count_rows(s)
+            old = cleanup.count_old(s, cutoff)
+        out(f"before: {_counts(before)}")
+        if args.dry_run:
+            out(f"would delete: {_counts(old)}")
+            out("dry run: nothing deleted")
+            return 0
+        out(f"to delete: {_counts(old)}")
+
+        def progress(done: cleanup.Result) -> None:
+            log.info("batch %d: %d run(s) deleted so far", done.batches, done.runs)
+
+        result = cleanup.clean(store, cutoff, args.batch_size, progress)
+        out(
+            f"deleted {result.runs} run(s) in {result.batches} batch(es), "
+            f"{result.bundles} unused bundle(s)"
+        )
+        with store.session() as s:
+            out(f"after: {_counts(cleanup.count_rows(s))}")
+    except cleanup.CleanupRefused as exc:
+        raise CliError(str(exc)) from None
+    except SQLAlchemyError as exc:
+        raise CliError(f"database error: {exc}") from None
+    finally:
+        store.dispose()
+    return 0
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return " ".join(f"{table}={n}" for table, n in counts.items())
 
 
 def _safe_url(url: str) -> str:

@@ -57,6 +57,25 @@ def _parser() -> argparse.ArgumentParser:
     sp = db.add_parser("migrate", help="create or upgrade the database schema")
     sp.add_argument("--home", type=_path)
     sp.set_defaults(func=_lazy("tether.cli.commands", "db_migrate"))
+    sp = db.add_parser(
+        "clean",
+        help="delete finished runs older than a cutoff, with their tasks, logs and outputs",
+        description="Delete runs that finished before now minus --older-than, with their "
+        "task instances, attempts, logs and outputs, and bundles no DAG or run uses any more. "
+        "Works on the database directly, in short batches, while the hub keeps serving.",
+    )
+    sp.add_argument(
+        "--older-than", required=True, help="age of what to delete: 90s, 30m, 24h, 14d or seconds"
+    )
+    sp.add_argument("--dry-run", action="store_true", help="count what would go; delete nothing")
+    sp.add_argument(
+        "--batch-size",
+        type=int,
+        default=200,
+        help="runs deleted per transaction (default 200): smaller holds up the hub less",
+    )
+    sp.add_argument("--home", type=_path)
+    sp.set_defaults(func=_lazy("tether.cli.commands", "db_clean"))
 
     dags = sub.add_parser("dags", help="DAGs on the hub").add_subparsers(dest="dags", required=True)
 

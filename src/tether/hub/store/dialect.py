@@ -46,3 +46,25 @@ def serialise_claims(session: Session) -> None:
     """
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CLAIM_LOCK_KEY})
+
+
+def pause_between_batches(session: Session) -> float:
+    """Seconds a long housekeeping job waits between its transactions.
+
+    SQLite: a hub transaction waiting for the write lock retries on a
+    back-off of up to 100 ms (the driver's busy handler), so a job that took
+    the lock again at once could keep it from ever getting in. PostgreSQL
+    locks rows, and its waiters queue: no pause needed.
+    """
+    return 0.1 if session.get_bind().dialect.name == "sqlite" else 0.0
+
+
+def foreign_keys_enforced(session: Session) -> bool:
+    """Whether deletes cascade along foreign keys on this connection.
+
+    SQLite enforces them only when a connection asks (``make_engine`` does);
+    PostgreSQL always does.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        return bool(session.execute(text("PRAGMA foreign_keys")).scalar() == 1)
+    return True
