@@ -631,3 +631,38 @@ def test_clearing_a_run_reruns_all_or_only_its_failed_tasks(hub: Hub) -> None:
             assert bad.status_code == 422
 
     run(hub, scenario)
+
+
+def test_run_marks_and_clears_respect_max_active_runs(hub: Hub) -> None:
+    write_dag(
+        hub.config.dags_folder,
+        "single.py",
+        """
+        from tether import DAG, BashOperator
+        with DAG("single", max_active_runs=1):
+            BashOperator(task_id="a", bash_command="true")
+        """,
+    )
+    parse(hub)
+
+    async def scenario(admin: httpx.AsyncClient, _: Workers) -> None:
+        async def state(run_id: str) -> str:
+            answer: str = (await admin.get(f"/api/v1/dags/single/runs/{run_id}")).json()["state"]
+            return answer
+
+        for run_id in ("r1", "r2"):
+            await admin.post("/api/v1/dags/single/runs", json={"run_id": run_id})
+        assert (await state("r1"), await state("r2")) == ("running", "queued")
+        # Marking r1 ends it: r2 starts in the same transaction.
+        await admin.patch("/api/v1/dags/single/runs/r1", json={"state": "success"})
+        assert (await state("r1"), await state("r2")) == ("success", "running")
+        # A cleared finished run is queued again and waits for room, as in Airflow.
+        cleared = await admin.post("/api/v1/dags/single/runs/r1/clear", json={})
+        assert cleared.json()["cleared"] == ["a"]
+        assert (await state("r1"), await state("r2")) == ("queued", "running")
+        await admin.patch("/api/v1/dags/single/runs/r2", json={"state": "failed"})
+        assert (await state("r1"), await state("r2")) == ("running", "failed")
+        detail = (await admin.get("/api/v1/dags/single/runs/r1")).json()
+        assert [(t["task_id"], t["state"]) for t in detail["tasks"]] == [("a", "queued")]
+
+    run(hub, scenario)

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from tether.hub.api.queries import NotFound, dag_summary, get_run
 from tether.hub.auth import credentials
 from tether.hub.scheduler import states as S
-from tether.hub.scheduler.runs import advance_run, utcnow
+from tether.hub.scheduler.runs import advance_run, start_queued_runs, utcnow
 from tether.hub.store.dialect import lock_row
 from tether.hub.store.models import Dag, DagRun, TaskAttempt, TaskInstance, Worker
 from tether.hub.worker_api.sessions import fail_attempts_of
@@ -150,8 +150,14 @@ def _clear(session: Session, run: DagRun, tis: list[TaskInstance], fx: Effects) 
         ti.next_retry_at = None
         ti.started_at = ti.ended_at = ti.queued_at = None
         ti.worker_name = None
-    run.state, run.ended_at = S.RUN_RUNNING, None
-    fx.queues |= advance_run(session, run)
+    if run.state in S.RUN_FINISHED:
+        # Queued again, as in Airflow: it starts now if max_active_runs leaves
+        # room, else when an earlier run ends.
+        run.state, run.ended_at = S.RUN_QUEUED, None
+        session.flush()
+        fx.queues |= start_queued_runs(session, run.dag_id)
+    else:  # running: queue what is ready now; queued: it waits its turn
+        fx.queues |= advance_run(session, run)
 
 
 def clear_task(
@@ -214,4 +220,6 @@ def mark_run(session: Session, dag_id: str, run_id: str, state: str) -> Effects:
     # marked success may hold failed tasks (or one marked failed none).
     run.state, run.ended_at = state, now
     run.started_at = run.started_at or now
+    session.flush()
+    fx.queues |= start_queued_runs(session, run.dag_id)  # room for the next run
     return fx
