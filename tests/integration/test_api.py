@@ -666,3 +666,43 @@ def test_run_marks_and_clears_respect_max_active_runs(hub: Hub) -> None:
         assert [(t["task_id"], t["state"]) for t in detail["tasks"]] == [("a", "queued")]
 
     run(hub, scenario)
+
+
+def test_clearing_the_failed_index_of_a_mapped_task_reruns_only_that_index(hub: Hub) -> None:
+    write_dag(
+        hub.config.dags_folder,
+        "mapped.py",
+        """
+        from tether import DAG, task
+        with DAG("fan"):
+            @task
+            def each(x):
+                return x
+            each.expand(x=[1, 2, 3])
+        """,
+    )
+    parse(hub)
+
+    async def scenario(admin: httpx.AsyncClient, workers: Workers) -> None:
+        async with await workers.connect(["default"], "w1") as worker:
+            await admin.post("/api/v1/dags/fan/runs", json={"run_id": "r1"})
+            jobs = (await worker.post(f"{W}/poll", json={"slots": 3, "wait": 0})).json()["jobs"]
+            assert len(jobs) == 3
+            for job, outcome in zip(jobs, ("success", "failed", "success"), strict=True):
+                finish = {"state": outcome, "no_retry": True}
+                await worker.post(f"{W}/attempts/{job['attempt_id']}/finish", json=finish)
+            assert (await admin.get("/api/v1/dags/fan/runs/r1")).json()["state"] == "failed"
+
+            cleared = await admin.post("/api/v1/dags/fan/runs/r1/clear", json={"only_failed": True})
+            assert cleared.json() == {"run_id": "r1", "cleared": ["each"]}
+            detail = (await admin.get("/api/v1/dags/fan/runs/r1")).json()
+            assert detail["state"] == "running"
+            assert [(t["map_index"], t["state"], t["try_number"]) for t in detail["tasks"]] == [
+                (0, "success", 1),
+                (1, "queued", 1),
+                (2, "success", 1),
+            ]
+            everything = await admin.post("/api/v1/dags/fan/runs/r1/tasks/each/clear", json={})
+            assert everything.json()["cleared"] == ["each"]  # once, for its three indexes
+
+    run(hub, scenario)

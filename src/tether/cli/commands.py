@@ -73,10 +73,8 @@ def dags_trigger(args: argparse.Namespace) -> int:
 
 def _print_tasks(run: dict[str, Any]) -> None:
     for t in run["tasks"]:
-        out(
-            f"  {t['task_id']:40} {t['state'] or 'none':16} try {t['try_number']} "
-            f"on {t['worker'] or '-'}"
-        )
+        name = t["task_id"] if t.get("map_index", -1) < 0 else f"{t['task_id']}[{t['map_index']}]"
+        out(f"  {name:40} {t['state'] or 'none':16} try {t['try_number']} on {t['worker'] or '-'}")
 
 
 def dags_pause(args: argparse.Namespace) -> int:

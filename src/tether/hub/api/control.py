@@ -174,7 +174,7 @@ def clear_task(
         raise NotFound(f"run {run_id!r} of DAG {dag_id!r} has no task {task_id!r}")
     fx = Effects()
     _clear(session, run, tis, fx)
-    return [ti.task_id for ti in tis], fx
+    return _task_ids(tis), fx
 
 
 def clear_run(
@@ -191,7 +191,12 @@ def clear_run(
     fx = Effects()
     if tis:
         _clear(session, run, tis, fx)
-    return [ti.task_id for ti in tis], fx
+    return _task_ids(tis), fx
+
+
+def _task_ids(tis: list[TaskInstance]) -> list[str]:
+    """Each task once (a mapped task has a task instance per map index), in order."""
+    return list(dict.fromkeys(ti.task_id for ti in tis))
 
 
 def mark_run(session: Session, dag_id: str, run_id: str, state: str) -> Effects:
