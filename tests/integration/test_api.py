@@ -10,11 +10,12 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from tests.hubtools import ADMIN, create_app, make_hub, parse, write_dag
 from tether import __version__
 from tether.hub.state import Hub
+from tether.hub.store.models import CallbackRequest
 from tether.protocol import PROTOCOL_VERSION, SESSION_HEADER
 
 
@@ -706,3 +707,28 @@ def test_clearing_the_failed_index_of_a_mapped_task_reruns_only_that_index(hub: 
             assert everything.json()["cleared"] == ["each"]  # once, for its three indexes
 
     run(hub, scenario)
+
+
+def test_a_run_marked_failed_asks_for_its_dag_callback_with_reason_marked(hub: Hub) -> None:
+    write_dag(
+        hub.config.dags_folder,
+        "called.py",
+        """
+        from tether import DAG, BashOperator
+        def told(context):
+            print("failed because", context["reason"])
+        with DAG("called", on_failure_callback=told):
+            BashOperator(task_id="a", bash_command="true")
+        """,
+    )
+    parse(hub)
+
+    async def scenario(admin: httpx.AsyncClient, _: Workers) -> None:
+        await admin.post("/api/v1/dags/called/runs", json={"run_id": "r1"})
+        marked = await admin.patch("/api/v1/dags/called/runs/r1", json={"state": "failed"})
+        assert marked.status_code == 200
+
+    run(hub, scenario)
+    with hub.store.session() as s:
+        requests = [(r.run_id, r.kind, r.reason) for r in s.scalars(select(CallbackRequest))]
+    assert requests == [("r1", "on_failure_callback", "marked")]

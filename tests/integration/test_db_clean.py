@@ -27,7 +27,15 @@ from tether.hub.scheduler.runs import utcnow
 from tether.hub.state import Hub as InProcessHub
 from tether.hub.store import cleanup
 from tether.hub.store.db import Store
-from tether.hub.store.models import Bundle, Dag, DagRun, LogChunk, TaskAttempt, TaskInstance
+from tether.hub.store.models import (
+    Bundle,
+    CallbackRequest,
+    Dag,
+    DagRun,
+    LogChunk,
+    TaskAttempt,
+    TaskInstance,
+)
 
 DAY = timedelta(days=1)
 CHUNK = b"a log line\n"
@@ -163,6 +171,19 @@ def test_clean_deletes_old_finished_runs_their_rows_and_unused_bundles(
     # Bundles from oldest to newest; the hub's current one was made just now.
     add_bundle(store, "pinned", 70 * DAY)  # used by an unfinished old run: kept
     add_bundle(store, "old", 60 * DAY)  # replaced 50 days ago, unused: deleted
+    add_bundle(store, "awaits-callback", 55 * DAY)  # a DAG callback still needs it: kept
+    with store.session() as s:
+        s.add(
+            CallbackRequest(
+                dag_id="pair",
+                run_id="gone-long-ago",
+                kind="on_failure_callback",
+                reason="task_failure",
+                bundle_sha="awaits-callback",
+                fileloc="pair.py",
+                created_at=utcnow() - 50 * DAY,
+            )
+        )
     add_bundle(store, "used-by-old-runs", 50 * DAY)  # unused once they go: deleted
     add_bundle(store, "recent", 40 * DAY)  # current until the hub's bundle: kept
     add_runs(
@@ -192,7 +213,7 @@ def test_clean_deletes_old_finished_runs_their_rows_and_unused_bundles(
         "task_instance": 58,
         "task_attempt": 58,
         "log_chunk": 116,
-        "bundle": 5,
+        "bundle": 6,
     }
     assert old == {
         "dag_run": 23,
@@ -210,7 +231,7 @@ def test_clean_deletes_old_finished_runs_their_rows_and_unused_bundles(
         after = cleanup.count_rows(s)
     assert after == {table: before[table] - old[table] for table in before}
     assert run_ids(store) == {"old-running-0", "old-running-1"} | {f"recent-{i}" for i in range(4)}
-    assert bundles(store) == {current, "pinned", "recent"}
+    assert bundles(store) == {current, "pinned", "awaits-callback", "recent"}
     # Nothing is left behind: every row belongs to a run that is kept.
     with store.session() as s:
         orphans = s.scalar(

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from tether.hub.api.queries import NotFound, dag_summary, get_run
 from tether.hub.auth import credentials
 from tether.hub.scheduler import states as S
-from tether.hub.scheduler.runs import advance_run, start_queued_runs, utcnow
+from tether.hub.scheduler.runs import advance_run, finish_run, start_queued_runs, utcnow
 from tether.hub.store.dialect import lock_row
 from tether.hub.store.models import Dag, DagRun, TaskAttempt, TaskInstance, Worker
 from tether.hub.worker_api.sessions import fail_attempts_of
@@ -206,7 +206,9 @@ def mark_run(session: Session, dag_id: str, run_id: str, state: str) -> Effects:
     ``failed`` makes those that ran or were about to (``running``, ``queued``,
     ``up_for_retry``) ``failed`` and those that never started ``skipped``.
     Finished task instances keep their state. Running attempts are ended and
-    their workers told to kill them.
+    their workers told to kill them. The run ends as any run does
+    (``finish_run``): the DAG's callback is asked for, with reason ``marked``,
+    and the next queued run may start.
     """
     run = _locked_run(session, dag_id, run_id)
     now = utcnow()
@@ -223,8 +225,6 @@ def mark_run(session: Session, dag_id: str, run_id: str, state: str) -> Effects:
         ti.next_retry_at = None
     # Not advance_run: it would judge the run by its task states, and a run
     # marked success may hold failed tasks (or one marked failed none).
-    run.state, run.ended_at = state, now
     run.started_at = run.started_at or now
-    session.flush()
-    fx.queues |= start_queued_runs(session, run.dag_id)  # room for the next run
+    fx.queues |= finish_run(session, run, state, "marked")  # callback, next queued run
     return fx

@@ -23,7 +23,15 @@ from sqlalchemy.orm import Session, aliased
 from tether.hub.scheduler import states as S
 from tether.hub.store.db import Store
 from tether.hub.store.dialect import foreign_keys_enforced, lock_row, pause_between_batches
-from tether.hub.store.models import Bundle, Dag, DagRun, LogChunk, TaskAttempt, TaskInstance
+from tether.hub.store.models import (
+    Bundle,
+    CallbackRequest,
+    Dag,
+    DagRun,
+    LogChunk,
+    TaskAttempt,
+    TaskInstance,
+)
 
 #: The tables ``db clean`` deletes from, in the order its counts are printed.
 TABLES: dict[str, type[DagRun | TaskInstance | TaskAttempt | LogChunk | Bundle]] = {
@@ -62,7 +70,8 @@ def _old_runs(cutoff: datetime) -> Select[Any]:
 def _unused_bundles(
     cutoff: datetime, *, without_old_runs: bool = False
 ) -> list[ColumnElement[bool]]:
-    """Bundles no DAG and no run uses, replaced by a newer bundle before ``cutoff``.
+    """Bundles no DAG, run or pending DAG callback uses, replaced by a newer bundle
+    before ``cutoff``.
 
     The age of a bundle is when it stopped being the newest, not when it was
     made: one that was current at any time since the cutoff is kept, so a run
@@ -76,6 +85,7 @@ def _unused_bundles(
     return [
         Bundle.sha.not_in(select(Dag.bundle_sha)),
         Bundle.sha.not_in(used_by_runs),
+        Bundle.sha.not_in(select(CallbackRequest.bundle_sha)),  # a DAG callback yet to run
         exists(
             select(newer.sha).where(newer.created_at > Bundle.created_at, newer.created_at < cutoff)
         ),
