@@ -495,10 +495,15 @@ def test_listing_runs_newest_first_with_paging_and_a_state_filter(hub: Hub) -> N
         assert [r["run_id"] for r in done["dag_runs"]] == ["r2"]
         assert done["total_entries"] == 1
         assert done["dag_runs"][0]["ended_at"] is not None
+        manual = (await admin.get("/api/v1/dags/pair/runs?run_type=manual&limit=1")).json()
+        assert [r["run_id"] for r in manual["dag_runs"]] == ["r3"]
+        assert manual["total_entries"] == 3
+        none = (await admin.get("/api/v1/dags/pair/runs?run_type=scheduled")).json()
+        assert none == {"dag_runs": [], "total_entries": 0}
         beyond = (await admin.get("/api/v1/dags/pair/runs?offset=10")).json()
         assert beyond == {"dag_runs": [], "total_entries": 3}
 
-        for query in ("limit=0", "limit=1001", "offset=-1", "state=great", "limit=x"):
+        for query in ("limit=0", "limit=1001", "offset=-1", "state=great", "run_type=x", "limit=x"):
             answer = await admin.get(f"/api/v1/dags/pair/runs?{query}")
             assert answer.status_code == 422, query
         await _expect(await admin.get("/api/v1/dags/nope/runs"), 404, "no DAG 'nope'")

@@ -180,6 +180,11 @@ def test_runs_are_listed_and_a_dag_is_paused_and_unpaused_from_the_cli(env: Env)
     assert env.api.get("/dags/ticking")["is_paused"] is True
     (newest,) = env.api.get("/dags/ticking/runs", params={"limit": 1})["dag_runs"]
     assert newest["run_type"] == "scheduled"
+    scheduled = json.loads(env.cli("dags", "runs", "ticking", "--type", "scheduled", "--json"))
+    assert scheduled["dag_runs"]
+    assert {r["run_type"] for r in scheduled["dag_runs"]} == {"scheduled"}
+    manual = json.loads(env.cli("dags", "runs", "ticking", "--type", "manual", "--json"))
+    assert manual == {"dag_runs": [], "total_entries": 0}
 
     missing = tether_cli("dags", "pause", "no_such_dag", hub=env.hub)
     assert missing.returncode == 1

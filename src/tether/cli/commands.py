@@ -93,6 +93,8 @@ def dags_runs(args: argparse.Namespace) -> int:
     params: dict[str, Any] = {"limit": args.limit, "offset": args.offset}
     if args.state:
         params["state"] = args.state
+    if args.run_type:
+        params["run_type"] = args.run_type
     page = Api(args.hub).get(api_path("dags", args.dag_id, "runs"), params=params)
     if args.json:
         out(json.dumps(page, indent=2))

@@ -14,6 +14,7 @@ SUPPRESS_HELP = argparse.SUPPRESS
 
 HUB_EXTRA_HINT = "this command needs the hub's dependencies: pip install 'tether[hub]'"
 RUN_STATES = ["queued", "running", "success", "failed"]
+RUN_TYPES = ["manual", "scheduled", "backfill"]
 HUB_MODULES = frozenset({"fastapi", "uvicorn", "sqlalchemy", "alembic", "croniter", "starlette"})
 
 
@@ -122,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     client_args(sp)
     sp.add_argument("dag_id")
     sp.add_argument("--state", choices=RUN_STATES, help="only runs in this state")
+    sp.add_argument("--type", dest="run_type", choices=RUN_TYPES, help="only runs of this type")
     sp.add_argument("--limit", type=int, default=25, help="at most this many (default 25)")
     sp.add_argument("--offset", type=int, default=0, help="skip the newest N")
     sp.add_argument("--json", action="store_true")

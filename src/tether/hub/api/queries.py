@@ -113,7 +113,13 @@ def run_summary(run: DagRun) -> dict[str, Any]:
 
 
 def list_runs(
-    session: Session, dag_id: str, *, state: str | None, limit: int, offset: int
+    session: Session,
+    dag_id: str,
+    *,
+    state: str | None,
+    limit: int,
+    offset: int,
+    run_type: str | None = None,
 ) -> dict[str, Any]:
     """A page of the DAG's runs, newest first, and how many there are in all.
 
@@ -125,6 +131,8 @@ def list_runs(
     where = [DagRun.dag_id == dag_id]
     if state is not None:
         where.append(DagRun.state == state)
+    if run_type is not None:
+        where.append(DagRun.run_type == run_type)
     total = session.scalar(select(func.count()).select_from(DagRun).where(*where))
     page = session.scalars(
         select(DagRun).where(*where).order_by(DagRun.id.desc()).limit(limit).offset(offset)

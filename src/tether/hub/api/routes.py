@@ -87,6 +87,7 @@ async def patch_dag(dag_id: str, body: DagPatchIn, hub: HubDep) -> dict[str, Any
 
 
 RunState = Literal["queued", "running", "success", "failed"]
+RunType = Literal["manual", "scheduled", "backfill"]
 
 
 @router.get("/dags/{dag_id}/runs", dependencies=[AdminAuth])
@@ -94,11 +95,15 @@ async def list_runs(
     dag_id: str,
     hub: HubDep,
     state: RunState | None = None,
+    run_type: RunType | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> dict[str, Any]:
     return await _in_session(
-        hub, lambda s: queries.list_runs(s, dag_id, state=state, limit=limit, offset=offset)
+        hub,
+        lambda s: queries.list_runs(
+            s, dag_id, state=state, run_type=run_type, limit=limit, offset=offset
+        ),
     )
 
 
