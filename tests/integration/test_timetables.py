@@ -212,7 +212,10 @@ def test_backfill_shows_a_progress_bar_on_a_terminal(hub: Hub) -> None:
         elif proc.poll() is not None:
             break
     os.close(main)
-    assert proc.wait(30) == 0
+    assert proc.stderr is not None
+    with proc.stderr:
+        errors = proc.stderr.read().decode()
+    assert proc.wait(30) == 0, errors
     text = seen.decode()
     assert "\r[" in text  # redrawn in place
     assert "3/3 runs done (3 succeeded, 0 failed)" in text
