@@ -239,7 +239,7 @@ def test_the_scheduler_creates_cron_runs_with_their_data_intervals(
     )
     parse(hub)
     now = start + runs.timedelta(hours=5, minutes=30)
-    woken, deadline = tick(hub.store, now)
+    woken, deadline, _ = tick(hub.store, now)
     assert woken == {"default"}
     assert deadline == start + runs.timedelta(hours=6)  # the next interval's end
     with hub.store.session() as s:
@@ -282,11 +282,11 @@ def test_a_paused_dag_gets_no_runs_and_unpaused_resumes_per_catchup(
             )
             return [(r.data_interval_start, r.data_interval_end) for r in rows]
 
-    assert tick(hub.store, later) == (set(), None)  # paused: no run, no deadline
+    assert tick(hub.store, later) == (set(), None, set())  # paused: no run, no deadline
     assert intervals() == []
     with hub.store.session() as s:
         assert control.set_paused(s, "hourly", False)["is_paused"] is False
-    woken, deadline = tick(hub.store, later)
+    woken, deadline, _ = tick(hub.store, later)
     assert woken == {"default"}
     assert deadline == start + 9 * hour
     # catchup: every interval missed while paused; without: only the latest one.

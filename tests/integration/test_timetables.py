@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -48,6 +49,14 @@ with DAG("backfillable", schedule="@daily", start_date=datetime(2026, 1, 1), cat
          max_active_runs=2, is_paused_upon_creation=True):
     BashOperator(task_id="t", bash_command="sleep 0.3; echo {{{{ ds }}}}")
 
+def mark(context):
+    from pathlib import Path
+    Path(context["conf"]["mark"]).write_text(context["reason"])
+
+with DAG("too_slow", dagrun_timeout=timedelta(seconds=2), on_failure_callback=mark):
+    BashOperator(task_id="slow", bash_command="echo started; sleep 60") >> BashOperator(
+        task_id="after", bash_command="true")
+
 with DAG("by_hand"):
     BashOperator(task_id="t", bash_command="true")
 """
@@ -67,7 +76,9 @@ def hub(
     worker = Worker(hub, root / "worker", "default", "w1", concurrency=4)
     try:
         worker.wait_registered()
-        hub.api.wait_dags("five_days", "five_days_no_catchup", "backfillable", "by_hand")
+        hub.api.wait_dags(
+            "five_days", "five_days_no_catchup", "backfillable", "by_hand", "too_slow"
+        )
         yield hub
     finally:
         worker.stop()
@@ -246,3 +257,28 @@ def test_backfill_refuses_what_it_cannot_do(hub: Hub) -> None:
     )
     assert too_many.status_code == 400
     assert "more than 1000 intervals" in too_many.json()["detail"]
+
+
+def test_dagrun_timeout_fails_the_run_and_kills_its_task(hub: Hub, tmp_path: Path) -> None:
+    mark = tmp_path / "mark"
+    run_id = hub.api.trigger("too_slow", {"mark": str(mark)})
+    run = hub.api.wait_run("too_slow", run_id, timeout=60)
+    assert run["state"] == "failed"
+    states = {t["task_id"]: t["state"] for t in run["tasks"]}
+    assert states == {"slow": "failed", "after": "skipped"}
+    started = datetime.fromisoformat(run["started_at"])
+    ended = datetime.fromisoformat(run["ended_at"])
+    assert ended - started >= timedelta(seconds=2)
+    assert run["tasks"][0]["error"] == "dagrun_timeout of 2s exceeded"
+    log = wait_for(
+        lambda: (
+            (text := hub.api.log("too_slow", run_id, "slow"))
+            and "killing the task: the hub ended this attempt" in text
+            and text
+        ),
+        30,
+        "the worker to kill the task and ship its log",
+    )
+    assert "started" in log
+    wait_for(mark.exists, 30, "the DAG's on_failure_callback")
+    assert mark.read_text() == "timed_out"

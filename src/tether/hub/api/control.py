@@ -19,9 +19,15 @@ from sqlalchemy.orm import Session
 from tether.hub.api.queries import NotFound, dag_summary, get_run
 from tether.hub.auth import credentials
 from tether.hub.scheduler import states as S
-from tether.hub.scheduler.runs import advance_run, finish_run, start_queued_runs, utcnow
+from tether.hub.scheduler.runs import (
+    advance_run,
+    end_run,
+    end_running_attempt,
+    start_queued_runs,
+    utcnow,
+)
 from tether.hub.store.dialect import lock_row
-from tether.hub.store.models import Dag, DagRun, TaskAttempt, TaskInstance, Worker
+from tether.hub.store.models import Dag, DagRun, TaskInstance, Worker
 from tether.hub.worker_api.sessions import fail_attempts_of
 
 
@@ -95,14 +101,9 @@ def _task_instances(
 
 
 def _end_running_attempt(session: Session, ti: TaskInstance, why: str, fx: Effects) -> None:
-    if ti.state != S.RUNNING or ti.attempt_id is None:
-        return
-    attempt = session.get(TaskAttempt, ti.attempt_id)
-    if attempt is not None and attempt.state == S.RUNNING:
-        attempt.state = S.ATTEMPT_LOST
-        attempt.ended_at = utcnow()
-        attempt.error = why
-        fx.workers.add(attempt.worker_name)  # its poll answers with "kill"
+    worker = end_running_attempt(session, ti, why)
+    if worker is not None:
+        fx.workers.add(worker)  # its poll answers with "kill"
 
 
 def _locked_run(session: Session, dag_id: str, run_id: str) -> DagRun:
@@ -211,20 +212,5 @@ def mark_run(session: Session, dag_id: str, run_id: str, state: str) -> Effects:
     and the next queued run may start.
     """
     run = _locked_run(session, dag_id, run_id)
-    now = utcnow()
-    fx = Effects()
-    for ti in _task_instances(session, run):
-        if ti.state in S.TI_FINISHED:
-            continue
-        _end_running_attempt(session, ti, f"run marked {state} by an operator", fx)
-        if state == S.RUN_SUCCESS:
-            ti.state = S.SUCCESS
-        else:
-            ti.state = S.SKIPPED if ti.state is None else S.FAILED
-        ti.ended_at = now
-        ti.next_retry_at = None
-    # Not advance_run: it would judge the run by its task states, and a run
-    # marked success may hold failed tasks (or one marked failed none).
-    run.started_at = run.started_at or now
-    fx.queues |= finish_run(session, run, state, "marked")  # callback, next queued run
-    return fx
+    queues, workers = end_run(session, run, state, "marked", f"run marked {state} by an operator")
+    return Effects(queues=queues, workers=workers)

@@ -144,7 +144,16 @@ def run_detail(session: Session, dag_id: str, run_id: str) -> dict[str, Any]:
     run = get_run(session, dag_id, run_id)
     tis = session.scalars(
         select(TaskInstance).where(TaskInstance.dag_run_id == run.id).order_by(TaskInstance.id)
-    )
+    ).all()
+    # Why the latest try of each task instance ended, when it did not succeed.
+    errors = {
+        attempt_id: error
+        for attempt_id, error in session.execute(
+            select(TaskAttempt.id, TaskAttempt.error).where(
+                TaskAttempt.id.in_([ti.attempt_id for ti in tis if ti.attempt_id])
+            )
+        )
+    }
     return {
         **run_summary(run),
         "tasks": [
@@ -160,6 +169,7 @@ def run_detail(session: Session, dag_id: str, run_id: str) -> dict[str, Any]:
                 "started_at": _iso(ti.started_at),
                 "ended_at": _iso(ti.ended_at),
                 "next_retry_at": _iso(ti.next_retry_at),
+                "error": errors.get(ti.attempt_id) if ti.attempt_id else None,
             }
             for ti in tis
         ],

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from sqlalchemy import func, select
 
@@ -82,11 +83,23 @@ def create_scheduled_runs(store: Store, now: datetime) -> set[str]:
     return woken
 
 
-def tick(
-    store: Store, now: datetime, lost_timeout: timedelta | None = None
-) -> tuple[set[str], datetime | None]:
-    """One pass; returns the queues that got work and the next deadline."""
+class Pass(NamedTuple):
+    """What one scheduler pass did and when the next one is due."""
+
+    #: Queues that got work.
+    queues: set[str]
+    #: The earliest time something becomes due (a run, a retry, a timeout).
+    deadline: datetime | None
+    #: Workers that must kill a task (its run timed out).
+    workers: set[str]
+
+
+def tick(store: Store, now: datetime, lost_timeout: timedelta | None = None) -> Pass:
+    """One pass of the scheduler."""
     woken = create_scheduled_runs(store, now)
+    with store.session() as s:
+        timed_out, workers = runs.time_out_runs(s, now)
+    woken |= timed_out
     if lost_timeout is not None:
         with store.session() as s:
             woken |= mark_lost_workers(s, now, lost_timeout)
@@ -102,6 +115,7 @@ def tick(
     with store.session() as s:
         deadlines = [
             runs.next_retry_time(s),
+            runs.next_run_timeout(s),
             s.scalar(
                 select(func.min(Dag.next_dagrun_create_after)).where(
                     Dag.is_active.is_(True), Dag.is_paused.is_(False)
@@ -109,7 +123,7 @@ def tick(
             ),
         ]
     upcoming = [d for d in deadlines if d is not None]
-    return woken, min(upcoming) if upcoming else None
+    return Pass(woken, min(upcoming) if upcoming else None, workers)
 
 
 class Scheduler:
@@ -130,11 +144,13 @@ class Scheduler:
             # lost-timeout from the hub's start to reconnect before judging.
             judge = self.lost_timeout if now - self.started >= self.lost_timeout else None
             try:
-                woken, deadline = await asyncio.to_thread(tick, self.store, now, judge)
+                woken, deadline, workers = await asyncio.to_thread(tick, self.store, now, judge)
             except Exception:
                 log.exception("scheduler pass failed; retrying after the sweep interval")
-                woken, deadline = set(), None
+                woken, deadline, workers = set(), None, set()
             self.wakeups.notify(woken)
+            for name in workers:
+                self.wakeups.notify_worker(name)
             wait = self.sweep_interval
             if deadline is not None:
                 wait = max(0.0, min(wait, (deadline - runs.utcnow()).total_seconds()))

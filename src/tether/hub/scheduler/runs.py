@@ -472,3 +472,82 @@ def skip_unchosen_branches(session: Session, run: DagRun, ti: TaskInstance, chos
     ):
         other.state = S.SKIPPED
         other.ended_at = now
+
+
+def end_running_attempt(session: Session, ti: TaskInstance, why: str) -> str | None:
+    """Give up on ``ti``'s running attempt (its reports will be refused).
+
+    Returns the worker to tell to kill it, if there was one.
+    """
+    if ti.state != S.RUNNING or ti.attempt_id is None:
+        return None
+    attempt = session.get(TaskAttempt, ti.attempt_id)
+    if attempt is None or attempt.state != S.RUNNING:
+        return None
+    attempt.state = S.ATTEMPT_LOST
+    attempt.ended_at = utcnow()
+    attempt.error = why
+    return attempt.worker_name
+
+
+def end_run(
+    session: Session, run: DagRun, state: str, reason: str, why: str
+) -> tuple[set[str], set[str]]:
+    """End a run now as ``state``, with its unfinished task instances.
+
+    As Airflow: ``success`` makes every unfinished task instance ``success``;
+    ``failed`` makes those that ran or were about to (``running``, ``queued``,
+    ``up_for_retry``) ``failed`` and those that never started ``skipped``.
+    Finished task instances keep their state; running attempts end (``why``
+    is their error). The caller holds the run's lock. Returns the queues
+    that got work and the workers that must kill a task.
+    """
+    now = utcnow()
+    workers: set[str] = set()
+    for ti in session.scalars(
+        lock_row(
+            select(TaskInstance).where(TaskInstance.dag_run_id == run.id).order_by(TaskInstance.id),
+            session,
+        )
+    ):
+        if ti.state in S.TI_FINISHED:
+            continue
+        worker = end_running_attempt(session, ti, why)
+        if worker is not None:
+            workers.add(worker)
+        if state == S.RUN_SUCCESS:
+            ti.state = S.SUCCESS
+        else:
+            ti.state = S.SKIPPED if ti.state is None else S.FAILED
+        ti.ended_at = now
+        ti.next_retry_at = None
+    # Not advance_run: it would judge the run by its task states, and a run
+    # ended as success may hold failed tasks (or one ended as failed none).
+    run.started_at = run.started_at or now
+    return finish_run(session, run, state, reason), workers
+
+
+def time_out_runs(session: Session, now: datetime) -> tuple[set[str], set[str]]:
+    """Fail the running runs past their dagrun_timeout (reason ``timed_out``)."""
+    queues: set[str] = set()
+    workers: set[str] = set()
+    due = session.scalars(
+        lock_row(
+            select(DagRun)
+            .where(DagRun.state == S.RUN_RUNNING, DagRun.timeout_at <= now)
+            .order_by(DagRun.id),
+            session,
+        )
+    ).all()
+    for run in due:
+        limit = run.serialized.get("dagrun_timeout") or 0
+        got, kill = end_run(
+            session, run, S.RUN_FAILED, "timed_out", f"dagrun_timeout of {limit:g}s exceeded"
+        )
+        queues |= got
+        workers |= kill
+    return queues, workers
+
+
+def next_run_timeout(session: Session) -> datetime | None:
+    return session.scalar(select(func.min(DagRun.timeout_at)).where(DagRun.state == S.RUN_RUNNING))
