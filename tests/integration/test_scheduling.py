@@ -4,6 +4,7 @@ timetable's catchup runs, dagrun_timeout."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -139,6 +140,44 @@ with DAG("times_out", on_failure_callback=mark):
 """
 
 
+RULES = [
+    "all_success",
+    "all_failed",
+    "all_done",
+    "one_success",
+    "one_failed",
+    "none_failed",
+    "none_failed_min_one_success",
+    "none_skipped",
+    "always",
+]
+
+RULE_DAGS = f"""
+from datetime import timedelta
+from tether import DAG, BashOperator
+
+with DAG("rules"):
+    ok = BashOperator(task_id="ok", bash_command="true")
+    bad = BashOperator(task_id="bad", bash_command="exit 1")
+    skip = BashOperator(task_id="skip", bash_command="exit 99")
+    for rule in {RULES!r}:
+        for name, ups in (("okbad", [ok, bad]), ("okskip", [ok, skip])):
+            ups >> BashOperator(
+                task_id=f"{{name}}_{{rule}}", bash_command="true", trigger_rule=rule
+            )
+    # A skip spreads down a chain of default (all_success) tasks.
+    skip >> BashOperator(task_id="child", bash_command="true") >> BashOperator(
+        task_id="grandchild", bash_command="true")
+
+with DAG("backoff"):
+    BashOperator(
+        task_id="flaky", retries=2, retry_delay=timedelta(seconds=1),
+        retry_exponential_backoff=True, max_retry_delay=timedelta(seconds=1.5),
+        bash_command='echo "try $TETHER_TRY_NUMBER"; [ "$TETHER_TRY_NUMBER" = 3 ]',
+    )
+"""
+
+
 @pytest.fixture(scope="module", params=BACKENDS)
 def hub(
     request: pytest.FixtureRequest,
@@ -150,6 +189,7 @@ def hub(
     write_dag(dags, "branches.py", BRANCH_DAGS)
     write_dag(dags, "mapped.py", MAPPED_DAGS)
     write_dag(dags, "callbacks.py", CALLBACK_DAGS)
+    write_dag(dags, "rules.py", RULE_DAGS)
     urls = make_database_url(request.param, root, _postgres_reason)
     hub = Hub(root / "hub", dags, next(urls))
     worker = Worker(hub, root / "worker", "default", "w1")
@@ -287,3 +327,59 @@ def test_execution_timeout_fails_the_task_inside_it_and_kills_a_stubborn_one(
     stubborn = hub.api.log("times_out", run["run_id"], "stubborn")
     assert "execution_timeout of 1s exceeded and the task did not stop within 5s" in stubborn
     wait_for(mark.exists, 30, "the DAG's on_failure_callback")
+
+
+def test_every_trigger_rule_with_real_upstream_outcomes(hub: Hub) -> None:
+    states = _states(hub, "rules")
+    with_failure = {rule: states[f"okbad_{rule}"] for rule in RULES}
+    with_skip = {rule: states[f"okskip_{rule}"] for rule in RULES}
+    assert (states["ok"], states["bad"], states["skip"]) == ("success", "failed", "skipped")
+    # Upstream: one success, one failure.
+    assert with_failure == {
+        "all_success": "upstream_failed",
+        "all_failed": "skipped",
+        "all_done": "success",
+        "one_success": "success",
+        "one_failed": "success",
+        "none_failed": "upstream_failed",
+        "none_failed_min_one_success": "upstream_failed",
+        "none_skipped": "success",
+        "always": "success",
+    }
+    # Upstream: one success, one skip.
+    assert with_skip == {
+        "all_success": "skipped",
+        "all_failed": "skipped",
+        "all_done": "success",
+        "one_success": "success",
+        "one_failed": "skipped",
+        "none_failed": "success",
+        "none_failed_min_one_success": "success",
+        "none_skipped": "skipped",
+        "always": "success",
+    }
+    assert (states["child"], states["grandchild"]) == ("skipped", "skipped")
+    assert states["<run>"] == "failed"
+
+
+def test_retries_wait_with_exponential_backoff_capped_by_max_retry_delay(hub: Hub) -> None:
+    run_id = hub.api.trigger("backoff")
+    waits: dict[int, float] = {}
+
+    def watch() -> dict[str, object] | None:
+        run = hub.api.run("backoff", run_id)
+        ti = run["tasks"][0]
+        if ti["state"] == "up_for_retry" and ti["next_retry_at"]:
+            ended = datetime.fromisoformat(ti["ended_at"])
+            waits[ti["try_number"]] = (
+                datetime.fromisoformat(ti["next_retry_at"]) - ended
+            ).total_seconds()
+        return run if run["state"] in ("success", "failed") else None
+
+    run = wait_for(watch, 60, "the backoff run to finish", interval=0.02)
+    ti = run["tasks"][0]
+    assert (run["state"], ti["state"], ti["try_number"]) == ("success", "success", 3)
+    # 1 s after the first failure; 2 s after the second, capped at 1.5 s.
+    assert waits == {1: 1.0, 2: 1.5}
+    for number in (1, 2, 3):
+        assert f"try {number}" in hub.api.log("backoff", run_id, "flaky", try_number=number)
