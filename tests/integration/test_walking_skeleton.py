@@ -54,6 +54,7 @@ def env(
             "customer_acme_extract",
             "sync_crm",
             "sync_billing",
+            "partitioned_load",
             "flaky_retry",
             "where_am_i",
             "always_fails",
@@ -71,6 +72,7 @@ EXAMPLE_DAGS = {
     "customer_acme_extract": {"check_source", "extract_orders", "summarize"},
     "sync_crm": {"start", "sync_accounts", "sync_contacts", "done"},
     "sync_billing": {"start", "sync_invoices", "done"},
+    "partitioned_load": {"list_partitions", "load_partition", "summarize"},
 }
 
 
@@ -85,6 +87,18 @@ def test_every_example_dag_runs_to_success(env: Env, dag_id: str) -> None:
         assert task["worker"] == "edge-1"
         assert task["try_number"] == 1
         assert task["queued_at"] <= task["started_at"] <= task["ended_at"]
+
+
+def test_the_mapped_example_fans_out_and_back_in(env: Env) -> None:
+    run = env.run_dag("partitioned_load")
+    loads = sorted(
+        (t["map_index"], t["state"]) for t in run["tasks"] if t["task_id"] == "load_partition"
+    )
+    assert loads == [(0, "success"), (1, "success"), (2, "success")]
+    summary = env.api.log("partitioned_load", run["run_id"], "summarize")
+    assert "from 3 partitions" in summary
+    first = env.api.log("partitioned_load", run["run_id"], "load_partition", map_index=0)
+    assert "/region=eu into sales" in first
 
 
 def test_taskflow_values_pass_between_tasks_and_logs_show_them(env: Env) -> None:
