@@ -6,6 +6,7 @@ them by their own pid; nothing is mocked.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -13,7 +14,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -288,6 +289,39 @@ class Api:
         )
         response.raise_for_status()
         return response.text
+
+
+@contextlib.contextmanager
+def running_hub(
+    root: Path,
+    backend: str,
+    postgres_reason: str | None,
+    dags: Path,
+    *,
+    workers: Sequence[tuple[str, str, int]] = (("default", "w1", 4),),
+    wait_dags: Sequence[str] = (),
+    **hub_env: str,
+) -> Iterator[tuple[Hub, list[Worker]]]:
+    """A hub over ``dags`` on a fresh database of ``backend``, with registered
+    workers given as ``(queues, name, concurrency)``; all stopped on exit."""
+    from tests.conftest import make_database_url
+
+    urls = make_database_url(backend, root, postgres_reason)
+    hub = Hub(root / "hub", dags, next(urls), **hub_env)
+    started: list[Worker] = []
+    try:
+        for queues, name, concurrency in workers:
+            started.append(Worker(hub, root / name, queues, name, concurrency=concurrency))
+        for worker in started:
+            worker.wait_registered()
+        hub.api.wait_dags(*wait_dags)
+        yield hub, started
+    finally:
+        for worker in started:
+            worker.stop()
+        hub.stop()
+        for _ in urls:  # drops the PostgreSQL database
+            pass
 
 
 def tether_cli(*args: str, hub: Hub, timeout: float = 60) -> subprocess.CompletedProcess[str]:

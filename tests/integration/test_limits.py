@@ -12,9 +12,9 @@ from datetime import datetime
 
 import pytest
 
-from tests.conftest import BACKENDS, make_database_url
+from tests.conftest import BACKENDS
 from tests.hubtools import write_dag
-from tests.integration.processes import Hub, Worker, tether_cli
+from tests.integration.processes import Hub, running_hub, tether_cli
 
 pytestmark = pytest.mark.integration
 
@@ -68,24 +68,17 @@ def env(
 ) -> Iterator[Env]:
     """A hub with parallelism 4, two workers of 4 slots, one worker of 1 slot."""
     root = tmp_path_factory.mktemp(f"limits-{request.param}")
-    dags = root / "dags"
-    write_dag(dags, "limits.py", LIMITS_DAGS)
-    urls = make_database_url(request.param, root, _postgres_reason)
-    hub = Hub(root / "hub", dags, next(urls), TETHER_PARALLELISM="4")
-    workers = [Worker(hub, root / f"w{i}", "default", f"w{i}", concurrency=4) for i in range(2)] + [
-        Worker(hub, root / "single", "single", "single", concurrency=1)
-    ]
-    try:
-        for w in workers:
-            w.wait_registered()
-        hub.api.wait_dags("two_at_a_time", "load_sales", "free", "by_priority")
+    write_dag(root / "dags", "limits.py", LIMITS_DAGS)
+    with running_hub(
+        root,
+        request.param,
+        _postgres_reason,
+        root / "dags",
+        workers=[("default", "w0", 4), ("default", "w1", 4), ("single", "single", 1)],
+        wait_dags=["two_at_a_time", "load_sales", "free", "by_priority"],
+        TETHER_PARALLELISM="4",
+    ) as (hub, _):
         yield Env(hub)
-    finally:
-        for w in workers:
-            w.stop()
-        hub.stop()
-        for _ in urls:
-            pass
 
 
 def _intervals(runs: list[dict[str, object]]) -> list[tuple[datetime, datetime]]:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BACKENDS, make_database_url
+from tests.conftest import BACKENDS
 from tests.hubtools import write_dag
-from tests.integration.processes import Hub, Worker, wait_for
+from tests.integration.processes import Hub, running_hub, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -190,20 +190,11 @@ def hub(
     write_dag(dags, "mapped.py", MAPPED_DAGS)
     write_dag(dags, "callbacks.py", CALLBACK_DAGS)
     write_dag(dags, "rules.py", RULE_DAGS)
-    urls = make_database_url(request.param, root, _postgres_reason)
-    hub = Hub(root / "hub", dags, next(urls))
-    worker = Worker(hub, root / "worker", "default", "w1")
-    try:
-        worker.wait_registered()
-        hub.api.wait_dags(
-            "branchy", "classic_branch", "bad_branch", "mapped", "callbacks", "times_out"
-        )
+    wait = ["branchy", "classic_branch", "bad_branch", "mapped", "callbacks", "times_out"]
+    with running_hub(
+        root, request.param, _postgres_reason, dags, wait_dags=[*wait, "rules", "backoff"]
+    ) as (hub, _):
         yield hub
-    finally:
-        worker.stop()
-        hub.stop()
-        for _ in urls:
-            pass
 
 
 def _states(hub: Hub, dag_id: str, conf: dict[str, object] | None = None) -> dict[str, str]:

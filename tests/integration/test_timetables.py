@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BACKENDS, make_database_url
+from tests.conftest import BACKENDS
 from tests.hubtools import write_dag
-from tests.integration.processes import ADMIN_TOKEN, Hub, Worker, tether_cli, wait_for
+from tests.integration.processes import ADMIN_TOKEN, Hub, running_hub, tether_cli, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -69,22 +69,13 @@ def hub(
     _postgres_reason: str | None,
 ) -> Iterator[Hub]:
     root = tmp_path_factory.mktemp(f"timetables-{request.param}")
-    dags = root / "dags"
-    write_dag(dags, "timetables.py", DAGS)
-    urls = make_database_url(request.param, root, _postgres_reason)
-    hub = Hub(root / "hub", dags, next(urls))
-    worker = Worker(hub, root / "worker", "default", "w1", concurrency=4)
-    try:
-        worker.wait_registered()
-        hub.api.wait_dags(
-            "five_days", "five_days_no_catchup", "backfillable", "by_hand", "too_slow"
-        )
+    write_dag(root / "dags", "timetables.py", DAGS)
+    wait = ["five_days", "five_days_no_catchup", "backfillable", "by_hand", "too_slow"]
+    with running_hub(root, request.param, _postgres_reason, root / "dags", wait_dags=wait) as (
+        hub,
+        _,
+    ):
         yield hub
-    finally:
-        worker.stop()
-        hub.stop()
-        for _ in urls:
-            pass
 
 
 def _runs(hub: Hub, dag_id: str, **params: object) -> list[dict[str, object]]:
