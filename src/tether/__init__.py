@@ -2,6 +2,7 @@
 
 from tether.sdk import (
     DAG,
+    Asset,
     BaseOperator,
     BashOperator,
     BranchPythonOperator,
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DAG",
+    "Asset",
     "BaseOperator",
     "BashOperator",
     "DagDefinitionError",

@@ -5,6 +5,7 @@ It depends on nothing heavy: the dag processor and the worker's task process
 both import it.
 """
 
+from tether.sdk.assets import Asset
 from tether.sdk.baseoperator import BaseOperator, chain
 from tether.sdk.context import (
     TetherFailException,
@@ -24,6 +25,7 @@ from tether.sdk.xcom import XComArg
 
 __all__ = [
     "DAG",
+    "Asset",
     "BaseOperator",
     "BashOperator",
     "DagDefinitionError",

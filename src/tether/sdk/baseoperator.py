@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from tether.protocol import InvalidQueueName, validate_queue_name
+from tether.sdk.assets import Asset, asset_list
 from tether.sdk.dag import DAG, DagDefinitionError, check_callbacks, current_dag
 
 if TYPE_CHECKING:
@@ -51,6 +52,8 @@ _BASE_DEFAULTS: dict[str, Any] = {
     "on_success_callback": None,
     "on_failure_callback": None,
     "on_retry_callback": None,
+    # Assets this task updates: each success records an event for every one of them.
+    "outlets": None,
 }
 
 
@@ -179,6 +182,10 @@ class BaseOperator(DependencyMixin):
         self.doc_md = values["doc_md"]
         for kind in ("on_success_callback", "on_failure_callback", "on_retry_callback"):
             setattr(self, kind, check_callbacks(values[kind], f"task {task_id!r}: {kind}"))
+        outlets = values["outlets"]
+        self.outlets: list[Asset] = (
+            [] if outlets is None else asset_list(outlets, f"task {task_id!r}: outlets")
+        )
         self.upstream_task_ids: set[str] = set()
         self.downstream_task_ids: set[str] = set()
         the_dag.add_task(self)

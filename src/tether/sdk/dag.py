@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 if TYPE_CHECKING:
+    from tether.sdk.assets import Asset
     from tether.sdk.baseoperator import BaseOperator
     from tether.sdk.params import ParamsDict
 
@@ -92,6 +93,26 @@ def _zone_name(name: str | None, start_date: datetime | None) -> str:
     return name
 
 
+def _schedule(dag_id: str, value: object) -> str | timedelta | list[Asset] | None:
+    from tether.sdk.assets import Asset, asset_list  # assets imports this module
+
+    if value is None or isinstance(value, str | timedelta):
+        return value
+    if isinstance(value, Asset) or (
+        isinstance(value, list | tuple) and value and all(isinstance(v, Asset) for v in value)
+    ):
+        return asset_list(value, f"DAG {dag_id!r}: schedule")
+    if isinstance(value, list | tuple) and not value:
+        raise DagDefinitionError(
+            f"DAG {dag_id!r}: schedule=[] names no asset; use schedule=None for a DAG "
+            "that runs only when triggered"
+        )
+    raise DagDefinitionError(
+        f"DAG {dag_id!r}: schedule must be None, a cron string, a preset, a timedelta "
+        f"or a list of Assets, not {value!r}"
+    )
+
+
 class DAG:
     """A directed acyclic graph of tasks.
 
@@ -104,7 +125,7 @@ class DAG:
         dag_id: str,
         *,
         description: str | None = None,
-        schedule: str | timedelta | None = None,
+        schedule: str | timedelta | Asset | Sequence[Asset] | None = None,
         start_date: datetime | None = None,
         end_date: datetime | None = None,
         catchup: bool = False,
@@ -124,13 +145,10 @@ class DAG:
             raise DagDefinitionError(
                 f"invalid dag_id {dag_id!r}: use 1 to 250 letters, digits, '_', '.' or '-'"
             )
-        if schedule is not None and not isinstance(schedule, str | timedelta):
-            raise DagDefinitionError(
-                f"schedule must be None, a cron string, a preset or a timedelta, not {schedule!r}"
-            )
         self.dag_id = dag_id
         self.description = description
-        self.schedule = schedule
+        #: A cron string or preset, a timedelta, the Assets the DAG waits for, or None.
+        self.schedule: str | timedelta | list[Asset] | None = _schedule(dag_id, schedule)
         self.start_date = _aware(start_date, "start_date")
         self.timezone = _zone_name(timezone, self.start_date)
         self.end_date = _aware(end_date, "end_date")

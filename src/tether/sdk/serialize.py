@@ -5,14 +5,28 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from tether.sdk.assets import Asset
 from tether.sdk.dag import DAG
 from tether.sdk.mapping import serialize_expand
 
 
-def _schedule(value: str | timedelta | None) -> str | float | None:
+def _schedule(value: str | timedelta | list[Asset] | None) -> str | float | dict[str, Any] | None:
     if isinstance(value, timedelta):
         return value.total_seconds()
+    if isinstance(value, list):
+        return {"assets": [a.uri for a in value]}
     return value
+
+
+def _assets(dag: DAG) -> list[dict[str, Any]]:
+    """Every asset the DAG names (schedule and outlets), once, for the hub's asset list."""
+    found: dict[str, Asset] = {}
+    if isinstance(dag.schedule, list):
+        found.update((a.uri, a) for a in dag.schedule)
+    for task in dag.task_dict.values():
+        for asset in task.outlets:
+            found.setdefault(asset.uri, asset)
+    return [found[uri].to_dict() for uri in sorted(found)]
 
 
 def serialize_dag(dag: DAG) -> dict[str, Any]:
@@ -39,6 +53,7 @@ def serialize_dag(dag: DAG) -> dict[str, Any]:
         # name -> {"schema", "description", "default" (absent: required)}; the hub
         # validates defaults at parse time and a run's values when it is triggered.
         "params": dag.params.serialize(),
+        "assets": _assets(dag),
         "tasks": [
             {
                 "task_id": t.task_id,
@@ -57,6 +72,7 @@ def serialize_dag(dag: DAG) -> dict[str, Any]:
                 "mapped": serialize_expand(t.expand_input) if t.expand_input else None,
                 "upstream": sorted(t.upstream_task_ids),
                 "downstream": sorted(t.downstream_task_ids),
+                "outlets": [a.uri for a in t.outlets],
             }
             for t in (dag.task_dict[i] for i in order)
         ],

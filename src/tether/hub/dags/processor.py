@@ -7,6 +7,7 @@ that raises or hangs becomes an import error; the other files still load.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -117,6 +118,20 @@ def initial_next_run(
     return (interval[0], interval[1]) if interval else (None, None)
 
 
+def _schedule_key(spec: dict[str, Any]) -> str | None:
+    """What decides a DAG's scheduled runs; when it changes, next_dagrun starts afresh.
+
+    Fits ``dag.schedule`` (200 characters): a longer one (a list of asset
+    URIs, say) is kept as its sha256.
+    """
+    if spec["schedule"] is None:
+        return None
+    key = json.dumps([spec["schedule"], spec["start_date"], spec["catchup"], spec.get("timezone")])
+    if len(key) > 200:
+        key = "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+    return key
+
+
 def store_parse(store: Store, sha: str, data: bytes, result: ParseResult) -> None:
     """Record a parsed bundle: its DAGs, its import errors, and DAGs that went away."""
     now = utcnow()
@@ -128,14 +143,7 @@ def store_parse(store: Store, sha: str, data: bytes, result: ParseResult) -> Non
         for spec in result.dags:
             seen.add(spec["dag_id"])
             row = existing.get(spec["dag_id"])
-            schedule = spec["schedule"]
-            schedule_key = (
-                None
-                if schedule is None
-                else json.dumps(
-                    [schedule, spec["start_date"], spec["catchup"], spec.get("timezone")]
-                )
-            )
+            schedule_key = _schedule_key(spec)
             if row is None:
                 row = Dag(dag_id=spec["dag_id"], is_paused=bool(spec["is_paused_upon_creation"]))
                 s.add(row)

@@ -1,5 +1,8 @@
 """When scheduled runs happen: cron strings, presets, ``@once`` and timedeltas.
 
+A DAG scheduled on assets has no timetable: asset events start its runs
+(see :mod:`tether.hub.scheduler.assets`).
+
 As in Airflow, a run covers a data interval ``[start, end)`` and is created
 once ``end`` has passed; its logical date is ``start``.
 
@@ -29,6 +32,22 @@ class InvalidSchedule(ValueError):
     """The DAG's schedule cannot be understood."""
 
 
+def asset_uris(spec: dict[str, Any]) -> list[str]:
+    """The asset URIs a serialized DAG is scheduled on; empty for any other schedule."""
+    schedule = spec.get("schedule")
+    if not isinstance(schedule, dict):
+        return []
+    uris = schedule.get("assets")
+    if (
+        set(schedule) != {"assets"}
+        or not isinstance(uris, list)
+        or not uris
+        or not all(isinstance(u, str) and u for u in uris)
+    ):
+        raise InvalidSchedule(f"unsupported schedule {schedule!r}")
+    return uris
+
+
 @dataclass(frozen=True)
 class Timetable:
     cron: str | None = None
@@ -41,8 +60,15 @@ class Timetable:
 
     @classmethod
     def from_serialized(cls, spec: dict[str, Any]) -> Timetable | None:
-        """The timetable of a serialized DAG, or None when it is only run by hand."""
+        """The timetable of a serialized DAG, or None when no clock starts its runs.
+
+        None for a DAG run only by hand and for one scheduled on assets
+        (``{"assets": [...]}``), whose runs asset events start.
+        """
         schedule = spec.get("schedule")
+        if isinstance(schedule, dict):
+            asset_uris(spec)  # checks the form
+            return None
         start = datetime.fromisoformat(spec["start_date"]) if spec.get("start_date") else None
         end = datetime.fromisoformat(spec["end_date"]) if spec.get("end_date") else None
         common: dict[str, Any] = {
