@@ -240,6 +240,68 @@ class Pool(Base):
     description: Mapped[str | None] = mapped_column(Text)
 
 
+class Asset(Base):
+    """A piece of data that tasks update (``outlets``) and DAGs wait for (``schedule=[...]``).
+
+    Registered by the dag processor from the DAGs that name it; never deleted,
+    so its events stay readable after the DAGs change.
+    """
+
+    __tablename__ = "asset"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uri: Mapped[str] = mapped_column(String(1500), unique=True)
+    name: Mapped[str] = mapped_column(String(1500))
+    extra: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+
+
+class AssetEvent(Base):
+    """An update of an asset: a task with it in ``outlets`` succeeded, or someone posted one."""
+
+    __tablename__ = "asset_event"
+    __table_args__ = (Index(None, "asset_id", "id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    asset_id: Mapped[int] = mapped_column(ForeignKey("asset.id", ondelete="CASCADE"))
+    extra: Mapped[dict[str, Any]]
+    #: The task that produced it; all three are null for an event posted to the API.
+    source_dag_id: Mapped[str | None] = mapped_column(String(250))
+    source_run_id: Mapped[str | None] = mapped_column(String(250))
+    source_task_id: Mapped[str | None] = mapped_column(String(250))
+    created_at: Mapped[datetime]
+
+
+class DagScheduleAsset(Base):
+    """One asset of a DAG's ``schedule=[...]``; kept by the dag processor."""
+
+    __tablename__ = "dag_schedule_asset"
+    dag_id: Mapped[str] = mapped_column(
+        ForeignKey("dag.dag_id", ondelete="CASCADE"), primary_key=True
+    )
+    asset_id: Mapped[int] = mapped_column(
+        ForeignKey("asset.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+
+
+class AssetDagRunQueue(Base):
+    """An asset that has had an event since the last run of a DAG scheduled on it.
+
+    When every asset of the DAG's schedule has a row, a run is created and
+    the DAG's rows are deleted (``scheduler.assets``). Rows of a DAG are only
+    written while its ``dag`` row is locked.
+    """
+
+    __tablename__ = "asset_dag_run_queue"
+    asset_id: Mapped[int] = mapped_column(
+        ForeignKey("asset.id", ondelete="CASCADE"), primary_key=True
+    )
+    target_dag_id: Mapped[str] = mapped_column(
+        ForeignKey("dag.dag_id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    #: The first event of the asset since the DAG's last run; the run lists it and later ones.
+    first_event_id: Mapped[int] = mapped_column(ForeignKey("asset_event.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime]
+
+
 class EnrolmentToken(Base):
     """A one-time token that a new worker exchanges for its own credential."""
 
