@@ -25,6 +25,7 @@ from sqlalchemy import select
 
 from tether.hub.dags.bundles import fingerprint, pack, unpack
 from tether.hub.dags.params import InvalidParams, check_defaults
+from tether.hub.scheduler import assets
 from tether.hub.scheduler.runs import utcnow
 from tether.hub.scheduler.timetable import InvalidSchedule, Timetable
 from tether.hub.store.db import Store
@@ -133,7 +134,8 @@ def _schedule_key(spec: dict[str, Any]) -> str | None:
 
 
 def store_parse(store: Store, sha: str, data: bytes, result: ParseResult) -> None:
-    """Record a parsed bundle: its DAGs, its import errors, and DAGs that went away."""
+    """Record a parsed bundle: its DAGs and their assets, its import errors, and DAGs
+    that went away."""
     now = utcnow()
     with store.session() as s:
         if s.get(Bundle, sha) is None:
@@ -160,6 +162,8 @@ def store_parse(store: Store, sha: str, data: bytes, result: ParseResult) -> Non
         for dag_id, row in existing.items():
             if dag_id not in seen:
                 row.is_active = False
+        s.flush()
+        assets.register(s, result.dags, now)
         errors = {e.fileloc: e for e in s.scalars(select(ImportError_))}
         for fileloc, message in result.errors.items():
             err = errors.pop(fileloc, None)

@@ -1,9 +1,10 @@
 """The scheduler loop: scheduled runs and due retries.
 
-Most progress happens without it: a finishing task frees its downstream in
-the same request (see ``worker_api.attempts.finish``). This loop creates
-cron runs and re-queues retries at their due time; it sleeps until the next
-such deadline or until poked, with a periodic sweep as the safety net.
+Most progress happens without it: a finishing task frees its downstream,
+and starts the asset-triggered runs its outlets make due, in the same
+request (see ``worker_api.attempts.finish``). This loop creates cron runs
+and re-queues retries at their due time; it sleeps until the next such
+deadline or until poked, with a periodic sweep as the safety net.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import NamedTuple
 
 from sqlalchemy import func, select
 
-from tether.hub.scheduler import runs
+from tether.hub.scheduler import assets, runs
 from tether.hub.scheduler import states as S
 from tether.hub.scheduler.timetable import Timetable
 from tether.hub.store.db import Store
@@ -112,6 +113,8 @@ def tick(store: Store, now: datetime, lost_timeout: timedelta | None = None) -> 
     for dag_id in waiting:  # normally started as earlier runs end; this is the safety net
         with store.session() as s:
             woken |= runs.start_queued_runs(s, dag_id)
+    with store.session() as s:
+        woken |= assets.create_ready_runs(s).queues
     with store.session() as s:
         deadlines = [
             runs.next_retry_time(s),

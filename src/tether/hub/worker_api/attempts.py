@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tether.hub.dags import params
-from tether.hub.scheduler import limits
+from tether.hub.scheduler import assets, limits
 from tether.hub.scheduler import states as S
 from tether.hub.scheduler.runs import (
     advance_run,
@@ -205,8 +205,10 @@ def finish(
 ) -> tuple[str, set[str], datetime | None]:
     """Record the end of an attempt and move its run forward.
 
-    Returns the task instance's new state, the queues that got new work and,
-    when the task will be retried, the retry time.
+    A success records an event for each asset in the task's ``outlets`` and
+    starts the asset-triggered runs that makes due. Returns the task
+    instance's new state, the queues that got new work and, when the task
+    will be retried, the retry time.
     """
     attempt = _held_attempt(session, attempt_id, worker_name, lock=False)
     # Lock order for everything that changes a run's task instances: the run
@@ -237,9 +239,14 @@ def finish(
     if result.state == ATTEMPT_SUCCESS:
         ti.output = result.output
     ti.ended_at = now
+    started: set[str] = set()
     if result.state == ATTEMPT_SUCCESS:
         skip_unchosen_branches(session, run, ti, result.output)
-    return ti.state, advance_run(session, run), None
+        # Its outlets' events, and the runs they start, in this transaction. Before
+        # advance_run: this locks the consuming DAGs' rows and the run's own (which
+        # ending the run locks) together, in dag_id order, after the locks above.
+        started = assets.record_task_events(session, run, ti).queues
+    return ti.state, started | advance_run(session, run), None
 
 
 def ran_bundle(session: Session, worker_name: str, sha: str) -> bool:
