@@ -737,3 +737,78 @@ def test_a_run_marked_failed_asks_for_its_dag_callback_with_reason_marked(hub: H
     with hub.store.session() as s:
         requests = [(r.run_id, r.kind, r.reason) for r in s.scalars(select(CallbackRequest))]
     assert requests == [("r1", "on_failure_callback", "marked")]
+
+
+def test_assets_events_posted_from_outside_start_the_dags_waiting_on_them(hub: Hub) -> None:
+    write_dag(
+        hub.config.dags_folder,
+        "assets.py",
+        """
+        from tether import DAG, Asset, EmptyOperator
+        A, B = Asset("tether://a", {"owner": "ops"}), Asset("tether://b")
+        with DAG("produce"):
+            EmptyOperator(task_id="emit", outlets=[A])
+        with DAG("consume", schedule=[A, B]):
+            EmptyOperator(task_id="use", queue="consumers")
+    """,
+    )
+    parse(hub)
+
+    async def scenario(admin: httpx.AsyncClient, workers: Workers) -> None:
+        dag = (await admin.get("/api/v1/dags/consume")).json()
+        assert dag["schedule"] == {"assets": ["tether://a", "tether://b"]}
+        assert dag["next_dagrun"] is None
+        listed = {a["uri"]: a for a in (await admin.get("/api/v1/assets")).json()["assets"]}
+        assert set(listed) == {"tether://a", "tether://b"}
+        assert listed["tether://a"]["extra"] == {"owner": "ops"}
+        assert listed["tether://a"]["consumers"] == ["consume"]
+        assert listed["tether://a"]["producers"] == [{"dag_id": "produce", "task_id": "emit"}]
+        assert listed["tether://b"]["producers"] == []
+        assert listed["tether://a"]["last_event"] is None
+
+        events = "/api/v1/assets/events"
+        await _expect(await admin.post(events, json={"uri": "tether://nope"}), 404, "no asset")
+        await _expect(await admin.post(events, json={"uri": "has space"}), 422, "without spaces")
+        await _expect(await admin.post(events, json={"uri": ""}), 422, "must not be empty")
+        await _expect(await admin.post(events, json={"extra": {}}), 422, "uri")
+        bad_extra = await admin.post(events, json={"uri": "tether://a", "extra": [1]})
+        await _expect(bad_extra, 422, "extra")
+        huge = await admin.post(events, json={"uri": "tether://a", "extra": {"x": "y" * 70000}})
+        await _expect(huge, 422, "the limit is 65536")
+        await _expect(await admin.get(f"{events}?uri=tether://nope"), 404, "no asset")
+        assert (await admin.get(f"{events}?limit=0")).status_code == 422
+        await _expect(await admin.get("/api/v1/dags/nope/runs"), 404, "no DAG 'nope'")
+
+        first = await admin.post(events, json={"uri": "tether://a", "extra": {"rows": 7}})
+        assert first.status_code == 200, first.text
+        assert first.json()["triggered_runs"] == []
+        assert first.json()["event"]["extra"] == {"rows": 7}
+        assert first.json()["event"]["source_dag_id"] is None
+        listed = {a["uri"]: a for a in (await admin.get("/api/v1/assets")).json()["assets"]}
+        assert listed["tether://a"]["queued_for"] == ["consume"]
+        assert listed["tether://a"]["last_event"] == first.json()["event"]
+
+        async with await workers.connect(["consumers"], "w1") as worker:
+            poll = asyncio.create_task(worker.post(f"{W}/poll", json={"slots": 1, "wait": 30}))
+            await asyncio.sleep(0.2)  # held open: nothing on its queue yet
+            assert not poll.done()
+            second = (await admin.post(events, json={"uri": "tether://b"})).json()
+            (started,) = second["triggered_runs"]
+            assert started["dag_id"] == "consume"
+            # The run's root task reached the waiting worker without a scheduler tick.
+            (job,) = (await asyncio.wait_for(poll, 10)).json()["jobs"]
+            assert (job["dag_id"], job["run_id"]) == ("consume", started["run_id"])
+        triggering = job["conf"]["triggering_asset_events"]
+        assert [e["extra"] for e in triggering["tether://a"]] == [{"rows": 7}]
+        assert [e["id"] for e in triggering["tether://b"]] == [second["event"]["id"]]
+
+        runs = "/api/v1/dags/consume/runs"
+        (run,) = (await admin.get(f"{runs}?run_type=asset_triggered")).json()["dag_runs"]
+        assert (run["run_id"], run["run_type"]) == (started["run_id"], "asset_triggered")
+        assert run["conf"] == job["conf"]
+        newest = (await admin.get(f"{events}?uri=tether://a")).json()["asset_events"]
+        assert [e["id"] for e in newest] == [first.json()["event"]["id"]]
+        both = (await admin.get(f"{events}?limit=1")).json()["asset_events"]
+        assert [e["uri"] for e in both] == ["tether://b"]  # newest first
+
+    run(hub, scenario)

@@ -1,4 +1,4 @@
-"""``tether dags|runs|tasks|workers ...``: thin clients of the hub's REST API;
+"""``tether dags|runs|tasks|assets|workers ...``: thin clients of the hub's REST API;
 ``tether db ...``: the hub's database, directly."""
 
 from __future__ import annotations
@@ -44,12 +44,7 @@ def dags_errors(args: argparse.Namespace) -> int:
 
 
 def dags_trigger(args: argparse.Namespace) -> int:
-    try:
-        conf = json.loads(args.conf) if args.conf else {}
-    except ValueError as exc:
-        raise CliError(f"--conf is not valid JSON: {exc}") from None
-    if not isinstance(conf, dict):
-        raise CliError("--conf must be a JSON object")
+    conf = _json_object(args.conf, "--conf")
     api = Api(args.hub)
     run_id = api.post(f"/dags/{args.dag_id}/runs", {"conf": conf})["run_id"]
     out(f"triggered {args.dag_id} run {run_id}")
@@ -157,6 +152,57 @@ def _print_cleared(task_ids: list[str], run_id: str) -> None:
         out(f"cleared {len(task_ids)} task(s) of run {run_id}: {', '.join(task_ids)}")
     else:
         out(f"nothing to clear in run {run_id}")
+
+
+def _json_object(text: str | None, flag: str) -> dict[str, object]:
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError as exc:
+        raise CliError(f"{flag} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise CliError(f"{flag} must be a JSON object")
+    return value
+
+
+def assets_list(args: argparse.Namespace) -> int:
+    assets = Api(args.hub).get("/assets")["assets"]
+    if args.json:
+        out(json.dumps(assets, indent=2))
+        return 0
+    out(f"{'uri':40} {'last event':33} {'consumers':30} producers")
+    for a in assets:
+        last = a["last_event"]["timestamp"] if a["last_event"] else "-"
+        producers = ",".join(f"{p['dag_id']}.{p['task_id']}" for p in a["producers"])
+        out(f"{a['uri']:40} {last:33} {','.join(a['consumers']) or '-':30} {producers or '-'}")
+    return 0
+
+
+def assets_events(args: argparse.Namespace) -> int:
+    params: dict[str, object] = {"limit": args.limit}
+    if args.uri:
+        params["uri"] = args.uri
+    events = Api(args.hub).get("/assets/events", params=params)["asset_events"]
+    if args.json:
+        out(json.dumps(events, indent=2))
+        return 0
+    for e in events:
+        source = (
+            f"{e['source_dag_id']}.{e['source_task_id']} run {e['source_run_id']}"
+            if e["source_dag_id"]
+            else "posted"
+        )
+        extra = json.dumps(e["extra"]) if e["extra"] else ""
+        out(f"{e['timestamp']}  {e['uri']}  {source}  {extra}".rstrip())
+    return 0
+
+
+def assets_emit(args: argparse.Namespace) -> int:
+    extra = _json_object(args.extra, "--extra")
+    answer = Api(args.hub).post("/assets/events", {"uri": args.uri, "extra": extra})
+    out(f"recorded event {answer['event']['id']} of {args.uri}")
+    for run in answer["triggered_runs"]:
+        out(f"  started {run['dag_id']} run {run['run_id']}")
+    return 0
 
 
 def _duration(text: str) -> float:

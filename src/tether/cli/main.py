@@ -14,7 +14,7 @@ SUPPRESS_HELP = argparse.SUPPRESS
 
 HUB_EXTRA_HINT = "this command needs the hub's dependencies: pip install 'tether[hub]'"
 RUN_STATES = ["queued", "running", "success", "failed"]
-RUN_TYPES = ["manual", "scheduled", "backfill"]
+RUN_TYPES = ["manual", "scheduled", "backfill", "asset_triggered"]
 HUB_MODULES = frozenset({"fastapi", "uvicorn", "sqlalchemy", "alembic", "croniter", "starlette"})
 
 
@@ -176,6 +176,26 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--downstream", action="store_true", help="and every task downstream of it")
     sp.set_defaults(func=_lazy("tether.cli.commands", "tasks_clear"))
 
+    assets = sub.add_parser("assets", help="assets and their events").add_subparsers(
+        dest="assets", required=True
+    )
+    sp = assets.add_parser("list", help="list assets, the DAGs that use them, their last event")
+    client_args(sp)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=_lazy("tether.cli.commands", "assets_list"))
+    sp = assets.add_parser("events", help="list the newest asset events")
+    client_args(sp)
+    sp.add_argument("uri", nargs="?", help="only this asset's events")
+    sp.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=_lazy("tether.cli.commands", "assets_events"))
+    sp = assets.add_parser(
+        "emit", help="record an event of an asset; the DAGs waiting on it may start"
+    )
+    client_args(sp)
+    sp.add_argument("uri")
+    sp.add_argument("--extra", help="JSON object stored with the event")
+    sp.set_defaults(func=_lazy("tether.cli.commands", "assets_emit"))
     workers = sub.add_parser("workers", help="edge workers, from the centre").add_subparsers(
         dest="workers", required=True
     )

@@ -9,12 +9,16 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tether.hub.dags import params
-from tether.hub.scheduler import runs
+from tether.hub.scheduler import assets, runs
 from tether.hub.scheduler import states as S
 from tether.hub.scheduler.timetable import manual_data_interval
 from tether.hub.store.models import (
+    Asset,
+    AssetDagRunQueue,
+    AssetEvent,
     Dag,
     DagRun,
+    DagScheduleAsset,
     ImportError_,
     LogChunk,
     TaskAttempt,
@@ -257,6 +261,80 @@ def list_queues(session: Session) -> list[dict[str, Any]]:
         }
         for q in sorted(names)
     ]
+
+
+def list_assets(session: Session) -> list[dict[str, Any]]:
+    """Every known asset with the active DAGs that use it and its newest event."""
+    consumers: dict[int, list[str]] = {}
+    for asset_id, dag_id in session.execute(
+        select(DagScheduleAsset.asset_id, DagScheduleAsset.dag_id)
+        .join(Dag, Dag.dag_id == DagScheduleAsset.dag_id)
+        .where(Dag.is_active.is_(True))
+        .order_by(DagScheduleAsset.dag_id)
+    ):
+        consumers.setdefault(asset_id, []).append(dag_id)
+    producers: dict[str, list[dict[str, str]]] = {}
+    for spec in session.scalars(
+        select(Dag.serialized).where(Dag.is_active.is_(True)).order_by(Dag.dag_id)
+    ):
+        for task in spec["tasks"]:
+            for uri in task.get("outlets") or []:
+                producers.setdefault(uri, []).append(
+                    {"dag_id": spec["dag_id"], "task_id": task["task_id"]}
+                )
+    queued: dict[int, list[str]] = {}
+    for asset_id, dag_id in session.execute(
+        select(AssetDagRunQueue.asset_id, AssetDagRunQueue.target_dag_id).order_by(
+            AssetDagRunQueue.target_dag_id
+        )
+    ):
+        queued.setdefault(asset_id, []).append(dag_id)
+    newest = select(func.max(AssetEvent.id)).group_by(AssetEvent.asset_id)
+    last = {
+        e.asset_id: e for e in session.scalars(select(AssetEvent).where(AssetEvent.id.in_(newest)))
+    }
+    return [
+        {
+            "uri": a.uri,
+            "name": a.name,
+            "extra": a.extra,
+            "created_at": _iso(a.created_at),
+            "consumers": consumers.get(a.id, []),
+            "producers": producers.get(a.uri, []),
+            "queued_for": queued.get(a.id, []),
+            "last_event": assets.event_dict(last[a.id], a.uri) if a.id in last else None,
+        }
+        for a in session.scalars(select(Asset).order_by(Asset.uri))
+    ]
+
+
+def get_asset(session: Session, uri: str) -> Asset:
+    asset = session.scalar(select(Asset).where(Asset.uri == uri))
+    if asset is None:
+        raise NotFound(f"no asset {uri!r}: an asset is known once a DAG names it")
+    return asset
+
+
+def list_asset_events(session: Session, uri: str | None, limit: int) -> list[dict[str, Any]]:
+    """The newest ``limit`` asset events, of one asset or of all, newest first."""
+    query = select(AssetEvent, Asset.uri).join(Asset, Asset.id == AssetEvent.asset_id)
+    if uri is not None:
+        query = query.where(AssetEvent.asset_id == get_asset(session, uri).id)
+    rows = session.execute(query.order_by(AssetEvent.id.desc()).limit(limit))
+    return [assets.event_dict(event, event_uri) for event, event_uri in rows]
+
+
+def post_asset_event(
+    session: Session, uri: str, extra: dict[str, Any]
+) -> tuple[dict[str, Any], set[str]]:
+    """Record an event of a known asset from outside; start the runs it makes due."""
+    recorded = assets.record_events(session, [get_asset(session, uri).id], extra=extra)
+    (event,) = recorded.events
+    answer = {
+        "event": assets.event_dict(event, uri),
+        "triggered_runs": [{"dag_id": r.dag_id, "run_id": r.run_id} for r in recorded.runs],
+    }
+    return answer, recorded.queues
 
 
 def list_import_errors(session: Session) -> list[dict[str, Any]]:

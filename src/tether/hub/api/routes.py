@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
@@ -22,6 +23,8 @@ from tether.hub.scheduler import backfill, limits
 from tether.hub.scheduler.runs import RunExists, utcnow
 from tether.hub.state import Hub
 from tether.protocol import InvalidQueueName, validate_queue_name
+from tether.sdk.assets import MAX_URI_LENGTH, validate_asset_uri
+from tether.sdk.dag import DagDefinitionError
 
 router = APIRouter(prefix="/api/v1", tags=["api"])
 T = TypeVar("T")
@@ -87,7 +90,7 @@ async def patch_dag(dag_id: str, body: DagPatchIn, hub: HubDep) -> dict[str, Any
 
 
 RunState = Literal["queued", "running", "success", "failed"]
-RunType = Literal["manual", "scheduled", "backfill"]
+RunType = Literal["manual", "scheduled", "backfill", "asset_triggered"]
 
 
 @router.get("/dags/{dag_id}/runs", dependencies=[AdminAuth])
@@ -155,6 +158,56 @@ async def list_queues(hub: HubDep) -> dict[str, Any]:
 @router.get("/import-errors", dependencies=[AdminAuth])
 async def import_errors(hub: HubDep) -> dict[str, Any]:
     return {"import_errors": await _in_session(hub, queries.list_import_errors)}
+
+
+#: Largest ``extra`` of a posted asset event, as JSON: it is copied into the runs it starts.
+MAX_EVENT_EXTRA = 65536
+
+
+class AssetEventIn(BaseModel):
+    uri: str
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("uri")
+    @classmethod
+    def _valid_uri(cls, value: str) -> str:
+        try:
+            return validate_asset_uri(value)
+        except DagDefinitionError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("extra")
+    @classmethod
+    def _small_extra(cls, value: dict[str, Any]) -> dict[str, Any]:
+        size = len(json.dumps(value))
+        if size > MAX_EVENT_EXTRA:
+            raise ValueError(f"extra is {size} bytes as JSON; the limit is {MAX_EVENT_EXTRA}")
+        return value
+
+
+@router.get("/assets", dependencies=[AdminAuth])
+async def list_assets(hub: HubDep) -> dict[str, Any]:
+    return {"assets": await _in_session(hub, queries.list_assets)}
+
+
+@router.get("/assets/events", dependencies=[AdminAuth])
+async def list_asset_events(
+    hub: HubDep,
+    uri: Annotated[str | None, Query(min_length=1, max_length=MAX_URI_LENGTH)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    events = await _in_session(hub, lambda s: queries.list_asset_events(s, uri, limit))
+    return {"asset_events": events}
+
+
+@router.post("/assets/events", dependencies=[AdminAuth])
+async def post_asset_event(body: AssetEventIn, hub: HubDep) -> dict[str, Any]:
+    """Record an event of a known asset; the DAGs it makes due start at once."""
+    answer, woken = await _in_session(
+        hub, lambda s: queries.post_asset_event(s, body.uri, body.extra)
+    )
+    hub.wakeups.notify(woken)
+    return answer
 
 
 async def _act(hub: Hub, fn: Callable[[Session], control.Effects]) -> None:
