@@ -75,6 +75,8 @@ def build_context(job: Job, dag: Any, task: Any) -> dict[str, Any]:
             data_interval_end=end,
         ),
         "inputs": job.inputs,
+        # An asset-triggered run: per asset URI, the events that started it (Airflow 3's key).
+        "triggering_asset_events": job.conf.get("triggering_asset_events", {}),
         "env_vars": {
             "TETHER_DAG_ID": job.dag_id,
             "TETHER_TASK_ID": job.task_id,
