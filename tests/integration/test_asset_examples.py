@@ -139,6 +139,8 @@ def test_assets_cli_lists_assets_and_emits_events_that_start_dbt_finance(hub: Hu
     assert assets["tether://web_events"]["consumers"] == []
     table = tether_cli("assets", "list", hub=hub)
     assert "tether://finance_marts" in table.stdout
+    dags = tether_cli("dags", "list", hub=hub)
+    assert "assets:tether://ledger,tether://fx_rates" in dags.stdout
 
     fx = tether_cli("assets", "emit", "tether://fx_rates", "--extra", '{"batch": 7}', hub=hub)
     assert fx.returncode == 0, fx.stderr

@@ -25,10 +25,16 @@ def dags_list(args: argparse.Namespace) -> int:
     out(f"{'dag_id':40} {'schedule':16} {'paused':6} queues")
     for d in dags:
         out(
-            f"{d['dag_id']:40} {d['schedule'] or '-'!s:16} {str(d['is_paused']):6} "
+            f"{d['dag_id']:40} {_schedule_text(d['schedule']):16} {str(d['is_paused']):6} "
             f"{','.join(d['queues'])}"
         )
     return 0
+
+
+def _schedule_text(schedule: object) -> str:
+    if isinstance(schedule, dict):
+        return "assets:" + ",".join(schedule.get("assets", []))
+    return "-" if schedule is None else str(schedule)
 
 
 def dags_errors(args: argparse.Namespace) -> int:
