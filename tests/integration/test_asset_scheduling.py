@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,12 @@ def test_a_dag_runs_once_every_scheduled_asset_has_had_a_new_event(hub: Hub) -> 
     with hub.store.session() as s:
         (use,) = s.scalars(select(TaskInstance).where(TaskInstance.dag_run_id == first.id))
         assert (use.task_id, use.state) == ("use", "queued")
+    # As in Airflow 2: the data interval spans the triggering events.
+    events = first.conf["triggering_asset_events"]
+    assert first.data_interval_start == datetime.fromisoformat(events["tether://a"][0]["timestamp"])
+    assert first.data_interval_end == datetime.fromisoformat(events["tether://b"][0]["timestamp"])
+    assert first.logical_date is not None
+    assert first.data_interval_end <= first.logical_date
 
     b2, woken = _emit(hub, "make_b")
     assert woken == set()

@@ -260,9 +260,16 @@ def _run_if_ready(
     queued = _queued(session, dag.dag_id)
     if not _ready(scheduled, queued):
         return
-    conf = {"triggering_asset_events": _triggering_events(session, dag, queued)}
+    events = _triggering_events(session, dag, queued)
+    # As Airflow 2 did: the data interval spans the triggering events.
+    stamps = [datetime.fromisoformat(e["timestamp"]) for es in events.values() for e in es]
     run, queues = runs.create_run(
-        session, dag, run_type=ASSET_TRIGGERED, conf=conf, logical_date=now
+        session,
+        dag,
+        run_type=ASSET_TRIGGERED,
+        conf={"triggering_asset_events": events},
+        logical_date=now,
+        data_interval=(min(stamps), max(stamps)),
     )
     for row in queued.values():
         session.delete(row)
