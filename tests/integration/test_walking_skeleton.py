@@ -55,6 +55,8 @@ def env(
             "sync_crm",
             "sync_billing",
             "partitioned_load",
+            "cycle_trigger",
+            "dbt_finance",
             "flaky_retry",
             "where_am_i",
             "always_fails",
@@ -73,6 +75,12 @@ EXAMPLE_DAGS = {
     "sync_crm": {"start", "sync_accounts", "sync_contacts", "done"},
     "sync_billing": {"start", "sync_invoices", "done"},
     "partitioned_load": {"list_partitions", "load_partition", "summarize"},
+    # finance_assets.py: each also runs by hand (test_asset_examples.py runs them on assets).
+    "cycle_trigger": {"open_cycle"},
+    "ingest_ledger": {"load_ledger"},
+    "ingest_fx_rates": {"load_fx_rates"},
+    "ingest_web_events": {"load_web_events"},
+    "dbt_finance": {"show_inputs", "dbt_run", "dbt_test"},
 }
 
 
