@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -21,17 +22,20 @@ from tests.integration.processes import ADMIN_TOKEN, Hub, running_hub, tether_cl
 pytestmark = pytest.mark.integration
 
 
-def _today() -> datetime:
-    """Midnight UTC today; waits past midnight if it is about to come (runs depend on it)."""
-    now = datetime.now(UTC)
+def _today(zone: str = "UTC") -> datetime:
+    """Midnight today in ``zone``; waits past midnight if it is about to come
+    (the runs a test expects depend on it)."""
+    tz = ZoneInfo(zone)
+    now = datetime.now(tz)
     tomorrow = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
     if tomorrow - now < timedelta(minutes=2):
         time.sleep((tomorrow - now).total_seconds() + 1)
-        now = datetime.now(UTC)
+        now = datetime.now(tz)
     return now.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 TODAY = _today()
+TOKYO_TODAY = _today("Asia/Tokyo")
 
 DAGS = f"""
 from datetime import datetime, timedelta
@@ -41,6 +45,11 @@ FIVE_DAYS_AGO = datetime.fromisoformat("{(TODAY - timedelta(days=5)).isoformat()
 
 with DAG("five_days", schedule="@daily", start_date=FIVE_DAYS_AGO, catchup=True):
     BashOperator(task_id="t", bash_command="echo {{{{ ds }}}}")
+
+# Midnight in Tokyo is 15:00 UTC the day before.
+with DAG("tokyo_daily", schedule="@daily", timezone="Asia/Tokyo", catchup=True,
+         start_date=datetime.fromisoformat("{(TOKYO_TODAY - timedelta(days=3)).isoformat()}")):
+    BashOperator(task_id="t", bash_command="echo {{{{ ds }}}} {{{{ data_interval_start }}}}")
 
 with DAG("five_days_no_catchup", schedule="@daily", start_date=FIVE_DAYS_AGO, catchup=False):
     BashOperator(task_id="t", bash_command="echo {{{{ ds }}}}")
@@ -70,7 +79,14 @@ def hub(
 ) -> Iterator[Hub]:
     root = tmp_path_factory.mktemp(f"timetables-{request.param}")
     write_dag(root / "dags", "timetables.py", DAGS)
-    wait = ["five_days", "five_days_no_catchup", "backfillable", "by_hand", "too_slow"]
+    wait = [
+        "five_days",
+        "five_days_no_catchup",
+        "tokyo_daily",
+        "backfillable",
+        "by_hand",
+        "too_slow",
+    ]
     with running_hub(root, request.param, _postgres_reason, root / "dags", wait_dags=wait) as (
         hub,
         _,
@@ -113,6 +129,18 @@ def test_catchup_makes_one_run_per_missed_day_with_its_data_interval(hub: Hub) -
     dag = next(d for d in hub.api.get("/dags")["dags"] if d["dag_id"] == "five_days")
     assert dag["next_dagrun"] == _day(0)
     assert len(_runs(hub, "five_days")) == 5
+
+
+def test_a_dag_in_its_own_time_zone_runs_at_its_local_midnights(hub: Hub) -> None:
+    runs = _finished(hub, "tokyo_daily", 3)
+    local_midnights = [TOKYO_TODAY - timedelta(days=d) for d in (3, 2, 1, 0)]
+    utc = [m.astimezone(UTC).isoformat() for m in local_midnights]
+    assert [(r["data_interval_start"], r["data_interval_end"]) for r in runs] == list(
+        zip(utc, utc[1:], strict=False)
+    )
+    assert all(m.endswith("T15:00:00+00:00") for m in utc)  # Tokyo has no DST
+    assert {r["state"] for r in runs} == {"success"}
+    assert len(_runs(hub, "tokyo_daily")) == 3
 
 
 def test_without_catchup_only_the_latest_interval_runs(hub: Hub) -> None:
