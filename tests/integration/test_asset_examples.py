@@ -75,15 +75,27 @@ def _settled(api: Api, count: int) -> bool:
     return True
 
 
+def _wait_settled(api: Api, count: int) -> None:
+    """Wait for cycle ``count`` to settle; if it does not, fail with every run's tasks."""
+    try:
+        wait_for(lambda: _settled(api, count), 60, f"cycle {count} to settle")
+    except AssertionError as exc:
+        detail = {
+            dag_id: [api.run(dag_id, r["run_id"]) for r in _runs(api, dag_id)]
+            for dag_id in ("cycle_trigger", *INGESTION, "dbt_finance")
+        }
+        raise AssertionError(f"{exc}; runs: {detail}") from None
+
+
 def test_dbt_finance_starts_before_the_slow_unrelated_ingestion_ends(hub: Hub) -> None:
     api = hub.api
     # Cycle 1: the daily trigger's scheduled run, created as soon as the DAG loaded
     # (catchup=False: the latest complete day). Cycle 2: a manual trigger after it.
     first_cycle = wait_for(lambda: _runs(api, "cycle_trigger"), 30, "the scheduled cycle")[0]
     assert first_cycle["run_type"] == "scheduled"
-    wait_for(lambda: _settled(api, 1), 60, "cycle 1 to settle")
+    _wait_settled(api, 1)
     second_cycle = api.trigger("cycle_trigger")
-    wait_for(lambda: _settled(api, 2), 60, "cycle 2 to settle")
+    _wait_settled(api, 2)
     cycles = [first_cycle["run_id"], second_cycle]
 
     # Each ingestion ran once per cycle, started by that cycle's event.
@@ -98,7 +110,7 @@ def test_dbt_finance_starts_before_the_slow_unrelated_ingestion_ends(hub: Hub) -
     dbt_runs = _runs(api, "dbt_finance")
     assert len(dbt_runs) == 2
     for n, dbt in enumerate(dbt_runs):
-        assert dbt["state"] == "success"
+        assert dbt["state"] == "success", api.run("dbt_finance", dbt["run_id"])
         assert dbt["run_type"] == "asset_triggered"
         assert sorted(dbt["conf"]["triggering_asset_events"]) == [
             "tether://fx_rates",

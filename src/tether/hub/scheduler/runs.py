@@ -126,6 +126,8 @@ def start_queued_runs(session: Session, dag_id: str) -> set[str]:
     ).all()
     woken: set[str] = set()
     for run in queued:
+        if run.state != S.RUN_QUEUED:
+            continue  # started meanwhile: a run that ended at once started the next ones
         run.state = S.RUN_RUNNING
         run.started_at = utcnow()
         timeout = run.serialized.get("dagrun_timeout")

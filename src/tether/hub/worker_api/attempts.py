@@ -213,8 +213,9 @@ def finish(
     attempt = _held_attempt(session, attempt_id, worker_name, lock=False)
     # Lock order for everything that changes a run's task instances: the run
     # row, then task instances by id, then attempts (as fail_attempt and the
-    # operator actions do). Claims never wait on a lock (SKIP LOCKED), so they
-    # cannot join a deadlock.
+    # operator actions do). A claim waits only for the claim lock, which it
+    # takes before any row lock, and then never waits on a row (SKIP LOCKED),
+    # so claims cannot join a deadlock.
     run = lock_run_of(session, attempt.task_instance_id)
     ti = session.scalar(
         lock_row(select(TaskInstance).where(TaskInstance.id == attempt.task_instance_id), session)
