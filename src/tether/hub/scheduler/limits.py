@@ -42,6 +42,7 @@ class Usage:
     dag_room: dict[str, int] = field(default_factory=dict)
     pool_room: dict[str, int] = field(default_factory=dict)
     parallelism_room: int | None = None
+    _loaded: set[str] = field(default_factory=set)
 
     def admits(self, dag_id: str, pool: str, slots: int) -> bool:
         if self.parallelism_room is not None and self.parallelism_room < 1:
@@ -60,6 +61,18 @@ class Usage:
             self.pool_room[pool] -= slots
         if dag_id in self.dag_room:
             self.dag_room[dag_id] -= 1
+
+    def add_dags(self, session: Session, dag_ids: set[str]) -> None:
+        """Load the ``max_active_tasks`` room of ``dag_ids`` not known yet."""
+        wanted = dag_ids - set(self.dag_room) - self._loaded
+        if not wanted:
+            return
+        self._loaded |= wanted
+        for dag_id, limit in session.execute(
+            select(Dag.dag_id, Dag.max_active_tasks).where(Dag.dag_id.in_(wanted))
+        ):
+            if limit > 0:
+                self.dag_room[dag_id] = limit - self.by_dag[dag_id]
 
     @property
     def full_dags(self) -> list[str]:
@@ -91,13 +104,7 @@ def usage(session: Session, parallelism: int, dag_ids: set[str] | None = None) -
         u.parallelism_room = parallelism - u.running
     for name, slots in session.execute(select(Pool.name, Pool.slots)):
         u.pool_room[name] = UNLIMITED if slots < 0 else slots - u.pool_slots[name]
-    wanted = set(u.by_dag) | (dag_ids or set())
-    if wanted:
-        for dag_id, limit in session.execute(
-            select(Dag.dag_id, Dag.max_active_tasks).where(Dag.dag_id.in_(wanted))
-        ):
-            if limit > 0:
-                u.dag_room[dag_id] = limit - u.by_dag[dag_id]
+    u.add_dags(session, set(u.by_dag) | (dag_ids or set()))
     return u
 
 

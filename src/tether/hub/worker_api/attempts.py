@@ -69,9 +69,7 @@ def claim(
             session,
         )
     ).all()
-    new_dags = {dag_id for _, dag_id, _, _ in candidates} - set(use.by_dag)
-    if new_dags:  # the limits of DAGs with nothing running yet
-        use = limits.usage(session, parallelism, new_dags)
+    use.add_dags(session, {dag_id for _, dag_id, _, _ in candidates})  # nothing running yet
     ids: list[int] = []
     for ti_id, dag_id, pool, need in candidates:
         if need <= slots and use.admits(dag_id, pool, need):
