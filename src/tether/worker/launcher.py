@@ -14,6 +14,7 @@ import asyncio
 import multiprocessing
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -87,6 +88,26 @@ def _forked_task(
     os._exit(code)
 
 
+#: Serialises every read of a forked task's exit status. With the forkserver
+#: start method the status travels over a pipe that only one reader may
+#: read: ``Process.start`` also reads those of finished children (to reap
+#: them), and two reads at once make one of them see EOF and report 255, so
+#: a task that succeeded was reported failed.
+_STATUS_LOCK = threading.Lock()
+
+
+def _start(process: Any) -> None:
+    with _STATUS_LOCK:
+        process.start()
+
+
+def _exit_code(process: Any) -> int:
+    with _STATUS_LOCK:
+        process.join()  # the status pipe is readable: this does not wait
+        code: int = process.exitcode
+        return code
+
+
 class _Forked:
     """A forked task process, awaited through its sentinel (one reader for all waiters)."""
 
@@ -97,8 +118,14 @@ class _Forked:
 
     @property
     def returncode(self) -> int | None:
-        code: int | None = self._process.exitcode
-        return code
+        """The exit code if known now; None while it runs or while a start holds the lock."""
+        if not _STATUS_LOCK.acquire(blocking=False):
+            return None
+        try:
+            code: int | None = self._process.exitcode
+            return code
+        finally:
+            _STATUS_LOCK.release()
 
     def _watch(self) -> asyncio.Future[None]:
         if self._exited is None:
@@ -116,11 +143,11 @@ class _Forked:
         return self._exited
 
     async def wait(self) -> int:
-        if self._process.exitcode is None:
+        code = self.returncode
+        if code is None:
             # Shielded: a waiter that gives up (a timeout) must not cancel it for the others.
             await asyncio.shield(self._watch())
-            await asyncio.to_thread(self._process.join)
-        code: int = self._process.exitcode
+            code = await asyncio.to_thread(_exit_code, self._process)
         return code
 
 
@@ -141,7 +168,7 @@ class ForkLauncher:
             args=(str(job_file), str(result_file), str(log_path), str(cwd), task_env),
             daemon=False,
         )
-        await asyncio.to_thread(process.start)
+        await asyncio.to_thread(_start, process)
         return _Forked(process)
 
 
