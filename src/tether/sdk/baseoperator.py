@@ -48,7 +48,7 @@ _BASE_DEFAULTS: dict[str, Any] = {
     "depends_on_past": False,
     "do_xcom_push": True,
     "doc_md": None,
-    # Run in the task process on the worker when the try ends (see docs/dags.md).
+    # Run in the task process on the worker when the try ends (see docs/scheduling.md).
     "on_success_callback": None,
     "on_failure_callback": None,
     "on_retry_callback": None,
