@@ -83,8 +83,8 @@ class Usage:
         return [p for p, room in self.pool_room.items() if room == UNLIMITED or room > 0]
 
 
-def usage(session: Session, parallelism: int, dag_ids: set[str] | None = None) -> Usage:
-    """The limits as they stand, for the DAGs running now and ``dag_ids``."""
+def usage(session: Session, parallelism: int) -> Usage:
+    """The limits as they stand, for the DAGs running now (see :meth:`Usage.add_dags`)."""
     u = Usage()
     rows = session.execute(
         select(
@@ -104,7 +104,7 @@ def usage(session: Session, parallelism: int, dag_ids: set[str] | None = None) -
         u.parallelism_room = parallelism - u.running
     for name, slots in session.execute(select(Pool.name, Pool.slots)):
         u.pool_room[name] = UNLIMITED if slots < 0 else slots - u.pool_slots[name]
-    u.add_dags(session, set(u.by_dag) | (dag_ids or set()))
+    u.add_dags(session, set(u.by_dag))
     return u
 
 
