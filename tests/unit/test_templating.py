@@ -168,13 +168,70 @@ def test_a_render_error_names_the_task_and_the_field() -> None:
 
 def test_string_params_render_with_the_unrendered_params() -> None:
     params = {"path": "/data/{{ ds }}/{{ params.n }}", "n": 5, "tags": ["{{ run_id }}"]}
-    assert render_params(params, {**CONTEXT, "params": params}) == {
+    assert render_params(params, {**CONTEXT, "params": params}, set(params)) == {
         "path": "/data/2026-03-25/5",
         "n": 5,
         "tags": ["manual__1"],
     }
     with pytest.raises(TemplateRenderError, match="cannot render param 'bad': 'zz' is undefined"):
-        render_params({"bad": "{{ zz }}"}, CONTEXT)
+        render_params({"bad": "{{ zz }}"}, CONTEXT, {"bad"})
+
+
+def test_params_that_are_not_templates_stay_as_they_are() -> None:
+    params = {"from_dag": "{{ ds }}", "from_conf": "{{ ds }} {{ nope }}"}
+    assert render_params(params, CONTEXT, {"from_dag"}) == {
+        "from_dag": "2026-03-25",
+        "from_conf": "{{ ds }} {{ nope }}",
+    }
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ params.update({'n': 6}) }}",
+        "{{ env_vars.update({'BASH_ENV': '/tmp/x'}) }}",
+        "{{ env_vars.__setitem__('A', 'b') }}",
+        "{{ env_vars.setdefault('A', 'b') }}",
+        "{{ conf.pop('k') }}",
+        "{{ items.append(1) }}",
+        "{{ items.extend([1]) }}",
+        "{{ tags.add(1) }}",
+        "{{ task.env.update({'A': 'b'}) }}",
+        "{{ task.set_downstream(task) }}",
+        "{{ dag.add_task(task) }}",
+        "{% set _ = env_vars.update(A='b') %}",
+    ],
+)
+def test_a_template_cannot_change_anything_in_its_context(template: str) -> None:
+    with DAG("t"):
+        op = BashOperator(task_id="b", bash_command="true", env={"A": "a"})
+    context = {
+        **CONTEXT,
+        "conf": {"k": 1},
+        "env_vars": {"TETHER_DAG_ID": "t"},
+        "items": [],
+        "tags": set(),
+        "task": op,
+        "dag": op.dag,
+    }
+    with pytest.raises(TemplateRenderError, match="never change it"):
+        render_value(template, context)
+    assert context["env_vars"] == {"TETHER_DAG_ID": "t"}
+    assert context["params"] == {"n": 5, "label": "x"}
+    assert op.env == {"A": "a"}
+    assert op.downstream_task_ids == set()
+
+
+def test_templates_may_call_read_only_methods() -> None:
+    from tether.sdk.context import TaskInstanceInfo
+
+    ti = TaskInstanceInfo("t", "b", "r", 1, inputs={"up": {"rows": 3}})
+    context = {**CONTEXT, "ti": ti, "conf": {"k": "v"}}
+    template = (
+        "{{ ti.xcom_pull(task_ids='up')['rows'] }} {{ conf.get('k') }} {{ conf.keys() | list }} "
+        "{{ ds.replace('-', '') }} {{ logical_date.strftime('%Y') }}"
+    )
+    assert render_value(template, context) == "3 v ['k'] 20260325 2026"
 
 
 # --- parse-time check -------------------------------------------------------------------------
@@ -251,17 +308,23 @@ def test_the_task_process_renders_with_the_jobs_params_before_execute(tmp_path: 
             """
         )
     )
+    # The job's "day" is not the DAG file's: only the DAG file's own default is a template.
     job = _job("show", params={"n": 7, "day": "{{ ds_nodash }}"}, conf={"n": 7, "free": "f"})
     result = _run(job, tmp_path)
     assert result["state"] == "success"
     assert result["output"] == {
         "line": "2026-03-25|20260325|2026-03-25T07:30:00+00:00"
         "|manual__2026-03-25T07:30:00+00:00|2026-03-24T00:00:00+00:00"
-        "|2026-03-25T00:00:00+00:00|7|20260325|f|rendered|show|1|f",
-        # The job's params (hub-validated), with string values rendered.
-        "params": {"n": 7, "day": "20260325"},
+        "|2026-03-25T00:00:00+00:00|7|2026-03-25|f|rendered|show|1|f",
+        # The job's params (hub-validated); the DAG's string default rendered.
+        "params": {"n": 7, "day": "2026-03-25"},
         "conf": {"n": 7, "free": "f"},
     }
+    # A param given in the conf is data: printed by a template, never rendered itself.
+    conf = {"day": "{{ ds_nodash }}", "free": "{{ run_id }}"}
+    result = _run(_job("show", params={"n": 1, "day": conf["day"]}, conf=conf), tmp_path)
+    assert result["output"]["line"].split("|")[7:9] == ["{{ ds_nodash }}", "{{ run_id }}"]
+    assert result["output"]["params"] == {"n": 1, "day": "{{ ds_nodash }}"}
 
 
 def test_literal_mapped_values_render_and_upstream_values_do_not(tmp_path: Path) -> None:

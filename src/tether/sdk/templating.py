@@ -5,19 +5,27 @@ Every operator names its templated attributes in ``template_fields``
 ``@task``: ``op_args``, ``op_kwargs``). Each string in them, also inside
 lists, tuples, sets and dict values, is a Jinja template rendered with the
 task's context (``ds``, ``params``, ``run_id``, ``ti``, ...), as in Airflow.
-String values of ``params`` are rendered first, so fields see the rendered
-params.
+The string defaults of the DAG's ``params`` are rendered first, so fields
+see the rendered params.
 
-Two choices, both Airflow's:
+Three choices:
 
-- ``StrictUndefined``: a name the context does not have is an error naming
-  it, not an empty string that would run ``rm -rf /data/{{ oops }}``.
-- A sandboxed environment (``jinja2.sandbox``): templates cannot reach
-  attributes starting with ``_`` (``__class__``, ``__globals__``) and thus
-  cannot escape to arbitrary Python. A run's ``conf`` and params come from
-  whoever can trigger runs on the hub, and string params are rendered, so
-  without the sandbox the hub's API would be a way to run code on edge
-  workers, which otherwise only run code that arrives in DAG bundles.
+- ``StrictUndefined`` (as Airflow): a name the context does not have is an
+  error naming it, not an empty string that would run
+  ``rm -rf /data/{{ oops }}``.
+- Only the DAG file's own text is a template. Values that come from outside
+  it (a run's ``conf``, params given when it is triggered, upstream return
+  values, asset-event extras) are data: they reach the task verbatim, and
+  a template that prints one prints it as it is (Jinja never renders its
+  own output). So whoever may trigger runs on the hub cannot run code on an
+  edge worker by putting ``{{ ... }}`` in a conf value.
+- An immutable sandbox (:class:`TaskSandbox`): templates cannot reach
+  attributes starting with ``_`` (``__class__``, ``__globals__``), cannot
+  call a method that changes a list, dict or set (``.update``, ``.append``,
+  ``.pop``), and cannot call methods of the task, the DAG or the run (only
+  ``ti.xcom_pull``). A template reads its context; it never changes the
+  task it renders for (its ``env``, its command, the context of the fields
+  rendered after it).
 
 Datetimes render as ISO 8601 (``2026-01-01T00:00:00+00:00``), like
 Airflow's. Jinja's own syntax applies to every templated string: a literal
@@ -26,7 +34,7 @@ Airflow's. Jinja's own syntax applies to every templated string: a literal
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +58,42 @@ def _finalize(value: Any) -> Any:
 
 _env: SandboxedEnvironment | None = None
 
+#: Methods of Tether's own objects that a template may call (all read-only).
+_CALLABLE_SDK_METHODS = frozenset({"TaskInstanceInfo.xcom_pull"})
+
+
+def _make_sandbox() -> SandboxedEnvironment:
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class TaskSandbox(ImmutableSandboxedEnvironment):
+        """Jinja's immutable sandbox, and no calls into the task, DAG or run objects.
+
+        ``ImmutableSandboxedEnvironment`` refuses the methods that change
+        Python's built-in containers. The objects of the context that are
+        Tether's own (``task``, ``dag``, ``ti``, ``dag_run``) have methods that
+        change them too (``task.set_downstream``, ...), which no list in Jinja
+        knows; they are refused here, but for the read-only ones in
+        ``_CALLABLE_SDK_METHODS``.
+        """
+
+        def is_safe_callable(self, obj: Any) -> bool:
+            owner = getattr(obj, "__self__", None)
+            if owner is not None and type(owner).__module__.startswith("tether."):
+                name = f"{type(owner).__name__}.{getattr(obj, '__name__', '')}"
+                if name not in _CALLABLE_SDK_METHODS:
+                    return False
+            return bool(super().is_safe_callable(obj))
+
+    from jinja2 import StrictUndefined
+
+    return TaskSandbox(
+        undefined=StrictUndefined,
+        finalize=_finalize,
+        # Rendering must not change a string beyond its template parts.
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
 
 def environment() -> SandboxedEnvironment:
     """The one Jinja environment of this process.
@@ -60,16 +104,7 @@ def environment() -> SandboxedEnvironment:
     """
     global _env
     if _env is None:
-        from jinja2 import StrictUndefined
-        from jinja2.sandbox import SandboxedEnvironment
-
-        _env = SandboxedEnvironment(
-            undefined=StrictUndefined,
-            finalize=_finalize,
-            # Rendering must not change a string beyond its template parts.
-            keep_trailing_newline=True,
-            autoescape=False,
-        )
+        _env = _make_sandbox()
     return _env
 
 
@@ -84,9 +119,12 @@ def _short(text: str, limit: int = 200) -> str:
 
 def _reason(exc: Exception) -> str:
     from jinja2 import TemplateError, TemplateSyntaxError
+    from jinja2.exceptions import SecurityError
 
     if isinstance(exc, TemplateSyntaxError):
         return f"syntax error on line {exc.lineno}: {exc.message}"
+    if isinstance(exc, SecurityError):
+        return f"{exc.message} (a template may read the task's context, never change it)"
     if isinstance(exc, TemplateError):
         return exc.message or type(exc).__name__
     return f"{type(exc).__name__}: {exc}"
@@ -149,10 +187,20 @@ def render_template_fields(task: BaseOperator, context: Context) -> None:
         task.expand_input = mapped
 
 
-def render_params(params: Mapping[str, Any], context: Context) -> dict[str, Any]:
-    """``params`` with string values rendered; the templates see the unrendered params."""
+def render_params(
+    params: Mapping[str, Any], context: Context, templates: Collection[str]
+) -> dict[str, Any]:
+    """``params`` with the string values of the names in ``templates`` rendered.
+
+    ``templates`` names the params whose value is the DAG file's own default;
+    a value given in the run's ``conf`` is data and stays as it is. The
+    templates see the unrendered params.
+    """
     rendered = {}
     for name, value in params.items():
+        if name not in templates:
+            rendered[name] = value
+            continue
         try:
             rendered[name] = render_value(value, context)
         except TemplateRenderError as exc:

@@ -123,11 +123,29 @@ def load_task(job: Job, bundle_dir: Path) -> tuple[Any, Any]:
     return dag, dag.get_task(job.task_id)
 
 
+def _param_values(job: Job, dag: Any) -> tuple[dict[str, Any], set[str]]:
+    """The run's params, and which of them are templates.
+
+    A param the run's ``conf`` sets is data, as the hub validated it; every
+    other one takes its default from the DAG file imported here (the only
+    text that may be a template), not from the job.
+    """
+    values = dict(job.params)
+    templates = set()
+    for name in dag.params:
+        param = dag.params.get_param(name)
+        if name not in job.conf and param.has_value:
+            values[name] = param.value
+            templates.add(name)
+    return values, templates
+
+
 def run(job: Job, dag: Any, task: Any, context: dict[str, Any]) -> dict[str, Any]:
     """Run the job's task; return the result message."""
     os.environ.update(context["env_vars"])
     # As in Airflow: params first (fields see them rendered), then the fields.
-    context["params"] = render_params(context["params"], context)
+    values, templates = _param_values(job, dag)
+    context["params"] = render_params(values, {**context, "params": values}, templates)
     render_template_fields(task, context)
     with running(context), execution_timeout(job.execution_timeout):
         output = task.execute(context)

@@ -1,0 +1,120 @@
+"""Hostile values through a real hub and a real worker process, on SQLite and
+PostgreSQL: whoever can trigger runs, and whatever a task returns, cannot run
+code on a worker, break the hub, or wedge the worker's reports."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import BACKENDS
+from tests.integration.processes import Hub, Worker, running_hub
+
+pytestmark = pytest.mark.integration
+
+#: The variables a task process adds to a BashOperator's declared env, and bash's own.
+CONTEXT_VARIABLES = {"TETHER_DAG_ID", "TETHER_TASK_ID", "TETHER_RUN_ID", "TETHER_TRY_NUMBER"}
+BASH_VARIABLES = {"PWD", "SHLVL", "_"}
+
+DAGS = {
+    "conf_is_data.py": """
+        from tether import DAG, BashOperator, Param
+
+        with DAG("conf_is_data", params={"label": Param("plain", type="string")}):
+            BashOperator(
+                task_id="show",
+                bash_command=(
+                    "printf 'label=%s\\\\n' \\"$LABEL\\"; /usr/bin/env | /usr/bin/sed 's/^/env: /'"
+                ),
+                env={"LABEL": "{{ params.label }}", "DECLARED": "yes"},
+            )
+    """,
+    "mutating_template.py": """
+        from tether import DAG, BashOperator
+
+        with DAG("mutating_template"):
+            BashOperator(
+                task_id="mutate",
+                bash_command=(
+                    "echo {{ task.env.update({'INJECTED': 'yes'}) }}; "
+                    "/usr/bin/env | /usr/bin/sed 's/^/env: /'"
+                ),
+                env={"DECLARED": "yes"},
+            )
+    """,
+}
+
+
+class Env:
+    def __init__(self, hub: Hub, worker: Worker) -> None:
+        self.hub, self.worker, self.api = hub, worker, hub.api
+
+    def run(self, dag_id: str, conf: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self.api.wait_run(dag_id, self.api.trigger(dag_id, conf))
+
+    def log(self, run: dict[str, Any], task_id: str) -> str:
+        return self.api.log(run["dag_id"], run["run_id"], task_id)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def env(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    _postgres_reason: str | None,
+) -> Iterator[Env]:
+    root = tmp_path_factory.mktemp(f"hostile-{request.param}")
+    dags = root / "dags"
+    dags.mkdir()
+    for name, source in DAGS.items():
+        (dags / name).write_text(textwrap.dedent(source))
+    with running_hub(
+        root, request.param, _postgres_reason, dags, wait_dags=["conf_is_data", "mutating_template"]
+    ) as (hub, workers):
+        yield Env(hub, workers[0])
+
+
+def _environment(log: str) -> dict[str, str]:
+    """The variables /usr/bin/env printed into a task's log (as ``env: NAME=value``)."""
+    found = {}
+    for line in log.splitlines():
+        if line.startswith("env: "):
+            name, _, value = line.removeprefix("env: ").partition("=")
+            found[name] = value
+    return found
+
+
+def test_a_conf_value_is_data_and_reaches_the_task_verbatim(env: Env) -> None:
+    attack = "{{ env_vars.update({'INJECTED': 'yes'}) or 'pwned' }} {{ 7 * 7 }}"
+    run = env.run("conf_is_data", {"label": attack})
+    assert run["state"] == "success"
+    log = env.log(run, "show")
+    assert f"label={attack}" in log.splitlines()
+    # The task's environment is what the DAG declared, plus Tether's context variables.
+    seen = _environment(log)
+    assert set(seen) == {"LABEL", "DECLARED"} | CONTEXT_VARIABLES | BASH_VARIABLES, seen
+    assert seen["LABEL"] == attack
+    assert seen["DECLARED"] == "yes"
+    assert seen["TETHER_RUN_ID"] == run["run_id"]
+
+
+def test_the_dag_files_own_param_default_is_still_a_template_that_prints_conf_as_data(
+    env: Env,
+) -> None:
+    run = env.run("conf_is_data")
+    assert "label=plain" in env.log(run, "show").splitlines()
+
+
+def test_a_dag_file_template_that_changes_its_context_fails_the_task_and_says_why(
+    env: Env,
+) -> None:
+    run = env.run("mutating_template")
+    assert run["state"] == "failed"
+    log = env.log(run, "mutate")
+    refused = "access to attribute 'update' of 'dict' object is unsafe"
+    assert f"cannot render bash_command: {refused}" in log
+    assert "a template may read the task's context, never change it" in log
+    assert env.api.tasks(run)["mutate"]["state"] == "failed"
+    assert "env: DECLARED=yes" not in log.splitlines()  # the command never ran
