@@ -7,11 +7,15 @@ fields and convert to and from dicts so that neither side hand-builds JSON.
 
 from __future__ import annotations
 
+import gzip
 import io
+import json
+import os
 import re
 import shutil
 import tarfile
 import tempfile
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +37,47 @@ QUEUE_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,255}"
 _QUEUE_NAME_RE = re.compile(QUEUE_NAME_PATTERN)
 
 
+# DAG and task ids: 1 to 250 letters, digits and ``_ . -``, as in Airflow, but
+# not only dots: "." and ".." must never name a folder. Run ids also allow
+# ``: + ~`` (they hold a timestamp). Written without look-ahead, so that the
+# same pattern works in pydantic, which checks patterns with Rust's regex.
+ID_PATTERN = r"[A-Za-z0-9_.-]*[A-Za-z0-9_-][A-Za-z0-9_.-]*"
+RUN_ID_PATTERN = r"[A-Za-z0-9_.:+~-]*[A-Za-z0-9_:+~-][A-Za-z0-9_.:+~-]*"
+MAX_ID_LENGTH = 250
+_ID_RE = re.compile(ID_PATTERN)
+_RUN_ID_RE = re.compile(RUN_ID_PATTERN)
+
+
+def is_valid_id(value: object, *, run: bool = False) -> bool:
+    """Whether ``value`` is a valid DAG or task id (``run``: a valid run id)."""
+    pattern = _RUN_ID_RE if run else _ID_RE
+    return (
+        isinstance(value, str)
+        and len(value) <= MAX_ID_LENGTH
+        and pattern.fullmatch(value) is not None
+    )
+
+
+_ATTEMPT_ID_RE = re.compile(r"[0-9a-f]{32}")
+_SHA_RE = re.compile(r"[0-9a-f]{64}")
+
+
+class InvalidJob(ValueError):
+    """A job from the hub that names something the worker will not touch."""
+
+
+def is_bundle_path(path: object) -> bool:
+    """Whether ``path`` is a relative path that stays inside a bundle.
+
+    Forward slashes only; no empty, ``.`` or ``..`` part; no NUL or backslash.
+    """
+    if not isinstance(path, str) or not path or len(path) > 1000:
+        return False
+    if "\x00" in path or "\\" in path or path.startswith("/"):
+        return False
+    return all(part not in ("", ".", "..") for part in path.split("/"))
+
+
 class InvalidQueueName(ValueError):
     """A queue name breaks the rule in :data:`QUEUE_NAME_PATTERN`."""
 
@@ -45,6 +90,140 @@ def validate_queue_name(name: object) -> str:
             "letters, digits, '.', '_', '-' and ':', starting with a letter or digit"
         )
     return name
+
+
+#: Largest return value of a task, as compact JSON, unless the hub says otherwise
+#: (TETHER_MAX_TASK_OUTPUT_BYTES; the session's answer carries the hub's figure).
+DEFAULT_MAX_TASK_OUTPUT_BYTES = 1024 * 1024
+#: Longest error text of an attempt, in characters; the worker cuts a longer one.
+MAX_ERROR_CHARS = 8000
+#: Deepest nesting of lists and objects in a value that crosses the wire.
+MAX_JSON_DEPTH = 64
+#: Integers on the wire fit a signed 64-bit column.
+MAX_WIRE_INT = 2**63 - 1
+
+
+class WireError(ValueError):
+    """A value that cannot cross the wire; the message names the part and why."""
+
+
+def check_wire_value(value: Any, what: str = "value") -> None:
+    """Raise WireError unless ``value`` is strict JSON both stores keep as it is.
+
+    Strict: null, booleans, integers within 64 bits, finite floats, strings
+    that are valid Unicode without NUL (no lone surrogate, which UTF-8
+    cannot encode; PostgreSQL keeps no NUL in text), lists, and objects with
+    string keys, nested at most :data:`MAX_JSON_DEPTH` deep. The hub checks
+    every body it is sent; the worker checks a task's result before sending
+    it, so a report is never refused for its form.
+    """
+    stack: list[tuple[Any, str, int]] = [(value, what, 0)]
+    while stack:
+        item, where, depth = stack.pop()
+        if item is None or isinstance(item, bool):
+            continue
+        if isinstance(item, int):
+            if not -MAX_WIRE_INT - 1 <= item <= MAX_WIRE_INT:
+                raise WireError(f"{where}: the integer does not fit in 64 bits")
+        elif isinstance(item, float):
+            if item != item or item in (float("inf"), float("-inf")):
+                raise WireError(f"{where}: {item!r} is not a JSON number")
+        elif isinstance(item, str):
+            _check_text(item, where)
+        elif isinstance(item, list | dict):
+            if depth >= MAX_JSON_DEPTH:
+                raise WireError(f"{what}: nested more than {MAX_JSON_DEPTH} levels deep")
+            if isinstance(item, list):
+                stack.extend((v, _child(where, i), depth + 1) for i, v in enumerate(item))
+                continue
+            for key, v in item.items():
+                if not isinstance(key, str):
+                    raise WireError(f"{where}: object keys must be strings, not {key!r}")
+                _check_text(key, f"{where}: a key")
+                stack.append((v, _child(where, key), depth + 1))
+        else:
+            raise WireError(f"{where}: a {type(item).__name__} is not JSON")
+
+
+def _child(where: str, key: int | str) -> str:
+    return f"{where}[{key if isinstance(key, int) else repr(key[:40])}]"
+
+
+def _check_text(text: str, where: str) -> None:
+    if "\x00" in text:
+        raise WireError(f"{where}: strings cannot contain NUL characters")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise WireError(
+            f"{where}: {text[exc.start : exc.end]!r} at position {exc.start} is not valid "
+            "Unicode (a lone surrogate, such as a file name decoded with surrogateescape)"
+        ) from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise WireError(f"{name} is not a JSON number")
+
+
+def loads_strict(data: bytes | str) -> Any:
+    """Parse JSON and check it with :func:`check_wire_value`; WireError if either fails."""
+    try:
+        value = json.loads(data, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise WireError(f"value: nested more than {MAX_JSON_DEPTH} levels deep") from None
+    except UnicodeDecodeError as exc:
+        raise WireError(f"the body is not UTF-8: {exc.reason}") from None
+    except WireError:
+        raise
+    except ValueError as exc:  # JSONDecodeError, and int() of more than 4300 digits
+        raise WireError(f"invalid JSON: {exc}") from None
+    check_wire_value(value)
+    return value
+
+
+def to_wire(value: Any, what: str = "value") -> Any:
+    """``value`` as it will travel (a JSON round trip turns tuples into lists), checked.
+
+    Raises WireError naming what is wrong: a value JSON cannot hold, or one
+    :func:`check_wire_value` refuses.
+    """
+    try:
+        # NaN and infinities survive the round trip, so that the check below
+        # names where they are.
+        value = json.loads(json.dumps(value))
+    except (TypeError, ValueError) as exc:
+        raise WireError(f"{what}: {exc}") from None
+    except RecursionError:
+        raise WireError(f"{what}: nested more than {MAX_JSON_DEPTH} levels deep") from None
+    check_wire_value(value, what)
+    return value
+
+
+def wire_size(value: Any) -> int:
+    """Bytes of ``value`` as compact UTF-8 JSON: what task-output limits count."""
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
+
+
+def output_too_large(size: int, limit: int) -> str:
+    """Why a task whose return value is ``size`` bytes as JSON fails."""
+    return (
+        f"the task's return value is {size} bytes as JSON; the hub keeps at most {limit} "
+        "(TETHER_MAX_TASK_OUTPUT_BYTES). Return a reference to the data (a path, a URI, "
+        "a table name), not the data itself"
+    )
+
+
+def sendable_text(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """``text`` as a report can always carry it: valid Unicode, no NUL, at most ``limit``.
+
+    A lone surrogate (a file name decoded with surrogateescape) becomes its
+    ``\\udcXX`` escape, NUL becomes ``\\x00``, and a longer text is cut, saying so.
+    """
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+    if len(text) <= limit:
+        return text
+    note = f"... [cut: {len(text)} characters in all; the whole text is in the task's log]"
+    return text[: limit - len(note)] + note
 
 
 # Terminal states of an attempt as the worker reports them.
@@ -88,8 +267,46 @@ class Job:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Job:
+        """A job from its wire form, checked: InvalidJob names what is wrong."""
+        if not isinstance(data, dict):
+            raise InvalidJob(f"a job must be an object, not {type(data).__name__}")
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        try:
+            job = cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as exc:
+            raise InvalidJob(f"job fields: {exc}") from None
+        job.check()
+        return job
+
+    def check(self) -> None:
+        """Raise InvalidJob unless every field that names a file or folder is safe.
+
+        The worker builds paths from the attempt id, the bundle sha, the DAG,
+        run and task ids and the DAG file's path in the bundle; a hostile or
+        broken hub must not make it write, read or delete outside its home.
+        """
+        problems = []
+        if not (isinstance(self.attempt_id, str) and _ATTEMPT_ID_RE.fullmatch(self.attempt_id)):
+            problems.append(f"attempt_id {self.attempt_id!r} is not 32 hex digits")
+        if not (isinstance(self.bundle_sha, str) and _SHA_RE.fullmatch(self.bundle_sha)):
+            problems.append(f"bundle_sha {self.bundle_sha!r} is not a sha256")
+        for name in ("dag_id", "task_id"):
+            if not is_valid_id(getattr(self, name)):
+                problems.append(f"{name} {getattr(self, name)!r} is not a valid id")
+        if not is_valid_id(self.run_id, run=True):
+            problems.append(f"run_id {self.run_id!r} is not a valid run id")
+        if not is_bundle_path(self.fileloc) or not self.fileloc.endswith(".py"):
+            problems.append(f"fileloc {self.fileloc!r} is not a .py file inside the bundle")
+        for name in ("try_number", "map_index", "pool_slots", "max_tries"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < -1:
+                problems.append(f"{name} {value!r} is not a number")
+        try:
+            validate_queue_name(self.queue)
+        except InvalidQueueName as exc:
+            problems.append(str(exc))
+        if problems:
+            raise InvalidJob("; ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -106,19 +323,144 @@ class AttemptResult:
         return asdict(self)
 
 
-def unpack_bundle(data: bytes, target: Path) -> None:
+#: Most bytes a bundle may unpack to, and most files it may hold, unless
+#: TETHER_MAX_BUNDLE_BYTES / TETHER_MAX_BUNDLE_FILES say otherwise (hub and worker).
+MAX_BUNDLE_BYTES = 100 * 1024 * 1024
+MAX_BUNDLE_FILES = 10_000
+
+
+class BundleError(Exception):
+    """A bundle that cannot be fetched, fails its hash, or is not one Tether unpacks."""
+
+
+def bundle_limits() -> tuple[int, int]:
+    """Most bytes and files of an unpacked bundle (the environment may raise them)."""
+    return (
+        int(os.environ.get("TETHER_MAX_BUNDLE_BYTES") or MAX_BUNDLE_BYTES),
+        int(os.environ.get("TETHER_MAX_BUNDLE_FILES") or MAX_BUNDLE_FILES),
+    )
+
+
+class _Capped(io.RawIOBase):
+    """A reader that fails once more than ``cap`` bytes came through it.
+
+    Between gzip and tarfile: a small bundle that inflates to gigabytes (in
+    file data or in tar headers, which tarfile reads whole) is refused while
+    it is read, not after it filled the disk or the memory.
+    """
+
+    def __init__(self, raw: Any, cap: int) -> None:
+        self._raw, self._left = raw, cap
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._raw.read(len(buffer))
+        self._left -= len(data)
+        if self._left < 0:
+            raise BundleError("the bundle unpacks to more than its limit")
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def unpack_bundle(
+    data: bytes, target: Path, *, max_bytes: int | None = None, max_files: int | None = None
+) -> None:
     """Unpack a DAG bundle (tar.gz) into ``target``, which must not exist yet.
 
-    Unpacks beside it first and renames, so a reader never sees half a
-    bundle; the ``data`` filter refuses absolute paths, ``..`` and links
-    that leave the folder.
+    Every member is checked here, not left to ``tarfile``'s filters (which
+    some Python releases let a crafted archive get around): regular files and
+    folders only (no links, devices or fifos), each name a relative path that
+    stays inside the bundle (:func:`is_bundle_path`), at most ``max_bytes``
+    unpacked and ``max_files`` files (see :func:`bundle_limits`). Files are
+    created with ``O_EXCL | O_NOFOLLOW`` in a fresh folder beside ``target``,
+    renamed into place when complete, so a reader never sees half a bundle
+    and nothing outside the folder is ever written. BundleError says why a
+    bundle was refused.
     """
+    limit_bytes, limit_files = bundle_limits()
+    max_bytes = limit_bytes if max_bytes is None else max_bytes
+    max_files = limit_files if max_files is None else max_files
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-            tar.extractall(tmp, filter="data")
+        # Headers and padding: 512 bytes a member, a few more for long names.
+        cap = max_bytes + (max_files + 16) * 4096
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as inflated:
+            stream = io.BufferedReader(_Capped(inflated, cap))
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                _extract_members(tar, tmp, max_bytes, max_files)
         tmp.rename(target)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, tarfile.TarError | OSError | EOFError | zlib.error):
+            raise BundleError(f"the bundle is not a valid tar.gz: {exc}") from None
         raise
+
+
+def _extract_members(tar: tarfile.TarFile, root: Path, max_bytes: int, max_files: int) -> None:
+    files = total = 0
+    for member in tar:
+        name = member.name.rstrip("/") if member.isdir() else member.name
+        if not is_bundle_path(name):
+            raise BundleError(f"refused {member.name!r}: not a relative path inside the bundle")
+        path = root / name
+        if member.isdir():
+            path.mkdir(parents=True, exist_ok=True)
+            continue
+        if not member.isreg():
+            raise BundleError(
+                f"refused {member.name!r}: bundles hold regular files and folders only"
+            )
+        files += 1
+        total += member.size
+        if files > max_files:
+            raise BundleError(f"the bundle holds more than {max_files} files")
+        if total > max_bytes:
+            raise BundleError(f"the bundle unpacks to more than {max_bytes} bytes")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mode = 0o755 if member.mode & 0o100 else 0o644
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        source = tar.extractfile(member)
+        assert source is not None  # a regular file
+        with os.fdopen(fd, "wb") as out, source:
+            shutil.copyfileobj(source, out, 1024 * 1024)
+
+
+def sendable_result(
+    state: str,
+    output: Any = None,
+    error: object = None,
+    no_retry: bool = False,
+    *,
+    max_output: int = DEFAULT_MAX_TASK_OUTPUT_BYTES,
+) -> AttemptResult:
+    """A result the hub will take as it is, whatever the task produced.
+
+    An output that cannot travel (not JSON, NaN, a lone surrogate, deeper
+    than the wire allows) or is larger than ``max_output`` turns a success
+    into a failure whose error says why; error texts are made sendable. So a
+    report is never refused for its form, and the worker's spool never holds
+    one the hub cannot read.
+    """
+    if state not in ATTEMPT_END_STATES:
+        return AttemptResult(ATTEMPT_FAILED, error=f"the task reported an unknown state {state!r}")
+    if state != ATTEMPT_SUCCESS:
+        output = None
+    else:
+        try:
+            output = to_wire(output, "return value")
+        except WireError as exc:
+            state, output = ATTEMPT_FAILED, None
+            error = (
+                f"the task's return value cannot be sent to the hub ({exc}). Return dicts, "
+                "lists, strings, booleans and finite numbers, or set do_xcom_push=False"
+            )
+        else:
+            size = wire_size(output)
+            if size > max_output:
+                state, output = ATTEMPT_FAILED, None
+                error = output_too_large(size, max_output)
+    text = None if error is None else sendable_text(str(error))
+    return AttemptResult(state, output, text, bool(no_retry))

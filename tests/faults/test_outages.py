@@ -10,6 +10,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -83,7 +84,8 @@ def test_a_task_keeps_running_through_a_hub_outage_and_its_log_arrives_whole(
         wait_for(lambda: "line 010" in hub.api.log("chatty", run_id, "talk"), 30, "output")
         assert hub.stop() == 0
         time.sleep(10)
-        local = worker.home / "logs" / "chatty" / run_id / "talk" / "attempt=1.log"
+        local = worker.home / "logs" / "dag_id=chatty" / f"run_id={quote(run_id, safe='')}"
+        local = local / "task_id=talk" / "attempt=1.log"
         during = local.read_text()
         assert "line 050" in during  # the task went on while the hub was away
         assert worker.popen.poll() is None

@@ -291,6 +291,70 @@ class Api:
         return response.text
 
 
+class RawWorker:
+    """A worker that speaks the protocol by hand, for reports no real worker sends.
+
+    Enrolled through the hub's REST API and given a session, as ``tether
+    worker`` is; each method is one request, answered as it comes.
+    """
+
+    def __init__(self, hub: Hub, name: str, queues: str = "default") -> None:
+        from tether import __version__
+        from tether.protocol import PROTOCOL_VERSION, SESSION_HEADER
+
+        self.name = name
+        self.facts = {
+            "concurrency": 4,
+            "free_slots": 4,
+            "version": __version__,
+            "protocol": PROTOCOL_VERSION,
+        }
+        self.http = httpx.Client(base_url=hub.url + "/api/worker/v1", timeout=60, verify=hub.ssl)
+        token = hub.api.enrolment_token(queues, name)
+        enrolled = self.http.post("/enrol", json={"token": token})
+        enrolled.raise_for_status()
+        self.credential: str = enrolled.json()["credential"]
+        self.http.headers["Authorization"] = f"Bearer {self.credential}"
+        started = self.http.post("/sessions", json=self.facts)
+        started.raise_for_status()
+        self.http.headers[SESSION_HEADER] = started.json()["session_id"]
+
+    def poll(self, slots: int = 1, wait: float = 10.0, **body: Any) -> httpx.Response:
+        return self.http.post("/poll", json={"slots": slots, "wait": wait, **body})
+
+    def jobs(self, slots: int = 1, wait: float = 10.0) -> list[dict[str, Any]]:
+        """Poll until jobs come (each poll waits up to ``wait`` s); fail after 60 s."""
+
+        def found() -> list[dict[str, Any]]:
+            answer = self.poll(slots, wait)
+            answer.raise_for_status()
+            jobs: list[dict[str, Any]] = answer.json()["jobs"]
+            return jobs
+
+        return wait_for(found, 60, f"jobs for {self.name}", interval=0)
+
+    def heartbeat(self, **facts: Any) -> httpx.Response:
+        return self.http.post("/heartbeat", json={**self.facts, **facts})
+
+    def finish(self, attempt_id: str, body: dict[str, Any] | str) -> httpx.Response:
+        """``body`` as JSON, or as raw text (for what json.dumps would not write)."""
+        if isinstance(body, str):
+            return self.http.post(
+                f"/attempts/{attempt_id}/finish",
+                content=body,
+                headers={"Content-Type": "application/json"},
+            )
+        return self.http.post(f"/attempts/{attempt_id}/finish", json=body)
+
+    def log(self, attempt_id: str, offset: int, data: bytes) -> httpx.Response:
+        return self.http.post(
+            f"/attempts/{attempt_id}/logs", params={"offset": offset}, content=data
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+
 @contextlib.contextmanager
 def running_hub(
     root: Path,

@@ -4,6 +4,7 @@ status codes and reasons for bad input, never a 500."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -216,11 +217,16 @@ def test_worker_api_errors_have_reasons(hub: Hub) -> None:
             assert too_long.status_code == 422
             await _expect(await worker.get(f"{W}/bundles/{'0' * 64}"), 404, "no bundle")
             await _expect(
-                await worker.post(f"{W}/attempts/nope/finish", json={"state": "success"}),
+                await worker.post(f"{W}/attempts/{'0' * 32}/finish", json={"state": "success"}),
                 404,
                 "no attempt",
             )
-            bad_state = await worker.post(f"{W}/attempts/nope/finish", json={"state": "great"})
+            not_an_id = await worker.post(f"{W}/attempts/nope/finish", json={"state": "success"})
+            assert not_an_id.status_code == 422
+            assert "attempt_id" in not_an_id.text
+            bad_state = await worker.post(
+                f"{W}/attempts/{'0' * 32}/finish", json={"state": "great"}
+            )
             assert bad_state.status_code == 422
 
             await admin.post("/api/v1/dags/pair/runs", json={"run_id": "r1"})
@@ -812,3 +818,33 @@ def test_assets_events_posted_from_outside_start_the_dags_waiting_on_them(hub: H
         assert [e["uri"] for e in both] == ["tether://b"]  # newest first
 
     run(hub, scenario)
+
+
+def test_a_link_out_of_the_dags_folder_is_left_out_and_shown_as_an_import_error(
+    tmp_path: Path,
+) -> None:
+    dags = tmp_path / "dags"
+    write_dag(dags, "ok.py", "from tether import DAG\nDAG('ok')\n")
+    hub = make_hub(tmp_path, f"sqlite:///{tmp_path / 'links.db'}", dags)
+    try:
+        (hub.config.home / "admin_token").write_text("the-admin-token\n")
+        (dags / "token.txt").symlink_to(hub.config.home / "admin_token")
+        parse(hub)
+
+        async def scenario(admin: httpx.AsyncClient, _: Workers) -> None:
+            errors = (await admin.get("/api/v1/import-errors")).json()["import_errors"]
+            assert [(e["fileloc"], e["message"]) for e in errors] == [
+                (
+                    "token.txt",
+                    "left out of the bundle: a symbolic link to a file outside the DAGs "
+                    "folder is never packed",
+                )
+            ]
+            assert [d["dag_id"] for d in (await admin.get("/api/v1/dags")).json()["dags"]] == ["ok"]
+
+        run(hub, scenario)
+        with hub.store.session() as s:
+            (bundle,) = s.execute(text("SELECT data FROM bundle")).scalars()
+        assert b"the-admin-token" not in gzip.decompress(bundle)
+    finally:
+        hub.store.dispose()

@@ -71,7 +71,7 @@ def _emit(hub: Hub, dag_id: str, state: str = "success") -> tuple[str, set[str]]
     with hub.store.session() as s:
         run_id, _ = queries.trigger(s, dag_id, {}, None)
     with hub.store.session() as s:
-        (job,) = attempts.claim(s, "w1", ["prod"], 1)
+        (job,) = attempts.claim(s, "w1", ["prod"], 1).jobs
     assert (job.dag_id, job.run_id) == (dag_id, run_id)
     with hub.store.session() as s:
         _, woken, _ = attempts.finish(s, job.attempt_id, "w1", AttemptResult(state))  # type: ignore[arg-type]
@@ -158,7 +158,7 @@ def test_a_repeated_finish_report_records_no_second_event(hub: Hub) -> None:
     with hub.store.session() as s:
         queries.trigger(s, "make_a", {}, None)
     with hub.store.session() as s:
-        (job,) = attempts.claim(s, "w1", ["prod"], 1)
+        (job,) = attempts.claim(s, "w1", ["prod"], 1).jobs
     for _ in range(2):  # the worker re-sends its report after a timeout
         with hub.store.session() as s:
             attempts.finish(s, job.attempt_id, "w1", AttemptResult("success"))
@@ -246,7 +246,7 @@ def test_two_assets_emitted_at_once_start_exactly_one_run(hub: Hub) -> None:
             queries.trigger(s, "make_a", {}, None)
             queries.trigger(s, "make_b", {}, None)
         with hub.store.session() as s:
-            jobs = attempts.claim(s, "w1", ["prod"], 2)
+            jobs = attempts.claim(s, "w1", ["prod"], 2).jobs
         assert sorted(j.dag_id for j in jobs) == ["make_a", "make_b"]
         assert _finish_at_once(hub, [j.attempt_id for j in jobs]) == []
         assert len(_runs(hub, "consumer")) == n, f"round {n}"

@@ -32,6 +32,34 @@ DAGS = {
                 env={"LABEL": "{{ params.label }}", "DECLARED": "yes"},
             )
     """,
+    "unsendable.py": """
+        import os
+
+        from tether import DAG, task
+
+        with DAG("unsendable"):
+            @task
+            def nan() -> float:
+                return float("nan")
+
+            @task
+            def latin1_name() -> str:
+                return os.fsdecode(b"caf\\xe9.csv")  # 'caf\\udce9.csv'
+
+            @task
+            def long_error() -> None:
+                raise ValueError("x" * 190_000)
+
+            @task
+            def too_big() -> str:
+                return "y" * 60_000  # the hub in these tests keeps 50 000 bytes
+
+            @task(trigger_rule="all_done")
+            def after() -> str:
+                return "reached the hub"
+
+            [nan(), latin1_name(), long_error(), too_big()] >> after()
+    """,
     "mutating_template.py": """
         from tether import DAG, BashOperator
 
@@ -71,7 +99,12 @@ def env(
     for name, source in DAGS.items():
         (dags / name).write_text(textwrap.dedent(source))
     with running_hub(
-        root, request.param, _postgres_reason, dags, wait_dags=["conf_is_data", "mutating_template"]
+        root,
+        request.param,
+        _postgres_reason,
+        dags,
+        wait_dags=["conf_is_data", "mutating_template", "unsendable"],
+        TETHER_MAX_TASK_OUTPUT_BYTES="50000",
     ) as (hub, workers):
         yield Env(hub, workers[0])
 
@@ -118,3 +151,33 @@ def test_a_dag_file_template_that_changes_its_context_fails_the_task_and_says_wh
     assert "a template may read the task's context, never change it" in log
     assert env.api.tasks(run)["mutate"]["state"] == "failed"
     assert "env: DECLARED=yes" not in log.splitlines()  # the command never ran
+
+
+def test_results_that_cannot_travel_fail_their_task_and_wedge_nothing(env: Env) -> None:
+    run = env.run("unsendable")
+    tasks = env.api.tasks(run)
+    assert run["state"] == "failed"
+    assert {t: v["state"] for t, v in tasks.items()} == {
+        "nan": "failed",
+        "latin1_name": "failed",
+        "long_error": "failed",
+        "too_big": "failed",
+        "after": "success",  # the worker's later reports still reach the hub
+    }
+    assert (
+        "cannot be sent to the hub (return value: nan is not a JSON number)"
+        in (tasks["nan"]["error"])
+    )
+    assert "'\\udce9' at position 3 is not valid Unicode" in tasks["latin1_name"]["error"]
+    error = tasks["long_error"]["error"]
+    assert len(error) == 8000
+    assert error.startswith("ValueError: xxx")
+    assert error.endswith("[cut: 190012 characters in all; the whole text is in the task's log]")
+    assert "x" * 190_000 in env.log(run, "long_error")  # the log has it whole
+    assert (
+        "the task's return value is 60002 bytes as JSON; the hub keeps at most 50000"
+        in (tasks["too_big"]["error"])
+    )
+    assert "Return a reference to the data" in env.log(run, "too_big")
+    # Nothing is left behind in the worker's spool.
+    assert list((env.worker.home / "spool").glob("*")) == []

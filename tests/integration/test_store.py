@@ -17,7 +17,7 @@ from tether.hub.scheduler import runs
 from tether.hub.scheduler.loop import tick
 from tether.hub.state import Hub
 from tether.hub.store.db import migrate
-from tether.hub.store.models import Base, DagRun, TaskInstance
+from tether.hub.store.models import Base, DagRun, TaskAttempt, TaskInstance
 from tether.hub.worker_api import attempts
 from tether.protocol import AttemptResult
 
@@ -77,7 +77,7 @@ def test_concurrent_claims_never_hand_out_a_task_twice(hub: Hub) -> None:
         barrier.wait()
         while True:
             with hub.store.session() as s:
-                jobs = attempts.claim(s, name, ["q"], 3)
+                jobs = attempts.claim(s, name, ["q"], 3).jobs
             if not jobs:
                 return
             got[name].extend(j.task_id for j in jobs)
@@ -99,7 +99,7 @@ def test_concurrent_claims_never_hand_out_a_task_twice(hub: Hub) -> None:
 def test_siblings_finishing_at_once_free_their_join_exactly_once(hub: Hub) -> None:
     run_id = _trigger(hub, "fan_in")
     with hub.store.session() as s:
-        jobs = attempts.claim(s, "w1", ["fan"], 100)
+        jobs = attempts.claim(s, "w1", ["fan"], 100).jobs
     assert len(jobs) == 12
     barrier = threading.Barrier(len(jobs))
     errors: list[BaseException] = []
@@ -121,7 +121,7 @@ def test_siblings_finishing_at_once_free_their_join_exactly_once(hub: Hub) -> No
     assert errors == []
     assert sorted(woken, key=len) == [set()] * 11 + [{"fan"}]  # only the last one frees join
     with hub.store.session() as s:
-        (job,) = attempts.claim(s, "w1", ["fan"], 100)
+        (job,) = attempts.claim(s, "w1", ["fan"], 100).jobs
         assert job.task_id == "join"
         assert job.run_id == run_id
         assert len(job.inputs) == 12
@@ -130,13 +130,13 @@ def test_siblings_finishing_at_once_free_their_join_exactly_once(hub: Hub) -> No
 def test_claim_takes_only_the_asked_queues(hub: Hub) -> None:
     _trigger(hub, "wide")
     with hub.store.session() as s:
-        assert attempts.claim(s, "w", ["default", "other"], 10) == []
-        assert len(attempts.claim(s, "w", ["q"], 5)) == 5
+        assert attempts.claim(s, "w", ["default", "other"], 10).jobs == []
+        assert len(attempts.claim(s, "w", ["q"], 5).jobs) == 5
 
 
 def _claim_one(hub: Hub, worker: str, queue: str = "default") -> str:
     with hub.store.session() as s:
-        (job,) = attempts.claim(s, worker, [queue], 1)
+        (job,) = attempts.claim(s, worker, [queue], 1).jobs
     return job.attempt_id
 
 
@@ -149,7 +149,7 @@ def test_finish_frees_downstream_in_the_same_call(hub: Hub) -> None:
         )
     assert (state, woken, retry_at) == ("success", {"default"}, None)
     with hub.store.session() as s:
-        (job,) = attempts.claim(s, "w1", ["default"], 1)
+        (job,) = attempts.claim(s, "w1", ["default"], 1).jobs
     assert job.task_id == "b"
     assert job.inputs == {"a": {"n": 1}}
     assert job.run_id == run_id
@@ -181,7 +181,25 @@ def test_log_appends_are_idempotent_by_offset(hub: Hub) -> None:
         with pytest.raises(attempts.NotYourAttempt):
             attempts.append_log(s, attempt, "intruder", 12, b"x")
     with hub.store.session() as s:
-        assert queries.read_log(s, attempt) == b"hello world\n"
+        assert queries.read_log(s, s.get(TaskAttempt, attempt)) == b"hello world\n"
+
+
+def test_a_try_keeps_its_first_log_bytes_and_takes_none_once_ended(hub: Hub) -> None:
+    _trigger(hub, "pair")
+    attempt = _claim_one(hub, "w1")
+    with hub.store.session() as s:
+        # In pieces, as a streamed upload stores them; only the first 4 bytes are kept.
+        assert attempts.append_log(s, attempt, "w1", 0, [b"abc", b"def"], keep=4) == 6
+        assert attempts.append_log(s, attempt, "w1", 6, b"gh", keep=4) == 8
+        assert attempts.append_log(s, attempt, "w1", 6, b"gh", keep=4) == 8  # resent
+    with hub.store.session() as s:
+        assert queries.read_log(s, s.get(TaskAttempt, attempt)) == (
+            b"abcd\n[tether] 4 bytes of this try's log were dropped: the hub keeps the first "
+            b"TETHER_MAX_TASK_LOG_BYTES of a try\n"
+        )
+        attempts.finish(s, attempt, "w1", AttemptResult("success"))
+    with hub.store.session() as s, pytest.raises(attempts.AttemptFenced, match="ended as success"):
+        attempts.append_log(s, attempt, "w1", 8, b"forged line after the end\n")
 
 
 def test_a_failed_try_with_retries_waits_then_requeues(hub: Hub, tmp_path: Path) -> None:
@@ -329,17 +347,20 @@ def test_claims_respect_pool_slots(hub: Hub) -> None:
     _trigger(hub, "heavy")
     with hub.store.session() as s:
         # Two free slots: the big task does not fit; the small ones do.
-        assert sorted(j.task_id for j in attempts.claim(s, "w", ["h"], 2)) == ["small1", "small2"]
+        assert sorted(j.task_id for j in attempts.claim(s, "w", ["h"], 2).jobs) == [
+            "small1",
+            "small2",
+        ]
     with hub.store.session() as s:
-        assert attempts.claim(s, "w", ["h"], 2) == []
-        (big,) = attempts.claim(s, "w", ["h"], 3)
+        assert attempts.claim(s, "w", ["h"], 2).jobs == []
+        (big,) = attempts.claim(s, "w", ["h"], 3).jobs
     assert (big.task_id, big.pool_slots) == ("big", 3)
 
 
 def test_a_finishing_sibling_does_not_hide_queued_work_from_claims(hub: Hub) -> None:
     _trigger(hub, "wide")
     with hub.store.session() as s:
-        (first,) = attempts.claim(s, "w1", ["q"], 1)
+        (first,) = attempts.claim(s, "w1", ["q"], 1).jobs
     finishing, claimed = threading.Event(), threading.Event()
     got: list[str] = []
 
@@ -352,7 +373,7 @@ def test_a_finishing_sibling_does_not_hide_queued_work_from_claims(hub: Hub) -> 
     def claim_meanwhile() -> None:
         finishing.wait(10)
         with hub.store.session() as s:
-            got.extend(j.task_id for j in attempts.claim(s, "w2", ["q"], 5))
+            got.extend(j.task_id for j in attempts.claim(s, "w2", ["q"], 5).jobs)
         claimed.set()
 
     threads = [threading.Thread(target=finish_slowly), threading.Thread(target=claim_meanwhile)]

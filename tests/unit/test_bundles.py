@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
+import io
 import os
 import shutil
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tether.hub.dags.bundles import bundle_files, fingerprint, pack, unpack
+from tether.hub.dags.bundles import BundleTooLarge, bundle_files, fingerprint, pack, unpack
 from tether.worker.bundles import BundleCache, BundleError
 
 
@@ -93,7 +96,7 @@ def test_pack_leaves_out_caches_compiled_and_hidden_files(tmp_path: Path) -> Non
         "helpers/util.py",
         "sql/query.sql",
     ]
-    assert [p.relative_to(folder).as_posix() for p in bundle_files(folder)] == sorted(_tree(target))
+    assert [name for name, _ in bundle_files(folder).files] == sorted(_tree(target))
 
 
 @pytest.mark.parametrize(
@@ -273,7 +276,157 @@ def test_corrupt_bundle_with_matching_hash_leaves_no_partial_unpack(tmp_path: Pa
     sha = hashlib.sha256(data).hexdigest()
     hub = FakeHub({sha: data})
     cache = BundleCache(tmp_path / "cache", hub.fetch)
-    with pytest.raises(tarfile.TarError):
+    with pytest.raises(BundleError, match="not a valid tar.gz"):
         asyncio.run(cache.ensure(sha))
     assert not cache.path_for(sha).exists()
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+# --- only the DAGs folder goes in, and unpacking trusts no member ----------------------------
+
+
+def test_links_out_of_the_folder_and_to_folders_are_left_out_and_named(tmp_path: Path) -> None:
+    secret = tmp_path / "hub-home" / "admin_token"
+    secret.parent.mkdir()
+    secret.write_text("the-admin-token\n")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "lib.py").write_text("X = 1\n")
+    folder = _make_folder(tmp_path / "dags")
+    (folder / "token.txt").symlink_to(secret)
+    (folder / "relative_escape.txt").symlink_to("../hub-home/admin_token")
+    (folder / "vendored").symlink_to(outside)
+    (folder / "helpers" / "loop").symlink_to(folder)
+    (folder / "alias.py").symlink_to(folder / "dag_a.py")  # inside: packed as a copy
+    os.mkfifo(folder / "pipe")
+    listing = bundle_files(folder)
+    assert listing.skipped == {
+        "token.txt": "a symbolic link to a file outside the DAGs folder is never packed",
+        "relative_escape.txt": "a symbolic link to a file outside the DAGs folder is never packed",
+        "vendored": "a symbolic link to a folder is not followed",
+        "helpers/loop": "a symbolic link to a folder is not followed",
+        "pipe": "not a regular file",
+    }
+    _, data = pack(folder, listing)
+    unpack(data, tmp_path / "out")
+    tree = _tree(tmp_path / "out")
+    assert tree["alias.py"] == (folder / "dag_a.py").read_bytes()
+    assert sorted(tree) == [
+        "alias.py",
+        "dag_a.py",
+        "helpers/data/blob.bin",
+        "helpers/util.py",
+        "sql/query.sql",
+    ]
+    assert b"the-admin-token" not in gzip.decompress(data)
+
+
+def _tar(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return gzip.compress(raw.getvalue())
+
+
+def _file(name: str, data: bytes = b"x") -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return info, data
+
+
+def _special(name: str, kind: bytes, linkname: str = "") -> tuple[tarfile.TarInfo, None]:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = linkname
+    return info, None
+
+
+@pytest.mark.parametrize(
+    ("members", "reason"),
+    [
+        ([_file("/etc/evil")], "not a relative path inside the bundle"),
+        ([_file("../credential.json")], "not a relative path inside the bundle"),
+        ([_file("a/../../credential.json")], "not a relative path inside the bundle"),
+        ([_file("a//b")], "not a relative path inside the bundle"),
+        ([_special("link", tarfile.SYMTYPE, "../../credential.json")], "regular files and folders"),
+        # The bypass of tarfile's "data" filter: a link, then a file written through it.
+        (
+            [_special("l", tarfile.SYMTYPE, ".."), _file("l/credential.json", b"{}")],
+            "regular files and folders",
+        ),
+        ([_special("hard", tarfile.LNKTYPE, "dag.py")], "regular files and folders"),
+        ([_special("dev", tarfile.CHRTYPE)], "regular files and folders"),
+        ([_special("fifo", tarfile.FIFOTYPE)], "regular files and folders"),
+    ],
+)
+def test_unpack_refuses_members_that_could_leave_the_folder(
+    tmp_path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]], reason: str
+) -> None:
+    home = tmp_path / "worker-home"
+    (home / "bundles").mkdir(parents=True)
+    (home / "credential.json").write_text('{"credential": "ttw_mine"}')
+    with pytest.raises(BundleError, match=reason):
+        unpack(_tar(members), home / "bundles" / ("0" * 64))
+    assert (home / "credential.json").read_text() == '{"credential": "ttw_mine"}'
+    assert list((home / "bundles").iterdir()) == []  # nothing half unpacked is left
+
+
+class _Zeros(io.RawIOBase):
+    def __init__(self, size: int) -> None:
+        self.left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = min(len(buffer), self.left)
+        buffer[:n] = bytes(n)
+        self.left -= n
+        return n
+
+
+def test_unpack_refuses_a_bomb_while_reading_it(tmp_path: Path) -> None:
+    # 256 MiB of zeros compress to a few hundred KiB; nothing like it is written.
+    packed = io.BytesIO()
+    with (
+        gzip.GzipFile(fileobj=packed, mode="wb", compresslevel=9) as gz,
+        tarfile.open(fileobj=gz, mode="w") as tar,
+    ):
+        info = tarfile.TarInfo("zeros.bin")
+        info.size = 256 * 1024 * 1024
+        tar.addfile(info, io.BufferedReader(_Zeros(info.size)))
+    bomb = packed.getvalue()
+    assert len(bomb) < 1024 * 1024
+    with pytest.raises(BundleError, match="more than"):
+        unpack(bomb, tmp_path / "out")  # the default limit, 100 MiB
+    assert list(tmp_path.iterdir()) == []
+    # A small limit is enforced the same way, by the header's size and by the bytes read.
+    with pytest.raises(BundleError, match="more than 8388608 bytes"):
+        unpack(bomb, tmp_path / "out", max_bytes=8 * 1024 * 1024)
+
+
+def test_unpack_refuses_a_bomb_in_the_tar_headers(tmp_path: Path) -> None:
+    # tarfile reads a pax header whole: 64 MiB of it, in a 100 KiB bundle.
+    info, data = _file("dag.py")
+    info.pax_headers = {"comment": "x" * (64 * 1024 * 1024)}
+    bomb = _tar([(info, data)])
+    assert len(bomb) < 1024 * 1024
+    with pytest.raises(BundleError, match="more than its limit"):
+        unpack(bomb, tmp_path / "out", max_bytes=1024 * 1024, max_files=10)
+
+
+def test_unpack_refuses_too_many_files_and_pack_refuses_a_folder_too_large(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    many = _tar([_file(f"f{i}.py") for i in range(30)])
+    with pytest.raises(BundleError, match="more than 20 files"):
+        unpack(many, tmp_path / "out", max_files=20)
+    folder = _make_folder(tmp_path / "dags")
+    monkeypatch.setenv("TETHER_MAX_BUNDLE_FILES", "3")
+    with pytest.raises(BundleTooLarge, match="holds 4 files; a bundle may hold 3"):
+        pack(folder)
+    monkeypatch.setenv("TETHER_MAX_BUNDLE_FILES", "100")
+    monkeypatch.setenv("TETHER_MAX_BUNDLE_BYTES", "20")
+    with pytest.raises(BundleTooLarge, match="more than 20 bytes"):
+        pack(folder)

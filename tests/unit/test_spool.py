@@ -9,6 +9,8 @@ from pathlib import Path
 from tether.protocol import AttemptResult, Job
 from tether.worker.spool import Spool, clean_logs
 
+A1, A2 = "a1".rjust(32, "0"), "a2".rjust(32, "0")
+
 
 def _job(attempt_id: str) -> Job:
     return Job(
@@ -25,27 +27,41 @@ def _job(attempt_id: str) -> Job:
 
 def test_spool_entries_survive_a_restart_in_order(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
-    first = spool.open(_job("a1"), tmp_path / "a1.log")
+    first = spool.open(_job(A1), tmp_path / "a1.log")
     first.pid = 123
     spool.write(first)
     os.utime(first.path, (time.time() - 10, time.time() - 10))
-    second = spool.open(_job("a2"), tmp_path / "a2.log")
+    second = spool.open(_job(A2), tmp_path / "a2.log")
     second.result = AttemptResult(state="success", output={"n": 1})
     spool.write(second)
 
     again = Spool(tmp_path / "spool").leftovers()  # a new process reads them back
-    assert [e.job.attempt_id for e in again] == ["a1", "a2"]
+    assert [e.job.attempt_id for e in again] == [A1, A2]
     assert (again[0].pid, again[0].result) == (123, None)
     assert again[1].result == AttemptResult(state="success", output={"n": 1})
     spool.remove(again[0])
-    assert [e.job.attempt_id for e in spool.leftovers()] == ["a2"]
+    assert [e.job.attempt_id for e in spool.leftovers()] == [A2]
 
 
-def test_a_corrupt_spool_file_is_dropped_not_fatal(tmp_path: Path) -> None:
-    (tmp_path / "spool").mkdir()
-    (tmp_path / "spool" / "broken.json").write_text("{not json")
-    assert Spool(tmp_path / "spool").leftovers() == []
-    assert not (tmp_path / "spool" / "broken.json").exists()
+def test_a_bad_spool_entry_is_set_aside_and_blocks_none_of_the_others(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    good = spool.open(_job(A2), tmp_path / "a2.log")
+    os.utime(good.path, (time.time() + 10, time.time() + 10))  # the newest
+    root = tmp_path / "spool"
+    (root / "broken.json").write_text("{not json")
+    (root / "no-job.json").write_text('{"log_path": "x"}')
+    (root / "hostile.json").write_text(
+        '{"job": {"attempt_id": "../../etc", "dag_id": "d", "task_id": "t", "run_id": "r", '
+        '"try_number": 1, "queue": "q", "bundle_sha": "' + "0" * 64 + '", "fileloc": "d.py"}, '
+        '"log_path": "x", "pid": null, "result": null}'
+    )
+    assert [e.job.attempt_id for e in Spool(root).leftovers()] == [A2]
+    assert sorted(p.name for p in root.iterdir()) == [
+        f"{A2}.json",
+        "broken.bad",
+        "hostile.bad",
+        "no-job.bad",
+    ]
 
 
 def _log(root: Path, name: str, size: int, age: float) -> Path:

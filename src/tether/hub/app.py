@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse
 
 from tether import __version__
 from tether.hub.api.routes import router as api_router
+from tether.hub.auth.gate import AuthGate, Principals
 from tether.hub.auth.tokens import Tokens
 from tether.hub.config import HubConfig
 from tether.hub.dags.callbacks import DagCallbacks
@@ -22,9 +23,13 @@ from tether.hub.scheduler.loop import Scheduler
 from tether.hub.state import Hub
 from tether.hub.store.db import Store, migrate
 from tether.hub.wakeups import Wakeups
+from tether.hub.worker_api.routes import reports as worker_reports
 from tether.hub.worker_api.routes import router as worker_router
 
 log = logging.getLogger("tether.hub")
+
+#: Room in a result's body beside the task's output: the error text and the envelope.
+REPORT_OVERHEAD = 64 * 1024
 
 #: Seconds between looks for pending DAG callbacks (they need no faster answer).
 CALLBACK_CHECK_INTERVAL = 0.5
@@ -41,6 +46,7 @@ def build_hub(config: HubConfig, tokens: Tokens | None = None) -> Hub:
         store=Store(config.database_url),
         tokens=tokens or Tokens.load(config.home),
         wakeups=Wakeups(),
+        principals=Principals(config.auth_failures_per_minute),
     )
 
 
@@ -92,10 +98,28 @@ def create_app(hub: Hub) -> FastAPI:
             await asyncio.gather(*background, return_exceptions=True)
             hub.store.dispose()
 
-    app = FastAPI(title="Tether hub", version=__version__, lifespan=lifespan)
+    config = hub.config
+    # A body over its route's limit gets 413 from its Content-Length alone, or
+    # as soon as a chunked one passes the limit: never read whole.
+    app = FastAPI(
+        title="Tether hub",
+        version=__version__,
+        lifespan=lifespan,
+        max_body_size=config.max_body_bytes,
+    )
     app.state.hub = hub
     app.include_router(api_router)
     app.include_router(worker_router)
+    # A result carries the task's output (at most max_task_output_bytes) and an
+    # error text; log chunks are streamed to the store.
+    app.include_router(
+        worker_reports,
+        max_body_size=max(
+            config.max_log_chunk_bytes, config.max_task_output_bytes + REPORT_OVERHEAD
+        ),
+    )
+    # Outermost: no route reads a body before the gate has checked who sends it.
+    app.add_middleware(AuthGate, hub=hub)
 
     @app.get("/", include_in_schema=False)
     async def status_page() -> HTMLResponse:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tether.hub.store.db import default_url
+from tether.protocol import DEFAULT_MAX_TASK_OUTPUT_BYTES
 
 
 def default_home() -> Path:
@@ -38,6 +39,27 @@ class HubConfig:
     #: Serve HTTPS with this certificate chain and key (PEM files).
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    #: Largest request body, in bytes; a larger one gets 413 before it is read.
+    max_body_bytes: int = 1024 * 1024
+    #: Largest log chunk a worker may send in one request (streamed to the store).
+    max_log_chunk_bytes: int = 4 * 1024 * 1024
+    #: Largest return value of a task, as JSON; a larger one fails the task.
+    max_task_output_bytes: int = DEFAULT_MAX_TASK_OUTPUT_BYTES
+    #: Most log bytes the hub keeps of one try; the rest is dropped, with a note.
+    max_task_log_bytes: int = 100 * 1024 * 1024
+    #: Failed authentications one client address may make per minute before 429.
+    auth_failures_per_minute: int = 30
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_body_bytes",
+            "max_log_chunk_bytes",
+            "max_task_output_bytes",
+            "max_task_log_bytes",
+            "auth_failures_per_minute",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
 
     @classmethod
     def load(
@@ -68,7 +90,24 @@ class HubConfig:
             min_worker_version=os.environ.get("TETHER_MIN_WORKER_VERSION", "0.1.0"),
             tls_cert=tls_cert or _path(os.environ.get("TETHER_TLS_CERT")),
             tls_key=tls_key or _path(os.environ.get("TETHER_TLS_KEY")),
+            max_body_bytes=_int("TETHER_MAX_BODY_BYTES", cls.max_body_bytes),
+            max_log_chunk_bytes=_int("TETHER_MAX_LOG_CHUNK_BYTES", cls.max_log_chunk_bytes),
+            max_task_output_bytes=_int("TETHER_MAX_TASK_OUTPUT_BYTES", cls.max_task_output_bytes),
+            max_task_log_bytes=_int("TETHER_MAX_TASK_LOG_BYTES", cls.max_task_log_bytes),
+            auth_failures_per_minute=_int(
+                "TETHER_AUTH_FAILURES_PER_MINUTE", cls.auth_failures_per_minute
+            ),
         )
+
+
+def _int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, not {value!r}") from None
 
 
 def _path(value: str | None) -> Path | None:

@@ -1,4 +1,4 @@
-"""What the hub's request handlers share: settings, store, tokens, wake-ups."""
+"""What the hub's request handlers share: settings, store, tokens, wake-ups, principals."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
+from tether.hub.auth.gate import Principals
 from tether.hub.auth.tokens import Tokens
 from tether.hub.config import HubConfig
 from tether.hub.store.db import Store
@@ -18,8 +19,9 @@ class Hub:
     store: Store
     tokens: Tokens
     wakeups: Wakeups
+    principals: Principals
 
 
-def get_hub(request: Request) -> Hub:
+async def get_hub(request: Request) -> Hub:
     hub: Hub = request.app.state.hub
     return hub

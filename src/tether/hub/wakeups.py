@@ -13,11 +13,27 @@ import contextlib
 from collections.abc import Iterable, Iterator
 
 
+class HeldPoll:
+    """A held poll's wake-up: ``event`` says look again, ``replaced`` says stop.
+
+    ``replaced`` is set when a newer poll of the same worker registers: a
+    worker has one poll open at a time, so an older one is either a request
+    its client already gave up on or a client opening polls by the hundred.
+    Either way it answers at once and stops costing the hub anything.
+    """
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.replaced = False
+
+
 class Wakeups:
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._worker_waiters: dict[str, set[asyncio.Event]] = {}
+        #: The one held poll of each worker that has one.
+        self._polls: dict[str, HeldPoll] = {}
         #: Claims that left work behind because of a limit (pools, parallelism,
         #: max_active_tasks): any notify may have freed room for them.
         self._limit_waiters: set[asyncio.Event] = set()
@@ -31,24 +47,32 @@ class Wakeups:
         self._loop = loop
 
     @contextlib.contextmanager
-    def watching(self, queues: Iterable[str], worker: str | None = None) -> Iterator[asyncio.Event]:
-        """An event set whenever one of ``queues`` gets work, or ``worker`` has news.
+    def watching(self, queues: Iterable[str], worker: str) -> Iterator[HeldPoll]:
+        """``worker``'s held poll: its event is set whenever one of ``queues``
+        gets work or ``worker`` has news; entering replaces the worker's older
+        held poll, if any.
 
         Call from the event loop.
         """
-        event = asyncio.Event()
+        poll = HeldPoll()
+        older = self._polls.get(worker)
+        if older is not None:
+            older.replaced = True
+            older.event.set()
+        self._polls[worker] = poll
         keys = [(self._waiters, q) for q in queues]
-        if worker is not None:
-            keys.append((self._worker_waiters, worker))
+        keys.append((self._worker_waiters, worker))
         for table, key in keys:
-            table.setdefault(key, set()).add(event)
+            table.setdefault(key, set()).add(poll.event)
         try:
-            yield event
+            yield poll
         finally:
+            if self._polls.get(worker) is poll:
+                del self._polls[worker]
             for table, key in keys:
                 waiters = table.get(key)
                 if waiters is not None:
-                    waiters.discard(event)
+                    waiters.discard(poll.event)
                     if not waiters:
                         del table[key]
 

@@ -19,7 +19,8 @@ from tether.sdk.dag import DagDefinitionError
 #: Longest asset URI (and name) the hub stores.
 MAX_URI_LENGTH = 1500
 # Printable ASCII without spaces: URIs are identifiers, compared byte for byte.
-_URI_RE = re.compile(r"[!-~]+")
+ASSET_URI_PATTERN = r"^[!-~]+$"
+_URI_RE = re.compile(ASSET_URI_PATTERN)
 
 
 def validate_asset_uri(uri: object) -> str:

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from tether.protocol import InvalidQueueName, validate_queue_name
+from tether.protocol import InvalidQueueName, is_valid_id, validate_queue_name
 from tether.sdk.assets import Asset, asset_list
 from tether.sdk.dag import DAG, DagDefinitionError, check_callbacks, current_dag
 
 if TYPE_CHECKING:
     from tether.sdk.context import Context
 
-_TASK_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,250}")
 
 TRIGGER_RULES = frozenset(
     {
@@ -138,9 +136,10 @@ class BaseOperator(DependencyMixin):
                 f"invalid arguments for {type(self).__name__} {task_id!r}: "
                 + ", ".join(sorted(unknown))
             )
-        if not isinstance(task_id, str) or not _TASK_ID_RE.fullmatch(task_id):
+        if not is_valid_id(task_id):
             raise DagDefinitionError(
-                f"invalid task_id {task_id!r}: use 1 to 250 letters, digits, '_', '.' or '-'"
+                f"invalid task_id {task_id!r}: use 1 to 250 letters, digits, '_', '.' or '-', "
+                "not only dots"
             )
         the_dag = dag or current_dag()
         if the_dag is None:

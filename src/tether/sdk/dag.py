@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from tether.protocol import is_valid_id
 
 if TYPE_CHECKING:
     from tether.sdk.assets import Asset
     from tether.sdk.baseoperator import BaseOperator
     from tether.sdk.params import ParamsDict
 
-_DAG_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,250}")
 
 #: Schedule presets and the cron expression each stands for (``@once`` is kept as is).
 SCHEDULE_PRESETS = {
@@ -141,9 +141,10 @@ class DAG:
         on_success_callback: Callable[..., Any] | list[Callable[..., Any]] | None = None,
         on_failure_callback: Callable[..., Any] | list[Callable[..., Any]] | None = None,
     ) -> None:
-        if not isinstance(dag_id, str) or not _DAG_ID_RE.fullmatch(dag_id):
+        if not is_valid_id(dag_id):
             raise DagDefinitionError(
-                f"invalid dag_id {dag_id!r}: use 1 to 250 letters, digits, '_', '.' or '-'"
+                f"invalid dag_id {dag_id!r}: use 1 to 250 letters, digits, '_', '.' or '-', "
+                "not only dots"
             )
         self.dag_id = dag_id
         self.description = description

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from tether import __version__
-from tether.protocol import Job, validate_queue_name
+from tether.protocol import DEFAULT_MAX_TASK_OUTPUT_BYTES, Job, validate_queue_name
 from tether.worker import control
 from tether.worker.attempt import AttemptRunner, deliver, end_leftover
 from tether.worker.bundles import BundleCache
@@ -85,6 +85,8 @@ class Worker:
         self.delivering: set[str] = set()
         self.queues: list[str] = list(config.queues)
         self.heartbeat_interval = 10.0
+        #: The hub's limit on a task's return value (from the session's answer).
+        self.max_output = DEFAULT_MAX_TASK_OUTPUT_BYTES
         self.local_maintenance = False
         self.local_comment: str | None = None
         self.central_maintenance = False
@@ -262,6 +264,7 @@ class Worker:
             raise WorkerExit(f"the hub refused this worker: {exc.reason}") from None
         self.queues = hello["queues"]
         self.heartbeat_interval = float(hello["heartbeat_interval"])
+        self.max_output = int(hello.get("max_task_output_bytes", DEFAULT_MAX_TASK_OUTPUT_BYTES))
         self.state = "idle"
         log.info(
             "worker %s connected to hub %s; serving %s",
@@ -321,7 +324,11 @@ class Worker:
     # -- loops ---------------------------------------------------------------------------
 
     async def _deliver_leftovers(self, entries: list[Any]) -> None:
-        """Deliver spooled reports one after another, oldest first."""
+        """Deliver spooled reports one after another, oldest first.
+
+        ``deliver`` drops a report the hub refuses or that cannot be sent, so
+        one bad entry never keeps the others from going.
+        """
         for entry in entries:
             try:
                 await deliver(self.client, self.spool, entry)
@@ -418,11 +425,14 @@ class Worker:
                 self._start(job)
 
     def _apply(self, directives: dict[str, Any]) -> None:
+        """Act on the hub's directives; a reply without them (``{}``) changes nothing."""
         for attempt_id in directives.get("kill", []):
             runner = self.running.get(attempt_id)
             if runner is not None:
                 log.info("the hub ended attempt %s; killing it", attempt_id)
                 self._spawn(runner.kill("the hub ended this attempt"))
+        if "maintenance" not in directives:
+            return
         on = bool(directives.get("maintenance"))
         comment = directives.get("maintenance_comment") if on else None
         if (on, comment) != (self.central_maintenance, self.central_comment):
@@ -449,6 +459,7 @@ class Worker:
             log_interval=self.config.log_interval,
             kill_grace=self.config.kill_grace,
             launcher=self.launcher,
+            max_output=self.max_output,
         )
         self.running[job.attempt_id] = runner
         self.state = "running"

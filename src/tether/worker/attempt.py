@@ -11,8 +11,16 @@ import os
 import shutil
 import signal
 from pathlib import Path
+from urllib.parse import quote
 
-from tether.protocol import ATTEMPT_END_STATES, ATTEMPT_FAILED, AttemptResult, Job
+from tether.protocol import (
+    ATTEMPT_END_STATES,
+    ATTEMPT_FAILED,
+    DEFAULT_MAX_TASK_OUTPUT_BYTES,
+    AttemptResult,
+    Job,
+    sendable_result,
+)
 from tether.worker.bundles import BundleCache
 from tether.worker.client import HubClient, HubError
 from tether.worker.launcher import TASK_PROCESS_MARKERS, Launcher, SpawnLauncher, TaskProcess
@@ -28,12 +36,26 @@ CHUNK_SIZE = 512 * 1024
 KILL_GRACE = 5.0
 
 
+def path_part(key: str, value: object) -> str:
+    """``key=value`` as one file name: ``value`` percent-encoded but for letters,
+    digits and ``_ . - ~``. The ``key=`` prefix means it is never ``.`` or
+    ``..``, and no ``/`` survives the encoding, so an id, whatever the hub
+    sent, names exactly one folder under the worker's own."""
+    return f"{key}={quote(str(value), safe='')}"
+
+
 def log_path_for(home: Path, job: Job) -> Path:
     """Where a try's log is kept on the worker (laid out as Airflow's task logs)."""
-    folder = home / "logs" / job.dag_id / job.run_id / job.task_id
+    folder = (
+        home
+        / "logs"
+        / path_part("dag_id", job.dag_id)
+        / path_part("run_id", job.run_id)
+        / path_part("task_id", job.task_id)
+    )
     if job.map_index >= 0:
-        folder = folder / f"map_index={job.map_index}"
-    return folder / f"attempt={job.try_number}.log"
+        folder = folder / path_part("map_index", job.map_index)
+    return folder / f"attempt={int(job.try_number)}.log"
 
 
 class LogShipper:
@@ -90,7 +112,14 @@ async def deliver(
         await shipper.ship_available()
         await client.finish(entry.job.attempt_id, entry.result)
     except HubError as exc:
+        # Refused (4xx): sending it again would be refused again. One line, then on.
         log.warning("hub refused a report on attempt %s: %s", entry.job.attempt_id, exc)
+    except (ConnectionError, asyncio.CancelledError):
+        raise  # the entry stays in the spool; a later start delivers it
+    except Exception:
+        # A report that cannot even be sent (it should not exist: results are
+        # made sendable) must not wedge the spool behind it.
+        log.exception("dropping the report on attempt %s: it cannot be sent", entry.job.attempt_id)
     spool.remove(entry)
 
 
@@ -108,8 +137,10 @@ class AttemptRunner:
         log_interval: float = 0.5,
         kill_grace: float = 1.5,
         launcher: Launcher | None = None,
+        max_output: int = DEFAULT_MAX_TASK_OUTPUT_BYTES,
     ) -> None:
         self.job = job
+        self.max_output = max_output
         self.client = client
         self.bundles = bundles
         self.spool = spool
@@ -157,7 +188,15 @@ class AttemptRunner:
             return AttemptResult(state=ATTEMPT_FAILED, error=self.kill_reason)
         job_file = self.workdir / "job.json"
         result_file = self.workdir / "result.json"
-        job_file.write_text(json.dumps({"job": job.to_dict(), "bundle_dir": str(bundle_dir)}))
+        job_file.write_text(
+            json.dumps(
+                {
+                    "job": job.to_dict(),
+                    "bundle_dir": str(bundle_dir),
+                    "max_output_bytes": self.max_output,
+                }
+            )
+        )
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.process = await self.launcher.start(
             job_file, result_file, self.log_path, self.workdir, env
@@ -190,13 +229,15 @@ class AttemptRunner:
         except (OSError, ValueError):
             note(self.log_path, f"task process exited with code {code} without a result")
             return AttemptResult(state=ATTEMPT_FAILED, error=f"exit code {code}, no result")
-        if code != 0 or data.get("state") not in ATTEMPT_END_STATES:
+        if code != 0 or not isinstance(data, dict) or data.get("state") not in ATTEMPT_END_STATES:
             return AttemptResult(state=ATTEMPT_FAILED, error=f"exit code {code}")
-        return AttemptResult(
-            state=data["state"],
-            output=data.get("output"),
-            error=data.get("error"),
-            no_retry=bool(data.get("no_retry", False)),
+        # The task process made it sendable, but the file is the task's to overwrite.
+        return sendable_result(
+            data["state"],
+            data.get("output"),
+            data.get("error"),
+            bool(data.get("no_retry", False)),
+            max_output=self.max_output,
         )
 
     async def kill(self, reason: str) -> None:

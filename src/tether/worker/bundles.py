@@ -12,11 +12,9 @@ import hashlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from tether.protocol import unpack_bundle
+from tether.protocol import BundleError, unpack_bundle
 
-
-class BundleError(Exception):
-    """A bundle could not be fetched or failed its hash check."""
+__all__ = ["BundleCache", "BundleError"]
 
 
 class BundleCache:

@@ -22,6 +22,7 @@ from tether.protocol import (
     SESSION_HEADER,
     WORKER_API_PREFIX,
     AttemptResult,
+    InvalidJob,
     Job,
 )
 
@@ -192,9 +193,20 @@ class HubClient:
         return directives
 
     async def poll(self, body: dict[str, Any], wait: float) -> tuple[list[Job], dict[str, Any]]:
-        """Long-poll for jobs and directives; the hub holds it up to ``wait`` s."""
+        """Long-poll for jobs and directives; the hub holds it up to ``wait`` s.
+
+        A job that names an unsafe path (``Job.check``) is left out with an
+        error line: the worker never runs it, and the hub, which no heartbeat
+        tells of it, gives up on it (reconciliation).
+        """
         data = await self._session_call("/poll", {**body, "wait": wait}, read_timeout=wait + 30.0)
-        return [Job.from_dict(j) for j in data["jobs"]], data["directives"]
+        jobs = []
+        for item in data.get("jobs", []):
+            try:
+                jobs.append(Job.from_dict(item))
+            except InvalidJob as exc:
+                log.error("refusing a job from the hub: %s", exc)
+        return jobs, data.get("directives", {})
 
     async def fetch_bundle(self, sha: str) -> bytes:
         response = await self._request("GET", f"/bundles/{sha}", read_timeout=120.0)

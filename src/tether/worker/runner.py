@@ -19,7 +19,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tether.protocol import ATTEMPT_FAILED, ATTEMPT_SKIPPED, ATTEMPT_SUCCESS, Job
+from tether.protocol import (
+    ATTEMPT_FAILED,
+    ATTEMPT_SKIPPED,
+    ATTEMPT_SUCCESS,
+    DEFAULT_MAX_TASK_OUTPUT_BYTES,
+    AttemptResult,
+    Job,
+    sendable_result,
+)
 from tether.sdk._process import die_with_parent
 from tether.sdk.context import (
     DagRunInfo,
@@ -149,27 +157,18 @@ def run(job: Job, dag: Any, task: Any, context: dict[str, Any]) -> dict[str, Any
     render_template_fields(task, context)
     with running(context), execution_timeout(job.execution_timeout):
         output = task.execute(context)
-    try:
-        json.dumps(output)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(
-            f"task {job.task_id!r} returned a value that is not JSON: {exc}. "
-            "Return dicts, lists, strings and numbers, or set do_xcom_push=False."
-        ) from None
     return {"state": ATTEMPT_SUCCESS, "output": output}
 
 
-def run_task_callbacks(
-    task: Any, context: dict[str, Any], result: dict[str, Any], job: Job
-) -> None:
+def run_task_callbacks(task: Any, context: dict[str, Any], result: AttemptResult, job: Job) -> None:
     """The task's on_success / on_retry / on_failure callbacks, in this process.
 
     A callback that raises is logged and changes nothing.
     """
-    if result["state"] == ATTEMPT_SUCCESS:
+    if result.state == ATTEMPT_SUCCESS:
         kind = "on_success_callback"
-    elif result["state"] == ATTEMPT_FAILED:
-        retries_left = job.try_number < job.max_tries and not result.get("no_retry")
+    elif result.state == ATTEMPT_FAILED:
+        retries_left = job.try_number < job.max_tries and not result.no_retry
         kind = "on_retry_callback" if retries_left else "on_failure_callback"
     else:
         return
@@ -201,33 +200,50 @@ def main(argv: list[str] | None = None) -> int:
         + (f" map_index={job.map_index}" if job.map_index >= 0 else ""),
         flush=True,
     )
-    result: dict[str, Any]
+    # The hub's limit on a return value (told at session start); older hubs say none.
+    max_output = int(payload.get("max_output_bytes", DEFAULT_MAX_TASK_OUTPUT_BYTES))
+    result: AttemptResult
     task: Any = None
     context: dict[str, Any] = {}
     try:
         dag, task = load_task(job, bundle_dir)
         context = build_context(job, dag, task)
-        result = run(job, dag, task, context)
+        ran = run(job, dag, task, context)
+        # Whatever it returned, the report must be one the hub takes as it is.
+        result = sendable_result(ran["state"], ran.get("output"), max_output=max_output)
+        if result.state == ATTEMPT_FAILED:
+            print(f"[tether] {result.error}", flush=True)
     except TetherSkipException as exc:
-        print(f"[tether] task skipped: {exc}", flush=True)
-        result = {"state": ATTEMPT_SKIPPED, "error": str(exc)}
+        print(f"[tether] task skipped: {_describe(exc, with_type=False)}", flush=True)
+        result = sendable_result(ATTEMPT_SKIPPED, error=_describe(exc, with_type=False))
     except TetherFailException as exc:
         traceback.print_exc()
-        result = {"state": ATTEMPT_FAILED, "error": str(exc), "no_retry": True}
+        result = sendable_result(
+            ATTEMPT_FAILED, error=_describe(exc, with_type=False), no_retry=True
+        )
         context["exception"] = exc
     except BaseException as exc:
         traceback.print_exc()
-        result = {"state": ATTEMPT_FAILED, "error": f"{type(exc).__name__}: {exc}"}
+        result = sendable_result(ATTEMPT_FAILED, error=_describe(exc))
         context["exception"] = exc
     if task is not None and context:
         run_task_callbacks(task, context, result, job)
     sys.stdout.flush()
     sys.stderr.flush()
     tmp = result_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result))
+    tmp.write_text(json.dumps(result.to_dict()))
     tmp.replace(result_file)
-    print(f"[tether] task ended: {result['state']}", flush=True)
+    print(f"[tether] task ended: {result.state}", flush=True)
     return 0
+
+
+def _describe(exc: BaseException, *, with_type: bool = True) -> str:
+    """An exception as its report says it (its ``str`` may itself raise)."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = f"<{type(exc).__name__} whose message could not be read>"
+    return f"{type(exc).__name__}: {text}" if with_type else text
 
 
 if __name__ == "__main__":

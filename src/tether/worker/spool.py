@@ -10,6 +10,7 @@ it (so no task runs twice) and delivers the spooled reports, in order.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from tether.protocol import AttemptResult, Job
+
+log = logging.getLogger("tether.worker")
 
 
 @dataclass
@@ -58,26 +61,32 @@ class Spool:
         entry.path.unlink(missing_ok=True)
 
     def leftovers(self) -> list[SpoolEntry]:
-        """Entries a previous process left, oldest first."""
+        """Entries a previous process left, oldest first.
+
+        An entry that cannot be read (cut short by a crash, edited by hand) is
+        renamed ``*.bad`` with one log line: it never keeps the others from
+        being delivered, and it is kept for a person to look at.
+        """
         if not self.root.is_dir():
             return []
         entries = []
-        for path in sorted(self.root.glob("*.json"), key=lambda p: p.stat().st_mtime):
+        paths = sorted(self.root.glob("*.json"), key=lambda p: p.stat().st_mtime)
+        for path in paths:
             try:
                 data = json.loads(path.read_text())
-            except (OSError, ValueError):
-                path.unlink(missing_ok=True)
-                continue
-            result = data.get("result")
-            entries.append(
-                SpoolEntry(
+                result = data.get("result")
+                entry = SpoolEntry(
                     path=path,
                     job=Job.from_dict(data["job"]),
                     log_path=Path(data["log_path"]),
                     pid=data.get("pid"),
                     result=AttemptResult(**result) if result else None,
                 )
-            )
+            except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+                log.warning("spool entry %s cannot be read (%s); kept as .bad", path.name, exc)
+                path.replace(path.with_suffix(".bad"))
+                continue
+            entries.append(entry)
         return entries
 
 

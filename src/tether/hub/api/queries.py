@@ -214,7 +214,7 @@ def task_log(
     )
     if attempt is None:
         raise NotFound(f"task {task_id!r} has no try {number} (it has had {ti.try_number})")
-    return read_log(session, attempt.id)
+    return read_log(session, attempt)
 
 
 def list_workers(session: Session) -> list[dict[str, Any]]:
@@ -344,11 +344,31 @@ def list_import_errors(session: Session) -> list[dict[str, Any]]:
     ]
 
 
-def read_log(session: Session, attempt_id: str) -> bytes:
-    chunks = session.scalars(
-        select(LogChunk.data).where(LogChunk.attempt_id == attempt_id).order_by(LogChunk.offset)
+def read_log(session: Session, attempt: TaskAttempt) -> bytes:
+    """A try's log as the hub holds it; where it dropped bytes (past
+    ``max_task_log_bytes``), a line says how many."""
+    chunks = session.execute(
+        select(LogChunk.offset, LogChunk.data)
+        .where(LogChunk.attempt_id == attempt.id)
+        .order_by(LogChunk.offset)
     )
-    return b"".join(chunks)
+    parts: list[bytes] = []
+    end = 0
+    for offset, data in chunks:
+        if offset > end:
+            parts.append(_dropped(offset - end))
+        parts.append(data)
+        end = offset + len(data)
+    if attempt.log_size > end:
+        parts.append(_dropped(attempt.log_size - end))
+    return b"".join(parts)
+
+
+def _dropped(size: int) -> bytes:
+    return (
+        f"\n[tether] {size} bytes of this try's log were dropped: the hub keeps the first "
+        "TETHER_MAX_TASK_LOG_BYTES of a try\n"
+    ).encode()
 
 
 def count_queued(session: Session) -> dict[str, dict[str, Any]]:

@@ -17,17 +17,36 @@ from starlette.concurrency import run_in_threadpool
 
 from tether import __version__
 from tether.hub.api import control, queries
+from tether.hub.auth.credentials import WORKER_NAME_PATTERN
 from tether.hub.auth.deps import AdminAuth, HubDep
 from tether.hub.dags.params import InvalidParams
 from tether.hub.scheduler import backfill, limits
 from tether.hub.scheduler.runs import RunExists, utcnow
 from tether.hub.state import Hub
-from tether.protocol import InvalidQueueName, validate_queue_name
-from tether.sdk.assets import MAX_URI_LENGTH, validate_asset_uri
+from tether.hub.wire import StrictJSONRoute
+from tether.protocol import (
+    ID_PATTERN,
+    MAX_ID_LENGTH,
+    MAX_WIRE_INT,
+    RUN_ID_PATTERN,
+    InvalidQueueName,
+    validate_queue_name,
+)
+from tether.sdk.assets import ASSET_URI_PATTERN, MAX_URI_LENGTH, validate_asset_uri
 from tether.sdk.dag import DagDefinitionError
 
-router = APIRouter(prefix="/api/v1", tags=["api"])
+router = APIRouter(prefix="/api/v1", tags=["api"], route_class=StrictJSONRoute)
 T = TypeVar("T")
+
+# Every id in a path is checked before any store code sees it: the patterns
+# are the ones the dag processor enforces, so a request for an id that
+# cannot exist gets 422, never a query (PostgreSQL refuses NUL in text).
+DagId = Annotated[str, Path(pattern=f"^{ID_PATTERN}$", max_length=MAX_ID_LENGTH)]
+TaskId = Annotated[str, Path(pattern=f"^{ID_PATTERN}$", max_length=MAX_ID_LENGTH)]
+RunId = Annotated[str, Path(pattern=f"^{RUN_ID_PATTERN}$", max_length=MAX_ID_LENGTH)]
+WorkerName = Annotated[str, Path(pattern=f"^{WORKER_NAME_PATTERN}$")]
+#: Counts and offsets in queries fit a 64-bit column.
+Offset = Annotated[int, Query(ge=0, le=MAX_WIRE_INT)]
 
 
 async def _in_session(hub: Hub, fn: Callable[[Session], T]) -> T:
@@ -48,7 +67,7 @@ async def _in_session(hub: Hub, fn: Callable[[Session], T]) -> T:
 class TriggerIn(BaseModel):
     conf: dict[str, Any] = Field(default_factory=dict)
     run_id: str | None = Field(
-        default=None, min_length=1, max_length=250, pattern=r"^[A-Za-z0-9_.:+-]+$"
+        default=None, min_length=1, max_length=MAX_ID_LENGTH, pattern=f"^{RUN_ID_PATTERN}$"
     )
 
 
@@ -63,7 +82,7 @@ async def list_dags(hub: HubDep) -> dict[str, Any]:
 
 
 @router.get("/dags/{dag_id}", dependencies=[AdminAuth])
-async def get_dag(dag_id: str, hub: HubDep) -> dict[str, Any]:
+async def get_dag(dag_id: DagId, hub: HubDep) -> dict[str, Any]:
     def detail(s: Session) -> dict[str, Any]:
         dag = queries.get_dag(s, dag_id)
         return {
@@ -81,7 +100,7 @@ class DagPatchIn(BaseModel):
 
 
 @router.patch("/dags/{dag_id}", dependencies=[AdminAuth])
-async def patch_dag(dag_id: str, body: DagPatchIn, hub: HubDep) -> dict[str, Any]:
+async def patch_dag(dag_id: DagId, body: DagPatchIn, hub: HubDep) -> dict[str, Any]:
     """Pause or unpause a DAG; an unpaused one is scheduled again at once."""
     summary = await _in_session(hub, lambda s: control.set_paused(s, dag_id, body.is_paused))
     if not body.is_paused:
@@ -95,12 +114,12 @@ RunType = Literal["manual", "scheduled", "backfill", "asset_triggered"]
 
 @router.get("/dags/{dag_id}/runs", dependencies=[AdminAuth])
 async def list_runs(
-    dag_id: str,
+    dag_id: DagId,
     hub: HubDep,
     state: RunState | None = None,
     run_type: RunType | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> dict[str, Any]:
     return await _in_session(
         hub,
@@ -111,7 +130,7 @@ async def list_runs(
 
 
 @router.post("/dags/{dag_id}/runs", dependencies=[AdminAuth])
-async def trigger_run(dag_id: str, body: TriggerIn, hub: HubDep) -> dict[str, str]:
+async def trigger_run(dag_id: DagId, body: TriggerIn, hub: HubDep) -> dict[str, str]:
     try:
         run_id, woken = await _in_session(
             hub, lambda s: queries.trigger(s, dag_id, body.conf, body.run_id)
@@ -125,18 +144,18 @@ async def trigger_run(dag_id: str, body: TriggerIn, hub: HubDep) -> dict[str, st
 
 
 @router.get("/dags/{dag_id}/runs/{run_id}", dependencies=[AdminAuth])
-async def get_run(dag_id: str, run_id: str, hub: HubDep) -> dict[str, Any]:
+async def get_run(dag_id: DagId, run_id: RunId, hub: HubDep) -> dict[str, Any]:
     return await _in_session(hub, lambda s: queries.run_detail(s, dag_id, run_id))
 
 
 @router.get("/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/logs", dependencies=[AdminAuth])
 async def task_log(
-    dag_id: str,
-    run_id: str,
-    task_id: str,
+    dag_id: DagId,
+    run_id: RunId,
+    task_id: TaskId,
     hub: HubDep,
-    try_number: Annotated[int | None, Query(ge=1)] = None,
-    map_index: Annotated[int | None, Query(ge=-1)] = None,
+    try_number: Annotated[int | None, Query(ge=1, le=MAX_WIRE_INT)] = None,
+    map_index: Annotated[int | None, Query(ge=-1, le=MAX_WIRE_INT)] = None,
 ) -> Response:
     """A try's log (the latest by default); a mapped task needs ``map_index``."""
     data = await _in_session(
@@ -193,7 +212,9 @@ async def list_assets(hub: HubDep) -> dict[str, Any]:
 @router.get("/assets/events", dependencies=[AdminAuth])
 async def list_asset_events(
     hub: HubDep,
-    uri: Annotated[str | None, Query(min_length=1, max_length=MAX_URI_LENGTH)] = None,
+    uri: Annotated[
+        str | None, Query(min_length=1, max_length=MAX_URI_LENGTH, pattern=ASSET_URI_PATTERN)
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     events = await _in_session(hub, lambda s: queries.list_asset_events(s, uri, limit))
@@ -224,9 +245,7 @@ def _announce(hub: Hub, fx: control.Effects) -> None:
 
 class EnrolmentTokenIn(BaseModel):
     queues: list[str] = Field(min_length=1, max_length=100)
-    name: str | None = Field(
-        default=None, min_length=1, max_length=250, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$"
-    )
+    name: str | None = Field(default=None, pattern=f"^{WORKER_NAME_PATTERN}$")
     expires_in: float = Field(default=86400.0, gt=0, le=365 * 86400)
 
     @field_validator("queues")
@@ -265,26 +284,28 @@ class MaintenanceIn(BaseModel):
 
 
 @router.post("/workers/{name}/maintenance", dependencies=[AdminAuth])
-async def worker_maintenance(name: str, body: MaintenanceIn, hub: HubDep) -> dict[str, str]:
+async def worker_maintenance(name: WorkerName, body: MaintenanceIn, hub: HubDep) -> dict[str, str]:
     await _act(hub, lambda s: control.set_maintenance(s, name, body.on, body.comment))
     return {"name": name, "maintenance": "on" if body.on else "off"}
 
 
 @router.post("/workers/{name}/shutdown", dependencies=[AdminAuth])
-async def worker_shutdown(name: str, hub: HubDep) -> dict[str, str]:
+async def worker_shutdown(name: WorkerName, hub: HubDep) -> dict[str, str]:
     await _act(hub, lambda s: control.request_shutdown(s, name))
     return {"name": name, "shutdown": "requested"}
 
 
 @router.post("/workers/{name}/revoke", dependencies=[AdminAuth])
-async def worker_revoke(name: str, hub: HubDep) -> dict[str, str]:
+async def worker_revoke(name: WorkerName, hub: HubDep) -> dict[str, str]:
     await _act(hub, lambda s: control.revoke(s, name))
+    hub.principals.forget(name)
     return {"name": name, "state": "revoked"}
 
 
 @router.delete("/workers/{name}", dependencies=[AdminAuth])
-async def worker_remove(name: str, hub: HubDep) -> dict[str, str]:
+async def worker_remove(name: WorkerName, hub: HubDep) -> dict[str, str]:
     await _act(hub, lambda s: control.remove(s, name))
+    hub.principals.forget(name)
     return {"name": name, "state": "removed"}
 
 
@@ -294,7 +315,7 @@ class TaskStateIn(BaseModel):
 
 @router.patch("/dags/{dag_id}/runs/{run_id}/tasks/{task_id}", dependencies=[AdminAuth])
 async def mark_task(
-    dag_id: str, run_id: str, task_id: str, body: TaskStateIn, hub: HubDep
+    dag_id: DagId, run_id: RunId, task_id: TaskId, body: TaskStateIn, hub: HubDep
 ) -> dict[str, str]:
     """Mark a task instance success or failed; a running one is killed on its worker."""
     await _act(hub, lambda s: control.mark_task(s, dag_id, run_id, task_id, body.state))
@@ -307,7 +328,7 @@ class ClearIn(BaseModel):
 
 @router.post("/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/clear", dependencies=[AdminAuth])
 async def clear_task(
-    dag_id: str, run_id: str, task_id: str, body: ClearIn, hub: HubDep
+    dag_id: DagId, run_id: RunId, task_id: TaskId, body: ClearIn, hub: HubDep
 ) -> dict[str, Any]:
     """Run a task instance again (with its downstream if asked); a running one is killed."""
     cleared, fx = await _in_session(
@@ -322,7 +343,7 @@ class RunStateIn(BaseModel):
 
 
 @router.patch("/dags/{dag_id}/runs/{run_id}", dependencies=[AdminAuth])
-async def mark_run(dag_id: str, run_id: str, body: RunStateIn, hub: HubDep) -> dict[str, str]:
+async def mark_run(dag_id: DagId, run_id: RunId, body: RunStateIn, hub: HubDep) -> dict[str, str]:
     """Mark a run success or failed, with its unfinished task instances."""
     await _act(hub, lambda s: control.mark_run(s, dag_id, run_id, body.state))
     return {"run_id": run_id, "state": body.state}
@@ -333,7 +354,7 @@ class ClearRunIn(BaseModel):
 
 
 @router.post("/dags/{dag_id}/runs/{run_id}/clear", dependencies=[AdminAuth])
-async def clear_run(dag_id: str, run_id: str, body: ClearRunIn, hub: HubDep) -> dict[str, Any]:
+async def clear_run(dag_id: DagId, run_id: RunId, body: ClearRunIn, hub: HubDep) -> dict[str, Any]:
     """Run a whole run again, or only its failed tasks."""
     cleared, fx = await _in_session(
         hub, lambda s: control.clear_run(s, dag_id, run_id, body.only_failed)
@@ -343,6 +364,7 @@ async def clear_run(dag_id: str, run_id: str, body: ClearRunIn, hub: HubDep) -> 
 
 
 POOL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,255}$"
+PoolName = Annotated[str, Path(pattern=POOL_NAME)]
 
 
 class PoolIn(BaseModel):
@@ -358,9 +380,7 @@ async def list_pools(hub: HubDep) -> dict[str, Any]:
 
 
 @router.put("/pools/{name}", dependencies=[AdminAuth])
-async def set_pool(
-    name: Annotated[str, Path(pattern=POOL_NAME)], body: PoolIn, hub: HubDep
-) -> dict[str, Any]:
+async def set_pool(name: PoolName, body: PoolIn, hub: HubDep) -> dict[str, Any]:
     """Create a pool or change its slots; waiting tasks are looked at again at once."""
 
     def put(s: Session) -> dict[str, Any]:
@@ -373,7 +393,7 @@ async def set_pool(
 
 
 @router.delete("/pools/{name}", dependencies=[AdminAuth])
-async def delete_pool(name: str, hub: HubDep) -> dict[str, str]:
+async def delete_pool(name: PoolName, hub: HubDep) -> dict[str, str]:
     try:
         found = await _in_session(hub, lambda s: limits.delete_pool(s, name))
     except limits.PoolError as exc:
@@ -399,7 +419,7 @@ class BackfillIn(BaseModel):
 
 
 @router.post("/dags/{dag_id}/backfills", dependencies=[AdminAuth])
-async def create_backfill(dag_id: str, body: BackfillIn, hub: HubDep) -> dict[str, Any]:
+async def create_backfill(dag_id: DagId, body: BackfillIn, hub: HubDep) -> dict[str, Any]:
     """Runs for the DAG's intervals whose logical date is in [start, end] (see backfill.py)."""
 
     def create(s: Session) -> backfill.Backfill:

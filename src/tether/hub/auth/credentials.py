@@ -22,13 +22,18 @@ from tether.hub.scheduler.runs import utcnow
 from tether.hub.store.models import EnrolmentToken, Worker
 from tether.protocol import validate_queue_name
 
-WORKER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,249}")
+WORKER_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,249}"
+WORKER_NAME_RE = re.compile(WORKER_NAME_PATTERN)
 _ENROLMENT_PREFIX = "tte_"
 _CREDENTIAL_PREFIX = "ttw_"
 
 
 class InvalidCredential(Exception):
     """Unknown, used, expired or revoked token or credential (401)."""
+
+
+class EnrolmentRefused(Exception):
+    """A valid token that cannot be spent as it stands (409); the reason says why."""
 
 
 class WorkerNotFound(LookupError):

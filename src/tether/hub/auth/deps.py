@@ -1,69 +1,42 @@
-"""FastAPI dependencies that check bearer tokens and worker credentials."""
+"""FastAPI dependencies that hand routes the principal the gate found.
+
+Credentials are checked once, before the body is read, by
+:class:`tether.hub.auth.gate.AuthGate`; these dependencies only take its
+result from the request scope (and refuse, should a route ever be reached
+without the gate).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Annotated
 
-from fastapi import Depends, Header, HTTPException, status
+from fastapi import Depends, HTTPException, Request, status
 
-from tether.hub.auth import credentials
+from tether.hub.auth.gate import ADMIN, PRINCIPAL, WorkerIdentity
 from tether.hub.state import Hub, get_hub
 from tether.protocol import SESSION_HEADER
 
-
-def _bearer(authorization: str | None) -> str:
-    if not authorization or not authorization.lower().startswith("bearer "):
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "missing bearer token",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    return authorization[7:].strip()
+__all__ = ["AdminAuth", "HubDep", "WorkerAuth", "WorkerIdentity"]
 
 
-def require_admin(
-    hub: Annotated[Hub, Depends(get_hub)],
-    authorization: Annotated[str | None, Header()] = None,
-) -> None:
-    if not hub.tokens.is_admin(_bearer(authorization)):
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED, "invalid token", headers={"WWW-Authenticate": "Bearer"}
-        )
+def _unauthorized(reason: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED, reason, headers={"WWW-Authenticate": "Bearer"}
+    )
 
 
-@dataclass(frozen=True)
-class WorkerIdentity:
-    """The worker a credential belongs to, as of this request."""
-
-    name: str
-    credential_hash: str
-    allowed_queues: tuple[str, ...]
-    #: The session the request claims to be part of (X-Tether-Session).
-    presented_session: str | None
+async def require_admin(request: Request) -> None:
+    if request.scope.get(PRINCIPAL) != ADMIN:
+        raise _unauthorized("invalid token")
 
 
-def require_worker(
-    hub: Annotated[Hub, Depends(get_hub)],
-    authorization: Annotated[str | None, Header()] = None,
-    session_id: Annotated[str | None, Header(alias=SESSION_HEADER)] = None,
-) -> WorkerIdentity:
-    """The worker whose credential the request carries (a sync dependency: runs in a thread)."""
-    presented = _bearer(authorization)
-    try:
-        with hub.store.session() as s:
-            worker = credentials.authenticate(s, presented)
-            assert worker.credential_hash is not None
-            return WorkerIdentity(
-                worker.name,
-                worker.credential_hash,
-                tuple(worker.allowed_queues),
-                session_id,
-            )
-    except credentials.InvalidCredential as exc:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED, str(exc), headers={"WWW-Authenticate": "Bearer"}
-        ) from None
+async def require_worker(request: Request) -> WorkerIdentity:
+    """The worker whose credential the request carries, with the session it presents."""
+    principal = request.scope.get(PRINCIPAL)
+    if not isinstance(principal, WorkerIdentity):
+        raise _unauthorized("invalid worker credential")
+    return replace(principal, presented_session=request.headers.get(SESSION_HEADER))
 
 
 AdminAuth = Depends(require_admin)

@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from tether.hub.dags.bundles import fingerprint, pack, unpack
+from tether.hub.dags.bundles import BundleTooLarge, bundle_files, fingerprint, pack, unpack
 from tether.hub.dags.params import InvalidParams, check_defaults
 from tether.hub.scheduler import assets
 from tether.hub.scheduler.runs import utcnow
@@ -185,7 +185,9 @@ class DagProcessor:
         self.dags_folder = dags_folder
         self.cache = home / "bundles"
         self.timeout = timeout
-        self._fingerprint: tuple[tuple[str, int, int], ...] | None = None
+        self._fingerprint: tuple[object, ...] | None = None
+        #: What the last stored bundle left out of the folder (shown as import errors).
+        self._skipped: tuple[tuple[str, str], ...] = ()
         self.bundle_sha: str | None = None
 
     def process_once(self) -> bool:
@@ -195,20 +197,32 @@ class DagProcessor:
                 log.warning("DAGs folder %s does not exist", self.dags_folder)
                 self._fingerprint = ()
             return False
-        current = fingerprint(self.dags_folder)
+        listing = bundle_files(self.dags_folder)
+        skipped = tuple(sorted(listing.skipped.items()))
+        current = (fingerprint(self.dags_folder, listing), skipped)
         if current == self._fingerprint:
             return False
-        sha, data = pack(self.dags_folder)
-        if sha == self.bundle_sha:
+        try:
+            sha, data = pack(self.dags_folder, listing)
+        except BundleTooLarge as exc:
+            log.error("DAGs folder %s: %s", self.dags_folder, exc)
+            record_folder_error(self.store, str(exc))
+            self._fingerprint = current
+            return False
+        if sha == self.bundle_sha and skipped == self._skipped:
             self._fingerprint = current
             return False
         target = self.cache / sha
         if not target.is_dir():
             unpack(data, target)
         result = parse_bundle(target, self.timeout)
+        for name, why in listing.skipped.items():
+            log.warning("DAGs folder: %s left out of the bundle: %s", name, why)
+            result.errors[name] = f"left out of the bundle: {why}"
         store_parse(self.store, sha, data, result)
         # Only now: a failed store is tried again at the next scan.
         self._fingerprint = current
+        self._skipped = skipped
         self.bundle_sha = sha
         log.info(
             "bundle %s: %d DAG(s), %d import error(s)",
@@ -217,3 +231,21 @@ class DagProcessor:
             len(result.errors),
         )
         return True
+
+
+#: The import-error row of a problem with the DAGs folder as a whole.
+FOLDER_ERROR = "."
+
+
+def record_folder_error(store: Store, message: str) -> None:
+    """Show a problem of the whole folder (it is too large to bundle) as an import
+    error; the DAGs parsed before stay as they are."""
+    now = utcnow()
+    with store.session() as s:
+        row = s.get(ImportError_, FOLDER_ERROR)
+        if row is None:
+            s.add(
+                ImportError_(fileloc=FOLDER_ERROR, message=message, bundle_sha="", created_at=now)
+            )
+        else:
+            row.message, row.created_at = message, now

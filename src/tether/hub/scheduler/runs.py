@@ -300,7 +300,7 @@ def _expand(
         if source.get("key") is not None:
             value = value.get(source["key"]) if isinstance(value, dict) else None
         if not isinstance(value, list):
-            _fail_on_hub(
+            fail_on_hub(
                 session,
                 placeholder,
                 now,
@@ -310,7 +310,7 @@ def _expand(
             return None
         size *= len(value)
     if size > MAX_MAP_LENGTH:
-        _fail_on_hub(
+        fail_on_hub(
             session,
             placeholder,
             now,
@@ -345,7 +345,7 @@ def _expand(
     return expanded
 
 
-def _fail_on_hub(session: Session, ti: TaskInstance, now: datetime, reason: str) -> None:
+def fail_on_hub(session: Session, ti: TaskInstance, now: datetime, reason: str) -> None:
     """End ``ti`` as failed with no worker involved; ``reason`` becomes its try's log."""
     ti.try_number += 1
     ti.state = S.FAILED
@@ -486,10 +486,24 @@ def end_running_attempt(session: Session, ti: TaskInstance, why: str) -> str | N
     attempt = session.get(TaskAttempt, ti.attempt_id)
     if attempt is None or attempt.state != S.RUNNING:
         return None
-    attempt.state = S.ATTEMPT_LOST
-    attempt.ended_at = utcnow()
-    attempt.error = why
+    give_up_attempt(session, attempt, why, utcnow())
     return attempt.worker_name
+
+
+def give_up_attempt(session: Session, attempt: TaskAttempt, why: str, now: datetime) -> None:
+    """The hub ends a running attempt itself: it becomes ``lost``, and its log
+    ends with the hub's own line saying why.
+
+    Every later report on it is refused (409), log chunks included, so
+    nothing can be added after that line; what the worker still had to send
+    of the log is dropped.
+    """
+    attempt.state = S.ATTEMPT_LOST
+    attempt.ended_at = now
+    attempt.error = why
+    note = f"[tether] the hub ended this try: {why}\n".encode()
+    session.add(LogChunk(attempt_id=attempt.id, offset=attempt.log_size, data=note))
+    attempt.log_size += len(note)
 
 
 def end_run(

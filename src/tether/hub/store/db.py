@@ -16,6 +16,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
+#: Execution option of the connections of read-only transactions (see Store.read).
+READ_ONLY = "tether_read_only"
+
 
 def default_url(home: Path) -> str:
     return f"sqlite:///{home / 'tether.db'}"
@@ -46,7 +49,10 @@ def make_engine(url: str) -> Engine:
         def _on_begin(conn: Any) -> None:
             # Take the write lock up front: a read that later writes would
             # otherwise fail with "database is locked" instead of waiting.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # A read-only transaction (Store.read) takes none: in WAL mode it
+            # reads a snapshot and never waits for a writer.
+            read_only = conn.get_execution_options().get(READ_ONLY, False)
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
@@ -59,6 +65,9 @@ class Store:
         self.url = url
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._readers = sessionmaker(
+            self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False
+        )
 
     @property
     def dialect(self) -> str:
@@ -67,6 +76,16 @@ class Store:
     @contextlib.contextmanager
     def session(self) -> Iterator[Session]:
         with self._sessions() as s, s.begin():
+            yield s
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Session]:
+        """A transaction that only reads: on SQLite it takes no write lock.
+
+        For lookups on paths anyone can hit (checking a presented credential),
+        so that they never queue behind, or hold up, the hub's writers.
+        """
+        with self._readers() as s, s.begin():
             yield s
 
     def dispose(self) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -14,6 +16,7 @@ from tether.hub.scheduler import assets, limits
 from tether.hub.scheduler import states as S
 from tether.hub.scheduler.runs import (
     advance_run,
+    fail_on_hub,
     fail_task_instance,
     lock_run_of,
     skip_unchosen_branches,
@@ -21,7 +24,18 @@ from tether.hub.scheduler.runs import (
 )
 from tether.hub.store.dialect import lock_for_claim, lock_row, serialise_claims
 from tether.hub.store.models import DagRun, LogChunk, TaskAttempt, TaskInstance
-from tether.protocol import ATTEMPT_FAILED, ATTEMPT_SUCCESS, AttemptResult, Job
+from tether.protocol import (
+    ATTEMPT_FAILED,
+    ATTEMPT_SUCCESS,
+    DEFAULT_MAX_TASK_OUTPUT_BYTES,
+    MAX_WIRE_INT,
+    AttemptResult,
+    Job,
+    WireError,
+    check_wire_value,
+    output_too_large,
+    wire_size,
+)
 
 
 class AttemptNotFound(LookupError):
@@ -33,12 +47,26 @@ class NotYourAttempt(PermissionError):
 
 
 class AttemptFenced(Exception):
-    """The hub has given up on this attempt; its reports are refused."""
+    """The hub has given up on this attempt, or it ended; its reports are refused."""
+
+
+class InvalidReport(ValueError):
+    """A report the hub cannot take as it is (422); the reason says why."""
+
+
+@dataclass
+class Claimed:
+    """What a claim hands out, and what it could not."""
+
+    jobs: list[Job] = field(default_factory=list)
+    #: Task instances left queued because their job cannot be encoded, with the
+    #: reason: :func:`fail_undeliverable` ends them after the claim's commit.
+    undeliverable: list[tuple[int, str]] = field(default_factory=list)
 
 
 def claim(
     session: Session, worker_name: str, queues: list[str], slots: int, parallelism: int = 0
-) -> list[Job]:
+) -> Claimed:
     """Hand queued task instances of ``queues`` to a worker with ``slots`` free slots.
 
     Highest ``priority_weight`` first, then oldest. A task takes ``pool_slots``
@@ -46,13 +74,19 @@ def claim(
     that the limits hold back (``parallelism``, the DAG's
     ``max_active_tasks``, the pool), stay queued. Each claimed task becomes
     ``running`` under a new attempt id, in this transaction.
+
+    A job is built and checked as the wire will carry it *before* its task
+    instance changes: one whose data cannot be encoded (stored before the
+    hub validated its input, say) is not claimed, so the poll's reply can
+    always be sent and no job of another DAG in it is lost with it.
     """
+    out = Claimed()
     if slots <= 0 or not queues:
-        return []
+        return out
     serialise_claims(session)
     use = limits.usage(session, parallelism)
     if use.parallelism_room is not None and use.parallelism_room < 1:
-        return []
+        return out
     window = slots * 4 + 16  # room for candidates a limit turns down
     candidates = session.execute(
         lock_for_claim(
@@ -79,25 +113,31 @@ def claim(
             if slots <= 0:
                 break
     if not ids:
-        return []
+        return out
     now = utcnow()
     tis = session.scalars(select(TaskInstance).where(TaskInstance.id.in_(ids))).all()
     runs = {
         r.id: r
         for r in session.scalars(select(DagRun).where(DagRun.id.in_({ti.dag_run_id for ti in tis})))
     }
-    jobs = []
     for ti in sorted(tis, key=lambda t: ids.index(t.id)):
         run = runs[ti.dag_run_id]
+        attempt_id = uuid.uuid4().hex
+        job = _job(session, ti, run, attempt_id, ti.try_number + 1)
+        try:
+            check_wire_value(job.to_dict(), "the job")
+        except WireError as exc:
+            out.undeliverable.append((ti.id, str(exc)))
+            continue
         ti.try_number += 1
         ti.state = S.RUNNING
-        ti.attempt_id = uuid.uuid4().hex
+        ti.attempt_id = attempt_id
         ti.worker_name = worker_name
         ti.started_at = now
         ti.ended_at = None
         session.add(
             TaskAttempt(
-                id=ti.attempt_id,
+                id=attempt_id,
                 task_instance_id=ti.id,
                 try_number=ti.try_number,
                 worker_name=worker_name,
@@ -105,8 +145,23 @@ def claim(
                 started_at=now,
             )
         )
-        jobs.append(_job(session, ti, run))
-    return jobs
+        out.jobs.append(job)
+    return out
+
+
+def fail_undeliverable(session: Session, ti_id: int, reason: str) -> set[str]:
+    """Fail a queued task instance whose job cannot be sent (see :func:`claim`).
+
+    Runs in its own transaction after the claim's, with the run's lock, as
+    every change to a run's task instances does. Returns the queues that got
+    work.
+    """
+    run = lock_run_of(session, ti_id)
+    ti = session.scalar(lock_row(select(TaskInstance).where(TaskInstance.id == ti_id), session))
+    if ti is None or ti.state != S.QUEUED:
+        return set()
+    fail_on_hub(session, ti, utcnow(), f"the hub cannot send this task to a worker: {reason}")
+    return advance_run(session, run)
 
 
 def has_queued_work(session: Session, queues: list[str]) -> bool:
@@ -125,7 +180,7 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def _job(session: Session, ti: TaskInstance, run: DagRun) -> Job:
+def _job(session: Session, ti: TaskInstance, run: DagRun, attempt_id: str, try_number: int) -> Job:
     spec = next(t for t in run.serialized["tasks"] if t["task_id"] == ti.task_id)
     inputs: dict[str, Any] = {}
     if spec["upstream"]:
@@ -144,13 +199,12 @@ def _job(session: Session, ti: TaskInstance, run: DagRun) -> Job:
                 inputs.setdefault(task_id, []).append(output)
             else:
                 inputs[task_id] = output
-    assert ti.attempt_id is not None
     return Job(
-        attempt_id=ti.attempt_id,
+        attempt_id=attempt_id,
         dag_id=ti.dag_id,
         task_id=ti.task_id,
         run_id=ti.run_id,
-        try_number=ti.try_number,
+        try_number=try_number,
         queue=ti.queue,
         bundle_sha=run.bundle_sha,
         fileloc=run.serialized["fileloc"],
@@ -180,34 +234,69 @@ def _held_attempt(
 
 
 def append_log(
-    session: Session, attempt_id: str, worker_name: str, offset: int, data: bytes
+    session: Session,
+    attempt_id: str,
+    worker_name: str,
+    offset: int,
+    pieces: bytes | Iterable[bytes],
+    keep: int | None = None,
 ) -> int:
-    """Store log bytes that start at ``offset``; return the stored size.
+    """Store log bytes that start at ``offset`` (given in pieces); return the stored size.
 
     Idempotent: bytes the hub already has are dropped, so a chunk re-sent
     after a timeout is not duplicated. A chunk that would leave a gap stores
-    nothing; the worker resumes from the returned size.
+    nothing; the worker resumes from the returned size. Of one try the hub
+    keeps the first ``keep`` bytes: past them it counts what arrives (so the
+    worker's offsets stay right) but stores nothing, and the log reads with
+    a note in the gap (None: keep all). An attempt that has ended takes no
+    more logs (AttemptFenced): nothing can be added after its last word.
     """
     attempt = _held_attempt(session, attempt_id, worker_name)
-    size = attempt.log_size
-    if offset > size or offset + len(data) <= size:
-        return size
-    new = data[size - offset :]
-    session.add(LogChunk(attempt_id=attempt_id, offset=size, data=new))
-    attempt.log_size = size + len(new)
+    if attempt.state != S.RUNNING:
+        raise AttemptFenced(f"attempt {attempt_id} already ended as {attempt.state}")
+    keep = MAX_WIRE_INT if keep is None else keep
+    for data in [pieces] if isinstance(pieces, bytes) else pieces:
+        size = attempt.log_size
+        if offset <= size < offset + len(data):
+            new = data[size - offset :]
+            if size < keep:
+                session.add(LogChunk(attempt_id=attempt_id, offset=size, data=new[: keep - size]))
+            attempt.log_size = size + len(new)
+        offset += len(data)
     return attempt.log_size
 
 
+def _branch_choice(run: DagRun, ti: TaskInstance, output: Any) -> None:
+    spec = next(t for t in run.serialized["tasks"] if t["task_id"] == ti.task_id)
+    if spec.get("branch") and not (
+        output is None or (isinstance(output, list) and all(isinstance(o, str) for o in output))
+    ):
+        raise InvalidReport(
+            f"task {ti.task_id!r} is a branch: its output must be a list of task ids, "
+            f"not {str(output)[:100]}"
+        )
+
+
 def finish(
-    session: Session, attempt_id: str, worker_name: str, result: AttemptResult
+    session: Session,
+    attempt_id: str,
+    worker_name: str,
+    result: AttemptResult,
+    max_output: int = DEFAULT_MAX_TASK_OUTPUT_BYTES,
 ) -> tuple[str, set[str], datetime | None]:
     """Record the end of an attempt and move its run forward.
 
     A success records an event for each asset in the task's ``outlets`` and
-    starts the asset-triggered runs that makes due. Returns the task
-    instance's new state, the queues that got new work and, when the task
-    will be retried, the retry time.
+    starts the asset-triggered runs that makes due. A success whose output is
+    more than ``max_output`` bytes as JSON is recorded as a failure that says
+    so (the worker checks first; this is for one that did not). Returns the
+    task instance's new state, the queues that got new work and, when the
+    task will be retried, the retry time.
     """
+    if result.state == ATTEMPT_SUCCESS and wire_size(result.output) > max_output:
+        result = AttemptResult(
+            state=ATTEMPT_FAILED, error=output_too_large(wire_size(result.output), max_output)
+        )
     attempt = _held_attempt(session, attempt_id, worker_name, lock=False)
     # Lock order for everything that changes a run's task instances: the run
     # row, then task instances by id, then attempts (as fail_attempt and the
@@ -227,6 +316,8 @@ def finish(
         raise AttemptFenced(f"attempt {attempt_id} already ended as {attempt.state}")
     if ti.attempt_id != attempt_id or ti.state != S.RUNNING:
         raise AttemptFenced(f"attempt {attempt_id} no longer holds its task instance")
+    if result.state == ATTEMPT_SUCCESS:
+        _branch_choice(run, ti, result.output)
     now = utcnow()
     attempt.ended_at = now
     attempt.error = result.error

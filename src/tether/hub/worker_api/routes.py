@@ -1,17 +1,22 @@
 """The worker API (``/api/worker/v1``): what edge workers call. Routes stay thin.
 
-Every call but ``/enrol`` carries the worker's own credential; ``/heartbeat``
-and ``/poll`` also carry the session id of the calling process.
+Every call but ``/enrol`` carries the worker's own credential, checked by the
+gate before the body is read (``auth/gate.py``) and again in the route's
+transaction; ``/heartbeat`` and ``/poll`` also carry the session id of the
+calling process. ``reports`` (log chunks and results) is its own router
+because the hub includes it with its own body limit (``hub/app.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import tempfile
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 from pydantic import BaseModel, Field, field_validator
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -22,19 +27,31 @@ from tether.hub.auth.deps import HubDep, WorkerAuth, WorkerIdentity
 from tether.hub.scheduler.runs import utcnow
 from tether.hub.state import Hub
 from tether.hub.store.models import Bundle, Worker
+from tether.hub.wire import StrictJSONRoute
 from tether.hub.worker_api import attempts, sessions
 from tether.protocol import (
     MAX_CLAIM_WAIT,
+    MAX_ERROR_CHARS,
+    MAX_WIRE_INT,
     WORKER_API_PREFIX,
     AttemptResult,
     InvalidQueueName,
     validate_queue_name,
 )
 
-router = APIRouter(prefix=WORKER_API_PREFIX, tags=["worker"])
+router = APIRouter(prefix=WORKER_API_PREFIX, tags=["worker"], route_class=StrictJSONRoute)
+#: Log chunks and results: included with a body limit of their own.
+reports = APIRouter(prefix=WORKER_API_PREFIX, tags=["worker"], route_class=StrictJSONRoute)
 
-#: Largest log chunk the hub accepts in one request.
-MAX_LOG_CHUNK = 4 * 1024 * 1024
+#: Largest body of an enrolment (anyone may call it): a token is ~70 bytes.
+ENROL_MAX_BODY = 4096
+#: Log bytes held in memory per upload; the rest of a chunk waits in a temporary file.
+LOG_PIECE = 256 * 1024
+
+AttemptId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="an attempt id")]
+BundleSha = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$", description="a bundle's sha256")]
+#: An attempt id as a worker lists it (the hub makes them; the bound keeps lists small).
+ListedAttempt = Annotated[str, Field(max_length=64)]
 
 
 def _queues(value: list[str]) -> list[str]:
@@ -49,14 +66,14 @@ class Facts(BaseModel):
 
     concurrency: int = Field(ge=0, le=10_000)
     free_slots: int = Field(ge=0, le=10_000)
-    running: list[str] = Field(default_factory=list, max_length=10_000)
+    running: list[ListedAttempt] = Field(default_factory=list, max_length=10_000)
     state: Literal["online", "offline"] = "online"
     maintenance: bool = False
     maintenance_comment: str | None = Field(default=None, max_length=1000)
     #: Stopping: it takes no new task and exits once the running ones end.
     draining: bool = False
     version: str = Field(max_length=50)
-    protocol: int
+    protocol: int = Field(ge=0, le=1_000_000)
     hostname: str | None = Field(default=None, max_length=250)
     platform: str | None = Field(default=None, max_length=250)
     python: str | None = Field(default=None, max_length=50)
@@ -75,7 +92,7 @@ class SessionIn(Facts):
 
 class PollIn(BaseModel):
     slots: int = Field(ge=0, le=1000)
-    running: list[str] = Field(default_factory=list, max_length=10_000)
+    running: list[ListedAttempt] = Field(default_factory=list, max_length=10_000)
     #: The worker is in maintenance (for whatever reason): it takes no job.
     maintenance: bool = False
     #: Maintenance the worker last heard the centre ask for.
@@ -88,22 +105,16 @@ class PollIn(BaseModel):
 class FinishIn(BaseModel):
     state: Literal["success", "failed", "skipped"]
     output: Any = None
-    error: str | None = Field(default=None, max_length=100_000)
+    error: str | None = Field(default=None, max_length=MAX_ERROR_CHARS)
     no_retry: bool = False
 
 
-def _attempt_errors(exc: Exception) -> HTTPException:
-    if isinstance(exc, attempts.AttemptNotFound):
-        return HTTPException(status.HTTP_404_NOT_FOUND, str(exc))
-    if isinstance(exc, attempts.NotYourAttempt):
-        return HTTPException(status.HTTP_403_FORBIDDEN, str(exc))
-    if isinstance(exc, attempts.AttemptFenced):
-        return HTTPException(status.HTTP_409_CONFLICT, str(exc))
-    raise exc
-
-
 async def _as_worker(hub: Hub, me: WorkerIdentity, fn: Any, *, session_bound: bool) -> Any:
-    """Run ``fn(session, worker_row)`` in one transaction, checking the session if asked."""
+    """Run ``fn(session, worker_row)`` in one transaction, checking the session if asked.
+
+    The credential is checked again here, in the transaction: the gate may
+    have let a cached credential through that was revoked since.
+    """
 
     def work() -> Any:
         with hub.store.session() as s:
@@ -120,12 +131,21 @@ async def _as_worker(hub: Hub, me: WorkerIdentity, fn: Any, *, session_bound: bo
         result: Any = await run_in_threadpool(work)
         return result
     except credentials.InvalidCredential as exc:
+        hub.principals.forget(me.name)
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc)) from None
     except sessions.Superseded as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    except attempts.AttemptNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+    except attempts.NotYourAttempt as exc:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, str(exc)) from None
+    except attempts.AttemptFenced as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    except attempts.InvalidReport as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
 
 
-@router.post("/enrol")
+@router.post("/enrol", max_body_size=ENROL_MAX_BODY)
 async def enrol(body: EnrolIn, hub: HubDep) -> dict[str, Any]:
     """Exchange a one-time enrolment token for this worker's own credential."""
 
@@ -135,9 +155,13 @@ async def enrol(body: EnrolIn, hub: HubDep) -> dict[str, Any]:
             return {"name": worker.name, "credential": credential, "queues": worker.allowed_queues}
 
     try:
-        return await run_in_threadpool(work)
+        answer = await run_in_threadpool(work)
     except credentials.InvalidCredential as exc:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc)) from None
+    except credentials.EnrolmentRefused as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    hub.principals.forget(answer["name"])  # a credential it replaced is void
+    return answer
 
 
 @router.post("/sessions")
@@ -164,6 +188,8 @@ async def start_session(body: SessionIn, me: WorkerAuth, hub: HubDep) -> dict[st
         "queues": queues,
         "heartbeat_interval": hub.config.worker_heartbeat_interval,
         "hub_version": __version__,
+        # A task's return value larger than this fails the task on the worker.
+        "max_task_output_bytes": hub.config.max_task_output_bytes,
     }
 
 
@@ -171,16 +197,32 @@ async def start_session(body: SessionIn, me: WorkerAuth, hub: HubDep) -> dict[st
 async def heartbeat(body: Facts, me: WorkerAuth, hub: HubDep) -> dict[str, Any]:
     grace = timedelta(seconds=3 * hub.config.worker_heartbeat_interval)
 
-    def record(s: Session, worker: Worker) -> tuple[dict[str, Any], set[str]]:
+    def record(s: Session, worker: Worker) -> tuple[dict[str, Any], set[str], bool]:
         now = utcnow()
+        accepted = sessions.accepting(worker)
         sessions.record_heartbeat(worker, body.model_dump(), now)
         woken = sessions.reconcile(s, worker, body.running, now, grace)
-        return sessions.directives(s, worker, body.running), woken
+        changed = sessions.accepting(worker) != accepted
+        return sessions.directives(s, worker, body.running), woken, changed
 
-    directives, woken = await _as_worker(hub, me, record, session_bound=True)
+    directives, woken, changed = await _as_worker(hub, me, record, session_bound=True)
     hub.wakeups.notify(woken)
-    hub.wakeups.notify_worker(me.name)  # a held poll re-reads what the worker now accepts
+    if changed:  # the held poll must re-read what the worker now accepts; else leave it be
+        hub.wakeups.notify_worker(me.name)
     return {"directives": directives}
+
+
+async def _fail_undeliverable(hub: Hub, items: list[tuple[int, str]]) -> None:
+    """End the task instances a claim could not hand out (see attempts.claim)."""
+
+    def work() -> set[str]:
+        woken: set[str] = set()
+        for ti_id, reason in items:
+            with hub.store.session() as s:
+                woken |= attempts.fail_undeliverable(s, ti_id, reason)
+        return woken
+
+    hub.wakeups.notify(await run_in_threadpool(work))
 
 
 @router.post("/poll")
@@ -201,15 +243,21 @@ async def poll(body: PollIn, me: WorkerAuth, hub: HubDep, request: Request) -> d
             worker.state = "running" if body.running else "idle"
         found = sessions.directives(s, worker, body.running)
         quiet = found["shutdown"] or found["maintenance"] or not sessions.accepting(worker)
-        jobs = (
-            []
+        claimed = (
+            attempts.Claimed()
             if quiet
             else attempts.claim(s, worker.name, worker.queues, take, hub.config.parallelism)
         )
+        jobs = claimed.jobs
         # Work left behind (a limit, or a task too big for the free slots):
         # wait for any change that ends running work, not only for new work.
         held_back = not quiet and len(jobs) < take and attempts.has_queued_work(s, worker.queues)
-        return {"jobs": [j.to_dict() for j in jobs], "directives": found, "held_back": held_back}
+        return {
+            "jobs": [j.to_dict() for j in jobs],
+            "directives": found,
+            "held_back": held_back,
+            "undeliverable": claimed.undeliverable,
+        }
 
     async def client_gone() -> None:
         # The body has been read, so the next ASGI message is the disconnect.
@@ -220,14 +268,19 @@ async def poll(body: PollIn, me: WorkerAuth, hub: HubDep, request: Request) -> d
     closing = asyncio.create_task(hub.wakeups.closing.wait())
     queues = list(me.allowed_queues) if take else []
     try:
-        with hub.wakeups.watching(queues, worker=me.name) as woken:
+        with hub.wakeups.watching(queues, worker=me.name) as held:
+            woken = held.event
             while True:
                 woken.clear()
-                if gone.done():  # no one to hand a job to
+                # No one to hand a job to, or a newer poll of this worker took over:
+                # one held poll per worker, however many a client opens.
+                if gone.done() or held.replaced:
                     return {"jobs": [], "directives": {}}
                 generation = hub.wakeups.generation
                 answer: dict[str, Any] = await _as_worker(hub, me, look, session_bound=True)
                 held_back = answer.pop("held_back")
+                if undeliverable := answer.pop("undeliverable"):
+                    await _fail_undeliverable(hub, undeliverable)
                 d = answer["directives"]
                 urgent = (
                     d["kill"]
@@ -249,7 +302,7 @@ async def poll(body: PollIn, me: WorkerAuth, hub: HubDep, request: Request) -> d
                         return_when=asyncio.FIRST_COMPLETED,
                     )
                     wake.cancel()
-                if gone.done():
+                if gone.done() or held.replaced:
                     return {"jobs": [], "directives": d}
     finally:
         gone.cancel()
@@ -257,60 +310,60 @@ async def poll(body: PollIn, me: WorkerAuth, hub: HubDep, request: Request) -> d
 
 
 @router.get("/bundles/{sha}")
-async def bundle(sha: str, me: WorkerAuth, hub: HubDep) -> Response:
+async def bundle(sha: BundleSha, me: WorkerAuth, hub: HubDep) -> Response:
     """A bundle, to a worker that holds or held an attempt of a run pinned to it."""
 
-    def load() -> bytes | None:
-        with hub.store.session() as s:
-            if not attempts.ran_bundle(s, me.name, sha):
-                return None
-            row = s.get(Bundle, sha)
-            return row.data if row else None
+    def load(s: Session, worker: Worker) -> bytes | None:
+        if not attempts.ran_bundle(s, worker.name, sha):
+            return None
+        row = s.get(Bundle, sha)
+        return row.data if row else None
 
-    data = await run_in_threadpool(load)
+    data = await _as_worker(hub, me, load, session_bound=False)
     if data is None:  # the same answer whether it exists or not
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no bundle {sha} for this worker")
     return Response(data, media_type="application/gzip")
 
 
-@router.post("/attempts/{attempt_id}/logs")
+@reports.post("/attempts/{attempt_id}/logs")
 async def upload_log(
-    attempt_id: str,
+    attempt_id: AttemptId,
     me: WorkerAuth,
     hub: HubDep,
     request: Request,
-    offset: Annotated[int, Query(ge=0)],
+    offset: Annotated[int, Query(ge=0, le=MAX_WIRE_INT)],
 ) -> dict[str, int]:
-    data = await request.body()
-    if len(data) > MAX_LOG_CHUNK:
-        raise HTTPException(
-            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
-            f"log chunks are limited to {MAX_LOG_CHUNK} bytes",
-        )
+    """Append log bytes at ``offset``; the answer is the size the hub holds.
 
-    def append() -> int:
-        with hub.store.session() as s:
-            return attempts.append_log(s, attempt_id, me.name, offset, data)
+    The chunk is streamed into a temporary file (in memory up to LOG_PIECE),
+    never held whole, and stored in pieces. The body limit is the hub's
+    ``max_log_chunk_bytes``; of each try the hub keeps ``max_task_log_bytes``.
+    """
+    with tempfile.SpooledTemporaryFile(max_size=LOG_PIECE) as buffer:
+        async for received in request.stream():
+            buffer.write(received)
+        buffer.seek(0)
 
-    try:
-        size = await run_in_threadpool(append)
-    except (attempts.AttemptNotFound, attempts.NotYourAttempt) as exc:
-        raise _attempt_errors(exc) from None
+        def append(s: Session, worker: Worker) -> int:
+            pieces = iter(functools.partial(buffer.read, LOG_PIECE), b"")
+            return attempts.append_log(
+                s, attempt_id, worker.name, offset, pieces, hub.config.max_task_log_bytes
+            )
+
+        size: int = await _as_worker(hub, me, append, session_bound=False)
     return {"size": size}
 
 
-@router.post("/attempts/{attempt_id}/finish")
-async def finish(attempt_id: str, body: FinishIn, me: WorkerAuth, hub: HubDep) -> dict[str, Any]:
+@reports.post("/attempts/{attempt_id}/finish")
+async def finish(
+    attempt_id: AttemptId, body: FinishIn, me: WorkerAuth, hub: HubDep
+) -> dict[str, Any]:
     result = AttemptResult(**body.model_dump())
 
-    def record() -> tuple[str, set[str], Any]:
-        with hub.store.session() as s:
-            return attempts.finish(s, attempt_id, me.name, result)
+    def record(s: Session, worker: Worker) -> tuple[str, set[str], Any]:
+        return attempts.finish(s, attempt_id, worker.name, result, hub.config.max_task_output_bytes)
 
-    try:
-        state, woken, retry_at = await run_in_threadpool(record)
-    except (attempts.AttemptNotFound, attempts.NotYourAttempt, attempts.AttemptFenced) as exc:
-        raise _attempt_errors(exc) from None
+    state, woken, retry_at = await _as_worker(hub, me, record, session_bound=False)
     hub.wakeups.notify(woken)
     if retry_at is not None:
         hub.wakeups.poke_scheduler()

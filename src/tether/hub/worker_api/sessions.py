@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tether.hub.scheduler import states as S
-from tether.hub.scheduler.runs import fail_task_instance, lock_run_of, utcnow
+from tether.hub.scheduler.runs import fail_task_instance, give_up_attempt, lock_run_of, utcnow
 from tether.hub.store.dialect import lock_row
 from tether.hub.store.models import TaskAttempt, TaskInstance, Worker
 from tether.protocol import PROTOCOL_VERSION
@@ -161,9 +161,7 @@ def fail_attempt(session: Session, attempt: TaskAttempt, reason: str) -> set[str
     ti = session.scalar(
         lock_row(select(TaskInstance).where(TaskInstance.id == attempt.task_instance_id), session)
     )
-    attempt.state = S.ATTEMPT_LOST
-    attempt.ended_at = now
-    attempt.error = reason
+    give_up_attempt(session, attempt, reason, now)
     if ti is None or ti.attempt_id != attempt.id or ti.state != S.RUNNING:
         return set()
     woken, _ = fail_task_instance(session, run, ti, now)

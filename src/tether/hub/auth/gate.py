@@ -1,0 +1,240 @@
+"""Who is calling: decided once per request, before anything reads its body.
+
+The hub's ASGI app is wrapped in :class:`AuthGate` (see ``hub/app.py``). For
+each HTTP request it
+
+1. resolves the bearer token to a principal: the admin (a constant-time
+   compare) or an enrolled worker (a read-only store lookup, which never
+   takes SQLite's write lock, behind a cache of credentials known good), and
+   puts it in the request scope, where the routes' dependencies
+   (``auth/deps.py``) take it;
+2. answers 401 at once, before any of the body is read, when the path needs
+   a principal the request does not carry: ``/api/v1/...`` needs the admin
+   token, ``/api/worker/v1/...`` a worker credential (but ``/enrol``, which
+   is public and takes tiny bodies only). So an anonymous client cannot make
+   the hub read, parse or store anything;
+3. counts every 401 the hub answers, per client address. An address that
+   has spent its budget (``TETHER_AUTH_FAILURES_PER_MINUTE``) gets 429 with
+   Retry-After for any request that would need a lookup, before the lookup;
+   a credential the cache already knows good still passes, so a worker behind
+   the same NAT as a misbehaving client keeps working.
+
+The cache only saves lookups: the worker routes check the credential again
+inside their own transaction (``worker_api/routes.py: _as_worker``), so a
+revocation takes effect at the next request. A revocation through this
+process also drops the cached entry (:meth:`Principals.forget`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tether.hub.auth import credentials
+from tether.protocol import WORKER_API_PREFIX
+
+#: Where the gate leaves the principal in the ASGI scope.
+PRINCIPAL = "tether.principal"
+#: The principal of a request that carries the admin token.
+ADMIN = "admin"
+
+REST_PREFIX = "/api/v1/"
+ENROL_PATH = f"{WORKER_API_PREFIX}/enrol"
+#: Paths anyone may call; everything else under the two API prefixes needs a principal.
+PUBLIC_PATHS = frozenset({"/api/v1/health", ENROL_PATH})
+
+#: How long a credential found good is trusted without a lookup, in seconds.
+CACHE_SECONDS = 60.0
+#: Most credentials kept in the cache (each entry is a few hundred bytes).
+CACHE_ENTRIES = 100_000
+#: Most client addresses the failure counter remembers at once.
+THROTTLED_ADDRESSES = 100_000
+
+
+@dataclass(frozen=True)
+class WorkerIdentity:
+    """The worker a credential belongs to, as of this request."""
+
+    name: str
+    credential_hash: str
+    allowed_queues: tuple[str, ...]
+    #: The session the request claims to be part of (X-Tether-Session).
+    presented_session: str | None = None
+
+
+class Throttle:
+    """Failed authentications per client address: a token bucket each.
+
+    An address may fail ``per_minute`` times in a burst; its budget refills at
+    ``per_minute`` a minute. Buckets that are full again are forgotten when
+    the table grows, so its size stays bounded.
+    """
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.capacity = float(per_minute)
+        self.rate = per_minute / 60.0
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def _level(self, address: str, now: float) -> float:
+        tokens, at = self._buckets.get(address, (self.capacity, now))
+        return min(self.capacity, tokens + (now - at) * self.rate)
+
+    def retry_after(self, address: str) -> float | None:
+        """Seconds until ``address`` may fail again; None if it may now."""
+        level = self._level(address, self._clock())
+        return None if level >= 1.0 else (1.0 - level) / self.rate
+
+    def failed(self, address: str) -> None:
+        now = self._clock()
+        level = self._level(address, now)
+        if len(self._buckets) >= THROTTLED_ADDRESSES and address not in self._buckets:
+            self._prune(now)
+        self._buckets[address] = (max(0.0, level - 1.0), now)
+
+    def _prune(self, now: float) -> None:
+        full = [a for a in self._buckets if self._level(a, now) >= self.capacity]
+        for address in full or list(self._buckets)[: len(self._buckets) // 2]:
+            del self._buckets[address]
+
+
+class Principals:
+    """What the gate remembers: credentials known good, failures per address."""
+
+    def __init__(
+        self, failures_per_minute: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.throttle = Throttle(failures_per_minute, clock)
+        self._clock = clock
+        self._known: dict[str, tuple[WorkerIdentity, float]] = {}
+
+    def known(self, credential_hash: str) -> WorkerIdentity | None:
+        entry = self._known.get(credential_hash)
+        if entry is None:
+            return None
+        identity, until = entry
+        if until < self._clock():
+            del self._known[credential_hash]
+            return None
+        return identity
+
+    def remember(self, identity: WorkerIdentity) -> None:
+        if len(self._known) >= CACHE_ENTRIES:
+            self._known.clear()  # rare, and only costs lookups
+        self._known[identity.credential_hash] = (identity, self._clock() + CACHE_SECONDS)
+
+    def forget(self, worker_name: str) -> None:
+        """Drop a worker's cached credential (it was revoked, removed or re-enrolled)."""
+        for key in [k for k, (i, _) in self._known.items() if i.name == worker_name]:
+            del self._known[key]
+
+
+def _needs(path: str) -> str | None:
+    """``"admin"``, ``"worker"`` or None: the principal ``path`` needs."""
+    if path in PUBLIC_PATHS:
+        return None
+    if path.startswith(REST_PREFIX):
+        return "admin"
+    if path.startswith(WORKER_API_PREFIX + "/"):
+        return "worker"
+    return None
+
+
+def _bearer(headers: Headers) -> str | None:
+    value = headers.get("authorization")
+    if not value or not value.lower().startswith("bearer "):
+        return None
+    return value[7:].strip() or None
+
+
+async def _answer(
+    send: Send, status: int, detail: str, headers: dict[str, str] | None = None
+) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+class AuthGate:
+    """ASGI middleware: resolve the principal, refuse the anonymous, throttle failures."""
+
+    def __init__(self, app: ASGIApp, hub: Any) -> None:
+        self.app = app
+        self.hub = hub
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        principals: Principals = self.hub.principals
+        path: str = scope["path"]
+        need = _needs(path)
+        address = (scope.get("client") or ("unknown",))[0]
+        token = _bearer(Headers(scope=scope))
+        admin = token is not None and hmac.compare_digest(
+            token.encode(), self.hub.tokens.admin.encode()
+        )
+        hashed = hashlib.sha256(token.encode()).hexdigest() if token else None
+        cached = principals.known(hashed) if hashed else None
+        if not admin and cached is None and (need is not None or path == ENROL_PATH):
+            wait = principals.throttle.retry_after(address)
+            if wait is not None:
+                await _answer(
+                    send,
+                    429,
+                    "too many failed authentications from this address; "
+                    f"retry in {math.ceil(wait)} s",
+                    {"Retry-After": str(math.ceil(wait))},
+                )
+                return
+        principal: object = None
+        refusal: str | None = None
+        if need == "admin":
+            principal, refusal = (ADMIN, None) if admin else (None, "invalid token")
+        elif need == "worker":
+            if cached is not None:
+                principal = cached
+            elif token is not None:
+                principal, refusal = await self._worker(token)
+        if need is not None and token is None:
+            refusal = "missing bearer token"
+        if refusal is not None:
+            principals.throttle.failed(address)
+            await _answer(send, 401, refusal, {"WWW-Authenticate": "Bearer"})
+            return
+        scope[PRINCIPAL] = principal
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 401:
+                principals.throttle.failed(address)
+            await send(message)
+
+        await self.app(scope, receive, counting_send)
+
+    async def _worker(self, token: str) -> tuple[WorkerIdentity | None, str | None]:
+        def lookup() -> WorkerIdentity:
+            with self.hub.store.read() as s:
+                worker = credentials.authenticate(s, token)
+                assert worker.credential_hash is not None
+                return WorkerIdentity(
+                    worker.name, worker.credential_hash, tuple(worker.allowed_queues)
+                )
+
+        try:
+            identity = await run_in_threadpool(lookup)
+        except credentials.InvalidCredential as exc:
+            return None, str(exc)
+        self.hub.principals.remember(identity)
+        return identity, None
