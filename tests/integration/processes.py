@@ -236,10 +236,17 @@ class Api:
         response.raise_for_status()
         return response.json()
 
-    def enrolment_token(self, queues: str, name: str, expires_in: float = 3600) -> str:
+    def enrolment_token(
+        self, queues: str, name: str, expires_in: float = 3600, *, replace: bool = False
+    ) -> str:
         answer = self.post(
             "/workers/enrolment-tokens",
-            {"queues": queues.split(","), "name": name, "expires_in": expires_in},
+            {
+                "queues": queues.split(","),
+                "name": name,
+                "expires_in": expires_in,
+                "replace": replace,
+            },
         )
         token: str = answer["token"]
         return token

@@ -239,15 +239,41 @@ def workers_list(args: argparse.Namespace) -> int:
 
 def workers_token_create(args: argparse.Namespace) -> int:
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
-    body: dict[str, object] = {"queues": queues, "expires_in": _duration(args.expires)}
+    body: dict[str, object] = {
+        "queues": queues,
+        "expires_in": _duration(args.expires),
+        "replace": args.replace,
+    }
     if args.name:
         body["name"] = args.name
     answer = Api(args.hub).post("/workers/enrolment-tokens", body)
     out(answer["token"])
     sys.stderr.write(
-        f"one-time enrolment token for worker {answer['name']} (queues "
-        f"{','.join(answer['queues'])}), valid until {answer['expires_at']}\n"
+        f"one-time enrolment token {answer['id']} for worker {answer['name']} (queues "
+        f"{','.join(answer['queues'])}), valid until {answer['expires_at']}"
+        + ("; it replaces the worker's credential when spent" if answer["replace"] else "")
+        + "\n"
     )
+    return 0
+
+
+def workers_token_list(args: argparse.Namespace) -> int:
+    tokens = Api(args.hub).get("/workers/enrolment-tokens")["tokens"]
+    if args.json:
+        out(json.dumps(tokens, indent=2))
+        return 0
+    out(f"{'id':16} {'state':8} {'worker':28} {'queues':24} {'expires_at':33} replace")
+    for t in tokens:
+        out(
+            f"{t['id']:16} {t['state']:8} {t['name']:28} {','.join(t['queues']):24} "
+            f"{t['expires_at']:33} {'yes' if t['replace'] else 'no'}"
+        )
+    return 0
+
+
+def workers_token_revoke(args: argparse.Namespace) -> int:
+    answer = Api(args.hub).post(api_path("workers", "enrolment-tokens", args.id, "revoke"), {})
+    out(f"enrolment token {answer['id']}: {answer['state']}")
     return 0
 
 

@@ -211,7 +211,21 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--queues", required=True, help="comma-separated queues it may serve")
     sp.add_argument("--name", help="the worker's name (default: generated)")
     sp.add_argument("--expires", default="24h", help="token lifetime: 30m, 24h, 7d (default 24h)")
+    sp.add_argument(
+        "--replace",
+        action="store_true",
+        help="the name may be an existing worker's: spending the token gives it a new "
+        "credential and voids the old one (re-enrolment after a revoke or a lost disk)",
+    )
     sp.set_defaults(func=_lazy("tether.cli.commands", "workers_token_create"))
+    sp = token.add_parser("list", help="enrolment tokens and their state (no secrets)")
+    client_args(sp)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=_lazy("tether.cli.commands", "workers_token_list"))
+    sp = token.add_parser("revoke", help="revoke an unspent enrolment token")
+    client_args(sp)
+    sp.add_argument("id", help="the token's id (tether workers token list)")
+    sp.set_defaults(func=_lazy("tether.cli.commands", "workers_token_revoke"))
     for action, text in (
         ("revoke", "revoke a worker's credential: its next request gets 401"),
         ("shutdown", "ask a worker to drain and exit"),

@@ -154,7 +154,7 @@ def standalone_command(args: argparse.Namespace) -> int:
         queues = [q.strip() for q in args.queues.split(",") if q.strip()]
         with hub.store.session() as s:
             token, _, _ = create_enrolment_token(
-                s, queues, "standalone-worker", timedelta(minutes=10)
+                s, queues, "standalone-worker", timedelta(minutes=10), replace=True
             )
         # The token travels in the environment, not argv (argv is visible to `ps`).
         env = {**os.environ, "TETHER_ENROL_TOKEN": token}

@@ -71,6 +71,7 @@ def remove(session: Session, name: str) -> Effects:
     """Revoke the worker, give up on its running attempts and forget it."""
     worker = _worker(session, name)
     queues = fail_attempts_of(session, name, f"worker {name} was removed")
+    credentials.void_tokens_of(session, name)
     session.delete(worker)
     return Effects(queues=queues, workers={name})
 

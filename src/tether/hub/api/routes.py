@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response, status
@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from tether import __version__
 from tether.hub.api import control, queries
+from tether.hub.auth import credentials
 from tether.hub.auth.credentials import WORKER_NAME_PATTERN
 from tether.hub.auth.deps import AdminAuth, HubDep
 from tether.hub.dags.params import InvalidParams
@@ -247,6 +248,8 @@ class EnrolmentTokenIn(BaseModel):
     queues: list[str] = Field(min_length=1, max_length=100)
     name: str | None = Field(default=None, pattern=f"^{WORKER_NAME_PATTERN}$")
     expires_in: float = Field(default=86400.0, gt=0, le=365 * 86400)
+    #: The name may be an existing worker's: spending the token replaces its credential.
+    replace: bool = False
 
     @field_validator("queues")
     @classmethod
@@ -257,25 +260,51 @@ class EnrolmentTokenIn(BaseModel):
             raise ValueError(str(exc)) from None
 
 
+TokenId = Annotated[str, Path(pattern=r"^[0-9a-f]{16}$", description="an enrolment token's id")]
+
+
 @router.post("/workers/enrolment-tokens", dependencies=[AdminAuth])
 async def create_enrolment_token(body: EnrolmentTokenIn, hub: HubDep) -> dict[str, Any]:
     """A one-time token a new worker exchanges for its own credential."""
-    from datetime import timedelta
-
-    from tether.hub.auth import credentials
 
     def create(s: Session) -> dict[str, Any]:
         token, name, expires_at = credentials.create_enrolment_token(
-            s, body.queues, body.name, timedelta(seconds=body.expires_in)
+            s, body.queues, body.name, timedelta(seconds=body.expires_in), replace=body.replace
         )
         return {
             "token": token,
+            "id": token.removeprefix("tte_").split(".")[0],
             "name": name,
             "queues": body.queues,
+            "replace": body.replace,
             "expires_at": expires_at.isoformat(),
         }
 
-    return await _in_session(hub, create)
+    try:
+        return await _in_session(hub, create)
+    except credentials.WorkerExists as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+
+
+@router.get("/workers/enrolment-tokens", dependencies=[AdminAuth])
+async def list_enrolment_tokens(hub: HubDep) -> dict[str, Any]:
+    """Every enrolment token with its state (unspent, used, revoked, expired); no secrets."""
+    return {"tokens": await _in_session(hub, credentials.list_tokens)}
+
+
+@router.post("/workers/enrolment-tokens/{token_id}/revoke", dependencies=[AdminAuth])
+async def revoke_enrolment_token(token_id: TokenId, hub: HubDep) -> dict[str, str]:
+    """Revoke an unspent token: spending it is refused from now on."""
+    try:
+        state = await _in_session(hub, lambda s: credentials.revoke_token(s, token_id))
+    except credentials.TokenNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+    if state == "used":
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"enrolment token {token_id} was already spent; revoke its worker instead",
+        )
+    return {"id": token_id, "state": state}
 
 
 class MaintenanceIn(BaseModel):

@@ -14,11 +14,13 @@ import hmac
 import re
 import secrets
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from tether.hub.scheduler.runs import utcnow
+from tether.hub.store.dialect import lock_row
 from tether.hub.store.models import EnrolmentToken, Worker
 from tether.protocol import validate_queue_name
 
@@ -52,15 +54,38 @@ def validate_worker_name(name: str) -> str:
     return name
 
 
+class WorkerExists(Exception):
+    """A token for a name that is taken was asked for without ``replace`` (409)."""
+
+
+class TokenNotFound(LookupError):
+    """No enrolment token has this id (404)."""
+
+
 def create_enrolment_token(
-    session: Session, queues: list[str], name: str | None, expires_in: timedelta
+    session: Session,
+    queues: list[str],
+    name: str | None,
+    expires_in: timedelta,
+    *,
+    replace: bool = False,
 ) -> tuple[str, str, datetime]:
-    """A one-time token for a worker named ``name`` (generated if None) serving ``queues``."""
+    """A one-time token for a worker named ``name`` (generated if None) serving ``queues``.
+
+    A token for a name an existing worker has must say ``replace``: spending
+    it gives that worker a new credential and voids the old one, which is
+    never what an operator who made a typo meant.
+    """
     for q in queues:
         validate_queue_name(q)
     if not queues:
         raise ValueError("an enrolment token needs at least one queue")
     worker_name = validate_worker_name(name) if name else f"worker-{secrets.token_hex(4)}"
+    if not replace and session.get(Worker, worker_name) is not None:
+        raise WorkerExists(
+            f"a worker named {worker_name!r} exists; spending a token for it would replace its "
+            "credential. Ask for replace (tether workers token create --replace) to do that"
+        )
     token_id = secrets.token_hex(8)
     secret = secrets.token_urlsafe(32)
     now = utcnow()
@@ -72,29 +97,110 @@ def create_enrolment_token(
             queues=list(queues),
             created_at=now,
             expires_at=now + expires_in,
+            replace=replace,
         )
     )
     return f"{_ENROLMENT_PREFIX}{token_id}.{secret}", worker_name, now + expires_in
 
 
+def token_state(row: EnrolmentToken, now: datetime) -> str:
+    """``unspent``, ``used``, ``revoked`` or ``expired``."""
+    if row.used_at is not None:
+        return "used"
+    if row.revoked_at is not None:
+        return "revoked"
+    return "expired" if row.expires_at <= now else "unspent"
+
+
+def list_tokens(session: Session) -> list[dict[str, Any]]:
+    """Every enrolment token, newest first; never a secret or its hash."""
+    now = utcnow()
+    rows = session.scalars(
+        select(EnrolmentToken).order_by(EnrolmentToken.created_at.desc(), EnrolmentToken.id)
+    )
+    return [
+        {
+            "id": row.id,
+            "name": row.worker_name,
+            "queues": row.queues,
+            "replace": row.replace,
+            "state": token_state(row, now),
+            "created_at": row.created_at.isoformat(),
+            "expires_at": row.expires_at.isoformat(),
+            "used_at": row.used_at.isoformat() if row.used_at else None,
+            "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
+        }
+        for row in rows
+    ]
+
+
+def revoke_token(session: Session, token_id: str) -> str:
+    """Revoke an unspent token; returns its state afterwards (a used one stays used)."""
+    row = session.scalar(
+        lock_row(select(EnrolmentToken).where(EnrolmentToken.id == token_id), session)
+    )
+    if row is None:
+        raise TokenNotFound(f"no enrolment token {token_id!r}")
+    if row.used_at is None and row.revoked_at is None:
+        row.revoked_at = utcnow()
+    return token_state(row, utcnow())
+
+
+def void_tokens_of(session: Session, worker_name: str) -> int:
+    """Revoke the unspent tokens for ``worker_name`` (it is being revoked or removed)."""
+    result = session.execute(
+        update(EnrolmentToken)
+        .where(
+            EnrolmentToken.worker_name == worker_name,
+            EnrolmentToken.used_at.is_(None),
+            EnrolmentToken.revoked_at.is_(None),
+        )
+        .values(revoked_at=utcnow())
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
 def enrol(session: Session, token: str) -> tuple[Worker, str]:
     """Spend an enrolment token; returns the worker and its new credential.
 
-    Enrolling a name that exists replaces its credential (the old one stops
-    working), so a worker can be re-enrolled after a revoke or a lost disk.
+    The token is spent by one conditional UPDATE (``used_at`` still null),
+    so of concurrent spends exactly one succeeds on either store: on
+    PostgreSQL the others wait for its row lock and then find it used. A
+    token for a name that exists (a re-enrolment after a revoke or a lost
+    disk) must have been made with ``replace``, and replaces the credential.
     """
     token_id, _, secret = token.removeprefix(_ENROLMENT_PREFIX).partition(".")
     row = session.get(EnrolmentToken, token_id) if token.startswith(_ENROLMENT_PREFIX) else None
     if row is None or not hmac.compare_digest(row.token_hash, _hash(secret)):
         raise InvalidCredential("unknown enrolment token")
     now = utcnow()
-    if row.used_at is not None:
-        raise InvalidCredential("this enrolment token was already used")
-    if row.expires_at <= now:
-        raise InvalidCredential("this enrolment token has expired")
-    row.used_at = now
+    spent = session.execute(
+        update(EnrolmentToken)
+        .where(
+            EnrolmentToken.id == row.id,
+            EnrolmentToken.used_at.is_(None),
+            EnrolmentToken.revoked_at.is_(None),
+            EnrolmentToken.expires_at > now,
+        )
+        .values(used_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if spent.rowcount != 1:  # type: ignore[attr-defined]
+        session.refresh(row)
+        state = token_state(row, now)
+        raise InvalidCredential(
+            {
+                "used": "this enrolment token was already used",
+                "revoked": "this enrolment token was revoked",
+            }.get(state, "this enrolment token has expired")
+        )
     credential = _CREDENTIAL_PREFIX + secrets.token_urlsafe(32)
-    worker = session.get(Worker, row.worker_name)
+    worker = session.scalar(lock_row(select(Worker).where(Worker.name == row.worker_name), session))
+    if worker is not None and not row.replace:
+        raise EnrolmentRefused(
+            f"a worker named {row.worker_name!r} exists and this token was not made to replace "
+            "it; create one with --replace"
+        )
     if worker is None:
         worker = Worker(name=row.worker_name, queues=[], info={}, enrolled_at=now)
         session.add(worker)
@@ -118,9 +224,11 @@ def authenticate(session: Session, credential: str) -> Worker:
 
 
 def revoke(session: Session, name: str) -> Worker:
+    """Revoke ``name``'s credential; its unspent enrolment tokens are void too."""
     worker = session.get(Worker, name)
     if worker is None:
         raise WorkerNotFound(f"no worker {name!r}")
+    void_tokens_of(session, name)
     worker.credential_hash = None
     worker.revoked_at = utcnow()
     worker.state = "revoked"

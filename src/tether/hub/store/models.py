@@ -308,8 +308,12 @@ class EnrolmentToken(Base):
     __tablename__ = "enrolment_token"
     id: Mapped[str] = mapped_column(String(16), primary_key=True)
     token_hash: Mapped[str] = mapped_column(String(64))
-    worker_name: Mapped[str] = mapped_column(String(250))
+    worker_name: Mapped[str] = mapped_column(String(250), index=True)
     queues: Mapped[list[str]] = mapped_column(JSON)
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime]
     used_at: Mapped[datetime | None]
+    #: Revoked by an operator, or voided when its worker was revoked or removed.
+    revoked_at: Mapped[datetime | None]
+    #: It may replace a worker of its name that exists (--replace); else it is refused.
+    replace: Mapped[bool] = mapped_column(Boolean, default=False)

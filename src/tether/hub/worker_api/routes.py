@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 from pydantic import BaseModel, Field, field_validator
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -160,6 +161,10 @@ async def enrol(body: EnrolIn, hub: HubDep) -> dict[str, Any]:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc)) from None
     except credentials.EnrolmentRefused as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    except IntegrityError:  # another token created the same worker in that instant
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, "a worker of this name was enrolled at the same moment"
+        ) from None
     hub.principals.forget(answer["name"])  # a credential it replaced is void
     return answer
 
