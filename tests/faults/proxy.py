@@ -1,9 +1,11 @@
-"""A real HTTP CONNECT proxy on loopback, for tests: ``python -m tests.faults.proxy``.
+"""A real HTTP proxy on loopback, for tests: ``python -m tests.faults.proxy``.
 
-It tunnels ``CONNECT host:port`` after checking Basic proxy credentials, maps
-the made-up host names it is given to 127.0.0.1 (so a client that can only
-resolve them through the proxy proves it used the proxy), and logs every
-tunnel to stdout. It refuses any target outside loopback.
+It tunnels ``CONNECT host:port`` and forwards plain-HTTP requests
+(``GET http://host:port/path``, one per connection) after checking Basic proxy
+credentials, maps the made-up host names it is given to 127.0.0.1 (so a client
+that can only resolve them through the proxy proves it used the proxy), and
+logs every tunnel and request to stdout. It refuses any target outside
+loopback.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import asyncio
 import base64
 import sys
+import urllib.parse
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -43,8 +46,12 @@ def main() -> int:
             k.strip().lower(): v.strip()
             for k, _, v in (line.partition(":") for line in lines[1:] if line)
         }
-        host, _, port = target.rpartition(":")
-        if method != "CONNECT":
+        forwarded = urllib.parse.urlsplit(target) if method != "CONNECT" else None
+        if forwarded is not None:
+            host, port = forwarded.hostname or "", str(forwarded.port or 80)
+        else:
+            host, _, port = target.rpartition(":")
+        if forwarded is not None and forwarded.scheme != "http":
             writer.write(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
         elif headers.get("proxy-authorization") != expected:
             print(f"DENIED {target}", flush=True)
@@ -53,6 +60,22 @@ def main() -> int:
             )
         elif host not in mapped and host not in ("127.0.0.1", "localhost"):
             writer.write(b"HTTP/1.1 403 Forbidden\r\n\r\n")
+        elif forwarded is not None:
+            upstream_r, upstream_w = await asyncio.open_connection("127.0.0.1", int(port))
+            print(f"FORWARD {method} {host}:{port}", flush=True)
+            path = forwarded.path + (f"?{forwarded.query}" if forwarded.query else "")
+            kept = [
+                line
+                for line in lines[1:]
+                if line
+                and line.split(":", 1)[0].strip().lower()
+                not in ("proxy-authorization", "proxy-connection", "connection")
+            ]
+            head = "\r\n".join([f"{method} {path} HTTP/1.1", *kept, "Connection: close", "", ""])
+            upstream_w.write(head.encode("latin-1"))
+            await upstream_w.drain()
+            await asyncio.gather(_pipe(reader, upstream_w), _pipe(upstream_r, writer))
+            return
         else:
             upstream_r, upstream_w = await asyncio.open_connection("127.0.0.1", int(port))
             print(f"CONNECT {target}", flush=True)

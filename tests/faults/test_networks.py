@@ -84,32 +84,86 @@ def test_a_worker_runs_a_dag_over_tls_with_a_private_ca(
         worker.stop()
 
 
+def _proxy(tmp_path: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """The test proxy, on a free port, knowing the name hub.tether-test.invalid."""
+    port = free_port()
+    log_path = tmp_path / "proxy.log"
+    with log_path.open("w") as log:
+        proxy = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.faults.proxy",
+                "--port",
+                str(port),
+                "--user",
+                "edge",
+                "--password",
+                "s3cret",
+                "--map",
+                "hub.tether-test.invalid",
+            ],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(lambda: "READY" in log_path.read_text(), 30, "the proxy to listen")
+    except BaseException:
+        proxy.kill()
+        proxy.wait()
+        raise
+    return proxy, port, log_path
+
+
+def test_plain_http_to_a_hub_off_this_machine_needs_insecure_http(tmp_path: Path) -> None:
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "wire.py").write_text(textwrap.dedent(DAG))
+    hub = Hub(tmp_path / "hub-home", dags, f"sqlite:///{tmp_path / 'hub.db'}")
+    proxy, port, proxied = _proxy(tmp_path)
+    try:
+        hub.api.wait_dags("over_the_wire")
+        hub_url = f"http://hub.tether-test.invalid:{hub.port}"
+        via = ["--proxy", f"http://edge:s3cret@127.0.0.1:{port}"]
+        refused = subprocess.run(
+            [sys.executable, "-m", "tether", "worker", "--hub", hub_url, *via]
+            + ["--home", str(tmp_path / "refused"), "--enrol", "tte_0000000000000000.x"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert refused.returncode == 1
+        assert "refusing plain HTTP to hub.tether-test.invalid" in refused.stderr
+        assert "--insecure-http" in refused.stderr
+        assert not (tmp_path / "refused" / "credential.json").exists()
+        assert "FORWARD" not in proxied.read_text()  # it never even tried
+        worker = Worker(
+            hub,
+            tmp_path / "w",
+            "acme",
+            "acme-http",
+            hub_url=hub_url,
+            extra=[*via, "--insecure-http"],
+        )
+        try:
+            worker.wait_registered()
+            run = hub.api.wait_run("over_the_wire", hub.api.trigger("over_the_wire"))
+            assert run["state"] == "success"
+        finally:
+            worker.stop()
+        assert f"FORWARD POST hub.tether-test.invalid:{hub.port}" in proxied.read_text()
+    finally:
+        proxy.terminate()
+        proxy.wait(10)
+        hub.stop()
+
+
 def test_a_worker_reaches_the_hub_only_through_a_connect_proxy(
     tls_hub: Hub, tls: dict[str, Path], tmp_path: Path
 ) -> None:
-    port = free_port()
-    log = (tmp_path / "proxy.log").open("w")
-    proxy = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.faults.proxy",
-            "--port",
-            str(port),
-            "--user",
-            "edge",
-            "--password",
-            "s3cret",
-            "--map",
-            "hub.tether-test.invalid",
-        ],
-        cwd=REPO,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    proxied = tmp_path / "proxy.log"
+    proxy, port, proxied = _proxy(tmp_path)
     try:
-        wait_for(lambda: "READY" in proxied.read_text(), 30, "the proxy to listen")
         # This name resolves nowhere but inside the proxy.
         hub_url = f"https://hub.tether-test.invalid:{tls_hub.port}"
         worker = Worker(
@@ -151,4 +205,3 @@ def test_a_worker_reaches_the_hub_only_through_a_connect_proxy(
     finally:
         proxy.terminate()
         proxy.wait(10)
-        log.close()

@@ -145,6 +145,9 @@ def standalone_command(args: argparse.Namespace) -> int:
 
     def start_worker(hub: Hub, url: str) -> None:
         nonlocal worker
+        # The local worker dials this machine, whatever address the hub listens on.
+        if config.host in ("0.0.0.0", "::", ""):
+            url = f"http://127.0.0.1:{config.port}"
         # Enrol afresh at every start, so --queues may change between runs.
         (config.home / "worker" / "credential.json").unlink(missing_ok=True)
         from datetime import timedelta

@@ -53,6 +53,12 @@ def add_worker_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         help="proxy URL, credentials allowed in it (default: HTTPS_PROXY / HTTP_PROXY / NO_PROXY)",
     )
     sp.add_argument(
+        "--insecure-http",
+        action="store_true",
+        help="allow an http:// hub that is not on this machine (the credential and task data "
+        "then cross the network unencrypted); without it only https:// or loopback",
+    )
+    sp.add_argument(
         "--drain-timeout",
         type=float,
         default=_env_float("TETHER_WORKER_DRAIN_TIMEOUT"),
@@ -131,7 +137,7 @@ def _home_of(args: argparse.Namespace) -> Path:
 
 def worker_command(args: argparse.Namespace) -> int:
     from tether.worker.agent import Worker, WorkerConfig, WorkerExit
-    from tether.worker.client import HubClient, HubError
+    from tether.worker.client import HubClient, HubError, check_hub_url
     from tether.worker.credential import Credential
 
     home = _home_of(args)
@@ -141,6 +147,10 @@ def worker_command(args: argparse.Namespace) -> int:
     hub = args.hub or os.environ.get("TETHER_HUB_URL") or (saved.hub_url if saved else None)
     if not hub:
         raise CliError("give the hub's URL with --hub or TETHER_HUB_URL")
+    try:
+        check_hub_url(hub, insecure_http=args.insecure_http)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     if saved is None or (token and args.enrol):
         if not token:
             raise CliError(

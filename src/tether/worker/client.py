@@ -9,6 +9,7 @@ fail fast. The worker always dials out; nothing here listens.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import random
 import ssl
@@ -56,6 +57,40 @@ class Superseded(HubError):
 
 class IncompatibleVersion(HubError):
     """426: the hub does not accept this worker's version."""
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):  # RFC 6761: always loopback
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def check_hub_url(url: str, *, insecure_http: bool = False) -> None:
+    """Raise ValueError for a hub URL this worker must not talk to.
+
+    HTTPS anywhere; plain HTTP only to this machine (loopback), unless
+    ``insecure_http``: the credential, and every task's inputs, logs and
+    results, would otherwise cross the network in clear.
+    """
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise ValueError(f"invalid hub URL {url!r}: {exc}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError(f"the hub URL must be https://HOST[:PORT], not {url!r}")
+    if parsed.scheme == "http" and not insecure_http and not _is_loopback(parsed.host):
+        raise ValueError(
+            f"refusing plain HTTP to {parsed.host}: the worker's credential and every task's "
+            "inputs, logs and results would cross the network unencrypted. Use https:// "
+            "(tether hub --tls-cert/--tls-key), or pass --insecure-http if the path to the hub "
+            "is protected another way (an SSH tunnel, a private link you trust)"
+        )
 
 
 def _error_for(response: httpx.Response) -> HubError:
