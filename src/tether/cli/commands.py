@@ -304,9 +304,11 @@ def workers_maintenance(args: argparse.Namespace) -> int:
 
 
 def db_migrate(args: argparse.Namespace) -> int:
+    from tether.homes import private_umask
     from tether.hub.config import HubConfig
     from tether.hub.store.db import migrate
 
+    private_umask()  # a store created here is its user's only
     config = HubConfig.load(home=args.home)
     migrate(config.database_url)
     out(f"database at {_safe_url(config.database_url)} is up to date")

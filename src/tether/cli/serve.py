@@ -45,21 +45,26 @@ def _serve(
     """Run the hub until SIGINT/SIGTERM; ``before_exit`` runs first (in a thread)."""
     import uvicorn
 
+    from tether.homes import private_umask
     from tether.hub.app import build_hub, create_app
 
+    private_umask()  # the store, bundles and logs the hub writes are its user's only
     hub = build_hub(config)
     scheme = "https" if config.tls_cert else "http"
     url = f"{scheme}://{config.host}:{config.port}"
     out(f"Tether hub on {url}  (store: {hub.store.dialect}, DAGs: {config.dags_folder})")
-    out(f"  status page:  {url}/#token={hub.tokens.admin}")
-    out(
-        f"  admin token:  {hub.tokens.admin}"
-        + (
-            "  (new, kept in " + str(config.home / "admin_token") + ")"
-            if hub.tokens.admin_generated
-            else ""
+    if hub.tokens.admin_generated:
+        # Printed once, when it is made; after that it is where the operator keeps it.
+        out(f"  status page:  {url}/#token={hub.tokens.admin}")
+        out(f"  admin token:  {hub.tokens.admin}  (new, kept in {config.home / 'admin_token'})")
+    else:
+        source = (
+            "TETHER_ADMIN_TOKEN"
+            if os.environ.get("TETHER_ADMIN_TOKEN")
+            else str(config.home / "admin_token")
         )
-    )
+        out(f"  status page:  {url}/  (sign in with the admin token)")
+        out(f"  admin token:  from {source}")
     out(
         "  workers:      tether workers token create --queues QUEUES, then "
         "tether worker --hub URL --enrol TOKEN"
@@ -159,8 +164,11 @@ def standalone_command(args: argparse.Namespace) -> int:
             token, _, _ = create_enrolment_token(
                 s, queues, "standalone-worker", timedelta(minutes=10), replace=True
             )
-        # The token travels in the environment, not argv (argv is visible to `ps`).
-        env = {**os.environ, "TETHER_ENROL_TOKEN": token}
+        # The token travels in the environment, not argv (argv is visible to `ps`);
+        # the hub's own settings and secrets do not (the worker's TETHER_WORKER_* do).
+        from tether.hub.config import child_environment
+
+        env = {**child_environment(keep=("TETHER_WORKER_",)), "TETHER_ENROL_TOKEN": token}
         worker = subprocess.Popen(
             [
                 sys.executable,

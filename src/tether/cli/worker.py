@@ -136,11 +136,16 @@ def _home_of(args: argparse.Namespace) -> Path:
 
 
 def worker_command(args: argparse.Namespace) -> int:
+    from tether.homes import private_home, private_umask
     from tether.worker.agent import Worker, WorkerConfig, WorkerExit
     from tether.worker.client import HubClient, HubError, check_hub_url
     from tether.worker.credential import Credential
 
+    # The credential, the spool (which holds conf values) and the logs are this
+    # user's only; tasks get back the umask the worker was started with.
+    task_umask = private_umask()
     home = _home_of(args)
+    private_home(home)
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
     saved = Credential.load(home)
     token = args.enrol or os.environ.get("TETHER_ENROL_TOKEN")
@@ -191,6 +196,7 @@ def worker_command(args: argparse.Namespace) -> int:
             task_start=args.task_start,
             ca_file=args.ca_file,
             proxy=args.proxy,
+            task_umask=task_umask,
         )
     except (InvalidQueueName, ValueError) as exc:
         raise CliError(str(exc)) from None

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
 from tether import __version__
+from tether.homes import private_home, private_path
 from tether.hub.api.routes import router as api_router
 from tether.hub.auth.gate import AuthGate, Principals
 from tether.hub.auth.tokens import Tokens
@@ -38,9 +39,17 @@ STATUS_PAGE = (Path(__file__).parent / "ui" / "status.html").read_text()
 
 
 def build_hub(config: HubConfig, tokens: Tokens | None = None) -> Hub:
-    """Migrate the store and gather what the app needs."""
-    config.home.mkdir(parents=True, exist_ok=True)
+    """Migrate the store and gather what the app needs.
+
+    The home is made private (0700, its files 0600; see ``tether.homes``),
+    and so is an SQLite store kept elsewhere.
+    """
+    private_home(config.home, skip=[config.dags_folder])
     migrate(config.database_url)
+    if config.database_url.startswith("sqlite:///"):
+        db = Path(config.database_url.removeprefix("sqlite:///"))
+        for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+            private_path(path)
     return Hub(
         config=config,
         store=Store(config.database_url),

@@ -100,6 +100,22 @@ class HubConfig:
         )
 
 
+def child_environment(keep: tuple[str, ...] = ()) -> dict[str, str]:
+    """The hub's environment without its own settings and secrets, for processes
+    that run DAG code (the parse and callback children) or a local worker.
+
+    Drops every ``TETHER_*`` variable (the admin token, the database URL and
+    any key among them) but those starting with a prefix in ``keep``, and
+    libpq's ``PG*`` (a PostgreSQL password): what a DAG file's top-level
+    code or callback can read must not let it act as the hub.
+    """
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not (k.startswith("PG") or (k.startswith("TETHER_") and not k.startswith(keep)))
+    }
+
+
 def _int(name: str, default: int) -> int:
     value = os.environ.get(name)
     if not value:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from tether import __version__
+from tether.homes import private_home
 from tether.protocol import DEFAULT_MAX_TASK_OUTPUT_BYTES, Job, validate_queue_name
 from tether.worker import control
 from tether.worker.attempt import AttemptRunner, deliver, end_leftover
@@ -61,6 +62,8 @@ class WorkerConfig:
     log_max_bytes: int = 1024**3
     #: How task processes start: "fork" (from a warm fork server) or "spawn".
     task_start: str = "fork"
+    #: The umask task processes run with (the worker's own is 077).
+    task_umask: int = 0o022
 
     def __post_init__(self) -> None:
         for q in self.queues:
@@ -222,7 +225,7 @@ class Worker:
     # -- life cycle ----------------------------------------------------------------------
 
     def _lock_home(self) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
+        private_home(self.home)
         self._lock_file = (self.home / "worker.lock").open("w")
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -460,6 +463,7 @@ class Worker:
             kill_grace=self.config.kill_grace,
             launcher=self.launcher,
             max_output=self.max_output,
+            umask=self.config.task_umask,
         )
         self.running[job.attempt_id] = runner
         self.state = "running"

@@ -123,6 +123,13 @@ async def deliver(
     spool.remove(entry)
 
 
+def task_environment() -> dict[str, str]:
+    """What a task process inherits of the worker's environment: all of it but
+    Tether's own variables (an enrolment token among them); the task process
+    sets its context variables (TETHER_DAG_ID, ...) itself."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
+
+
 class AttemptRunner:
     """Runs one job to its end and reports it."""
 
@@ -138,9 +145,11 @@ class AttemptRunner:
         kill_grace: float = 1.5,
         launcher: Launcher | None = None,
         max_output: int = DEFAULT_MAX_TASK_OUTPUT_BYTES,
+        umask: int = 0o022,
     ) -> None:
         self.job = job
         self.max_output = max_output
+        self.umask = umask
         self.client = client
         self.bundles = bundles
         self.spool = spool
@@ -194,10 +203,11 @@ class AttemptRunner:
                     "job": job.to_dict(),
                     "bundle_dir": str(bundle_dir),
                     "max_output_bytes": self.max_output,
+                    "umask": self.umask,
                 }
             )
         )
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**task_environment(), "PYTHONUNBUFFERED": "1"}
         self.process = await self.launcher.start(
             job_file, result_file, self.log_path, self.workdir, env
         )

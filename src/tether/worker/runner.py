@@ -192,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     job_file, result_file = Path(args[0]), Path(args[1])
     payload = json.loads(job_file.read_text())
+    # The worker writes with umask 077; the task gets the one the worker started with.
+    os.umask(int(payload.get("umask", 0o022)))
     job = Job.from_dict(payload["job"])
     bundle_dir = Path(payload["bundle_dir"])
     print(

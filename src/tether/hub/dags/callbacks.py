@@ -25,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import delete, select
 
+from tether.hub.config import child_environment
 from tether.hub.dags.bundles import unpack
 from tether.hub.store.db import Store
 from tether.hub.store.models import Bundle, CallbackRequest, DagRun
@@ -135,6 +136,7 @@ class DagCallbacks:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 cwd=tmp,
+                env=child_environment(),  # DAG code never sees the hub's secrets
                 start_new_session=True,
             )
             try:

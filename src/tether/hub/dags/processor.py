@@ -23,6 +23,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from tether.hub.config import child_environment
 from tether.hub.dags.bundles import BundleTooLarge, bundle_files, fingerprint, pack, unpack
 from tether.hub.dags.params import InvalidParams, check_defaults
 from tether.hub.scheduler import assets
@@ -63,6 +64,7 @@ def parse_file(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             cwd=tmp,
+            env=child_environment(),  # DAG code never sees the hub's secrets
             start_new_session=True,
         )
         try:
