@@ -7,8 +7,9 @@ API. The victim speaks the protocol as a worker does (a session, one held
 poll, a heartbeat every ``--interval`` s, timed) and the REST API is timed
 too. First ``--seconds`` without a flood, then as long with one: a separate
 process holds ``--polls`` polls open with the attacker's own credential
-(opening a new one whenever one is answered) and sends made-up credentials
-from ``--guessers`` loops as fast as the hub answers them.
+(opening a new one whenever one is answered) and sends that credential's
+heartbeats ten times a second; another sends made-up credentials from
+``--guessers`` loops as fast as the hub answers them.
 
 Prints a table and a final JSON line. Usage:
     python3 -m uv run python bench/tenant_flood.py [--seconds 15] [--polls 300] [--guessers 8]
@@ -108,14 +109,16 @@ async def _victim(url: str, cred: str, session: str, seconds: float, interval: f
     }
 
 
-def _flood(url: str, cred: str, session: str, polls: int, guessers: int, counts: Any) -> None:
-    """The attacker, in its own process: held polls and made-up credentials."""
+def _hold_polls(url: str, cred: str, session: str, polls: int, counts: Any) -> None:
+    """The attacker's pollers, in their own process: ``polls`` polls kept open."""
 
     async def main() -> None:
-        limits = httpx.Limits(max_connections=polls + guessers + 10)
         headers = {"Authorization": f"Bearer {cred}", "X-Tether-Session": session}
         async with httpx.AsyncClient(
-            base_url=f"{url}/api/worker/v1", headers=headers, timeout=60, limits=limits
+            base_url=f"{url}/api/worker/v1",
+            headers=headers,
+            timeout=60,
+            limits=httpx.Limits(max_connections=polls + 10),
         ) as http:
 
             async def poll_forever() -> None:
@@ -125,6 +128,27 @@ def _flood(url: str, cred: str, session: str, polls: int, guessers: int, counts:
                         counts[0] += 1
                     except httpx.HTTPError:
                         counts[2] += 1
+
+            async def beat_forever() -> None:
+                # Its own heartbeats, ten a second: each woke every poll it held (the finding).
+                while True:
+                    try:
+                        await http.post("/heartbeat", json=FACTS)
+                        counts[4] += 1
+                    except httpx.HTTPError:
+                        counts[2] += 1
+                    await asyncio.sleep(0.1)
+
+            await asyncio.gather(beat_forever(), *(poll_forever() for _ in range(polls)))
+
+    asyncio.run(main())
+
+
+def _guess(url: str, guessers: int, counts: Any) -> None:
+    """The attacker's guessers, in their own process: made-up credentials, flat out."""
+
+    async def main() -> None:
+        async with httpx.AsyncClient(base_url=f"{url}/api/worker/v1", timeout=60) as http:
 
             async def guess_forever() -> None:
                 while True:
@@ -137,9 +161,7 @@ def _flood(url: str, cred: str, session: str, polls: int, guessers: int, counts:
                     except httpx.HTTPError:
                         counts[2] += 1
 
-            await asyncio.gather(
-                *(poll_forever() for _ in range(polls)), *(guess_forever() for _ in range(guessers))
-            )
+            await asyncio.gather(*(guess_forever() for _ in range(guessers)))
 
     asyncio.run(main())
 
@@ -166,7 +188,7 @@ def main() -> int:
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    attacker: multiprocessing.Process | None = None
+    attackers: list[multiprocessing.Process] = []
     api = httpx.Client(
         base_url=url + "/api/v1", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30
     )
@@ -184,11 +206,16 @@ def main() -> int:
         victim = _enrol(api, url, "victim", "victim-tenant")
         flooder = _enrol(api, url, "attacker", "attacker-tenant")
         quiet = asyncio.run(_victim(url, *victim, args.seconds, args.interval))
-        counts = multiprocessing.Array("q", 4)  # polls answered, guesses, errors, 429s
-        attacker = multiprocessing.Process(
-            target=_flood, args=(url, *flooder, args.polls, args.guessers, counts), daemon=True
-        )
-        attacker.start()
+        # polls answered, guesses, errors, 429s, attacker heartbeats
+        counts = multiprocessing.Array("q", 5)
+        attackers = [
+            multiprocessing.Process(
+                target=_hold_polls, args=(url, *flooder, args.polls, counts), daemon=True
+            ),
+            multiprocessing.Process(target=_guess, args=(url, args.guessers, counts), daemon=True),
+        ]
+        for attacker in attackers:
+            attacker.start()
         time.sleep(2.0)  # let the flood build up
         flooded = asyncio.run(_victim(url, *victim, args.seconds, args.interval))
         attack = {
@@ -196,10 +223,12 @@ def main() -> int:
             "attacker_guesses": counts[1],
             "attacker_guesses_429": counts[3],
             "attacker_errors": counts[2],
+            "attacker_heartbeats": counts[4],
         }
     finally:
-        if attacker is not None and attacker.is_alive():
-            attacker.kill()
+        for attacker in attackers:
+            if attacker.is_alive():
+                attacker.kill()
             attacker.join()
         api.close()
         if hub.poll() is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,7 +38,7 @@ DAGS = {
 
         from tether import DAG, task
 
-        with DAG("unsendable"):
+        with DAG("unsendable", default_args={"queue": "q-unsendable"}):
             @task
             def nan() -> float:
                 return float("nan")
@@ -153,9 +154,20 @@ def test_a_dag_file_template_that_changes_its_context_fails_the_task_and_says_wh
     assert "env: DECLARED=yes" not in log.splitlines()  # the command never ran
 
 
-def test_results_that_cannot_travel_fail_their_task_and_wedge_nothing(env: Env) -> None:
-    run = env.run("unsendable")
-    tasks = env.api.tasks(run)
+def test_results_that_cannot_travel_fail_their_task_and_wedge_nothing(
+    env: Env, tmp_path: Path
+) -> None:
+    worker = Worker(env.hub, tmp_path / "w", "q-unsendable", f"unsendable-{tmp_path.name}")
+    try:
+        worker.wait_registered()
+        run = env.run("unsendable")
+        tasks = env.api.tasks(run)
+        spool = list((worker.home / "spool").glob("*"))
+    finally:
+        # It still obeys SIGTERM: nothing is left for it to wait for (stop kills after 30 s).
+        code = worker.stop()
+    assert code == 0, worker.output()
+    assert spool == []  # nothing was left behind in the worker's spool
     assert run["state"] == "failed"
     assert {t: v["state"] for t, v in tasks.items()} == {
         "nan": "failed",
@@ -179,5 +191,3 @@ def test_results_that_cannot_travel_fail_their_task_and_wedge_nothing(env: Env) 
         in (tasks["too_big"]["error"])
     )
     assert "Return a reference to the data" in env.log(run, "too_big")
-    # Nothing is left behind in the worker's spool.
-    assert list((env.worker.home / "spool").glob("*")) == []

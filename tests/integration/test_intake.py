@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import BACKENDS, make_database_url
 from tests.integration.processes import ADMIN_TOKEN, Hub, RawWorker
 
 pytestmark = pytest.mark.integration
@@ -50,16 +51,44 @@ DAGS = {
 MiB = 1024 * 1024
 
 
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    root = tmp_path_factory.mktemp("intake")
+def _start(root: Path, database_url: str) -> Hub:
     dags = root / "dags"
     dags.mkdir()
     for name, source in DAGS.items():
         (dags / name).write_text(textwrap.dedent(source))
-    hub = Hub(root / "hub-home", dags, f"sqlite:///{root / 'hub.db'}")
+    hub = Hub(root / "hub-home", dags, database_url)
     try:
         hub.api.wait_dags("pair", "poison", "healthy", "resting", "branching")
+    except BaseException:
+        hub.stop()
+        raise
+    return hub
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def hub(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    _postgres_reason: str | None,
+) -> Iterator[Hub]:
+    """A hub on each store: what is refused must be refused before either sees it."""
+    root = tmp_path_factory.mktemp(f"intake-{request.param}")
+    urls = make_database_url(request.param, root, _postgres_reason)
+    hub = _start(root, next(urls))
+    try:
+        yield hub
+    finally:
+        hub.stop()
+        for _ in urls:  # drops the PostgreSQL database
+            pass
+
+
+@pytest.fixture(scope="module")
+def sqlite_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    """A hub on SQLite, for what the tests do to its database file or memory."""
+    root = tmp_path_factory.mktemp("intake-file")
+    hub = _start(root, f"sqlite:///{root / 'hub.db'}")
+    try:
         yield hub
     finally:
         hub.stop()
@@ -134,7 +163,7 @@ def _chunked(hub: Hub, path: str, headers: dict[str, str], most: int) -> tuple[b
 # --- bounded input ------------------------------------------------------------------------------
 
 
-def test_an_announced_200_mb_body_gets_413_from_the_headers_alone(hub: Hub) -> None:
+def test_an_announced_200_mb_body_gets_413_from_the_headers_alone(sqlite_hub: Hub) -> None:
     for path in (
         "/api/v1/dags/pair/runs",  # no credential at all
         "/api/worker/v1/enrol",  # public: the smallest limit
@@ -144,33 +173,33 @@ def test_an_announced_200_mb_body_gets_413_from_the_headers_alone(hub: Hub) -> N
             f"POST {path} HTTP/1.1\nHost: 127.0.0.1\nContent-Type: application/json\n"
             f"Content-Length: {200 * MiB}\n"
         )
-        answer = _raw(hub, head)  # not one byte of the body is ever sent
+        answer = _raw(sqlite_hub, head)  # not one byte of the body is ever sent
         assert answer.startswith(b"HTTP/1.1 413"), (path, answer)
 
 
-def test_a_chunked_body_is_cut_off_at_the_limit_and_costs_no_memory(hub: Hub) -> None:
+def test_a_chunked_body_is_cut_off_at_the_limit_and_costs_no_memory(sqlite_hub: Hub) -> None:
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"}
-    hub.api.get("/dags")  # warm up
-    before = _peak_rss(hub.pid)
-    answer, sent = _chunked(hub, "/api/v1/dags/pair/runs", admin, 60 * MiB)
+    sqlite_hub.api.get("/dags")  # warm up
+    before = _peak_rss(sqlite_hub.pid)
+    answer, sent = _chunked(sqlite_hub, "/api/v1/dags/pair/runs", admin, 60 * MiB)
     assert answer.startswith(b"HTTP/1.1 413"), answer
     assert sent < 30 * MiB  # cut off long before the end (the limit is 1 MiB)
     answer = _raw(
-        hub,
+        sqlite_hub,
         f"POST /api/v1/dags/pair/runs HTTP/1.1\nHost: x\nAuthorization: Bearer {ADMIN_TOKEN}\n"
         f"Content-Length: {200 * MiB}\n",
     )
     assert answer.startswith(b"HTTP/1.1 413")
-    assert _peak_rss(hub.pid) - before < 16 * MiB
+    assert _peak_rss(sqlite_hub.pid) - before < 16 * MiB
 
 
-def test_a_body_from_an_unauthenticated_client_is_never_read(hub: Hub) -> None:
-    answer, sent = _chunked(hub, "/api/v1/dags/pair/runs", {}, 20 * MiB)
+def test_a_body_from_an_unauthenticated_client_is_never_read(sqlite_hub: Hub) -> None:
+    answer, sent = _chunked(sqlite_hub, "/api/v1/dags/pair/runs", {}, 20 * MiB)
     assert answer.startswith(b"HTTP/1.1 401"), answer
     assert answer.endswith(b'{"detail": "missing bearer token"}')
     assert sent < 20 * MiB
     bogus = {"Authorization": "Bearer ttw_made-up", "Content-Type": "application/json"}
-    answer, _ = _chunked(hub, "/api/worker/v1/heartbeat", bogus, 20 * MiB)
+    answer, _ = _chunked(sqlite_hub, "/api/worker/v1/heartbeat", bogus, 20 * MiB)
     assert answer.startswith(b"HTTP/1.1 401"), answer
     assert answer.endswith(b'{"detail": "invalid or revoked worker credential"}')
 
@@ -278,17 +307,17 @@ def test_a_branch_output_that_is_not_task_ids_gets_422(hub: Hub) -> None:
         worker.close()
 
 
-def test_a_poll_never_hands_out_a_job_it_cannot_encode(hub: Hub) -> None:
+def test_a_poll_never_hands_out_a_job_it_cannot_encode(sqlite_hub: Hub) -> None:
     """Data stored before the hub checked its input (here: written into the
     database by hand) fails its own task, and the rest of the poll arrives."""
-    worker = RawWorker(hub, "poisoned", "q-poison")
+    worker = RawWorker(sqlite_hub, "poisoned", "q-poison")
     try:
-        poisoned = hub.api.trigger("poison")
+        poisoned = sqlite_hub.api.trigger("poison")
         (job,) = worker.jobs()
         assert worker.finish(job["attempt_id"], {"state": "success", "output": "x"}).is_success
         (downstream,) = worker.jobs()  # b, with a's output as its input
         assert (downstream["task_id"], downstream["inputs"]) == ("b", {"a": "x"})
-        with sqlite3.connect(hub.database_url.removeprefix("sqlite:///")) as db:
+        with sqlite3.connect(sqlite_hub.database_url.removeprefix("sqlite:///")) as db:
             db.execute(
                 "UPDATE task_instance SET output = ? WHERE run_id = ? AND task_id = 'a'",
                 ('"\\udc80"', poisoned),
@@ -298,23 +327,23 @@ def test_a_poll_never_hands_out_a_job_it_cannot_encode(hub: Hub) -> None:
                 "UPDATE task_instance SET state = 'queued' WHERE run_id = ? AND task_id = 'b'",
                 (poisoned,),
             )
-        healthy = hub.api.trigger("healthy")
+        healthy = sqlite_hub.api.trigger("healthy")
         answer = worker.poll(slots=4, wait=5)
         assert answer.status_code == 200, answer.text
         jobs = answer.json()["jobs"]
         assert [(j["dag_id"], j["run_id"], j["task_id"]) for j in jobs] == [
             ("healthy", healthy, "a")
         ]
-        run = hub.api.wait_run("poison", poisoned)
-        assert hub.api.tasks(run)["b"]["state"] == "failed"
-        log = hub.api.log("poison", poisoned, "b", try_number=2)
+        run = sqlite_hub.api.wait_run("poison", poisoned)
+        assert sqlite_hub.api.tasks(run)["b"]["state"] == "failed"
+        log = sqlite_hub.api.log("poison", poisoned, "b", try_number=2)
         assert "the hub cannot send this task to a worker" in log
         assert "is not valid Unicode" in log
     finally:
         worker.close()
 
 
-# --- one tenant cannot degrade the hub ------------------------------------------------------------
+# --- one tenant cannot degrade the hub ----------------------------------------------------------
 
 
 def test_one_held_poll_per_worker_however_many_it_opens(hub: Hub) -> None:
@@ -367,12 +396,14 @@ def test_a_heartbeat_that_lets_the_worker_take_work_again_wakes_its_poll(hub: Hu
         worker.close()
 
 
-def test_a_made_up_credential_never_waits_for_the_write_lock(hub: Hub) -> None:
+def test_a_made_up_credential_never_waits_for_the_write_lock(sqlite_hub: Hub) -> None:
     """A lookup of a presented credential reads; it does not queue for SQLite's lock."""
     locked, release = threading.Event(), threading.Event()
 
     def hold_the_lock() -> None:
-        db = sqlite3.connect(hub.database_url.removeprefix("sqlite:///"), isolation_level=None)
+        db = sqlite3.connect(
+            sqlite_hub.database_url.removeprefix("sqlite:///"), isolation_level=None
+        )
         db.execute("BEGIN IMMEDIATE")
         locked.set()
         release.wait(30)
@@ -384,7 +415,7 @@ def test_a_made_up_credential_never_waits_for_the_write_lock(hub: Hub) -> None:
     try:
         assert locked.wait(10)
         answer = httpx.post(
-            f"{hub.url}/api/worker/v1/heartbeat",
+            f"{sqlite_hub.url}/api/worker/v1/heartbeat",
             headers={"Authorization": "Bearer ttw_" + "x" * 43},
             json={},
             timeout=25,
