@@ -3,9 +3,9 @@
 Both homes hold secrets (the hub's admin token, a worker's credential) and
 run data in clear (a run's ``conf`` in ``job.json`` and the spool, task
 logs, the SQLite store). :func:`private_home` creates a home 0700, or makes
-an existing one so, and fixes what is in it: folders 0700, files 0600 (0700
-if their owner may run them), on every start, so a home made by an older
-release or a careless ``cp`` is put right. Hub and worker processes run with
+an existing one so, and fixes what Tether keeps in it: folders 0700, files
+0600 (0700 if their owner may run them), on every start, so a home made by
+an older release or a careless ``cp`` is put right. Hub and worker processes run with
 umask 077 (:func:`private_umask`), so what they write later is born private;
 a task process gets back the umask its worker started with, so the files a
 task writes for its own purposes keep their usual modes.
@@ -45,14 +45,34 @@ def private_path(path: Path) -> None:
         os.chmod(path, mode)
 
 
-def private_home(home: Path, *, skip: Collection[Path] = ()) -> None:
-    """Create ``home`` (0700) or fix it and everything in it; ``skip`` folders
-    inside it that are not Tether's (a DAGs folder kept in the hub's home)."""
+#: What the hub keeps in its home (a DAGs folder kept there is not its to change).
+HUB_ENTRIES = ("tether.db", "tether.db-wal", "tether.db-shm", "admin_token", "bundles", "worker")
+#: What the worker keeps in its home.
+WORKER_ENTRIES = (
+    "credential.json",
+    "credential.tmp",
+    "spool",
+    "logs",
+    "attempts",
+    "bundles",
+    "control.json",
+    "status.json",
+    "worker.lock",
+    "worker.pid",
+)
+
+
+def private_home(home: Path, entries: Collection[str]) -> None:
+    """Create ``home`` (0700) or make it so, and fix Tether's own ``entries`` in
+    it, recursively. Nothing else in the folder is touched: ``--home .`` in a
+    project must not change the project's files."""
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     private_path(home)
-    skipped = {p.resolve() for p in skip}
-    for current, dirs, files in os.walk(home):
-        here = Path(current)
-        dirs[:] = [d for d in dirs if (here / d).resolve() not in skipped]
-        for name in (*dirs, *files):
-            private_path(here / name)
+    for name in entries:
+        top = home / name
+        private_path(top)
+        if top.is_dir() and not top.is_symlink():
+            for current, dirs, files in os.walk(top):
+                here = Path(current)
+                for child in (*dirs, *files):
+                    private_path(here / child)

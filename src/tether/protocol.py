@@ -95,10 +95,18 @@ def validate_queue_name(name: object) -> str:
 #: Largest return value of a task, as compact JSON, unless the hub says otherwise
 #: (TETHER_MAX_TASK_OUTPUT_BYTES; the session's answer carries the hub's figure).
 DEFAULT_MAX_TASK_OUTPUT_BYTES = 1024 * 1024
+#: Most input data (upstream return values) one job carries, as JSON
+#: (TETHER_MAX_JOB_BYTES): a reduce over many mapped outputs passes references.
+DEFAULT_MAX_JOB_BYTES = 16 * 1024 * 1024
 #: Longest error text of an attempt, in characters; the worker cuts a longer one.
 MAX_ERROR_CHARS = 8000
-#: Deepest nesting of lists and objects in a value that crosses the wire.
+#: Deepest nesting of lists and objects in a value that crosses the wire (a
+#: return value, a run's conf, an asset event's extra).
 MAX_JSON_DEPTH = 64
+#: How much deeper a message may nest than the values it carries: a request
+#: body holds a value one level down, a job holds upstream return values three
+#: levels down and asset-event extras six.
+ENVELOPE_DEPTH = 8
 #: Integers on the wire fit a signed 64-bit column.
 MAX_WIRE_INT = 2**63 - 1
 
@@ -107,15 +115,17 @@ class WireError(ValueError):
     """A value that cannot cross the wire; the message names the part and why."""
 
 
-def check_wire_value(value: Any, what: str = "value") -> None:
+def check_wire_value(value: Any, what: str = "value", max_depth: int = MAX_JSON_DEPTH) -> None:
     """Raise WireError unless ``value`` is strict JSON both stores keep as it is.
 
     Strict: null, booleans, integers within 64 bits, finite floats, strings
     that are valid Unicode without NUL (no lone surrogate, which UTF-8
     cannot encode; PostgreSQL keeps no NUL in text), lists, and objects with
-    string keys, nested at most :data:`MAX_JSON_DEPTH` deep. The hub checks
-    every body it is sent; the worker checks a task's result before sending
-    it, so a report is never refused for its form.
+    string keys, nested at most ``max_depth`` deep (:data:`MAX_JSON_DEPTH` for
+    a value; a message carrying values may be :data:`ENVELOPE_DEPTH` deeper).
+    The hub checks every body it is sent and the values in it; the worker
+    checks a task's result the same way before sending it, so a report is
+    never refused for its form.
     """
     stack: list[tuple[Any, str, int]] = [(value, what, 0)]
     while stack:
@@ -131,8 +141,8 @@ def check_wire_value(value: Any, what: str = "value") -> None:
         elif isinstance(item, str):
             _check_text(item, where)
         elif isinstance(item, list | dict):
-            if depth >= MAX_JSON_DEPTH:
-                raise WireError(f"{what}: nested more than {MAX_JSON_DEPTH} levels deep")
+            if depth >= max_depth:
+                raise WireError(f"{what}: nested more than {max_depth} levels deep")
             if isinstance(item, list):
                 stack.extend((v, _child(where, i), depth + 1) for i, v in enumerate(item))
                 continue
@@ -166,18 +176,24 @@ def _refuse_constant(name: str) -> Any:
 
 
 def loads_strict(data: bytes | str) -> Any:
-    """Parse JSON and check it with :func:`check_wire_value`; WireError if either fails."""
+    """Parse a message (a request body) and check it with :func:`check_wire_value`.
+
+    The message may be :data:`ENVELOPE_DEPTH` deeper than a value; the
+    values in it are checked against :data:`MAX_JSON_DEPTH` where they are
+    taken (a return value, a conf, an extra). WireError if anything fails.
+    """
+    depth = MAX_JSON_DEPTH + ENVELOPE_DEPTH
     try:
         value = json.loads(data, parse_constant=_refuse_constant)
     except RecursionError:
-        raise WireError(f"value: nested more than {MAX_JSON_DEPTH} levels deep") from None
+        raise WireError(f"value: nested more than {depth} levels deep") from None
     except UnicodeDecodeError as exc:
         raise WireError(f"the body is not UTF-8: {exc.reason}") from None
     except WireError:
         raise
     except ValueError as exc:  # JSONDecodeError, and int() of more than 4300 digits
         raise WireError(f"invalid JSON: {exc}") from None
-    check_wire_value(value)
+    check_wire_value(value, max_depth=depth)
     return value
 
 
@@ -297,10 +313,15 @@ class Job:
             problems.append(f"run_id {self.run_id!r} is not a valid run id")
         if not is_bundle_path(self.fileloc) or not self.fileloc.endswith(".py"):
             problems.append(f"fileloc {self.fileloc!r} is not a .py file inside the bundle")
-        for name in ("try_number", "map_index", "pool_slots", "max_tries"):
+        for name, least in (
+            ("try_number", 1),
+            ("map_index", -1),
+            ("pool_slots", 1),
+            ("max_tries", 1),
+        ):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < -1:
-                problems.append(f"{name} {value!r} is not a number")
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                problems.append(f"{name} {value!r} is not a whole number >= {least}")
         try:
             validate_queue_name(self.queue)
         except InvalidQueueName as exc:
@@ -406,17 +427,17 @@ def _extract_members(tar: tarfile.TarFile, root: Path, max_bytes: int, max_files
         if not is_bundle_path(name):
             raise BundleError(f"refused {member.name!r}: not a relative path inside the bundle")
         path = root / name
-        if member.isdir():
-            path.mkdir(parents=True, exist_ok=True)
-            continue
-        if not member.isreg():
+        if not (member.isdir() or member.isreg()):
             raise BundleError(
                 f"refused {member.name!r}: bundles hold regular files and folders only"
             )
-        files += 1
-        total += member.size
+        files += 1  # folders count too: a million empty ones cost as much
         if files > max_files:
-            raise BundleError(f"the bundle holds more than {max_files} files")
+            raise BundleError(f"the bundle holds more than {max_files} files and folders")
+        if member.isdir():
+            path.mkdir(parents=True, exist_ok=True)
+            continue
+        total += member.size
         if total > max_bytes:
             raise BundleError(f"the bundle unpacks to more than {max_bytes} bytes")
         path.parent.mkdir(parents=True, exist_ok=True)

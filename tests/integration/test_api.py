@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -829,17 +830,21 @@ def test_a_link_out_of_the_dags_folder_is_left_out_and_shown_as_an_import_error(
     try:
         (hub.config.home / "admin_token").write_text("the-admin-token\n")
         (dags / "token.txt").symlink_to(hub.config.home / "admin_token")
+        (dags / "notes\\draft.txt").write_text("")  # names no bundle can carry...
+        with open(os.fsencode(dags) + b"/caf\xe9.py", "w"):
+            pass
         parse(hub)
 
         async def scenario(admin: httpx.AsyncClient, _: Workers) -> None:
             errors = (await admin.get("/api/v1/import-errors")).json()["import_errors"]
-            assert [(e["fileloc"], e["message"]) for e in errors] == [
-                (
-                    "token.txt",
-                    "left out of the bundle: a symbolic link to a file outside the DAGs "
-                    "folder is never packed",
-                )
-            ]
+            assert {e["fileloc"]: e["message"] for e in errors} == {
+                "token.txt": "left out of the bundle: a symbolic link to a file outside the "
+                "DAGs folder is never packed",
+                "notes\\draft.txt": "left out of the bundle: its name cannot travel in a "
+                "bundle (a backslash, or longer than 1000 characters)",
+                "caf\\udce9.py": "left out of the bundle: its name is not valid UTF-8",
+            }
+            # ...and none of them keeps the other DAGs from loading.
             assert [d["dag_id"] for d in (await admin.get("/api/v1/dags")).json()["dags"]] == ["ok"]
 
         run(hub, scenario)

@@ -61,6 +61,30 @@ DAGS = {
 
             [nan(), latin1_name(), long_error(), too_big()] >> after()
     """,
+    "big_inputs.py": """
+        from tether import DAG, task
+
+        with DAG("big_inputs"):
+            @task
+            def part(i: int) -> str:
+                return str(i) * 30_000  # under the output limit, each
+
+            @task
+            def total(parts: list) -> int:
+                return sum(len(p) for p in parts)
+
+            total(part.expand(i=[1, 2, 3, 4, 5]))  # 150 000 bytes in one job: too many
+    """,
+    "chatty.py": """
+        from tether import DAG, BashOperator
+
+        with DAG("chatty"):
+            PAD = "x" * 60
+            BashOperator(
+                task_id="talk",
+                bash_command=f"for i in $(seq 1 8000); do echo line-$i-{PAD}; done",
+            )
+    """,
     "mutating_template.py": """
         from tether import DAG, BashOperator
 
@@ -104,8 +128,10 @@ def env(
         request.param,
         _postgres_reason,
         dags,
-        wait_dags=["conf_is_data", "mutating_template", "unsendable"],
+        wait_dags=["conf_is_data", "mutating_template", "unsendable", "big_inputs", "chatty"],
         TETHER_MAX_TASK_OUTPUT_BYTES="50000",
+        TETHER_MAX_JOB_BYTES="100000",
+        TETHER_MAX_LOG_CHUNK_BYTES="65536",  # the smallest there is; the worker sends 512 KiB
     ) as (hub, workers):
         yield Env(hub, workers[0])
 
@@ -191,3 +217,24 @@ def test_results_that_cannot_travel_fail_their_task_and_wedge_nothing(
         in (tasks["too_big"]["error"])
     )
     assert "Return a reference to the data" in env.log(run, "too_big")
+
+
+def test_a_job_that_would_carry_too_much_fails_on_the_hub_and_says_why(env: Env) -> None:
+    run = env.run("big_inputs")
+    tasks = {t["task_id"] + str(t["map_index"]): t["state"] for t in run["tasks"]}
+    assert tasks == {
+        **{f"part{i}": "success" for i in range(5)},
+        "total-1": "failed",
+    }
+    log = env.log(run, "total")
+    assert "the hub cannot send this task to a worker: its inputs" in log
+    assert "a job carries at most 100000 (TETHER_MAX_JOB_BYTES)" in log
+
+
+def test_log_chunks_follow_the_hubs_limit_and_the_whole_log_arrives(env: Env) -> None:
+    run = env.run("chatty")
+    assert run["state"] == "success"
+    log = env.log(run, "talk")
+    lines = [line for line in log.splitlines() if line.startswith("line-")]
+    assert len(lines) == 8000  # about 560 KB, in chunks of at most 64 KiB
+    assert lines[-1].startswith("line-8000-")

@@ -439,6 +439,12 @@ def test_failed_authentications_are_throttled_per_address(tmp_path: Path) -> Non
     )
     good = RawWorker(hub, "good-neighbour")  # known good before the flood
     try:
+        # A credential the hub has never been shown yet, and a token not yet spent.
+        fresh = httpx.post(
+            f"{hub.url}/api/worker/v1/enrol",
+            json={"token": hub.api.enrolment_token("default", "fresh")},
+        ).json()["credential"]
+        unspent = hub.api.enrolment_token("default", "late")
         answers: list[httpx.Response] = []
         with httpx.Client(base_url=hub.url) as http:
             for i in range(12):
@@ -449,16 +455,45 @@ def test_failed_authentications_are_throttled_per_address(tmp_path: Path) -> Non
                         json={},
                     )
                 )
+            # A client cannot pick another address to be counted under.
+            spoofed = http.post(
+                "/api/worker/v1/heartbeat",
+                headers={"Authorization": "Bearer ttw_guess", "X-Forwarded-For": "10.9.8.7"},
+                json={},
+            )
+            enrolment = http.post("/api/worker/v1/enrol", json={"token": unspent})
+            hello = http.post(
+                "/api/worker/v1/sessions",
+                headers={"Authorization": f"Bearer {fresh}"},
+                json=good.facts,
+            )
         codes = [a.status_code for a in answers]
         assert codes[:5] == [401] * 5
         assert set(codes[5:]) == {429}
         retry_after = int(answers[-1].headers["Retry-After"])
         assert 1 <= retry_after <= 60
         assert "too many failed authentications" in answers[-1].text
-        # The same address with a credential the hub knows, and the admin, still get in.
+        assert spoofed.status_code == 429
+        assert enrolment.status_code == 429  # no token is looked up for this address now
+        # Good credentials from the same address still get in, known or not, and so
+        # does the admin.
+        assert hello.status_code == 200, hello.text
         assert good.heartbeat().status_code == 200
         assert hub.api.get("/health")["status"] == "ok"
-        assert hub.api.get("/workers")["workers"][0]["name"] == "good-neighbour"
+        assert {w["name"] for w in hub.api.get("/workers")["workers"]} == {
+            "good-neighbour",
+            "fresh",
+        }
     finally:
         good.close()
         hub.stop()
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [("0001-01-01", "0001-01-03"), ("9999-12-01", "9999-12-31"), ("1899-12-31", "1900-01-02")],
+)
+def test_backfill_dates_at_the_ends_of_the_calendar_get_422(hub: Hub, start: str, end: str) -> None:
+    answer = hub.api.http.post("/dags/pair/backfills", json={"start": start, "end": end})
+    assert answer.status_code == 422, answer.text
+    assert "backfills cover years 1900 to 9000" in answer.text

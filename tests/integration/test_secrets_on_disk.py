@@ -76,10 +76,13 @@ def dags(tmp_path: Path) -> Path:
 
 def test_hub_and_worker_homes_and_their_files_are_owner_only(tmp_path: Path, dags: Path) -> None:
     home = tmp_path / "hub-home"
-    home.mkdir(mode=0o755)
-    os.chmod(home, 0o755)  # as an older release left it
-    (home / "stale.log").write_text("x")
-    os.chmod(home / "stale.log", 0o644)
+    old_bundle = home / "bundles" / ("0" * 64)
+    old_bundle.mkdir(parents=True)
+    (old_bundle / "dag.py").write_text("x")
+    for path, mode in ((home, 0o755), (home / "bundles", 0o755), (old_bundle / "dag.py", 0o644)):
+        os.chmod(path, mode)  # as an older release left them
+    (home / "notes.txt").write_text("the operator's own file")
+    os.chmod(home / "notes.txt", 0o644)
     hub = Hub(home, dags, f"sqlite:///{home / 'tether.db'}", PGPASSWORD="not-for-dag-code")
     worker_home = tmp_path / "worker-home"
     worker: Worker | None = None
@@ -126,9 +129,11 @@ def test_hub_and_worker_homes_and_their_files_are_owner_only(tmp_path: Path, dag
             worker.stop()
         hub.stop()
     assert _mode(home) == 0o700
-    for name in ("tether.db", "stale.log"):
-        assert _mode(home / name) == 0o600, name
+    assert _mode(home / "tether.db") == 0o600
+    assert _mode(home / "bundles") == 0o700
     assert all(_mode(p) == 0o700 for p in (home / "bundles").iterdir())
+    assert _mode(old_bundle / "dag.py") == 0o600
+    assert _mode(home / "notes.txt") == 0o644  # not Tether's: left as it was
 
 
 def _umask() -> int:

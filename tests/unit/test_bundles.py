@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tether.hub.dags.bundles import BundleTooLarge, bundle_files, fingerprint, pack, unpack
+from tether.hub.dags.bundles import CannotBundle, bundle_files, fingerprint, pack, unpack
 from tether.worker.bundles import BundleCache, BundleError
 
 
@@ -424,9 +424,53 @@ def test_unpack_refuses_too_many_files_and_pack_refuses_a_folder_too_large(
         unpack(many, tmp_path / "out", max_files=20)
     folder = _make_folder(tmp_path / "dags")
     monkeypatch.setenv("TETHER_MAX_BUNDLE_FILES", "3")
-    with pytest.raises(BundleTooLarge, match="holds 4 files; a bundle may hold 3"):
+    with pytest.raises(CannotBundle, match="holds 4 files; a bundle may hold 3"):
         pack(folder)
     monkeypatch.setenv("TETHER_MAX_BUNDLE_FILES", "100")
     monkeypatch.setenv("TETHER_MAX_BUNDLE_BYTES", "20")
-    with pytest.raises(BundleTooLarge, match="more than 20 bytes"):
+    with pytest.raises(CannotBundle, match="more than 20 bytes"):
         pack(folder)
+
+
+def test_names_a_bundle_cannot_carry_are_left_out_and_named(tmp_path: Path) -> None:
+    folder = _make_folder(tmp_path / "dags")
+    (folder / "notes\\draft.txt").write_text("a backslash")
+    long = folder / ("d" * 200) / ("e" * 200) / ("f" * 200) / ("g" * 200) / ("h" * 200)
+    long.mkdir(parents=True)
+    (long / "deep.py").write_text("")
+    with open(os.fsencode(folder) + b"/caf\xe9.py", "w"):  # a Latin-1 name
+        pass
+    listing = bundle_files(folder)
+    assert listing.skipped["notes\\draft.txt"].startswith("its name cannot travel in a bundle")
+    assert listing.skipped["caf\\udce9.py"] == "its name is not valid UTF-8"
+    (too_long,) = [k for k in listing.skipped if k.startswith("dddd")]
+    assert len(too_long) <= 900
+    _, data = pack(folder, listing)
+    unpack(data, tmp_path / "out")  # what was packed unpacks
+    assert sorted(_tree(tmp_path / "out")) == sorted(
+        _tree(folder.parent / "dags")
+        and [
+            "dag_a.py",
+            "helpers/data/blob.bin",
+            "helpers/util.py",
+            "sql/query.sql",
+        ]
+    )
+
+
+def test_pack_reads_only_the_file_the_listing_found(tmp_path: Path) -> None:
+    secret = tmp_path / "admin_token"
+    secret.write_text("the-admin-token\n")
+    folder = _make_folder(tmp_path / "dags")
+    listing = bundle_files(folder)
+    (folder / "dag_a.py").unlink()
+    (folder / "dag_a.py").symlink_to(secret)  # swapped after the walk
+    with pytest.raises(CannotBundle, match="dag_a.py"):
+        pack(folder, listing)
+
+
+def test_unpack_counts_folders_toward_the_limit(tmp_path: Path) -> None:
+    folders = [_special(f"d{i}", tarfile.DIRTYPE) for i in range(30)]
+    with pytest.raises(BundleError, match="more than 20 files and folders"):
+        unpack(_tar(folders), tmp_path / "out", max_files=20)
+    assert list(tmp_path.iterdir()) == []

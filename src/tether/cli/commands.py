@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tether.cli.rest import Api, CliError, api_path, out
+from tether.cli.rest import Api, CliError, api_path, hub_config, out
 
 FINISHED_RUN_STATES = ("success", "failed")
 log = logging.getLogger("tether.cli")
@@ -305,11 +305,10 @@ def workers_maintenance(args: argparse.Namespace) -> int:
 
 def db_migrate(args: argparse.Namespace) -> int:
     from tether.homes import private_umask
-    from tether.hub.config import HubConfig
     from tether.hub.store.db import migrate
 
     private_umask()  # a store created here is its user's only
-    config = HubConfig.load(home=args.home)
+    config = hub_config(home=args.home)
     migrate(config.database_url)
     out(f"database at {_safe_url(config.database_url)} is up to date")
     return 0
@@ -320,7 +319,6 @@ def db_clean(args: argparse.Namespace) -> int:
 
     from sqlalchemy.exc import SQLAlchemyError
 
-    from tether.hub.config import HubConfig
     from tether.hub.scheduler.runs import utcnow
     from tether.hub.store import cleanup
     from tether.hub.store.db import Store
@@ -330,7 +328,7 @@ def db_clean(args: argparse.Namespace) -> int:
         raise CliError("--older-than must be more than 0")
     if args.batch_size < 1:
         raise CliError("--batch-size must be at least 1")
-    config = HubConfig.load(home=args.home)
+    config = hub_config(home=args.home)
     url = config.database_url
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         raise CliError(f"no database at {url}")

@@ -74,3 +74,13 @@ def api_path(*segments: str) -> str:
 def out(text: str) -> None:
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
+
+
+def hub_config(**kwargs: Any) -> Any:
+    """``HubConfig.load(**kwargs)``; a setting that is not valid is a CliError naming it."""
+    from tether.hub.config import HubConfig
+
+    try:
+        return HubConfig.load(**kwargs)
+    except ValueError as exc:
+        raise CliError(f"invalid setting: {exc}") from None

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from tether.cli.rest import CliError, out
+from tether.cli.rest import CliError, hub_config, out
 
 if TYPE_CHECKING:
     from tether.hub.config import HubConfig
@@ -109,6 +109,10 @@ def _serve(
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=10,
+            # The client address (which the failed-authentication throttle counts by)
+            # is the socket's peer unless a proxy the operator named vouches for it.
+            proxy_headers=bool(config.forwarded_allow_ips),
+            forwarded_allow_ips=config.forwarded_allow_ips or None,
             ssl_certfile=str(config.tls_cert) if config.tls_cert else None,
             ssl_keyfile=str(config.tls_key) if config.tls_key else None,
         )
@@ -121,9 +125,8 @@ def _serve(
 
 
 def hub_command(args: argparse.Namespace) -> int:
-    from tether.hub.config import HubConfig
 
-    config = HubConfig.load(
+    config = hub_config(
         home=args.home,
         dags_folder=args.dags,
         host=args.host,
@@ -138,14 +141,13 @@ def hub_command(args: argparse.Namespace) -> int:
 
 
 def standalone_command(args: argparse.Namespace) -> int:
-    from tether.hub.config import HubConfig
 
     dags = args.dags or (
         Path(os.environ["TETHER_DAGS_FOLDER"])
         if os.environ.get("TETHER_DAGS_FOLDER")
         else _examples_folder()
     )
-    config = HubConfig.load(home=args.home, dags_folder=dags, host=args.host, port=args.port)
+    config = hub_config(home=args.home, dags_folder=dags, host=args.host, port=args.port)
     worker: subprocess.Popen[bytes] | None = None
 
     def start_worker(hub: Hub, url: str) -> None:

@@ -136,7 +136,7 @@ def _home_of(args: argparse.Namespace) -> Path:
 
 
 def worker_command(args: argparse.Namespace) -> int:
-    from tether.homes import private_home, private_umask
+    from tether.homes import WORKER_ENTRIES, private_home, private_umask
     from tether.worker.agent import Worker, WorkerConfig, WorkerExit
     from tether.worker.client import HubClient, HubError, check_hub_url
     from tether.worker.credential import Credential
@@ -145,7 +145,7 @@ def worker_command(args: argparse.Namespace) -> int:
     # user's only; tasks get back the umask the worker was started with.
     task_umask = private_umask()
     home = _home_of(args)
-    private_home(home)
+    private_home(home, WORKER_ENTRIES)
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
     saved = Credential.load(home)
     token = args.enrol or os.environ.get("TETHER_ENROL_TOKEN")

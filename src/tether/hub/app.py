@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
 from tether import __version__
-from tether.homes import private_home, private_path
+from tether.homes import HUB_ENTRIES, private_home, private_path
 from tether.hub.api.routes import router as api_router
 from tether.hub.auth.gate import AuthGate, Principals
 from tether.hub.auth.tokens import Tokens
@@ -44,7 +44,7 @@ def build_hub(config: HubConfig, tokens: Tokens | None = None) -> Hub:
     The home is made private (0700, its files 0600; see ``tether.homes``),
     and so is an SQLite store kept elsewhere.
     """
-    private_home(config.home, skip=[config.dags_folder])
+    private_home(config.home, HUB_ENTRIES)
     migrate(config.database_url)
     if config.database_url.startswith("sqlite:///"):
         db = Path(config.database_url.removeprefix("sqlite:///"))

@@ -7,7 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tether.hub.store.db import default_url
-from tether.protocol import DEFAULT_MAX_TASK_OUTPUT_BYTES
+from tether.protocol import DEFAULT_MAX_JOB_BYTES, DEFAULT_MAX_TASK_OUTPUT_BYTES
+
+#: The smallest body limit that still takes every request a worker or a client sends.
+MIN_BODY_LIMIT = 64 * 1024
 
 
 def default_home() -> Path:
@@ -47,8 +50,13 @@ class HubConfig:
     max_task_output_bytes: int = DEFAULT_MAX_TASK_OUTPUT_BYTES
     #: Most log bytes the hub keeps of one try; the rest is dropped, with a note.
     max_task_log_bytes: int = 100 * 1024 * 1024
+    #: Most input data (upstream return values) one job carries; more fails the task.
+    max_job_bytes: int = DEFAULT_MAX_JOB_BYTES
     #: Failed authentications one client address may make per minute before 429.
     auth_failures_per_minute: int = 30
+    #: Proxies whose X-Forwarded-For names the client (comma-separated addresses
+    #: or networks); empty: the socket's peer is the client, whatever it claims.
+    forwarded_allow_ips: str = ""
 
     def __post_init__(self) -> None:
         for name in (
@@ -56,10 +64,16 @@ class HubConfig:
             "max_log_chunk_bytes",
             "max_task_output_bytes",
             "max_task_log_bytes",
+            "max_job_bytes",
             "auth_failures_per_minute",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("max_body_bytes", "max_log_chunk_bytes"):
+            if getattr(self, name) < MIN_BODY_LIMIT:
+                raise ValueError(
+                    f"{name} must be at least {MIN_BODY_LIMIT} bytes, not {getattr(self, name)}"
+                )
 
     @classmethod
     def load(
@@ -94,9 +108,11 @@ class HubConfig:
             max_log_chunk_bytes=_int("TETHER_MAX_LOG_CHUNK_BYTES", cls.max_log_chunk_bytes),
             max_task_output_bytes=_int("TETHER_MAX_TASK_OUTPUT_BYTES", cls.max_task_output_bytes),
             max_task_log_bytes=_int("TETHER_MAX_TASK_LOG_BYTES", cls.max_task_log_bytes),
+            max_job_bytes=_int("TETHER_MAX_JOB_BYTES", cls.max_job_bytes),
             auth_failures_per_minute=_int(
                 "TETHER_AUTH_FAILURES_PER_MINUTE", cls.auth_failures_per_minute
             ),
+            forwarded_allow_ips=os.environ.get("TETHER_FORWARDED_ALLOW_IPS", "").strip(),
         )
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
-from tether.protocol import WireError, loads_strict
+from tether.protocol import WireError, check_wire_value, loads_strict
 
 
 class StrictJSONRequest(Request):
@@ -44,3 +44,21 @@ class StrictJSONRoute(APIRoute):
             return await handler(StrictJSONRequest(request.scope, request.receive))
 
         return strict
+
+
+def wire_value(what: str) -> Callable[[Any, Any], Any]:
+    """A pydantic field validator: the field's value is at most MAX_JSON_DEPTH deep
+    (the body around it may be a little deeper, see ``protocol.ENVELOPE_DEPTH``).
+
+    ``loads_strict`` has checked the rest already; a value must also fit where
+    it will be carried later (a job holds return values a few levels down).
+    """
+
+    def check(cls: Any, value: Any) -> Any:
+        try:
+            check_wire_value(value, what)
+        except WireError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    return classmethod(check)  # type: ignore[return-value]

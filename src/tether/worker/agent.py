@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from tether import __version__
-from tether.homes import private_home
+from tether.homes import WORKER_ENTRIES, private_home
 from tether.protocol import DEFAULT_MAX_TASK_OUTPUT_BYTES, Job, validate_queue_name
 from tether.worker import control
 from tether.worker.attempt import AttemptRunner, deliver, end_leftover
@@ -225,7 +225,7 @@ class Worker:
     # -- life cycle ----------------------------------------------------------------------
 
     def _lock_home(self) -> None:
-        private_home(self.home)
+        private_home(self.home, WORKER_ENTRIES)
         self._lock_file = (self.home / "worker.lock").open("w")
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ from tether.protocol import (
     AttemptResult,
     Job,
     sendable_result,
+    sendable_text,
 )
 from tether.worker.bundles import BundleCache
 from tether.worker.client import HubClient, HubError
@@ -28,20 +30,26 @@ from tether.worker.spool import Spool, SpoolEntry
 
 log = logging.getLogger("tether.worker")
 
-#: Largest log chunk sent in one request.
-CHUNK_SIZE = 512 * 1024
-
-
 #: Seconds past its execution_timeout before a task that did not stop is killed.
 KILL_GRACE = 5.0
+
+
+#: Longest file name most file systems take, in bytes.
+MAX_NAME_BYTES = 255
 
 
 def path_part(key: str, value: object) -> str:
     """``key=value`` as one file name: ``value`` percent-encoded but for letters,
     digits and ``_ . - ~``. The ``key=`` prefix means it is never ``.`` or
     ``..``, and no ``/`` survives the encoding, so an id, whatever the hub
-    sent, names exactly one folder under the worker's own."""
-    return f"{key}={quote(str(value), safe='')}"
+    sent, names exactly one folder under the worker's own. A name the
+    encoding makes longer than a file system takes is cut and ends with a
+    hash of the whole value, so that it stays one name per id."""
+    part = f"{key}={quote(str(value), safe='')}"  # ASCII: characters are bytes
+    if len(part) <= MAX_NAME_BYTES:
+        return part
+    digest = hashlib.sha256(str(value).encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{part[: MAX_NAME_BYTES - len(digest) - 1]}~{digest}"
 
 
 def log_path_for(home: Path, job: Job) -> Path:
@@ -76,7 +84,7 @@ class LogShipper:
         while True:
             with self.path.open("rb") as f:
                 f.seek(self.offset)
-                data = f.read(CHUNK_SIZE)
+                data = f.read(self.client.log_chunk_bytes)
             if not data:
                 return
             self.offset = await self.client.upload_log(self.attempt_id, self.offset, data)
@@ -106,10 +114,14 @@ async def deliver(
     assert entry.result is not None
     shipper = LogShipper(client, entry.job.attempt_id, entry.log_path)
     try:
-        if offset is None:
-            offset = await client.upload_log(entry.job.attempt_id, 0, b"")
-        shipper.offset = offset
-        await shipper.ship_available()
+        try:
+            if offset is None:
+                offset = await client.upload_log(entry.job.attempt_id, 0, b"")
+            shipper.offset = offset
+            await shipper.ship_available()
+        except HubError as exc:
+            # A refused log (the attempt ended, a chunk too large) never keeps the result back.
+            log.warning("hub refused the log of attempt %s: %s", entry.job.attempt_id, exc)
         await client.finish(entry.job.attempt_id, entry.result)
     except HubError as exc:
         # Refused (4xx): sending it again would be refused again. One line, then on.
@@ -163,10 +175,22 @@ class AttemptRunner:
         self.entry: SpoolEntry | None = None
 
     async def run(self) -> AttemptResult:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.log_path.touch()
-        self.entry = entry = self.spool.open(self.job, self.log_path)
+        try:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self.log_path.touch()
+            self.entry = entry = self.spool.open(self.job, self.log_path)
+        except OSError as exc:
+            # No log file, no spool entry (a full disk, say): nothing can run, but
+            # the hub is told why rather than left to find out it never ran.
+            result = AttemptResult(
+                state=ATTEMPT_FAILED,
+                error=sendable_text(f"the worker could not prepare this task: {exc}"),
+            )
+            log.error("attempt %s: %s", self.job.attempt_id, result.error)
+            with contextlib.suppress(HubError):
+                await self.client.finish(self.job.attempt_id, result)
+            return result
         shipper = LogShipper(self.client, self.job.attempt_id, self.log_path)
         shipping = asyncio.create_task(shipper.run(self.log_interval))
         try:

@@ -29,6 +29,9 @@ from tether.protocol import (
 
 log = logging.getLogger("tether.worker")
 
+#: Largest log chunk a worker sends in one request (the hub may ask for less).
+LOG_CHUNK_BYTES = 512 * 1024
+
 
 class HubError(Exception):
     """The hub refused a request; ``status`` is the HTTP status."""
@@ -132,6 +135,8 @@ class HubClient:
     ) -> None:
         self.max_backoff = max_backoff
         self.session_id: str | None = None
+        #: Largest log chunk to send: ours, or the hub's limit if lower (from the session).
+        self.log_chunk_bytes = LOG_CHUNK_BYTES
         headers = {"User-Agent": f"tether-worker/{__version__}"}
         if credential:
             headers["Authorization"] = f"Bearer {credential}"
@@ -217,6 +222,9 @@ class HubClient:
         response = await self._request("POST", "/sessions", json=body)
         data: dict[str, Any] = response.json()
         self.session_id = data["session_id"]
+        hub_limit = data.get("max_log_chunk_bytes")
+        if isinstance(hub_limit, int) and not isinstance(hub_limit, bool) and hub_limit > 0:
+            self.log_chunk_bytes = min(LOG_CHUNK_BYTES, hub_limit)
         return data
 
     async def heartbeat(

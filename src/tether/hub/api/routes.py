@@ -24,7 +24,7 @@ from tether.hub.dags.params import InvalidParams
 from tether.hub.scheduler import backfill, limits
 from tether.hub.scheduler.runs import RunExists, utcnow
 from tether.hub.state import Hub
-from tether.hub.wire import StrictJSONRoute
+from tether.hub.wire import StrictJSONRoute, wire_value
 from tether.protocol import (
     ID_PATTERN,
     MAX_ID_LENGTH,
@@ -70,6 +70,8 @@ class TriggerIn(BaseModel):
     run_id: str | None = Field(
         default=None, min_length=1, max_length=MAX_ID_LENGTH, pattern=f"^{RUN_ID_PATTERN}$"
     )
+
+    _check_conf = field_validator("conf")(wire_value("conf"))
 
 
 @router.get("/health")
@@ -195,6 +197,8 @@ class AssetEventIn(BaseModel):
             return validate_asset_uri(value)
         except DagDefinitionError as exc:
             raise ValueError(str(exc)) from None
+
+    _check_extra = field_validator("extra")(wire_value("extra"))
 
     @field_validator("extra")
     @classmethod
@@ -441,9 +445,13 @@ class BackfillIn(BaseModel):
     @classmethod
     def _iso(cls, value: str) -> str:
         try:
-            datetime.fromisoformat(value)
+            parsed = datetime.fromisoformat(value)
         except ValueError:
             raise ValueError(f"{value!r} is not an ISO 8601 date or datetime") from None
+        # Schedules are computed in the DAG's zone; years at the ends of Python's
+        # range overflow there, and no one backfills them.
+        if not 1900 <= parsed.year <= 9000:
+            raise ValueError(f"{value!r}: backfills cover years 1900 to 9000")
         return value
 
 

@@ -160,6 +160,19 @@ def void_tokens_of(session: Session, worker_name: str) -> int:
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
+def find_token(session: Session, token: str) -> EnrolmentToken:
+    """The enrolment token ``token`` is; InvalidCredential if it is none.
+
+    Reads only: the enrolment route calls it in a read-only transaction
+    first, so a made-up token never takes the store's write lock.
+    """
+    token_id, _, secret = token.removeprefix(_ENROLMENT_PREFIX).partition(".")
+    row = session.get(EnrolmentToken, token_id) if token.startswith(_ENROLMENT_PREFIX) else None
+    if row is None or not hmac.compare_digest(row.token_hash, _hash(secret)):
+        raise InvalidCredential("unknown enrolment token")
+    return row
+
+
 def enrol(session: Session, token: str) -> tuple[Worker, str]:
     """Spend an enrolment token; returns the worker and its new credential.
 
@@ -169,10 +182,7 @@ def enrol(session: Session, token: str) -> tuple[Worker, str]:
     token for a name that exists (a re-enrolment after a revoke or a lost
     disk) must have been made with ``replace``, and replaces the credential.
     """
-    token_id, _, secret = token.removeprefix(_ENROLMENT_PREFIX).partition(".")
-    row = session.get(EnrolmentToken, token_id) if token.startswith(_ENROLMENT_PREFIX) else None
-    if row is None or not hmac.compare_digest(row.token_hash, _hash(secret)):
-        raise InvalidCredential("unknown enrolment token")
+    row = find_token(session, token)
     now = utcnow()
     spent = session.execute(
         update(EnrolmentToken)
@@ -213,9 +223,14 @@ def enrol(session: Session, token: str) -> tuple[Worker, str]:
     return worker, credential
 
 
+def looks_like_credential(credential: str) -> bool:
+    """Whether ``credential`` has a worker credential's form (worth a lookup)."""
+    return credential.startswith(_CREDENTIAL_PREFIX) and len(credential) <= 100
+
+
 def authenticate(session: Session, credential: str) -> Worker:
     """The worker holding ``credential``; InvalidCredential if none does."""
-    if not credential.startswith(_CREDENTIAL_PREFIX):
+    if not looks_like_credential(credential):
         raise InvalidCredential("invalid worker credential")
     worker = session.scalar(select(Worker).where(Worker.credential_hash == _hash(credential)))
     if worker is None:

@@ -13,11 +13,13 @@ each HTTP request it
    token, ``/api/worker/v1/...`` a worker credential (but ``/enrol``, which
    is public and takes tiny bodies only). So an anonymous client cannot make
    the hub read, parse or store anything;
-3. counts every 401 the hub answers, per client address. An address that
-   has spent its budget (``TETHER_AUTH_FAILURES_PER_MINUTE``) gets 429 with
-   Retry-After for any request that would need a lookup, before the lookup;
-   a credential the cache already knows good still passes, so a worker behind
-   the same NAT as a misbehaving client keeps working.
+3. counts every 401 the hub answers, per client address (the socket's peer,
+   or the client a trusted proxy names: ``TETHER_FORWARDED_ALLOW_IPS``). An
+   address that has spent its budget (``TETHER_AUTH_FAILURES_PER_MINUTE``)
+   gets 429 with Retry-After instead of 401, and for any enrolment before its
+   token is looked up; a good credential still passes (a worker behind the
+   same NAT as a misbehaving client keeps working), at the cost of a
+   read-only lookup for made-up ones that look like credentials.
 
 The cache only saves lookups: the worker routes check the credential again
 inside their own transaction (``worker_api/routes.py: _as_worker``), so a
@@ -32,6 +34,7 @@ import hmac
 import json
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -84,7 +87,8 @@ class Throttle:
         self.capacity = float(per_minute)
         self.rate = per_minute / 60.0
         self._clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}
+        #: address -> (tokens left, when counted); least recently failed first.
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
     def _level(self, address: str, now: float) -> float:
         tokens, at = self._buckets.get(address, (self.capacity, now))
@@ -97,15 +101,10 @@ class Throttle:
 
     def failed(self, address: str) -> None:
         now = self._clock()
-        level = self._level(address, now)
-        if len(self._buckets) >= THROTTLED_ADDRESSES and address not in self._buckets:
-            self._prune(now)
-        self._buckets[address] = (max(0.0, level - 1.0), now)
-
-    def _prune(self, now: float) -> None:
-        full = [a for a in self._buckets if self._level(a, now) >= self.capacity]
-        for address in full or list(self._buckets)[: len(self._buckets) // 2]:
-            del self._buckets[address]
+        self._buckets[address] = (max(0.0, self._level(address, now) - 1.0), now)
+        self._buckets.move_to_end(address)
+        if len(self._buckets) > THROTTLED_ADDRESSES:
+            self._buckets.popitem(last=False)  # the one that failed longest ago
 
 
 class Principals:
@@ -119,13 +118,16 @@ class Principals:
         self._known: dict[str, tuple[WorkerIdentity, float]] = {}
 
     def known(self, credential_hash: str) -> WorkerIdentity | None:
+        """The identity of a credential found good lately; each use keeps it cached."""
         entry = self._known.get(credential_hash)
         if entry is None:
             return None
         identity, until = entry
-        if until < self._clock():
+        now = self._clock()
+        if until < now:
             del self._known[credential_hash]
             return None
+        self._known[credential_hash] = (identity, now + CACHE_SECONDS)
         return identity
 
     def remember(self, identity: WorkerIdentity) -> None:
@@ -178,39 +180,25 @@ class AuthGate:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        principals: Principals = self.hub.principals
         path: str = scope["path"]
         need = _needs(path)
+        if need is None and path != ENROL_PATH:  # health, the status page, the schema
+            await self.app(scope, receive, send)
+            return
+        principals: Principals = self.hub.principals
         address = (scope.get("client") or ("unknown",))[0]
-        token = _bearer(Headers(scope=scope))
-        admin = token is not None and hmac.compare_digest(
-            token.encode(), self.hub.tokens.admin.encode()
-        )
-        hashed = hashlib.sha256(token.encode()).hexdigest() if token else None
-        cached = principals.known(hashed) if hashed else None
-        if not admin and cached is None and (need is not None or path == ENROL_PATH):
-            wait = principals.throttle.retry_after(address)
-            if wait is not None:
-                await _answer(
-                    send,
-                    429,
-                    "too many failed authentications from this address; "
-                    f"retry in {math.ceil(wait)} s",
-                    {"Retry-After": str(math.ceil(wait))},
-                )
-                return
-        principal: object = None
-        refusal: str | None = None
-        if need == "admin":
-            principal, refusal = (ADMIN, None) if admin else (None, "invalid token")
-        elif need == "worker":
-            if cached is not None:
-                principal = cached
-            elif token is not None:
-                principal, refusal = await self._worker(token)
-        if need is not None and token is None:
-            refusal = "missing bearer token"
+        blocked = principals.throttle.retry_after(address)
+        if path == ENROL_PATH and blocked is not None:
+            # Every enrolment looks a token up; an address over its budget gets none.
+            await _too_many(send, blocked)
+            return
+        principal, refusal = await self._resolve(need, _bearer(Headers(scope=scope)))
         if refusal is not None:
+            # A credential that is good passes whatever its neighbours did; one
+            # that is not gets 429 rather than 401 while its address is over budget.
+            if blocked is not None:
+                await _too_many(send, blocked)
+                return
             principals.throttle.failed(address)
             await _answer(send, 401, refusal, {"WWW-Authenticate": "Bearer"})
             return
@@ -223,7 +211,24 @@ class AuthGate:
 
         await self.app(scope, receive, counting_send)
 
+    async def _resolve(self, need: str | None, token: str | None) -> tuple[object, str | None]:
+        """The principal ``token`` stands for on a path that needs ``need``, or why not."""
+        if need is None:
+            return None, None
+        if token is None:
+            return None, "missing bearer token"
+        if need == "admin":
+            admin = hmac.compare_digest(token.encode(), self.hub.tokens.admin.encode())
+            return (ADMIN, None) if admin else (None, "invalid token")
+        known = self.hub.principals.known(hashlib.sha256(token.encode()).hexdigest())
+        if known is not None:
+            return known, None
+        return await self._worker(token)
+
     async def _worker(self, token: str) -> tuple[WorkerIdentity | None, str | None]:
+        if not credentials.looks_like_credential(token):
+            return None, "invalid worker credential"  # no lookup for what cannot be one
+
         def lookup() -> WorkerIdentity:
             with self.hub.store.read() as s:
                 worker = credentials.authenticate(s, token)
@@ -238,3 +243,13 @@ class AuthGate:
             return None, str(exc)
         self.hub.principals.remember(identity)
         return identity, None
+
+
+async def _too_many(send: Send, wait: float) -> None:
+    seconds = max(1, math.ceil(wait))
+    await _answer(
+        send,
+        429,
+        f"too many failed authentications from this address; retry in {seconds} s",
+        {"Retry-After": str(seconds)},
+    )

@@ -19,14 +19,15 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tether.protocol import bundle_limits, unpack_bundle
+from tether.protocol import bundle_limits, is_bundle_path, unpack_bundle
 
 #: Folder and file names left out of bundles.
 IGNORED_NAMES = frozenset({"__pycache__", ".git", ".hg", ".svn", ".venv", "node_modules"})
 
 
-class BundleTooLarge(Exception):
-    """The DAGs folder holds more than a bundle may (TETHER_MAX_BUNDLE_*)."""
+class CannotBundle(Exception):
+    """The DAGs folder cannot be bundled now: it holds more than a bundle may
+    (TETHER_MAX_BUNDLE_*), or a file changed or vanished while it was packed."""
 
 
 @dataclass
@@ -35,7 +36,10 @@ class Listing:
 
     #: (name in the bundle, the file whose bytes it holds), sorted by name.
     files: list[tuple[str, Path]] = field(default_factory=list)
-    #: name in the folder -> why it was left out.
+    #: name in the bundle -> (st_dev, st_ino) of the file the walk found:
+    #: ``pack`` reads that very file or none (it may be swapped for a link since).
+    inodes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: name in the folder (made printable) -> why it was left out.
     skipped: dict[str, str] = field(default_factory=dict)
 
 
@@ -61,6 +65,10 @@ def bundle_files(folder: Path) -> Listing:
                 continue
             path = here / name
             rel = _rel(path, root)
+            problem = _unpackable(rel)
+            if problem is not None:
+                listing.skipped[_shown(rel)] = problem
+                continue
             source = path
             if path.is_symlink():
                 source = Path(os.path.realpath(path))
@@ -77,9 +85,42 @@ def bundle_files(folder: Path) -> Listing:
             if not stat.S_ISREG(mode):
                 listing.skipped[rel] = "not a regular file"
                 continue
+            st = source.stat()
             listing.files.append((rel, source))
+            listing.inodes[rel] = (st.st_dev, st.st_ino)
     listing.files.sort()
     return listing
+
+
+def _unpackable(rel: str) -> str | None:
+    """Why a file of this name cannot travel in a bundle, if it cannot."""
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return "its name is not valid UTF-8"
+    if not is_bundle_path(rel):
+        return "its name cannot travel in a bundle (a backslash, or longer than 1000 characters)"
+    return None
+
+
+def _shown(rel: str) -> str:
+    """A name as an import error can show it (valid Unicode, at most 900 characters)."""
+    text = rel.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= 900 else text[:880] + "..."
+
+
+def _read(rel: str, source: Path, inode: tuple[int, int] | None) -> tuple[bytes, int]:
+    """The bytes and mode of the file the listing found, read through one descriptor.
+
+    ``O_NOFOLLOW`` and the inode check refuse a file that was swapped for a
+    link (or another file) between the walk and now.
+    """
+    fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != inode:
+            raise CannotBundle(f"{rel} changed while the DAGs folder was being packed")
+        return f.read(), st.st_mode
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -98,13 +139,13 @@ def fingerprint(folder: Path, listing: Listing | None = None) -> tuple[tuple[str
 def pack(folder: Path, listing: Listing | None = None) -> tuple[str, bytes]:
     """``(sha256, tar.gz bytes)`` of ``folder``; the same files give the same bytes.
 
-    Raises BundleTooLarge when the files are more or bigger than a worker
+    Raises CannotBundle when the files are more or bigger than a worker
     would unpack (:func:`tether.protocol.bundle_limits`).
     """
     listing = listing or bundle_files(folder)
     max_bytes, max_files = bundle_limits()
     if len(listing.files) > max_files:
-        raise BundleTooLarge(
+        raise CannotBundle(
             f"the DAGs folder holds {len(listing.files)} files; a bundle may hold "
             f"{max_files} (TETHER_MAX_BUNDLE_FILES)"
         )
@@ -112,16 +153,19 @@ def pack(folder: Path, listing: Listing | None = None) -> tuple[str, bytes]:
     total = 0
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for rel, source in listing.files:
-            data = source.read_bytes()
+            try:
+                data, mode = _read(rel, source, listing.inodes.get(rel))
+            except OSError as exc:
+                raise CannotBundle(f"{rel} could not be read: {exc.strerror}") from None
             total += len(data)
             if total > max_bytes:
-                raise BundleTooLarge(
+                raise CannotBundle(
                     f"the DAGs folder holds more than {max_bytes} bytes; a bundle may "
                     "hold that much (TETHER_MAX_BUNDLE_BYTES)"
                 )
             info = tarfile.TarInfo(rel)
             info.size = len(data)
-            info.mode = 0o755 if source.stat().st_mode & 0o100 else 0o644
+            info.mode = 0o755 if mode & 0o100 else 0o644
             info.mtime = 0
             tar.addfile(info, io.BytesIO(data))
     packed = gzip.compress(raw.getvalue(), mtime=0)

@@ -24,13 +24,14 @@ from typing import Any
 from sqlalchemy import select
 
 from tether.hub.config import child_environment
-from tether.hub.dags.bundles import BundleTooLarge, bundle_files, fingerprint, pack, unpack
+from tether.hub.dags.bundles import CannotBundle, bundle_files, fingerprint, pack, unpack
 from tether.hub.dags.params import InvalidParams, check_defaults
 from tether.hub.scheduler import assets
 from tether.hub.scheduler.runs import utcnow
 from tether.hub.scheduler.timetable import InvalidSchedule, Timetable
 from tether.hub.store.db import Store
 from tether.hub.store.models import Bundle, Dag, ImportError_
+from tether.protocol import BundleError
 
 log = logging.getLogger("tether.hub.dags")
 
@@ -206,7 +207,7 @@ class DagProcessor:
             return False
         try:
             sha, data = pack(self.dags_folder, listing)
-        except BundleTooLarge as exc:
+        except CannotBundle as exc:
             log.error("DAGs folder %s: %s", self.dags_folder, exc)
             record_folder_error(self.store, str(exc))
             self._fingerprint = current
@@ -216,7 +217,13 @@ class DagProcessor:
             return False
         target = self.cache / sha
         if not target.is_dir():
-            unpack(data, target)
+            try:
+                unpack(data, target)
+            except BundleError as exc:  # the packer should never make one; say so, go on
+                log.error("DAGs folder %s: the bundle is refused: %s", self.dags_folder, exc)
+                record_folder_error(self.store, f"the bundle of the DAGs folder is refused: {exc}")
+                self._fingerprint = current
+                return False
         result = parse_bundle(target, self.timeout)
         for name, why in listing.skipped.items():
             log.warning("DAGs folder: %s left out of the bundle: %s", name, why)

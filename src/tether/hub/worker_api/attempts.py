@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Text, cast, func, select
 from sqlalchemy.orm import Session
 
 from tether.hub.dags import params
@@ -27,7 +27,10 @@ from tether.hub.store.models import DagRun, LogChunk, TaskAttempt, TaskInstance
 from tether.protocol import (
     ATTEMPT_FAILED,
     ATTEMPT_SUCCESS,
+    DEFAULT_MAX_JOB_BYTES,
     DEFAULT_MAX_TASK_OUTPUT_BYTES,
+    ENVELOPE_DEPTH,
+    MAX_JSON_DEPTH,
     MAX_WIRE_INT,
     AttemptResult,
     Job,
@@ -65,7 +68,12 @@ class Claimed:
 
 
 def claim(
-    session: Session, worker_name: str, queues: list[str], slots: int, parallelism: int = 0
+    session: Session,
+    worker_name: str,
+    queues: list[str],
+    slots: int,
+    parallelism: int = 0,
+    max_job_bytes: int = DEFAULT_MAX_JOB_BYTES,
 ) -> Claimed:
     """Hand queued task instances of ``queues`` to a worker with ``slots`` free slots.
 
@@ -123,10 +131,10 @@ def claim(
     for ti in sorted(tis, key=lambda t: ids.index(t.id)):
         run = runs[ti.dag_run_id]
         attempt_id = uuid.uuid4().hex
-        job = _job(session, ti, run, attempt_id, ti.try_number + 1)
         try:
-            check_wire_value(job.to_dict(), "the job")
-        except WireError as exc:
+            job = _job(session, ti, run, attempt_id, ti.try_number + 1, max_job_bytes)
+            check_wire_value(job.to_dict(), "the job", MAX_JSON_DEPTH + ENVELOPE_DEPTH)
+        except (WireError, JobTooLarge) as exc:
             out.undeliverable.append((ti.id, str(exc)))
             continue
         ti.try_number += 1
@@ -180,17 +188,43 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def _job(session: Session, ti: TaskInstance, run: DagRun, attempt_id: str, try_number: int) -> Job:
+class JobTooLarge(Exception):
+    """A job would carry more input data than a job may (TETHER_MAX_JOB_BYTES)."""
+
+
+def _job(
+    session: Session,
+    ti: TaskInstance,
+    run: DagRun,
+    attempt_id: str,
+    try_number: int,
+    max_job_bytes: int,
+) -> Job:
     spec = next(t for t in run.serialized["tasks"] if t["task_id"] == ti.task_id)
     inputs: dict[str, Any] = {}
     if spec["upstream"]:
+        upstream = (
+            TaskInstance.dag_run_id == run.id,
+            TaskInstance.task_id.in_(spec["upstream"]),
+            TaskInstance.state == S.SUCCESS,
+        )
+        # Measured in the store before anything is loaded: a reduce over a
+        # thousand mapped outputs must not be built in the hub's memory to find
+        # out it is too large.
+        size = session.scalar(
+            select(func.coalesce(func.sum(func.length(cast(TaskInstance.output, Text))), 0)).where(
+                *upstream
+            )
+        )
+        if size and size > max_job_bytes:
+            raise JobTooLarge(
+                f"its inputs (the return values of its upstream tasks) are {size} bytes as "
+                f"JSON; a job carries at most {max_job_bytes} (TETHER_MAX_JOB_BYTES). Return "
+                "references to the data (paths, URIs, table names), not the data itself"
+            )
         rows = session.execute(
             select(TaskInstance.task_id, TaskInstance.map_index, TaskInstance.output)
-            .where(
-                TaskInstance.dag_run_id == run.id,
-                TaskInstance.task_id.in_(spec["upstream"]),
-                TaskInstance.state == S.SUCCESS,
-            )
+            .where(*upstream)
             .order_by(TaskInstance.task_id, TaskInstance.map_index)
         )
         mapped = {t["task_id"] for t in run.serialized["tasks"] if t.get("mapped")}

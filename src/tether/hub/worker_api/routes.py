@@ -28,7 +28,7 @@ from tether.hub.auth.deps import HubDep, WorkerAuth, WorkerIdentity
 from tether.hub.scheduler.runs import utcnow
 from tether.hub.state import Hub
 from tether.hub.store.models import Bundle, Worker
-from tether.hub.wire import StrictJSONRoute
+from tether.hub.wire import StrictJSONRoute, wire_value
 from tether.hub.worker_api import attempts, sessions
 from tether.protocol import (
     MAX_CLAIM_WAIT,
@@ -109,6 +109,8 @@ class FinishIn(BaseModel):
     error: str | None = Field(default=None, max_length=MAX_ERROR_CHARS)
     no_retry: bool = False
 
+    _check_output = field_validator("output")(wire_value("output"))
+
 
 async def _as_worker(hub: Hub, me: WorkerIdentity, fn: Any, *, session_bound: bool) -> Any:
     """Run ``fn(session, worker_row)`` in one transaction, checking the session if asked.
@@ -151,6 +153,8 @@ async def enrol(body: EnrolIn, hub: HubDep) -> dict[str, Any]:
     """Exchange a one-time enrolment token for this worker's own credential."""
 
     def work() -> dict[str, Any]:
+        with hub.store.read() as s:  # a made-up token never takes the write lock
+            credentials.find_token(s, body.token)
         with hub.store.session() as s:
             worker, credential = credentials.enrol(s, body.token)
             return {"name": worker.name, "credential": credential, "queues": worker.allowed_queues}
@@ -195,6 +199,8 @@ async def start_session(body: SessionIn, me: WorkerAuth, hub: HubDep) -> dict[st
         "hub_version": __version__,
         # A task's return value larger than this fails the task on the worker.
         "max_task_output_bytes": hub.config.max_task_output_bytes,
+        # The worker sends log chunks of at most this many bytes.
+        "max_log_chunk_bytes": hub.config.max_log_chunk_bytes,
     }
 
 
@@ -251,7 +257,14 @@ async def poll(body: PollIn, me: WorkerAuth, hub: HubDep, request: Request) -> d
         claimed = (
             attempts.Claimed()
             if quiet
-            else attempts.claim(s, worker.name, worker.queues, take, hub.config.parallelism)
+            else attempts.claim(
+                s,
+                worker.name,
+                worker.queues,
+                take,
+                hub.config.parallelism,
+                hub.config.max_job_bytes,
+            )
         )
         jobs = claimed.jobs
         # Work left behind (a limit, or a task too big for the free slots):
