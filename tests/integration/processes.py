@@ -277,6 +277,16 @@ class Api:
 
         return wait_for(finished, timeout, f"run {run_id} of {dag_id} to finish")
 
+    def run_dag(
+        self, dag_id: str, conf: dict[str, Any] | None = None, timeout: float = 60
+    ) -> dict[str, Any]:
+        """Trigger a run of ``dag_id`` and wait for it to finish."""
+        return self.wait_run(dag_id, self.trigger(dag_id, conf), timeout)
+
+    def run_log(self, run: dict[str, Any], task_id: str) -> str:
+        """The latest try's log of ``task_id`` in ``run``."""
+        return self.log(run["dag_id"], run["run_id"], task_id)
+
     def tasks(self, run: dict[str, Any]) -> dict[str, dict[str, Any]]:
         return {t["task_id"]: t for t in run["tasks"]}
 

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import BACKENDS, make_database_url
-from tests.integration.processes import Hub, RawWorker, tether_cli
+from tests.conftest import BACKENDS
+from tests.integration.processes import Hub, RawWorker, running_hub, tether_cli
 
 pytestmark = pytest.mark.integration
 
@@ -24,14 +24,11 @@ def hub(
 ) -> Iterator[Hub]:
     root = tmp_path_factory.mktemp(f"tokens-{request.param}")
     (root / "dags").mkdir()
-    urls = make_database_url(request.param, root, _postgres_reason)
-    hub = Hub(root / "hub-home", root / "dags", next(urls))
-    try:
+    with running_hub(root, request.param, _postgres_reason, root / "dags", workers=()) as (
+        hub,
+        _,
+    ):
         yield hub
-    finally:
-        hub.stop()
-        for _ in urls:  # drops the PostgreSQL database
-            pass
 
 
 def _spend(hub: Hub, token: str) -> httpx.Response:

@@ -20,8 +20,8 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from tests.conftest import BACKENDS, make_database_url
-from tests.integration.processes import ADMIN_TOKEN, Hub, RawWorker
+from tests.conftest import BACKENDS
+from tests.integration.processes import ADMIN_TOKEN, Hub, RawWorker, running_hub
 
 pytestmark = pytest.mark.integration
 
@@ -57,23 +57,22 @@ def target(
     root = tmp_path_factory.mktemp(f"fuzz-{request.param}")
     (root / "dags").mkdir()
     (root / "dags" / "fuzzed.py").write_text(textwrap.dedent(DAG))
-    urls = make_database_url(request.param, root, _postgres_reason)
-    # Every made-up credential is a 401; none of them may turn into 429s here.
-    hub = Hub(
-        root / "hub-home", root / "dags", next(urls), TETHER_AUTH_FAILURES_PER_MINUTE="1000000"
-    )
-    worker: RawWorker | None = None
-    try:
-        hub.api.wait_dags("fuzzed")
+    with running_hub(
+        root,
+        request.param,
+        _postgres_reason,
+        root / "dags",
+        workers=(),
+        wait_dags=["fuzzed"],
+        # Every made-up credential is a 401; none of them may turn into 429s here.
+        TETHER_AUTH_FAILURES_PER_MINUTE="1000000",
+    ) as (hub, _):
         worker = RawWorker(hub, "fuzz-worker")
-        hub.api.trigger("fuzzed")
-        yield Target(hub, dict(worker.http.headers))
-    finally:
-        if worker is not None:
+        try:
+            hub.api.trigger("fuzzed")
+            yield Target(hub, dict(worker.http.headers))
+        finally:
             worker.close()
-        hub.stop()
-        for _ in urls:  # drops the PostgreSQL database
-            pass
 
 
 def _fuzz(operation: Any, base_url: str, headers: dict[str, str], failures: list[str]) -> None:

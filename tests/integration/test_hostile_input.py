@@ -7,7 +7,6 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -101,23 +100,12 @@ DAGS = {
 }
 
 
-class Env:
-    def __init__(self, hub: Hub, worker: Worker) -> None:
-        self.hub, self.worker, self.api = hub, worker, hub.api
-
-    def run(self, dag_id: str, conf: dict[str, Any] | None = None) -> dict[str, Any]:
-        return self.api.wait_run(dag_id, self.api.trigger(dag_id, conf))
-
-    def log(self, run: dict[str, Any], task_id: str) -> str:
-        return self.api.log(run["dag_id"], run["run_id"], task_id)
-
-
 @pytest.fixture(scope="module", params=BACKENDS)
-def env(
+def hub(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     _postgres_reason: str | None,
-) -> Iterator[Env]:
+) -> Iterator[Hub]:
     root = tmp_path_factory.mktemp(f"hostile-{request.param}")
     dags = root / "dags"
     dags.mkdir()
@@ -132,8 +120,8 @@ def env(
         TETHER_MAX_TASK_OUTPUT_BYTES="50000",
         TETHER_MAX_JOB_BYTES="100000",
         TETHER_MAX_LOG_CHUNK_BYTES="65536",  # the smallest there is; the worker sends 512 KiB
-    ) as (hub, workers):
-        yield Env(hub, workers[0])
+    ) as (hub, _):
+        yield hub
 
 
 def _environment(log: str) -> dict[str, str]:
@@ -146,11 +134,11 @@ def _environment(log: str) -> dict[str, str]:
     return found
 
 
-def test_a_conf_value_is_data_and_reaches_the_task_verbatim(env: Env) -> None:
+def test_a_conf_value_is_data_and_reaches_the_task_verbatim(hub: Hub) -> None:
     attack = "{{ env_vars.update({'INJECTED': 'yes'}) or 'pwned' }} {{ 7 * 7 }}"
-    run = env.run("conf_is_data", {"label": attack})
+    run = hub.api.run_dag("conf_is_data", {"label": attack})
     assert run["state"] == "success"
-    log = env.log(run, "show")
+    log = hub.api.run_log(run, "show")
     assert f"label={attack}" in log.splitlines()
     # The task's environment is what the DAG declared, plus Tether's context variables.
     seen = _environment(log)
@@ -161,33 +149,33 @@ def test_a_conf_value_is_data_and_reaches_the_task_verbatim(env: Env) -> None:
 
 
 def test_the_dag_files_own_param_default_is_still_a_template_that_prints_conf_as_data(
-    env: Env,
+    hub: Hub,
 ) -> None:
-    run = env.run("conf_is_data")
-    assert "label=plain" in env.log(run, "show").splitlines()
+    run = hub.api.run_dag("conf_is_data")
+    assert "label=plain" in hub.api.run_log(run, "show").splitlines()
 
 
 def test_a_dag_file_template_that_changes_its_context_fails_the_task_and_says_why(
-    env: Env,
+    hub: Hub,
 ) -> None:
-    run = env.run("mutating_template")
+    run = hub.api.run_dag("mutating_template")
     assert run["state"] == "failed"
-    log = env.log(run, "mutate")
+    log = hub.api.run_log(run, "mutate")
     refused = "access to attribute 'update' of 'dict' object is unsafe"
     assert f"cannot render bash_command: {refused}" in log
     assert "a template may read the task's context, never change it" in log
-    assert env.api.tasks(run)["mutate"]["state"] == "failed"
+    assert hub.api.tasks(run)["mutate"]["state"] == "failed"
     assert "env: DECLARED=yes" not in log.splitlines()  # the command never ran
 
 
 def test_results_that_cannot_travel_fail_their_task_and_wedge_nothing(
-    env: Env, tmp_path: Path
+    hub: Hub, tmp_path: Path
 ) -> None:
-    worker = Worker(env.hub, tmp_path / "w", "q-unsendable", f"unsendable-{tmp_path.name}")
+    worker = Worker(hub, tmp_path / "w", "q-unsendable", f"unsendable-{tmp_path.name}")
     try:
         worker.wait_registered()
-        run = env.run("unsendable")
-        tasks = env.api.tasks(run)
+        run = hub.api.run_dag("unsendable")
+        tasks = hub.api.tasks(run)
         spool = list((worker.home / "spool").glob("*"))
     finally:
         # It still obeys SIGTERM: nothing is left for it to wait for (stop kills after 30 s).
@@ -211,30 +199,30 @@ def test_results_that_cannot_travel_fail_their_task_and_wedge_nothing(
     assert len(error) == 8000
     assert error.startswith("ValueError: xxx")
     assert error.endswith("[cut: 190012 characters in all; the whole text is in the task's log]")
-    assert "x" * 190_000 in env.log(run, "long_error")  # the log has it whole
+    assert "x" * 190_000 in hub.api.run_log(run, "long_error")  # the log has it whole
     assert (
         "the task's return value is 60002 bytes as JSON; the hub keeps at most 50000"
         in (tasks["too_big"]["error"])
     )
-    assert "Return a reference to the data" in env.log(run, "too_big")
+    assert "Return a reference to the data" in hub.api.run_log(run, "too_big")
 
 
-def test_a_job_that_would_carry_too_much_fails_on_the_hub_and_says_why(env: Env) -> None:
-    run = env.run("big_inputs")
+def test_a_job_that_would_carry_too_much_fails_on_the_hub_and_says_why(hub: Hub) -> None:
+    run = hub.api.run_dag("big_inputs")
     tasks = {t["task_id"] + str(t["map_index"]): t["state"] for t in run["tasks"]}
     assert tasks == {
         **{f"part{i}": "success" for i in range(5)},
         "total-1": "failed",
     }
-    log = env.log(run, "total")
+    log = hub.api.run_log(run, "total")
     assert "the hub cannot send this task to a worker: its inputs" in log
     assert "a job carries at most 100000 (TETHER_MAX_JOB_BYTES)" in log
 
 
-def test_log_chunks_follow_the_hubs_limit_and_the_whole_log_arrives(env: Env) -> None:
-    run = env.run("chatty")
+def test_log_chunks_follow_the_hubs_limit_and_the_whole_log_arrives(hub: Hub) -> None:
+    run = hub.api.run_dag("chatty")
     assert run["state"] == "success"
-    log = env.log(run, "talk")
+    log = hub.api.run_log(run, "talk")
     lines = [line for line in log.splitlines() if line.startswith("line-")]
     assert len(lines) == 8000  # about 560 KB, in chunks of at most 64 KiB
     assert lines[-1].startswith("line-8000-")

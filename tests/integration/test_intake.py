@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import BACKENDS, make_database_url
-from tests.integration.processes import ADMIN_TOKEN, Hub, RawWorker
+from tests.conftest import BACKENDS
+from tests.integration.processes import ADMIN_TOKEN, Hub, RawWorker, running_hub
 
 pytestmark = pytest.mark.integration
 
@@ -51,18 +51,15 @@ DAGS = {
 MiB = 1024 * 1024
 
 
-def _start(root: Path, database_url: str) -> Hub:
+def _dags(root: Path) -> Path:
     dags = root / "dags"
     dags.mkdir()
     for name, source in DAGS.items():
         (dags / name).write_text(textwrap.dedent(source))
-    hub = Hub(root / "hub-home", dags, database_url)
-    try:
-        hub.api.wait_dags("pair", "poison", "healthy", "resting", "branching")
-    except BaseException:
-        hub.stop()
-        raise
-    return hub
+    return dags
+
+
+WAIT = ("pair", "poison", "healthy", "resting", "branching")
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -73,25 +70,18 @@ def hub(
 ) -> Iterator[Hub]:
     """A hub on each store: what is refused must be refused before either sees it."""
     root = tmp_path_factory.mktemp(f"intake-{request.param}")
-    urls = make_database_url(request.param, root, _postgres_reason)
-    hub = _start(root, next(urls))
-    try:
+    with running_hub(
+        root, request.param, _postgres_reason, _dags(root), workers=(), wait_dags=WAIT
+    ) as (hub, _):
         yield hub
-    finally:
-        hub.stop()
-        for _ in urls:  # drops the PostgreSQL database
-            pass
 
 
 @pytest.fixture(scope="module")
 def sqlite_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     """A hub on SQLite, for what the tests do to its database file or memory."""
     root = tmp_path_factory.mktemp("intake-file")
-    hub = _start(root, f"sqlite:///{root / 'hub.db'}")
-    try:
+    with running_hub(root, "sqlite", None, _dags(root), workers=(), wait_dags=WAIT) as (hub, _):
         yield hub
-    finally:
-        hub.stop()
 
 
 def _answer(conn: socket.socket) -> bytes:
