@@ -79,8 +79,9 @@ class Throttle:
     """Failed authentications per client address: a token bucket each.
 
     An address may fail ``per_minute`` times in a burst; its budget refills at
-    ``per_minute`` a minute. Buckets that are full again are forgotten when
-    the table grows, so its size stays bounded.
+    ``per_minute`` a minute. Past ``THROTTLED_ADDRESSES`` addresses the one
+    that failed longest ago is forgotten, so the table stays bounded and each
+    failure costs O(1).
     """
 
     def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
