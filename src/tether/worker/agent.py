@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from tether import __version__
 from tether.homes import WORKER_ENTRIES, private_home
-from tether.protocol import DEFAULT_MAX_TASK_OUTPUT_BYTES, Job, validate_queue_name
+from tether.protocol import Job, validate_queue_name
 from tether.worker import control
 from tether.worker.attempt import AttemptRunner, deliver, end_leftover
 from tether.worker.bundles import BundleCache
@@ -88,8 +88,6 @@ class Worker:
         self.delivering: set[str] = set()
         self.queues: list[str] = list(config.queues)
         self.heartbeat_interval = 10.0
-        #: The hub's limit on a task's return value (from the session's answer).
-        self.max_output = DEFAULT_MAX_TASK_OUTPUT_BYTES
         self.local_maintenance = False
         self.local_comment: str | None = None
         self.central_maintenance = False
@@ -267,7 +265,6 @@ class Worker:
             raise WorkerExit(f"the hub refused this worker: {exc.reason}") from None
         self.queues = hello["queues"]
         self.heartbeat_interval = float(hello["heartbeat_interval"])
-        self.max_output = int(hello.get("max_task_output_bytes", DEFAULT_MAX_TASK_OUTPUT_BYTES))
         self.state = "idle"
         log.info(
             "worker %s connected to hub %s; serving %s",
@@ -462,7 +459,6 @@ class Worker:
             log_interval=self.config.log_interval,
             kill_grace=self.config.kill_grace,
             launcher=self.launcher,
-            max_output=self.max_output,
             umask=self.config.task_umask,
         )
         self.running[job.attempt_id] = runner

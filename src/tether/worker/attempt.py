@@ -17,7 +17,6 @@ from urllib.parse import quote
 from tether.protocol import (
     ATTEMPT_END_STATES,
     ATTEMPT_FAILED,
-    DEFAULT_MAX_TASK_OUTPUT_BYTES,
     AttemptResult,
     Job,
     sendable_result,
@@ -156,11 +155,9 @@ class AttemptRunner:
         log_interval: float = 0.5,
         kill_grace: float = 1.5,
         launcher: Launcher | None = None,
-        max_output: int = DEFAULT_MAX_TASK_OUTPUT_BYTES,
         umask: int = 0o022,
     ) -> None:
         self.job = job
-        self.max_output = max_output
         self.umask = umask
         self.client = client
         self.bundles = bundles
@@ -226,7 +223,7 @@ class AttemptRunner:
                 {
                     "job": job.to_dict(),
                     "bundle_dir": str(bundle_dir),
-                    "max_output_bytes": self.max_output,
+                    "max_output_bytes": self.client.max_output_bytes,
                     "umask": self.umask,
                 }
             )
@@ -271,7 +268,7 @@ class AttemptRunner:
             data.get("output"),
             data.get("error"),
             bool(data.get("no_retry", False)),
-            max_output=self.max_output,
+            max_output=self.client.max_output_bytes,
         )
 
     async def kill(self, reason: str) -> None:

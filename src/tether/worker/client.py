@@ -19,6 +19,7 @@ import httpx
 
 from tether import __version__
 from tether.protocol import (
+    DEFAULT_MAX_TASK_OUTPUT_BYTES,
     PROTOCOL_VERSION,
     SESSION_HEADER,
     WORKER_API_PREFIX,
@@ -135,8 +136,11 @@ class HubClient:
     ) -> None:
         self.max_backoff = max_backoff
         self.session_id: str | None = None
-        #: Largest log chunk to send: ours, or the hub's limit if lower (from the session).
+        # The hub's limits, told in the session's answer (older hubs tell none):
+        #: the largest log chunk to send (ours, or the hub's if lower)...
         self.log_chunk_bytes = LOG_CHUNK_BYTES
+        #: ...and the largest return value of a task, as JSON.
+        self.max_output_bytes = DEFAULT_MAX_TASK_OUTPUT_BYTES
         headers = {"User-Agent": f"tether-worker/{__version__}"}
         if credential:
             headers["Authorization"] = f"Bearer {credential}"
@@ -222,9 +226,10 @@ class HubClient:
         response = await self._request("POST", "/sessions", json=body)
         data: dict[str, Any] = response.json()
         self.session_id = data["session_id"]
-        hub_limit = data.get("max_log_chunk_bytes")
-        if isinstance(hub_limit, int) and not isinstance(hub_limit, bool) and hub_limit > 0:
-            self.log_chunk_bytes = min(LOG_CHUNK_BYTES, hub_limit)
+        if (chunk := _limit(data.get("max_log_chunk_bytes"))) is not None:
+            self.log_chunk_bytes = min(LOG_CHUNK_BYTES, chunk)
+        if (output := _limit(data.get("max_task_output_bytes"))) is not None:
+            self.max_output_bytes = output
         return data
 
     async def heartbeat(
@@ -273,6 +278,13 @@ class HubClient:
         )
         data: dict[str, Any] = response.json()
         return data
+
+
+def _limit(value: object) -> int | None:
+    """A limit the hub announced, if it is a positive whole number."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return None
 
 
 def _retry_after(response: httpx.Response) -> float | None:

@@ -351,22 +351,27 @@ def fail_on_hub(session: Session, ti: TaskInstance, now: datetime, reason: str) 
     ti.state = S.FAILED
     ti.started_at = ti.ended_at = now
     ti.attempt_id = uuid.uuid4().hex
-    data = f"[tether] {reason}\n".encode()
-    session.add(
-        TaskAttempt(
-            id=ti.attempt_id,
-            task_instance_id=ti.id,
-            try_number=ti.try_number,
-            worker_name="hub",
-            state=S.FAILED,
-            started_at=now,
-            ended_at=now,
-            error=reason,
-            log_size=len(data),
-        )
+    attempt = TaskAttempt(
+        id=ti.attempt_id,
+        task_instance_id=ti.id,
+        try_number=ti.try_number,
+        worker_name="hub",
+        state=S.FAILED,
+        started_at=now,
+        ended_at=now,
+        error=reason,
+        log_size=0,
     )
+    session.add(attempt)
     session.flush()
-    session.add(LogChunk(attempt_id=ti.attempt_id, offset=0, data=data))
+    hub_note(session, attempt, reason)
+
+
+def hub_note(session: Session, attempt: TaskAttempt, text: str) -> None:
+    """Add a line of the hub's own to the end of an attempt's log."""
+    data = f"[tether] {text}\n".encode()
+    session.add(LogChunk(attempt_id=attempt.id, offset=attempt.log_size, data=data))
+    attempt.log_size += len(data)
 
 
 def retry_delay(spec: dict[str, Any], try_number: int) -> timedelta:
@@ -501,9 +506,7 @@ def give_up_attempt(session: Session, attempt: TaskAttempt, why: str, now: datet
     attempt.state = S.ATTEMPT_LOST
     attempt.ended_at = now
     attempt.error = why
-    note = f"[tether] the hub ended this try: {why}\n".encode()
-    session.add(LogChunk(attempt_id=attempt.id, offset=attempt.log_size, data=note))
-    attempt.log_size += len(note)
+    hub_note(session, attempt, f"the hub ended this try: {why}")
 
 
 def end_run(

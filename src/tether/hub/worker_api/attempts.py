@@ -133,7 +133,8 @@ def claim(
         attempt_id = uuid.uuid4().hex
         try:
             job = _job(session, ti, run, attempt_id, ti.try_number + 1, max_job_bytes)
-            check_wire_value(job.to_dict(), "the job", MAX_JSON_DEPTH + ENVELOPE_DEPTH)
+            # The fields as they are (the reply's to_dict makes the one deep copy).
+            check_wire_value(vars(job), "the job", MAX_JSON_DEPTH + ENVELOPE_DEPTH)
         except (WireError, JobTooLarge) as exc:
             out.undeliverable.append((ti.id, str(exc)))
             continue
@@ -327,10 +328,8 @@ def finish(
     task instance's new state, the queues that got new work and, when the
     task will be retried, the retry time.
     """
-    if result.state == ATTEMPT_SUCCESS and wire_size(result.output) > max_output:
-        result = AttemptResult(
-            state=ATTEMPT_FAILED, error=output_too_large(wire_size(result.output), max_output)
-        )
+    if result.state == ATTEMPT_SUCCESS and (size := wire_size(result.output)) > max_output:
+        result = AttemptResult(state=ATTEMPT_FAILED, error=output_too_large(size, max_output))
     attempt = _held_attempt(session, attempt_id, worker_name, lock=False)
     # Lock order for everything that changes a run's task instances: the run
     # row, then task instances by id, then attempts (as fail_attempt and the
