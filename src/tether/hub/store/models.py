@@ -62,12 +62,15 @@ class Base(DeclarativeBase):
 
 
 class Bundle(Base):
-    """A content-addressed tar.gz of the DAGs folder."""
+    """A content-addressed tar.gz of the code one DAG needs (a few files of the
+    DAGs folder; bundles of hubs before 0006 hold the whole folder)."""
 
     __tablename__ = "bundle"
     sha: Mapped[str] = mapped_column(String(64), primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime]
+    #: What it holds: ``[[name, size], ...]`` sorted by name (null before 0006).
+    files: Mapped[list[Any] | None] = mapped_column(JSON)
 
 
 class Dag(Base):
@@ -171,6 +174,9 @@ class TaskAttempt(Base):
     ended_at: Mapped[datetime | None]
     error: Mapped[str | None] = mapped_column(Text)
     log_size: Mapped[int] = mapped_column(BigInteger, default=0)
+    #: sha256 of the token its task process fetches its declared secrets with;
+    #: the token is good only while this attempt runs.
+    token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
 
 
 class LogChunk(Base):
@@ -317,3 +323,58 @@ class EnrolmentToken(Base):
     revoked_at: Mapped[datetime | None]
     #: It may replace a worker of its name that exists (--replace); else it is refused.
     replace: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Connection(Base):
+    """A connection (Airflow's sense): where a system is and how to log in.
+
+    The password and the extra are kept encrypted (``hub/secrets``); the rest
+    is shown to anyone who may list connections.
+    """
+
+    __tablename__ = "connection"
+    conn_id: Mapped[str] = mapped_column(String(250), primary_key=True)
+    conn_type: Mapped[str] = mapped_column(String(100))
+    host: Mapped[str | None] = mapped_column(String(1000))
+    login: Mapped[str | None] = mapped_column(String(1000))
+    schema: Mapped[str | None] = mapped_column(String(1000))
+    port: Mapped[int | None] = mapped_column(Integer)
+    #: ``{"password": ..., "extra": ...}`` as JSON, encrypted with the hub's key.
+    secret: Mapped[str] = mapped_column(Text)
+    #: Queues whose tasks may read it; empty means every queue.
+    queues: Mapped[list[str]] = mapped_column(JSON)
+    description: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class Variable(Base):
+    """A named value tasks read (``Variable.get``); kept encrypted, like a connection's
+    password. A secret one is never shown back and is masked in task logs."""
+
+    __tablename__ = "variable"
+    key: Mapped[str] = mapped_column(String(250), primary_key=True)
+    #: The value, encrypted with the hub's key.
+    value: Mapped[str] = mapped_column(Text)
+    is_secret: Mapped[bool] = mapped_column(Boolean, default=False)
+    queues: Mapped[list[str]] = mapped_column(JSON)
+    description: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class AuditEntry(Base):
+    """Who did what, when, from where (``hub/audit.py``). Never holds a secret value."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(index=True)
+    #: ``admin``, ``worker:NAME``, ``attempt:ID``, ``enrolment``, ``cli``.
+    actor: Mapped[str] = mapped_column(String(300), index=True)
+    #: What was done, dotted: ``dag.trigger``, ``connection.create``, ``secret.read``, ...
+    action: Mapped[str] = mapped_column(String(100))
+    #: What it was done to: ``dag:ID``, ``connection:NAME``, ``worker:NAME``, ...
+    target: Mapped[str | None] = mapped_column(String(1000))
+    details: Mapped[dict[str, Any]]
+    #: The client's address, as the gate saw it.
+    address: Mapped[str | None] = mapped_column(String(100))
