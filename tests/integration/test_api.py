@@ -216,7 +216,9 @@ def test_worker_api_errors_have_reasons(hub: Hub) -> None:
         async with worker:
             too_long = await worker.post(f"{W}/poll", json={"slots": 1, "wait": 3600})
             assert too_long.status_code == 422
-            await _expect(await worker.get(f"{W}/bundles/{'0' * 64}"), 404, "no bundle")
+            await _expect(
+                await worker.get(f"{W}/bundles/{'0' * 64}"), 403, "not the code of any task"
+            )
             await _expect(
                 await worker.post(f"{W}/attempts/{'0' * 32}/finish", json={"state": "success"}),
                 404,
@@ -423,7 +425,9 @@ def test_a_worker_gets_only_bundles_of_its_own_attempts(hub: Hub) -> None:
             assert (await worker.get(f"{W}/bundles/{job['bundle_sha']}")).status_code == 200
         async with await workers.connect(["other"], "w2") as other:
             await _expect(
-                await other.get(f"{W}/bundles/{job['bundle_sha']}"), 404, "for this worker"
+                await other.get(f"{W}/bundles/{job['bundle_sha']}"),
+                403,
+                "not the code of any task this worker was handed",
             )
 
     run(hub, scenario)

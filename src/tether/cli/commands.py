@@ -31,6 +31,31 @@ def dags_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def dags_show(args: argparse.Namespace) -> int:
+    dag = Api(args.hub).get(api_path("dags", args.dag_id))
+    if args.json:
+        out(json.dumps(dag, indent=2))
+        return 0
+    out(f"dag_id:   {dag['dag_id']}")
+    out(f"file:     {dag['fileloc']}")
+    out(f"schedule: {_schedule_text(dag['schedule'])}")
+    out(f"paused:   {dag['is_paused']}")
+    out(f"queues:   {','.join(dag['queues'])}")
+    out(f"bundle:   {dag['bundle_sha']}")
+    out("tasks:")
+    for task in dag["tasks"]:
+        declared = [*task.get("connections", []), *task.get("variables", [])]
+        uses = f"  uses {','.join(declared)}" if declared else ""
+        out(f"  {task['task_id']:38} queue={task['queue']}{uses}")
+    if dag["files"] is None:
+        out("files:    (not recorded for this bundle; made by an older hub)")
+    else:
+        out(f"files:    {len(dag['files'])} (what a worker receives for this DAG)")
+        for f in dag["files"]:
+            out(f"  {f['size']:>10}  {f['name']}")
+    return 0
+
+
 def _schedule_text(schedule: object) -> str:
     if isinstance(schedule, dict):
         return "assets:" + ",".join(schedule.get("assets", []))

@@ -87,6 +87,21 @@ def add_worker_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         help="delete the oldest delivered local task logs beyond this total (default 1024)",
     )
     sp.add_argument(
+        "--bundle-cache-max-age",
+        type=float,
+        default=7.0,
+        metavar="DAYS",
+        help="delete cached DAG bundles unused for this long (default 7)",
+    )
+    sp.add_argument(
+        "--bundle-cache-max-mb",
+        type=float,
+        default=1024.0,
+        metavar="MB",
+        help="delete the least recently used cached DAG bundles beyond this total "
+        "(default 1024); a bundle a running task uses is kept",
+    )
+    sp.add_argument(
         "--task-start",
         choices=["fork", "spawn"],
         default=os.environ.get("TETHER_WORKER_TASK_START", "fork"),
@@ -193,6 +208,8 @@ def worker_command(args: argparse.Namespace) -> int:
             kill_grace=args.kill_grace,
             log_max_age=args.log_max_age * 86400,
             log_max_bytes=int(args.log_max_mb * 1024 * 1024),
+            bundle_max_age=args.bundle_cache_max_age * 86400,
+            bundle_max_bytes=int(args.bundle_cache_max_mb * 1024 * 1024),
             task_start=args.task_start,
             ca_file=args.ca_file,
             proxy=args.proxy,

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from tether.protocol import InvalidQueueName, is_valid_id, validate_queue_name
 from tether.sdk.assets import Asset, asset_list
-from tether.sdk.dag import DAG, DagDefinitionError, check_callbacks, current_dag
+from tether.sdk.dag import DAG, DagDefinitionError, check_callbacks, current_dag, secret_names
 
 if TYPE_CHECKING:
     from tether.sdk.context import Context
@@ -52,6 +52,10 @@ _BASE_DEFAULTS: dict[str, Any] = {
     "on_retry_callback": None,
     # Assets this task updates: each success records an event for every one of them.
     "outlets": None,
+    # The connections and variables the task reads (added to its DAG's): it is
+    # handed those and no others (see docs/secrets.md).
+    "connections": None,
+    "variables": None,
 }
 
 
@@ -184,6 +188,15 @@ class BaseOperator(DependencyMixin):
         outlets = values["outlets"]
         self.outlets: list[Asset] = (
             [] if outlets is None else asset_list(outlets, f"task {task_id!r}: outlets")
+        )
+        #: Names of the connections and variables the task may read: its own and its DAG's.
+        self.connections: list[str] = sorted(
+            set(secret_names(values["connections"], f"task {task_id!r}: connections"))
+            | set(the_dag.connections)
+        )
+        self.variables: list[str] = sorted(
+            set(secret_names(values["variables"], f"task {task_id!r}: variables"))
+            | set(the_dag.variables)
         )
         self.upstream_task_ids: set[str] = set()
         self.downstream_task_ids: set[str] = set()

@@ -113,6 +113,41 @@ def _schedule(dag_id: str, value: object) -> str | timedelta | list[Asset] | Non
     )
 
 
+def secret_names(value: object, what: str) -> list[str]:
+    """The connection or variable names a task or DAG declares, checked and sorted."""
+    if value is None:
+        return []
+    if isinstance(value, str) or not isinstance(value, list | tuple | set | frozenset):
+        raise DagDefinitionError(f"{what} must be a list of names, not {value!r}")
+    for name in value:
+        if not is_valid_id(name):
+            raise DagDefinitionError(
+                f"{what}: invalid name {name!r}: use 1 to 250 letters, digits, '_', '.' or '-'"
+            )
+    return sorted(set(value))
+
+
+def _include(dag_id: str, value: object) -> list[str]:
+    """``include=[...]``: relative glob patterns that cannot leave the DAGs folder."""
+    if value is None:
+        return []
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise DagDefinitionError(f"DAG {dag_id!r}: include must be a list of paths, not {value!r}")
+    for pattern in value:
+        if (
+            not isinstance(pattern, str)
+            or not pattern
+            or pattern.startswith("/")
+            or "\\" in pattern
+            or ".." in pattern.split("/")
+        ):
+            raise DagDefinitionError(
+                f"DAG {dag_id!r}: include entry {pattern!r} must be a path or glob pattern "
+                "relative to the DAG file's folder, without '..'"
+            )
+    return list(value)
+
+
 class DAG:
     """A directed acyclic graph of tasks.
 
@@ -140,6 +175,9 @@ class DAG:
         dagrun_timeout: timedelta | None = None,
         on_success_callback: Callable[..., Any] | list[Callable[..., Any]] | None = None,
         on_failure_callback: Callable[..., Any] | list[Callable[..., Any]] | None = None,
+        include: Sequence[str] | None = None,
+        connections: Sequence[str] | None = None,
+        variables: Sequence[str] | None = None,
     ) -> None:
         if not is_valid_id(dag_id):
             raise DagDefinitionError(
@@ -181,6 +219,12 @@ class DAG:
             raise DagDefinitionError(f"DAG {dag_id!r}: {exc}") from None
         self.doc_md = doc_md
         self.is_paused_upon_creation = is_paused_upon_creation
+        #: Files of the DAGs folder the tasks read at run time that the parse did not
+        #: open (SQL templates, say), as glob patterns relative to the DAG file's folder.
+        self.include: list[str] = _include(dag_id, include)
+        #: Connections and variables every task of the DAG may read.
+        self.connections: list[str] = secret_names(connections, f"DAG {dag_id!r}: connections")
+        self.variables: list[str] = secret_names(variables, f"DAG {dag_id!r}: variables")
         self.fileloc: str | None = None
         self.task_dict: dict[str, BaseOperator] = {}
         if _collected is not None:

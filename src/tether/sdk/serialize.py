@@ -54,6 +54,7 @@ def serialize_dag(dag: DAG) -> dict[str, Any]:
         # validates defaults at parse time and a run's values when it is triggered.
         "params": dag.params.serialize(),
         "assets": _assets(dag),
+        "include": dag.include,
         "tasks": [
             {
                 "task_id": t.task_id,
@@ -73,6 +74,8 @@ def serialize_dag(dag: DAG) -> dict[str, Any]:
                 "upstream": sorted(t.upstream_task_ids),
                 "downstream": sorted(t.downstream_task_ids),
                 "outlets": [a.uri for a in t.outlets],
+                "connections": t.connections,
+                "variables": t.variables,
             }
             for t in (dag.task_dict[i] for i in order)
         ],

@@ -60,6 +60,10 @@ class WorkerConfig:
     #: Local task logs: deleted after this many seconds, or oldest first beyond the size.
     log_max_age: float = 7 * 86400
     log_max_bytes: int = 1024**3
+    #: Cached DAG bundles: deleted when unused this many seconds, or least recently
+    #: used first beyond the size.
+    bundle_max_age: float = 7 * 86400
+    bundle_max_bytes: int = 1024**3
     #: How task processes start: "fork" (from a warm fork server) or "spawn".
     task_start: str = "fork"
     #: The umask task processes run with (the worker's own is 077).
@@ -81,7 +85,12 @@ class Worker:
             config.hub_url, config.credential, ca_file=config.ca_file, proxy=config.proxy
         )
         self.home = config.home
-        self.bundles = BundleCache(self.home / "bundles", self.client.fetch_bundle)
+        self.bundles = BundleCache(
+            self.home / "bundles",
+            self.client.fetch_bundle,
+            max_age=config.bundle_max_age,
+            max_bytes=config.bundle_max_bytes,
+        )
         self.spool = Spool(self.home / "spool")
         self.launcher = make_launcher(config.task_start)
         self.running: dict[str, AttemptRunner] = {}
@@ -496,3 +505,5 @@ class Worker:
         keep = {r.log_path for r in self.running.values()}
         keep |= {e.log_path for e in self.spool.leftovers()}
         clean_logs(self.home / "logs", self.config.log_max_age, self.config.log_max_bytes, keep)
+        for sha in self.bundles.evict({r.job.bundle_sha for r in self.running.values()}):
+            log.info("deleted cached bundle %s (unused)", sha[:12])

@@ -16,6 +16,7 @@ from tether.hub.store.models import (
     Asset,
     AssetDagRunQueue,
     AssetEvent,
+    Bundle,
     Dag,
     DagRun,
     DagScheduleAsset,
@@ -60,6 +61,20 @@ def dag_summary(dag: Dag) -> dict[str, Any]:
 def list_dags(session: Session) -> list[dict[str, Any]]:
     rows = session.scalars(select(Dag).where(Dag.is_active.is_(True)).order_by(Dag.dag_id))
     return [dag_summary(d) for d in rows]
+
+
+def dag_detail(session: Session, dag_id: str) -> dict[str, Any]:
+    """A DAG with its params, tasks, and the code a worker gets for it."""
+    dag = get_dag(session, dag_id)
+    files = session.scalar(select(Bundle.files).where(Bundle.sha == dag.bundle_sha))
+    return {
+        **dag_summary(dag),
+        "params": dag.serialized.get("params", {}),
+        "tasks": dag.serialized["tasks"],
+        "include": dag.serialized.get("include", []),
+        # [{"name", "size"}]; None for a bundle made before the hub recorded them.
+        "files": None if files is None else [{"name": n, "size": s} for n, s in files],
+    }
 
 
 def get_dag(session: Session, dag_id: str) -> Dag:

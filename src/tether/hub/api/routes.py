@@ -86,15 +86,7 @@ async def list_dags(hub: HubDep) -> dict[str, Any]:
 
 @router.get("/dags/{dag_id}", dependencies=[AdminAuth])
 async def get_dag(dag_id: DagId, hub: HubDep) -> dict[str, Any]:
-    def detail(s: Session) -> dict[str, Any]:
-        dag = queries.get_dag(s, dag_id)
-        return {
-            **queries.dag_summary(dag),
-            "params": dag.serialized.get("params", {}),
-            "tasks": dag.serialized["tasks"],
-        }
-
-    return await _in_session(hub, detail)
+    return await _in_session(hub, lambda s: queries.dag_detail(s, dag_id))
 
 
 class DagPatchIn(BaseModel):

@@ -1,4 +1,9 @@
-"""Pack the DAGs folder into a content-addressed bundle (a reproducible tar.gz).
+"""Pack files of the DAGs folder into content-addressed bundles (reproducible tar.gz).
+
+The dag processor packs the whole folder once per change, as the snapshot it
+parses (it stays on the hub), and then one bundle per DAG file from that
+snapshot: the files its parse used, and its DAGs' ``include`` (see
+:func:`select`). A worker only ever gets the latter.
 
 Only what is inside the DAGs folder goes in. The folder is walked without
 following links: a symbolic link to a file inside the folder is packed as a
@@ -10,14 +15,18 @@ the dag processor can show it beside the import errors.
 
 from __future__ import annotations
 
+import glob
 import gzip
 import hashlib
 import io
 import os
+import posixpath
 import stat
 import tarfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tether.protocol import bundle_limits, is_bundle_path, unpack_bundle
 
@@ -90,6 +99,53 @@ def bundle_files(folder: Path) -> Listing:
             listing.inodes[rel] = (st.st_dev, st.st_ino)
     listing.files.sort()
     return listing
+
+
+def select(listing: Listing, names: Iterable[str]) -> Listing:
+    """The part of ``listing`` that ``names`` name (names it does not hold are ignored)."""
+    wanted = set(names)
+    return Listing(
+        files=[(rel, source) for rel, source in listing.files if rel in wanted],
+        inodes={rel: inode for rel, inode in listing.inodes.items() if rel in wanted},
+    )
+
+
+class IncludeError(ValueError):
+    """A DAG's ``include`` entry names no file of the folder."""
+
+
+def included(listing: Listing, root: Path, fileloc: str, patterns: Iterable[str]) -> set[str]:
+    """The files of ``listing`` that a DAG's ``include`` patterns name.
+
+    Each pattern is a path or glob (``**`` included) relative to the DAG
+    file's folder; a folder stands for every file under it. One that matches
+    nothing is an error, so that a typo is seen at parse time and not when a
+    task cannot find its template.
+    """
+    names = {rel for rel, _ in listing.files}
+    base = posixpath.dirname(fileloc)
+    found: set[str] = set()
+    for pattern in patterns:
+        full = posixpath.normpath(posixpath.join(base, pattern))
+        if full == ".." or full.startswith(("../", "/")):
+            raise IncludeError(f"include entry {pattern!r} leaves the DAGs folder")
+        matched: set[str] = set()
+        for hit in glob.glob(full, root_dir=root, recursive=True):
+            rel = Path(hit).as_posix()
+            matched |= {rel} & names
+            matched |= {n for n in names if n.startswith(rel.rstrip("/") + "/")}
+        if not matched:
+            raise IncludeError(
+                f"include entry {pattern!r} matches no file of the DAGs folder "
+                f"(it is relative to {base or 'the DAGs folder'}/)"
+            )
+        found |= matched
+    return found
+
+
+def contents(listing: Listing) -> list[list[Any]]:
+    """``[[name, size], ...]`` of what ``listing`` holds (shown by ``dags show``)."""
+    return [[rel, source.stat().st_size] for rel, source in listing.files]
 
 
 def _unpackable(rel: str) -> str | None:

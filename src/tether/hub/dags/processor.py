@@ -1,8 +1,15 @@
-"""The dag processor: watch the DAGs folder, bundle it, parse it, store the result.
+"""The dag processor: watch the DAGs folder, parse it, bundle each DAG's code, store it.
 
-Each DAG file is imported in a child process with a timeout, from the
-unpacked bundle, so the stored DAGs match the bundle byte for byte. A file
+On every change the folder is packed into a snapshot (kept on the hub only)
+and each DAG file is imported in a child process with a timeout, from the
+unpacked snapshot, so the stored DAGs match the code byte for byte. A file
 that raises or hangs becomes an import error; the other files still load.
+
+Each DAG gets a bundle of its own: the files its file's import opened or
+imported (the child reports them, :mod:`tether.hub.dags.parse_child`) and
+those its ``include`` names, packed from the same snapshot. A worker can
+only ever download the bundles of runs it was handed work of, so a tenant's
+worker never receives another tenant's DAG files.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +32,18 @@ from typing import Any
 from sqlalchemy import select
 
 from tether.hub.config import child_environment
-from tether.hub.dags.bundles import CannotBundle, bundle_files, fingerprint, pack, unpack
+from tether.hub.dags import bundles as packing
+from tether.hub.dags.bundles import (
+    CannotBundle,
+    IncludeError,
+    Listing,
+    bundle_files,
+    contents,
+    fingerprint,
+    included,
+    pack,
+    unpack,
+)
 from tether.hub.dags.params import InvalidParams, check_defaults
 from tether.hub.scheduler import assets
 from tether.hub.scheduler.runs import utcnow
@@ -44,12 +63,23 @@ class DuplicateDagId(ValueError):
 class ParseResult:
     dags: list[dict[str, Any]] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)  # fileloc -> message
+    #: fileloc -> the files of the folder its import used (itself among them).
+    files: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class Packed:
+    """A DAG bundle made from the snapshot: its bytes and what it holds."""
+
+    data: bytes
+    files: list[list[Any]]
 
 
 def parse_file(
     bundle_dir: Path, relpath: str, timeout: float
-) -> tuple[list[dict[str, Any]], str | None]:
-    """Import one file in a child process; its DAGs or an error message."""
+) -> tuple[list[dict[str, Any]], list[str], str | None]:
+    """Import one file in a child process; its DAGs and the files it used, or an
+    error message."""
     with tempfile.TemporaryDirectory(prefix="tether-parse-") as tmp:
         out = Path(tmp) / "out.json"
         proc = subprocess.Popen(
@@ -73,15 +103,16 @@ def parse_file(
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            return [], f"importing {relpath} took longer than {timeout:g}s (dag_file_timeout)"
+            return [], [], f"importing {relpath} took longer than {timeout:g}s (dag_file_timeout)"
         try:
             result = json.loads(out.read_text())
         except (OSError, ValueError):
-            return [], f"importing {relpath} crashed the parser (exit code {proc.returncode})"
+            return [], [], f"importing {relpath} crashed the parser (exit code {proc.returncode})"
     if "error" in result:
-        return [], str(result["error"])
+        return [], [], str(result["error"])
     dags: list[dict[str, Any]] = result["dags"]
-    return dags, None
+    files = [f for f in result.get("files", []) if isinstance(f, str)]
+    return dags, files, None
 
 
 def parse_bundle(bundle_dir: Path, timeout: float, parallel: int = 2) -> ParseResult:
@@ -91,7 +122,7 @@ def parse_bundle(bundle_dir: Path, timeout: float, parallel: int = 2) -> ParseRe
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         outcomes = list(pool.map(lambda f: (f, *parse_file(bundle_dir, f, timeout)), files))
     owner: dict[str, str] = {}
-    for relpath, dags, error in outcomes:
+    for relpath, dags, used, error in outcomes:
         if error is not None:
             result.errors[relpath] = error
             continue
@@ -109,7 +140,46 @@ def parse_bundle(bundle_dir: Path, timeout: float, parallel: int = 2) -> ParseRe
         for spec in dags:
             owner[spec["dag_id"]] = relpath
             result.dags.append(spec)
+        if dags:
+            result.files[relpath] = used
     return result
+
+
+def bundle_dags(snapshot: Path, result: ParseResult) -> dict[str, Packed]:
+    """Pack each DAG's bundle from the unpacked snapshot; set ``bundle_sha`` on its spec.
+
+    A DAG's bundle holds the files its file's import used and those its
+    ``include`` names. The DAGs of one file with the same ``include`` share one
+    bundle. A file whose bundle cannot be made (an ``include`` that names
+    nothing, a bundle over the limits) becomes an import error and its DAGs
+    are dropped from ``result``.
+    """
+    listing = bundle_files(snapshot)
+    packed: dict[str, Packed] = {}
+    by_files: dict[frozenset[str], str] = {}
+    kept: list[dict[str, Any]] = []
+    refused: dict[str, str] = {}
+    for spec in result.dags:
+        fileloc = spec["fileloc"]
+        if fileloc in refused:
+            continue
+        try:
+            names = set(result.files.get(fileloc, [fileloc])) | {fileloc}
+            names |= included(listing, snapshot, fileloc, spec.get("include") or [])
+            key = frozenset(names)
+            if key not in by_files:
+                part: Listing = packing.select(listing, names)
+                sha, data = pack(snapshot, part)
+                packed[sha] = Packed(data, contents(part))
+                by_files[key] = sha
+        except (IncludeError, CannotBundle) as exc:
+            refused[fileloc] = f"DAG {spec['dag_id']!r}: its bundle cannot be made: {exc}"
+            continue
+        spec["bundle_sha"] = by_files[key]
+        kept.append(spec)
+    result.dags = [s for s in kept if s["fileloc"] not in refused]
+    result.errors.update(refused)
+    return packed
 
 
 def initial_next_run(
@@ -136,13 +206,22 @@ def _schedule_key(spec: dict[str, Any]) -> str | None:
     return key
 
 
-def store_parse(store: Store, sha: str, data: bytes, result: ParseResult) -> None:
-    """Record a parsed bundle: its DAGs and their assets, its import errors, and DAGs
-    that went away."""
+def store_parse(store: Store, sha: str, result: ParseResult, bundles: dict[str, Packed]) -> None:
+    """Record a parsed snapshot ``sha``: its DAGs with their bundles and assets, its
+    import errors, and DAGs that went away.
+
+    A bundle that is current again has its ``created_at`` moved to now: the
+    cleaner deletes a bundle by how long ago it stopped being current.
+    """
     now = utcnow()
     with store.session() as s:
-        if s.get(Bundle, sha) is None:
-            s.add(Bundle(sha=sha, data=data, created_at=now))
+        for bundle_sha, made in bundles.items():
+            held = s.get(Bundle, bundle_sha)
+            if held is None:
+                s.add(Bundle(sha=bundle_sha, data=made.data, created_at=now, files=made.files))
+            else:
+                held.created_at = now
+                held.files = made.files
         existing = {d.dag_id: d for d in s.scalars(select(Dag))}
         seen = set()
         for spec in result.dags:
@@ -156,7 +235,7 @@ def store_parse(store: Store, sha: str, data: bytes, result: ParseResult) -> Non
                 row.next_dagrun, row.next_dagrun_create_after = initial_next_run(spec, now)
             row.schedule = schedule_key
             row.fileloc = spec["fileloc"]
-            row.bundle_sha = sha
+            row.bundle_sha = spec["bundle_sha"]
             row.serialized = spec
             row.max_active_runs = int(spec.get("max_active_runs", 16))
             row.max_active_tasks = int(spec.get("max_active_tasks", 16))
@@ -186,7 +265,8 @@ class DagProcessor:
     def __init__(self, store: Store, dags_folder: Path, home: Path, timeout: float) -> None:
         self.store = store
         self.dags_folder = dags_folder
-        self.cache = home / "bundles"
+        #: Unpacked snapshots of the whole folder, parsed from; only the last is kept.
+        self.cache = home / "bundles" / "folder"
         self.timeout = timeout
         self._fingerprint: tuple[object, ...] | None = None
         #: What the last stored bundle left out of the folder (shown as import errors).
@@ -218,6 +298,7 @@ class DagProcessor:
         target = self.cache / sha
         if not target.is_dir():
             try:
+                self.cache.mkdir(parents=True, exist_ok=True)
                 unpack(data, target)
             except BundleError as exc:  # the packer should never make one; say so, go on
                 log.error("DAGs folder %s: the bundle is refused: %s", self.dags_folder, exc)
@@ -225,18 +306,23 @@ class DagProcessor:
                 self._fingerprint = current
                 return False
         result = parse_bundle(target, self.timeout)
+        bundles = bundle_dags(target, result)
         for name, why in listing.skipped.items():
             log.warning("DAGs folder: %s left out of the bundle: %s", name, why)
             result.errors[name] = f"left out of the bundle: {why}"
-        store_parse(self.store, sha, data, result)
+        store_parse(self.store, sha, result, bundles)
+        for old in self.cache.iterdir():  # runs use DAG bundles, never a snapshot
+            if old.name != sha:
+                shutil.rmtree(old, ignore_errors=True)
         # Only now: a failed store is tried again at the next scan.
         self._fingerprint = current
         self._skipped = skipped
         self.bundle_sha = sha
         log.info(
-            "bundle %s: %d DAG(s), %d import error(s)",
+            "DAGs folder %s: %d DAG(s) in %d bundle(s), %d import error(s)",
             sha[:12],
             len(result.dags),
+            len(bundles),
             len(result.errors),
         )
         return True

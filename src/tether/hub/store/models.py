@@ -68,6 +68,8 @@ class Bundle(Base):
     __tablename__ = "bundle"
     sha: Mapped[str] = mapped_column(String(64), primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary)
+    #: When a parse last found it current (made it, or found it again): ``db clean``
+    #: deletes a bundle nothing uses by how long ago that was.
     created_at: Mapped[datetime]
     #: What it holds: ``[[name, size], ...]`` sorted by name (null before 0006).
     files: Mapped[list[Any] | None] = mapped_column(JSON)

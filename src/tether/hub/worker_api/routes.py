@@ -329,17 +329,23 @@ async def poll(body: PollIn, me: WorkerAuth, hub: HubDep, request: Request) -> d
 
 @router.get("/bundles/{sha}")
 async def bundle(sha: BundleSha, me: WorkerAuth, hub: HubDep) -> Response:
-    """A bundle, to a worker that holds or held an attempt of a run pinned to it."""
+    """A DAG's bundle, to a worker that holds or held an attempt of a run pinned to it.
+
+    Any other worker gets 403, whether the bundle exists or not: a tenant's
+    worker can neither read nor find out about another tenant's code.
+    """
 
     def load(s: Session, worker: Worker) -> bytes | None:
         if not attempts.ran_bundle(s, worker.name, sha):
-            return None
+            raise attempts.NotYourAttempt(
+                f"bundle {sha} is not the code of any task this worker was handed"
+            )
         row = s.get(Bundle, sha)
         return row.data if row else None
 
     data = await _as_worker(hub, me, load, session_bound=False)
-    if data is None:  # the same answer whether it exists or not
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no bundle {sha} for this worker")
+    if data is None:  # its runs were cleaned away since
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"bundle {sha} is gone")
     return Response(data, media_type="application/gzip")
 
 
