@@ -62,11 +62,17 @@ def _parser() -> argparse.ArgumentParser:
         "clean",
         help="delete finished runs older than a cutoff, with their tasks, logs and outputs",
         description="Delete runs that finished before now minus --older-than, with their "
-        "task instances, attempts, logs and outputs, and bundles no DAG or run uses any more. "
+        "task instances, attempts, logs and outputs, and bundles no DAG or run uses any more; "
+        "and audit entries older than --audit-older-than (a year by default). "
         "Works on the database directly, in short batches, while the hub keeps serving.",
     )
     sp.add_argument(
         "--older-than", required=True, help="age of what to delete: 90s, 30m, 24h, 14d or seconds"
+    )
+    sp.add_argument(
+        "--audit-older-than",
+        default="365d",
+        help="age of the audit entries to delete (default 365d); they are kept apart from runs",
     )
     sp.add_argument("--dry-run", action="store_true", help="count what would go; delete nothing")
     sp.add_argument(
