@@ -12,6 +12,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, select
 
 from tests.hubtools import make_hub, parse, write_dag
+from tether.hub import audit
 from tether.hub.api import control, queries
 from tether.hub.scheduler import runs
 from tether.hub.scheduler.loop import tick
@@ -303,7 +304,7 @@ def test_a_paused_dag_gets_no_runs_and_unpaused_resumes_per_catchup(
     assert tick(hub.store, later) == (set(), None, set())  # paused: no run, no deadline
     assert intervals() == []
     with hub.store.session() as s:
-        assert control.set_paused(s, "hourly", False)["is_paused"] is False
+        assert control.set_paused(s, "hourly", False, audit.Who("admin"))["is_paused"] is False
     woken, deadline, _ = tick(hub.store, later)
     assert woken == {"default"}
     assert deadline == start + 9 * hour

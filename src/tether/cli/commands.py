@@ -351,34 +351,46 @@ def db_clean(args: argparse.Namespace) -> int:
     age = _duration(args.older_than)
     if age <= 0:
         raise CliError("--older-than must be more than 0")
+    audit_age = _duration(args.audit_older_than)
+    if audit_age <= 0:
+        raise CliError("--audit-older-than must be more than 0")
     if args.batch_size < 1:
         raise CliError("--batch-size must be at least 1")
+    try:
+        cutoff = utcnow() - timedelta(seconds=age)
+        audit_cutoff = utcnow() - timedelta(seconds=audit_age)
+    except (OverflowError, ValueError):  # inf, nan
+        raise CliError("--older-than and --audit-older-than must be under 10000 years") from None
     config = hub_config(home=args.home)
     url = config.database_url
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         raise CliError(f"no database at {url}")
-    cutoff = utcnow() - timedelta(seconds=age)
     store = Store(url)
     try:
         out(f"database {_safe_url(url)}: runs that finished before {cutoff.isoformat()}")
         with store.session() as s:
             before = cleanup.count_rows(s)
             old = cleanup.count_old(s, cutoff)
+            audit_total, audit_old = cleanup.count_audit(s, audit_cutoff)
         out(f"before: {_counts(before)}")
+        audit_line = f"{audit_total} in all, {audit_old} written before {audit_cutoff.isoformat()}"
         if args.dry_run:
             out(f"would delete: {_counts(old)}")
+            out(f"audit entries: {audit_line} (would delete those)")
             out("dry run: nothing deleted")
             return 0
         out(f"to delete: {_counts(old)}")
+        out(f"audit entries: {audit_line} (to delete)")
 
         def progress(done: cleanup.Result) -> None:
             log.info("batch %d: %d run(s) deleted so far", done.batches, done.runs)
 
-        result = cleanup.clean(store, cutoff, args.batch_size, progress)
+        result = cleanup.clean(store, cutoff, args.batch_size, progress, audit_cutoff=audit_cutoff)
         out(
             f"deleted {result.runs} run(s) in {result.batches} batch(es), "
             f"{result.bundles} unused bundle(s)"
         )
+        out(f"deleted {result.audit_entries} audit entry(ies)")
         with store.session() as s:
             out(f"after: {_counts(cleanup.count_rows(s))}")
     except cleanup.CleanupRefused as exc:

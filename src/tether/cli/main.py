@@ -62,11 +62,17 @@ def _parser() -> argparse.ArgumentParser:
         "clean",
         help="delete finished runs older than a cutoff, with their tasks, logs and outputs",
         description="Delete runs that finished before now minus --older-than, with their "
-        "task instances, attempts, logs and outputs, and bundles no DAG or run uses any more. "
+        "task instances, attempts, logs and outputs, and bundles no DAG or run uses any more; "
+        "and audit entries older than --audit-older-than (a year by default). "
         "Works on the database directly, in short batches, while the hub keeps serving.",
     )
     sp.add_argument(
         "--older-than", required=True, help="age of what to delete: 90s, 30m, 24h, 14d or seconds"
+    )
+    sp.add_argument(
+        "--audit-older-than",
+        default="365d",
+        help="age of the audit entries to delete (default 365d); they are kept apart from runs",
     )
     sp.add_argument("--dry-run", action="store_true", help="count what would go; delete nothing")
     sp.add_argument(
@@ -246,6 +252,21 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("mode", choices=["on", "off"])
     sp.add_argument("--comment", help="why; shown in the worker list")
     sp.set_defaults(func=_lazy("tether.cli.commands", "workers_maintenance"))
+
+    sp = sub.add_parser(
+        "audit",
+        help="the audit log: who changed what, when, from where (newest first)",
+        description="Entries of the hub's audit log, newest first: admin actions, "
+        "enrolments, credential changes and secrets handed to tasks.",
+    )
+    client_args(sp)
+    sp.add_argument("--since", help="only entries this recent: 30m, 12h, 1d, or an ISO time")
+    sp.add_argument("--actor", help="only this actor: admin, worker:NAME, ...")
+    sp.add_argument("--action", help="only actions starting with this: dag.trigger, worker., ...")
+    sp.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    sp.add_argument("--before-id", type=int, help="only entries older than this id (paging)")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=_lazy("tether.cli.audit", "audit_list"))
 
     pools = sub.add_parser("pools", help="pools: slots shared by the tasks that name them")
     pool_actions = pools.add_subparsers(dest="pools", required=True)

@@ -1,8 +1,13 @@
 """Operator actions behind the REST API: revoke, maintenance, shutdown and
-removal of workers; pausing DAGs; marking and clearing task instances and runs.
+removal of workers; enrolment tokens; triggering, pausing and backfilling
+DAGs; marking and clearing task instances and runs; pools; asset events.
 
-Each returns what the route must announce after the commit: the queues that
-got work and the workers whose held polls must answer now.
+Each records its audit entry (``hub/audit.py``) in the caller's transaction,
+so the entry is written exactly when the change is, and takes the
+:class:`~tether.hub.audit.Who` to record as its last argument. The worker
+actions and marks and clears return what the route must announce after the
+commit: the queues that got work and the workers whose held polls must
+answer now.
 
 Lock order (as everywhere that changes a run): the ``dag_run`` row first,
 then the task instances it changes in id order, then their attempts.
@@ -11,13 +16,18 @@ then the task instances it changes in id order, then their attempts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from tether.hub import audit
+from tether.hub.api import queries
 from tether.hub.api.queries import NotFound, dag_summary, get_run
+from tether.hub.audit import Who
 from tether.hub.auth import credentials
+from tether.hub.scheduler import backfill, limits
 from tether.hub.scheduler import states as S
 from tether.hub.scheduler.runs import (
     advance_run,
@@ -27,7 +37,7 @@ from tether.hub.scheduler.runs import (
     utcnow,
 )
 from tether.hub.store.dialect import lock_row
-from tether.hub.store.models import Dag, DagRun, TaskInstance, Worker
+from tether.hub.store.models import Dag, DagRun, Pool, TaskInstance, Worker
 from tether.hub.worker_api.sessions import fail_attempts_of
 
 
@@ -44,19 +54,25 @@ def _worker(session: Session, name: str) -> Worker:
     return worker
 
 
-def set_maintenance(session: Session, name: str, on: bool, comment: str | None) -> Effects:
+class TokenSpent(Exception):
+    """An enrolment token to revoke was spent already (409): revoke its worker."""
+
+
+def set_maintenance(session: Session, name: str, on: bool, comment: str | None, by: Who) -> Effects:
     worker = _worker(session, name)
     worker.requested_maintenance = on
     worker.requested_comment = comment if on else None
+    audit.note(session, by, "worker.maintenance", f"worker:{name}", {"on": on, "comment": comment})
     return Effects(workers={name})
 
 
-def request_shutdown(session: Session, name: str) -> Effects:
+def request_shutdown(session: Session, name: str, by: Who) -> Effects:
     _worker(session, name).shutdown_requested = True
+    audit.note(session, by, "worker.shutdown", f"worker:{name}")
     return Effects(workers={name})
 
 
-def revoke(session: Session, name: str) -> Effects:
+def revoke(session: Session, name: str, by: Who) -> Effects:
     """Revoke the credential; the worker's running attempts fail or retry elsewhere
     (its reports would be refused now, so nothing else would end them)."""
     try:
@@ -64,19 +80,105 @@ def revoke(session: Session, name: str) -> Effects:
     except credentials.WorkerNotFound as exc:
         raise NotFound(str(exc)) from None
     queues = fail_attempts_of(session, name, f"worker {name} was revoked")
+    audit.note(session, by, "worker.revoke", f"worker:{name}")
     return Effects(queues=queues, workers={name})
 
 
-def remove(session: Session, name: str) -> Effects:
+def remove(session: Session, name: str, by: Who) -> Effects:
     """Revoke the worker, give up on its running attempts and forget it."""
     worker = _worker(session, name)
     queues = fail_attempts_of(session, name, f"worker {name} was removed")
     credentials.void_tokens_of(session, name)
     session.delete(worker)
+    audit.note(session, by, "worker.remove", f"worker:{name}")
     return Effects(queues=queues, workers={name})
 
 
-def set_paused(session: Session, dag_id: str, paused: bool) -> dict[str, Any]:
+def create_enrolment_token(
+    session: Session,
+    queues: list[str],
+    name: str | None,
+    expires_in: timedelta,
+    replace: bool,
+    by: Who,
+) -> dict[str, Any]:
+    """A one-time enrolment token, as the API answers it. Its entry names the
+    token's id, never the token."""
+    token, worker_name, expires_at = credentials.create_enrolment_token(
+        session, queues, name, expires_in, replace=replace
+    )
+    answer = {
+        "token": token,
+        "id": credentials.token_id(token),
+        "name": worker_name,
+        "queues": queues,
+        "replace": replace,
+        "expires_at": expires_at.isoformat(),
+    }
+    details = {k: answer[k] for k in ("id", "queues", "replace", "expires_at")}
+    audit.note(session, by, "enrolment_token.create", f"worker:{worker_name}", details)
+    return answer
+
+
+def revoke_enrolment_token(session: Session, token_id: str, by: Who) -> str:
+    """Revoke an unspent enrolment token; returns its state. TokenSpent if it was
+    spent (raised in the transaction, so nothing, the entry included, is written)."""
+    state = credentials.revoke_token(session, token_id)
+    if state == "used":
+        raise TokenSpent(f"enrolment token {token_id} was already spent; revoke its worker instead")
+    audit.note(session, by, "enrolment_token.revoke", f"enrolment_token:{token_id}")
+    return state
+
+
+def trigger(
+    session: Session, dag_id: str, conf: dict[str, Any], run_id: str | None, by: Who
+) -> tuple[str, set[str]]:
+    """A manual run (``queries.trigger``). The entry names the run, not its
+    ``conf``: a run's inputs are data that may be anyone's."""
+    made, woken = queries.trigger(session, dag_id, conf, run_id)
+    audit.note(session, by, "dag.trigger", f"dag:{dag_id}", {"run_id": made})
+    return made, woken
+
+
+def create_backfill(
+    session: Session, dag_id: str, start: datetime, end: datetime, by: Who
+) -> backfill.Backfill:
+    """Backfill runs for the DAG's intervals in [start, end] (``backfill.py``)."""
+    made = backfill.create_backfill(session, queries.get_dag(session, dag_id), start, end, utcnow())
+    details = {"start": start.isoformat(), "end": end.isoformat(), "run_ids": made.run_ids}
+    audit.note(session, by, "dag.backfill", f"dag:{dag_id}", details)
+    return made
+
+
+def post_asset_event(
+    session: Session, uri: str, extra: dict[str, Any], by: Who
+) -> tuple[dict[str, Any], set[str]]:
+    """An asset event from outside (``queries.post_asset_event``); the entry names
+    the event and the runs it started, not its ``extra``."""
+    answer, woken = queries.post_asset_event(session, uri, extra)
+    details = {
+        "event_id": answer["event"]["id"],
+        "triggered_runs": [f"{r['dag_id']}/{r['run_id']}" for r in answer["triggered_runs"]],
+    }
+    audit.note(session, by, "asset.event", f"asset:{uri}", details)
+    return answer, woken
+
+
+def set_pool(session: Session, name: str, slots: int, description: str | None, by: Who) -> Pool:
+    pool = limits.set_pool(session, name, slots, description)
+    audit.note(session, by, "pool.set", f"pool:{name}", {"slots": slots})
+    return pool
+
+
+def delete_pool(session: Session, name: str, by: Who) -> bool:
+    """Delete a pool; False (and no entry: nothing changed) if there was none."""
+    found = limits.delete_pool(session, name)
+    if found:
+        audit.note(session, by, "pool.delete", f"pool:{name}")
+    return found
+
+
+def set_paused(session: Session, dag_id: str, paused: bool, by: Who) -> dict[str, Any]:
     """Pause or unpause a DAG: a paused DAG gets no scheduled runs.
 
     Runs that exist go on, and manual runs can still be triggered (as in
@@ -88,6 +190,7 @@ def set_paused(session: Session, dag_id: str, paused: bool) -> dict[str, Any]:
     if dag is None or not dag.is_active:
         raise NotFound(f"no DAG {dag_id!r}")
     dag.is_paused = paused
+    audit.note(session, by, "dag.pause" if paused else "dag.unpause", f"dag:{dag_id}")
     return dag_summary(dag)
 
 
@@ -113,7 +216,9 @@ def _locked_run(session: Session, dag_id: str, run_id: str) -> DagRun:
     return run
 
 
-def mark_task(session: Session, dag_id: str, run_id: str, task_id: str, state: str) -> Effects:
+def mark_task(
+    session: Session, dag_id: str, run_id: str, task_id: str, state: str, by: Who
+) -> Effects:
     """Set a task instance to success or failed; a running attempt is killed."""
     run = _locked_run(session, dag_id, run_id)
     tis = _task_instances(session, run, {task_id})
@@ -128,6 +233,8 @@ def mark_task(session: Session, dag_id: str, run_id: str, task_id: str, state: s
     if run.state in S.RUN_FINISHED:
         run.state, run.ended_at = S.RUN_RUNNING, None
     fx.queues |= advance_run(session, run)
+    details = {"run_id": run_id, "task_id": task_id, "state": state}
+    audit.note(session, by, "task.mark", f"dag:{dag_id}", details)
     return fx
 
 
@@ -163,7 +270,7 @@ def _clear(session: Session, run: DagRun, tis: list[TaskInstance], fx: Effects) 
 
 
 def clear_task(
-    session: Session, dag_id: str, run_id: str, task_id: str, downstream: bool
+    session: Session, dag_id: str, run_id: str, task_id: str, downstream: bool, by: Who
 ) -> tuple[list[str], Effects]:
     """Make a task instance (and, if asked, everything downstream) run again.
 
@@ -176,11 +283,14 @@ def clear_task(
         raise NotFound(f"run {run_id!r} of DAG {dag_id!r} has no task {task_id!r}")
     fx = Effects()
     _clear(session, run, tis, fx)
-    return _task_ids(tis), fx
+    cleared = _task_ids(tis)
+    details = {"run_id": run_id, "task_id": task_id, "downstream": downstream, "cleared": cleared}
+    audit.note(session, by, "task.clear", f"dag:{dag_id}", details)
+    return cleared, fx
 
 
 def clear_run(
-    session: Session, dag_id: str, run_id: str, only_failed: bool
+    session: Session, dag_id: str, run_id: str, only_failed: bool, by: Who
 ) -> tuple[list[str], Effects]:
     """Run a whole run again, or only its ``failed`` and ``upstream_failed`` tasks.
 
@@ -193,7 +303,10 @@ def clear_run(
     fx = Effects()
     if tis:
         _clear(session, run, tis, fx)
-    return _task_ids(tis), fx
+    cleared = _task_ids(tis)
+    details = {"run_id": run_id, "only_failed": only_failed, "cleared": cleared}
+    audit.note(session, by, "run.clear", f"dag:{dag_id}", details)
+    return cleared, fx
 
 
 def _task_ids(tis: list[TaskInstance]) -> list[str]:
@@ -201,7 +314,7 @@ def _task_ids(tis: list[TaskInstance]) -> list[str]:
     return list(dict.fromkeys(ti.task_id for ti in tis))
 
 
-def mark_run(session: Session, dag_id: str, run_id: str, state: str) -> Effects:
+def mark_run(session: Session, dag_id: str, run_id: str, state: str, by: Who) -> Effects:
     """Set a run to success or failed, and its unfinished task instances with it.
 
     As Airflow: ``success`` makes every unfinished task instance ``success``;
@@ -214,4 +327,5 @@ def mark_run(session: Session, dag_id: str, run_id: str, state: str) -> Effects:
     """
     run = _locked_run(session, dag_id, run_id)
     queues, workers = end_run(session, run, state, "marked", f"run marked {state} by an operator")
+    audit.note(session, by, "run.mark", f"dag:{dag_id}", {"run_id": run_id, "state": state})
     return Effects(queues=queues, workers=workers)

@@ -10,12 +10,13 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, HTTPException, Path, Query, Response, status
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from tether import __version__
+from tether.hub import audit
 from tether.hub.api import control, queries
 from tether.hub.auth import credentials
 from tether.hub.auth.credentials import WORKER_NAME_PATTERN
@@ -95,9 +96,12 @@ class DagPatchIn(BaseModel):
 
 
 @router.patch("/dags/{dag_id}", dependencies=[AdminAuth])
-async def patch_dag(dag_id: DagId, body: DagPatchIn, hub: HubDep) -> dict[str, Any]:
+async def patch_dag(
+    dag_id: DagId, body: DagPatchIn, request: Request, hub: HubDep
+) -> dict[str, Any]:
     """Pause or unpause a DAG; an unpaused one is scheduled again at once."""
-    summary = await _in_session(hub, lambda s: control.set_paused(s, dag_id, body.is_paused))
+    by = audit.who(request)
+    summary = await _in_session(hub, lambda s: control.set_paused(s, dag_id, body.is_paused, by))
     if not body.is_paused:
         hub.wakeups.poke_scheduler()
     return summary
@@ -125,10 +129,13 @@ async def list_runs(
 
 
 @router.post("/dags/{dag_id}/runs", dependencies=[AdminAuth])
-async def trigger_run(dag_id: DagId, body: TriggerIn, hub: HubDep) -> dict[str, str]:
+async def trigger_run(
+    dag_id: DagId, body: TriggerIn, request: Request, hub: HubDep
+) -> dict[str, str]:
+    by = audit.who(request)  # who triggered, for the audit entry the store function writes
     try:
         run_id, woken = await _in_session(
-            hub, lambda s: queries.trigger(s, dag_id, body.conf, body.run_id)
+            hub, lambda s: control.trigger(s, dag_id, body.conf, body.run_id, by)
         )
     except RunExists as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
@@ -172,6 +179,35 @@ async def list_queues(hub: HubDep) -> dict[str, Any]:
 @router.get("/import-errors", dependencies=[AdminAuth])
 async def import_errors(hub: HubDep) -> dict[str, Any]:
     return {"import_errors": await _in_session(hub, queries.list_import_errors)}
+
+
+AuditActor = Annotated[
+    str | None, Query(min_length=1, max_length=300, pattern=r"^[^\x00-\x1f\x7f]+$")
+]
+AuditAction = Annotated[str | None, Query(min_length=1, max_length=100, pattern=r"^[a-z0-9_.]+$")]
+
+
+@router.get("/audit", dependencies=[AdminAuth])
+async def audit_log(
+    hub: HubDep,
+    since: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    actor: AuditActor = None,
+    action: AuditAction = None,
+    limit: Annotated[int, Query(ge=1, le=audit.MAX_LIST)] = 100,
+    before_id: Annotated[int | None, Query(ge=1, le=MAX_WIRE_INT)] = None,
+) -> dict[str, Any]:
+    """The audit log, newest first; ``before_id`` (the last page's
+    ``next_before_id``) pages on to older entries."""
+    try:
+        cutoff = audit.parse_since(since, utcnow()) if since is not None else None
+    except audit.InvalidFilter as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+    return await _in_session(
+        hub,
+        lambda s: audit.list_entries(
+            s, since=cutoff, actor=actor, action=action, limit=limit, before_id=before_id
+        ),
+    )
 
 
 #: Largest ``extra`` of a posted asset event, as JSON: it is copied into the runs it starts.
@@ -219,10 +255,11 @@ async def list_asset_events(
 
 
 @router.post("/assets/events", dependencies=[AdminAuth])
-async def post_asset_event(body: AssetEventIn, hub: HubDep) -> dict[str, Any]:
+async def post_asset_event(body: AssetEventIn, request: Request, hub: HubDep) -> dict[str, Any]:
     """Record an event of a known asset; the DAGs it makes due start at once."""
+    by = audit.who(request)
     answer, woken = await _in_session(
-        hub, lambda s: queries.post_asset_event(s, body.uri, body.extra)
+        hub, lambda s: control.post_asset_event(s, body.uri, body.extra, by)
     )
     hub.wakeups.notify(woken)
     return answer
@@ -260,21 +297,17 @@ TokenId = Annotated[str, Path(pattern=r"^[0-9a-f]{16}$", description="an enrolme
 
 
 @router.post("/workers/enrolment-tokens", dependencies=[AdminAuth])
-async def create_enrolment_token(body: EnrolmentTokenIn, hub: HubDep) -> dict[str, Any]:
+async def create_enrolment_token(
+    body: EnrolmentTokenIn, request: Request, hub: HubDep
+) -> dict[str, Any]:
     """A one-time token a new worker exchanges for its own credential."""
+    by = audit.who(request)
 
     def create(s: Session) -> dict[str, Any]:
-        token, name, expires_at = credentials.create_enrolment_token(
-            s, body.queues, body.name, timedelta(seconds=body.expires_in), replace=body.replace
+        expires_in = timedelta(seconds=body.expires_in)
+        return control.create_enrolment_token(
+            s, body.queues, body.name, expires_in, body.replace, by
         )
-        return {
-            "token": token,
-            "id": token.removeprefix("tte_").split(".")[0],
-            "name": name,
-            "queues": body.queues,
-            "replace": body.replace,
-            "expires_at": expires_at.isoformat(),
-        }
 
     try:
         return await _in_session(hub, create)
@@ -289,17 +322,17 @@ async def list_enrolment_tokens(hub: HubDep) -> dict[str, Any]:
 
 
 @router.post("/workers/enrolment-tokens/{token_id}/revoke", dependencies=[AdminAuth])
-async def revoke_enrolment_token(token_id: TokenId, hub: HubDep) -> dict[str, str]:
+async def revoke_enrolment_token(
+    token_id: TokenId, request: Request, hub: HubDep
+) -> dict[str, str]:
     """Revoke an unspent token: spending it is refused from now on."""
+    by = audit.who(request)
     try:
-        state = await _in_session(hub, lambda s: credentials.revoke_token(s, token_id))
+        state = await _in_session(hub, lambda s: control.revoke_enrolment_token(s, token_id, by))
     except credentials.TokenNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
-    if state == "used":
-        raise HTTPException(
-            status.HTTP_409_CONFLICT,
-            f"enrolment token {token_id} was already spent; revoke its worker instead",
-        )
+    except control.TokenSpent as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     return {"id": token_id, "state": state}
 
 
@@ -309,27 +342,33 @@ class MaintenanceIn(BaseModel):
 
 
 @router.post("/workers/{name}/maintenance", dependencies=[AdminAuth])
-async def worker_maintenance(name: WorkerName, body: MaintenanceIn, hub: HubDep) -> dict[str, str]:
-    await _act(hub, lambda s: control.set_maintenance(s, name, body.on, body.comment))
+async def worker_maintenance(
+    name: WorkerName, body: MaintenanceIn, request: Request, hub: HubDep
+) -> dict[str, str]:
+    by = audit.who(request)
+    await _act(hub, lambda s: control.set_maintenance(s, name, body.on, body.comment, by))
     return {"name": name, "maintenance": "on" if body.on else "off"}
 
 
 @router.post("/workers/{name}/shutdown", dependencies=[AdminAuth])
-async def worker_shutdown(name: WorkerName, hub: HubDep) -> dict[str, str]:
-    await _act(hub, lambda s: control.request_shutdown(s, name))
+async def worker_shutdown(name: WorkerName, request: Request, hub: HubDep) -> dict[str, str]:
+    by = audit.who(request)
+    await _act(hub, lambda s: control.request_shutdown(s, name, by))
     return {"name": name, "shutdown": "requested"}
 
 
 @router.post("/workers/{name}/revoke", dependencies=[AdminAuth])
-async def worker_revoke(name: WorkerName, hub: HubDep) -> dict[str, str]:
-    await _act(hub, lambda s: control.revoke(s, name))
+async def worker_revoke(name: WorkerName, request: Request, hub: HubDep) -> dict[str, str]:
+    by = audit.who(request)
+    await _act(hub, lambda s: control.revoke(s, name, by))
     hub.principals.forget(name)
     return {"name": name, "state": "revoked"}
 
 
 @router.delete("/workers/{name}", dependencies=[AdminAuth])
-async def worker_remove(name: WorkerName, hub: HubDep) -> dict[str, str]:
-    await _act(hub, lambda s: control.remove(s, name))
+async def worker_remove(name: WorkerName, request: Request, hub: HubDep) -> dict[str, str]:
+    by = audit.who(request)
+    await _act(hub, lambda s: control.remove(s, name, by))
     hub.principals.forget(name)
     return {"name": name, "state": "removed"}
 
@@ -340,10 +379,16 @@ class TaskStateIn(BaseModel):
 
 @router.patch("/dags/{dag_id}/runs/{run_id}/tasks/{task_id}", dependencies=[AdminAuth])
 async def mark_task(
-    dag_id: DagId, run_id: RunId, task_id: TaskId, body: TaskStateIn, hub: HubDep
+    dag_id: DagId,
+    run_id: RunId,
+    task_id: TaskId,
+    body: TaskStateIn,
+    request: Request,
+    hub: HubDep,
 ) -> dict[str, str]:
     """Mark a task instance success or failed; a running one is killed on its worker."""
-    await _act(hub, lambda s: control.mark_task(s, dag_id, run_id, task_id, body.state))
+    by = audit.who(request)
+    await _act(hub, lambda s: control.mark_task(s, dag_id, run_id, task_id, body.state, by))
     return {"task_id": task_id, "state": body.state}
 
 
@@ -353,11 +398,12 @@ class ClearIn(BaseModel):
 
 @router.post("/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/clear", dependencies=[AdminAuth])
 async def clear_task(
-    dag_id: DagId, run_id: RunId, task_id: TaskId, body: ClearIn, hub: HubDep
+    dag_id: DagId, run_id: RunId, task_id: TaskId, body: ClearIn, request: Request, hub: HubDep
 ) -> dict[str, Any]:
     """Run a task instance again (with its downstream if asked); a running one is killed."""
+    by = audit.who(request)
     cleared, fx = await _in_session(
-        hub, lambda s: control.clear_task(s, dag_id, run_id, task_id, body.downstream)
+        hub, lambda s: control.clear_task(s, dag_id, run_id, task_id, body.downstream, by)
     )
     _announce(hub, fx)
     return {"task_id": task_id, "state": "cleared", "cleared": cleared}
@@ -368,9 +414,12 @@ class RunStateIn(BaseModel):
 
 
 @router.patch("/dags/{dag_id}/runs/{run_id}", dependencies=[AdminAuth])
-async def mark_run(dag_id: DagId, run_id: RunId, body: RunStateIn, hub: HubDep) -> dict[str, str]:
+async def mark_run(
+    dag_id: DagId, run_id: RunId, body: RunStateIn, request: Request, hub: HubDep
+) -> dict[str, str]:
     """Mark a run success or failed, with its unfinished task instances."""
-    await _act(hub, lambda s: control.mark_run(s, dag_id, run_id, body.state))
+    by = audit.who(request)
+    await _act(hub, lambda s: control.mark_run(s, dag_id, run_id, body.state, by))
     return {"run_id": run_id, "state": body.state}
 
 
@@ -379,10 +428,13 @@ class ClearRunIn(BaseModel):
 
 
 @router.post("/dags/{dag_id}/runs/{run_id}/clear", dependencies=[AdminAuth])
-async def clear_run(dag_id: DagId, run_id: RunId, body: ClearRunIn, hub: HubDep) -> dict[str, Any]:
+async def clear_run(
+    dag_id: DagId, run_id: RunId, body: ClearRunIn, request: Request, hub: HubDep
+) -> dict[str, Any]:
     """Run a whole run again, or only its failed tasks."""
+    by = audit.who(request)
     cleared, fx = await _in_session(
-        hub, lambda s: control.clear_run(s, dag_id, run_id, body.only_failed)
+        hub, lambda s: control.clear_run(s, dag_id, run_id, body.only_failed, by)
     )
     _announce(hub, fx)
     return {"run_id": run_id, "cleared": cleared}
@@ -405,11 +457,12 @@ async def list_pools(hub: HubDep) -> dict[str, Any]:
 
 
 @router.put("/pools/{name}", dependencies=[AdminAuth])
-async def set_pool(name: PoolName, body: PoolIn, hub: HubDep) -> dict[str, Any]:
+async def set_pool(name: PoolName, body: PoolIn, request: Request, hub: HubDep) -> dict[str, Any]:
     """Create a pool or change its slots; waiting tasks are looked at again at once."""
+    by = audit.who(request)
 
     def put(s: Session) -> dict[str, Any]:
-        pool = limits.set_pool(s, name, body.slots, body.description)
+        pool = control.set_pool(s, name, body.slots, body.description, by)
         return {"name": pool.name, "slots": pool.slots, "description": pool.description}
 
     answer = await _in_session(hub, put)
@@ -418,9 +471,10 @@ async def set_pool(name: PoolName, body: PoolIn, hub: HubDep) -> dict[str, Any]:
 
 
 @router.delete("/pools/{name}", dependencies=[AdminAuth])
-async def delete_pool(name: PoolName, hub: HubDep) -> dict[str, str]:
+async def delete_pool(name: PoolName, request: Request, hub: HubDep) -> dict[str, str]:
+    by = audit.who(request)
     try:
-        found = await _in_session(hub, lambda s: limits.delete_pool(s, name))
+        found = await _in_session(hub, lambda s: control.delete_pool(s, name, by))
     except limits.PoolError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     if not found:
@@ -448,13 +502,15 @@ class BackfillIn(BaseModel):
 
 
 @router.post("/dags/{dag_id}/backfills", dependencies=[AdminAuth])
-async def create_backfill(dag_id: DagId, body: BackfillIn, hub: HubDep) -> dict[str, Any]:
+async def create_backfill(
+    dag_id: DagId, body: BackfillIn, request: Request, hub: HubDep
+) -> dict[str, Any]:
     """Runs for the DAG's intervals whose logical date is in [start, end] (see backfill.py)."""
+    by = audit.who(request)
+    start, end = datetime.fromisoformat(body.start), datetime.fromisoformat(body.end)
 
     def create(s: Session) -> backfill.Backfill:
-        dag = queries.get_dag(s, dag_id)
-        start, end = datetime.fromisoformat(body.start), datetime.fromisoformat(body.end)
-        return backfill.create_backfill(s, dag, start, end, utcnow())
+        return control.create_backfill(s, dag_id, start, end, by)
 
     try:
         made = await _in_session(hub, create)

@@ -103,6 +103,11 @@ def create_enrolment_token(
     return f"{_ENROLMENT_PREFIX}{token_id}.{secret}", worker_name, now + expires_in
 
 
+def token_id(token: str) -> str:
+    """The public id of an enrolment token (the part before its secret)."""
+    return token.removeprefix(_ENROLMENT_PREFIX).split(".")[0]
+
+
 def token_state(row: EnrolmentToken, now: datetime) -> str:
     """``unspent``, ``used``, ``revoked`` or ``expired``."""
     if row.used_at is not None:

@@ -1,4 +1,5 @@
-"""Housekeeping: delete finished runs, and bundles nothing uses, older than a cutoff.
+"""Housekeeping: delete finished runs, and bundles nothing uses, older than a cutoff;
+and audit entries older than a cutoff of their own.
 
 Behind ``tether db clean``, which works on the database directly while the
 hub keeps serving. Runs go in batches, each batch its own short
@@ -7,6 +8,10 @@ one batch. Deleting a ``dag_run`` row deletes its task instances, their
 attempts and the attempts' log chunks through the foreign keys'
 ``ON DELETE CASCADE``, in the store's lock order (run, task instances,
 attempts).
+
+The audit log is kept longer than runs (a year by default): a reviewer asks
+who revoked a worker months after its runs stopped mattering. So its entries
+have their own cutoff, and nothing else deletes them.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from tether.hub.scheduler import states as S
 from tether.hub.store.db import Store
 from tether.hub.store.dialect import foreign_keys_enforced, lock_row, pause_between_batches
 from tether.hub.store.models import (
+    AuditEntry,
     Bundle,
     CallbackRequest,
     Dag,
@@ -52,6 +58,7 @@ class Result:
     batches: int = 0
     runs: int = 0
     bundles: int = 0
+    audit_entries: int = 0
 
 
 def count_rows(session: Session) -> dict[str, int]:
@@ -112,6 +119,25 @@ def count_old(session: Session, cutoff: datetime) -> dict[str, int]:
     }
 
 
+def _old_audit(cutoff: datetime) -> Select[Any]:
+    return select(AuditEntry.id).where(AuditEntry.at < cutoff)
+
+
+def count_audit(session: Session, cutoff: datetime) -> tuple[int, int]:
+    """``(all, older)``: audit entries in the store, and those written before ``cutoff``."""
+    total = session.scalar(select(func.count()).select_from(AuditEntry)) or 0
+    old = session.scalar(select(func.count()).select_from(_old_audit(cutoff).subquery())) or 0
+    return total, old
+
+
+def delete_old_audit(session: Session, cutoff: datetime, batch_size: int) -> int:
+    """Delete up to ``batch_size`` of the oldest audit entries written before ``cutoff``."""
+    ids = session.scalars(_old_audit(cutoff).order_by(AuditEntry.id).limit(batch_size)).all()
+    if ids:
+        session.execute(delete(AuditEntry).where(AuditEntry.id.in_(ids)))
+    return len(ids)
+
+
 def delete_old_runs(session: Session, cutoff: datetime, batch_size: int) -> int:
     """Delete up to ``batch_size`` runs that finished before ``cutoff``; their rows go too.
 
@@ -134,9 +160,12 @@ def clean(
     cutoff: datetime,
     batch_size: int,
     progress: Callable[[Result], None] = lambda _: None,
+    *,
+    audit_cutoff: datetime | None = None,
 ) -> Result:
     """Delete every run that finished before ``cutoff``, batch by batch, then the
-    bundles nothing uses any more, one per transaction."""
+    bundles nothing uses any more, one per transaction, then (if ``audit_cutoff``
+    is given) the audit entries written before ``audit_cutoff``, batch by batch."""
     result = Result()
     with store.session() as s:
         if not foreign_keys_enforced(s):
@@ -158,4 +187,11 @@ def clean(
         with store.session() as s:  # the conditions again: a run may use it by now
             gone = s.execute(delete(Bundle).where(Bundle.sha == sha, *_unused_bundles(cutoff)))
             result.bundles += cast(CursorResult[Any], gone).rowcount
+    while audit_cutoff is not None:
+        with store.session() as s:
+            deleted = delete_old_audit(s, audit_cutoff, batch_size)
+        result.audit_entries += deleted
+        if deleted < batch_size:
+            break
+        time.sleep(pause)
     return result

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from tether import __version__
+from tether.hub import audit
 from tether.hub.auth import credentials
 from tether.hub.auth.deps import HubDep, WorkerAuth, WorkerIdentity
 from tether.hub.scheduler.runs import utcnow
@@ -149,14 +150,25 @@ async def _as_worker(hub: Hub, me: WorkerIdentity, fn: Any, *, session_bound: bo
 
 
 @router.post("/enrol", max_body_size=ENROL_MAX_BODY)
-async def enrol(body: EnrolIn, hub: HubDep) -> dict[str, Any]:
-    """Exchange a one-time enrolment token for this worker's own credential."""
+async def enrol(body: EnrolIn, request: Request, hub: HubDep) -> dict[str, Any]:
+    """Exchange a one-time enrolment token for this worker's own credential.
+
+    The audit entry is the new worker's (``worker:NAME``), from the address
+    the token was spent from, and names the token by its id only.
+    """
+    address = audit.who(request).address  # the caller is anonymous until this succeeds
 
     def work() -> dict[str, Any]:
         with hub.store.read() as s:  # a made-up token never takes the write lock
             credentials.find_token(s, body.token)
         with hub.store.session() as s:
             worker, credential = credentials.enrol(s, body.token)
+            by = audit.Who(f"worker:{worker.name}", address)
+            details = {
+                "token_id": credentials.token_id(body.token),
+                "queues": worker.allowed_queues,
+            }
+            audit.note(s, by, "worker.enrol", f"worker:{worker.name}", details)
             return {"name": worker.name, "credential": credential, "queues": worker.allowed_queues}
 
     try:
