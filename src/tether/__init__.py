@@ -16,6 +16,7 @@ from tether.sdk import (
     chain,
     dag,
     get_current_context,
+    mask_secret,
     task,
 )
 
@@ -38,5 +39,6 @@ __all__ = [
     "chain",
     "dag",
     "get_current_context",
+    "mask_secret",
     "task",
 ]

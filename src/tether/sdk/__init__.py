@@ -14,6 +14,7 @@ from tether.sdk.context import (
 )
 from tether.sdk.dag import DAG, DagDefinitionError, dag
 from tether.sdk.decorators import task
+from tether.sdk.masking import mask_secret
 from tether.sdk.operators import (
     BashOperator,
     BranchPythonOperator,
@@ -39,5 +40,6 @@ __all__ = [
     "chain",
     "dag",
     "get_current_context",
+    "mask_secret",
     "task",
 ]

@@ -38,6 +38,7 @@ from tether.sdk.context import (
 )
 from tether.sdk.loader import load_dag_file
 from tether.sdk.templating import render_params, render_template_fields
+from tether.worker.masked_output import masked_output
 
 
 def _date(value: str | None) -> datetime | None:
@@ -186,6 +187,8 @@ def run_task_callbacks(task: Any, context: dict[str, Any], result: AttemptResult
             traceback.print_exc()
 
 
+# Before anything runs, so all this process and its children write is masked.
+@masked_output()
 def main(argv: list[str] | None = None) -> int:
     parent = os.environ.get("TETHER_WORKER_PID")
     die_with_parent(int(parent) if parent else None)
