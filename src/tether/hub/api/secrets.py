@@ -15,7 +15,15 @@ from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -85,7 +93,7 @@ class ConnectionIn(BaseModel):
     login: StrictStr | None = Field(default=None, max_length=secrets.MAX_FIELD)
     password: StrictStr | None = Field(default=None, max_length=secrets.MAX_PASSWORD)
     schema_: StrictStr | None = Field(default=None, alias="schema", max_length=secrets.MAX_FIELD)
-    port: int | None = Field(default=None, ge=1, le=65535)
+    port: StrictInt | None = Field(default=None, ge=1, le=65535)
     #: A JSON object, or its text (as ``--extra`` gives it); with a URI, it replaces the URI's.
     extra: StrictStr | None = None
     queues: list[StrictStr] = Field(default_factory=list, max_length=secrets.MAX_QUEUES)
