@@ -46,7 +46,16 @@ def private_path(path: Path) -> None:
 
 
 #: What the hub keeps in its home (a DAGs folder kept there is not its to change).
-HUB_ENTRIES = ("tether.db", "tether.db-wal", "tether.db-shm", "admin_token", "bundles", "worker")
+HUB_ENTRIES = (
+    "tether.db",
+    "tether.db-wal",
+    "tether.db-shm",
+    "admin_token",
+    "secret_key",
+    "secret_key.tmp",
+    "bundles",
+    "worker",
+)
 #: What the worker keeps in its home.
 WORKER_ENTRIES = (
     "credential.json",

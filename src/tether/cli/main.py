@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from tether import __version__
 from tether.cli.rest import CliError
+from tether.cli.secrets import add_secrets_parsers
 from tether.cli.worker import add_worker_parser
 
 SUPPRESS_HELP = argparse.SUPPRESS
@@ -284,6 +285,8 @@ def _parser() -> argparse.ArgumentParser:
     client_args(sp)
     sp.add_argument("name")
     sp.set_defaults(func=_lazy("tether.cli.pools", "pools_delete"))
+
+    add_secrets_parsers(sub, client_args, _lazy)
     return p
 
 

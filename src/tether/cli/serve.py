@@ -47,9 +47,13 @@ def _serve(
 
     from tether.homes import private_umask
     from tether.hub.app import build_hub, create_app
+    from tether.hub.secrets.keys import SecretKeyError
 
     private_umask()  # the store, bundles and logs the hub writes are its user's only
-    hub = build_hub(config)
+    try:
+        hub = build_hub(config)
+    except SecretKeyError as exc:
+        raise CliError(str(exc)) from None
     scheme = "https" if config.tls_cert else "http"
     url = f"{scheme}://{config.host}:{config.port}"
     out(f"Tether hub on {url}  (store: {hub.store.dialect}, DAGs: {config.dags_folder})")

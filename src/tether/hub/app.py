@@ -15,12 +15,15 @@ from fastapi.responses import HTMLResponse
 from tether import __version__
 from tether.homes import HUB_ENTRIES, private_home, private_path
 from tether.hub.api.routes import router as api_router
+from tether.hub.api.secrets import MAX_BODY as SECRETS_MAX_BODY
+from tether.hub.api.secrets import router as secrets_router
 from tether.hub.auth.gate import AuthGate, Principals
 from tether.hub.auth.tokens import Tokens
 from tether.hub.config import HubConfig
 from tether.hub.dags.callbacks import DagCallbacks
 from tether.hub.dags.processor import DagProcessor
 from tether.hub.scheduler.loop import Scheduler
+from tether.hub.secrets.keys import SecretKeys
 from tether.hub.state import Hub
 from tether.hub.store.db import Store, migrate
 from tether.hub.wakeups import Wakeups
@@ -42,9 +45,12 @@ def build_hub(config: HubConfig, tokens: Tokens | None = None) -> Hub:
     """Migrate the store and gather what the app needs.
 
     The home is made private (0700, its files 0600; see ``tether.homes``),
-    and so is an SQLite store kept elsewhere.
+    and so is an SQLite store kept elsewhere. The keys of secrets at rest are
+    loaded (or made) before anything else, so a bad TETHER_SECRET_KEY stops
+    the start (SecretKeyError) before the store is touched.
     """
     private_home(config.home, HUB_ENTRIES)
+    secret_keys = SecretKeys.load(config.home)
     migrate(config.database_url)
     if config.database_url.startswith("sqlite:///"):
         db = Path(config.database_url.removeprefix("sqlite:///"))
@@ -56,6 +62,7 @@ def build_hub(config: HubConfig, tokens: Tokens | None = None) -> Hub:
         tokens=tokens or Tokens.load(config.home),
         wakeups=Wakeups(),
         principals=Principals(config.auth_failures_per_minute),
+        secret_keys=secret_keys,
     )
 
 
@@ -118,6 +125,7 @@ def create_app(hub: Hub) -> FastAPI:
     )
     app.state.hub = hub
     app.include_router(api_router)
+    app.include_router(secrets_router, max_body_size=min(config.max_body_bytes, SECRETS_MAX_BODY))
     app.include_router(worker_router)
     # A result carries the task's output (at most max_task_output_bytes) and an
     # error text; log chunks are streamed to the store.

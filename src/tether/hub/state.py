@@ -9,6 +9,7 @@ from fastapi import Request
 from tether.hub.auth.gate import Principals
 from tether.hub.auth.tokens import Tokens
 from tether.hub.config import HubConfig
+from tether.hub.secrets.keys import SecretKeys
 from tether.hub.store.db import Store
 from tether.hub.wakeups import Wakeups
 
@@ -20,6 +21,8 @@ class Hub:
     tokens: Tokens
     wakeups: Wakeups
     principals: Principals
+    #: Encrypts connections and variables at rest (``hub/secrets``).
+    secret_keys: SecretKeys
 
 
 async def get_hub(request: Request) -> Hub:

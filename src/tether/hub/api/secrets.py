@@ -1,0 +1,336 @@
+"""REST routes for connections, variables and the key that encrypts them
+(``/api/v1/connections``, ``/api/v1/variables``, ``/api/v1/secrets``).
+
+Thin as the others: a strict body, one store function (``hub/secrets/store.py``)
+and its audit entry in one transaction, the answer. A password, an extra or a
+secret variable's value is never in a listing; a single one shows it only with
+``?reveal=true``, which needs the admin principal itself (not merely a
+principal the gate let through), and leaves an audit entry.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, HTTPException, Query, Request, status
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from tether.hub import audit
+from tether.hub.auth.deps import AdminAuth, HubDep
+from tether.hub.auth.gate import ADMIN, PRINCIPAL
+from tether.hub.secrets import store as secrets
+from tether.hub.secrets.keys import SecretKeyError
+from tether.hub.state import Hub
+from tether.hub.wire import StrictJSONRoute
+from tether.sdk.connection import Connection
+
+router = APIRouter(prefix="/api/v1", tags=["secrets"], route_class=StrictJSONRoute)
+T = TypeVar("T")
+
+#: Largest body of these routes: a variable's value or a connection's extra at
+#: their limits, with room for JSON escapes. More gets 413 before it is read.
+MAX_BODY = 512 * 1024
+#: Longest connection URI: every field at its limit, percent-encoded.
+MAX_URI = 3 * (secrets.MAX_PASSWORD + secrets.MAX_EXTRA + 3 * secrets.MAX_FIELD) + 1000
+
+Reveal = Annotated[bool, Query(description="show the secret itself (admin only; audited)")]
+
+
+async def _in_session(hub: Hub, fn: Callable[[Session], T]) -> T:
+    """Run ``fn`` in one transaction off the event loop; the store's refusals become 4xx."""
+
+    def work() -> T:
+        with hub.store.session() as s:
+            return fn(s)
+
+    try:
+        return await run_in_threadpool(work)
+    except secrets.InvalidSecret as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+    except secrets.SecretExists as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    except IntegrityError:
+        # Two requests created the same name at once; the other one won.
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, "it was created by another request meanwhile; try again"
+        ) from None
+    except SecretKeyError as exc:
+        # The hub's keys do not open what it stored: the operator's to fix, said plainly.
+        raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, str(exc)) from None
+
+
+def _check_reveal(request: Request) -> None:
+    """Only the admin principal itself may see a secret (roles added later may not)."""
+    if request.scope.get(PRINCIPAL) != ADMIN:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "revealing a secret needs the admin token")
+
+
+def _not_found(what: str, name: str) -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, f"no {what} {name!r}")
+
+
+class ConnectionIn(BaseModel):
+    """A connection: a URI in Airflow's format, or its fields one by one."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    conn_id: StrictStr = Field(max_length=secrets.MAX_NAME)
+    uri: StrictStr | None = Field(default=None, max_length=MAX_URI)
+    conn_type: StrictStr | None = Field(default=None, max_length=secrets.MAX_CONN_TYPE)
+    host: StrictStr | None = Field(default=None, max_length=secrets.MAX_FIELD)
+    login: StrictStr | None = Field(default=None, max_length=secrets.MAX_FIELD)
+    password: StrictStr | None = Field(default=None, max_length=secrets.MAX_PASSWORD)
+    schema_: StrictStr | None = Field(default=None, alias="schema", max_length=secrets.MAX_FIELD)
+    port: StrictInt | None = Field(default=None, ge=1, le=65535)
+    #: A JSON object, or its text (as ``--extra`` gives it); with a URI, it replaces the URI's.
+    extra: StrictStr | None = None
+    queues: list[StrictStr] = Field(default_factory=list, max_length=secrets.MAX_QUEUES)
+    description: StrictStr | None = Field(default=None, max_length=secrets.MAX_DESCRIPTION)
+    replace: StrictBool = False
+
+    @field_validator("conn_id")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        return secrets.validate_name(value, "connection name")
+
+    @field_validator("extra", mode="before")
+    @classmethod
+    def _extra_text(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            value = json.dumps(value)
+        if isinstance(value, str) and len(value) > secrets.MAX_EXTRA:
+            raise ValueError(
+                f"the extra is {len(value)} characters of JSON; the limit is {secrets.MAX_EXTRA}"
+            )
+        return value
+
+    def connection(self) -> Connection:
+        """The connection this body describes; ValueError with the reason if none."""
+        fields = (self.conn_type, self.host, self.login, self.password, self.schema_, self.port)
+        if self.uri is not None:
+            if any(f is not None for f in fields):
+                raise ValueError("give a uri or the connection's fields, not both")
+            conn = Connection.from_uri(self.conn_id, self.uri)
+            if self.extra is None:
+                return conn
+            return Connection(**{**conn.to_dict(), "extra": self.extra})
+        if self.conn_type is None:
+            raise ValueError("a connection needs a uri or a conn_type")
+        return Connection(
+            conn_id=self.conn_id,
+            conn_type=self.conn_type,
+            host=self.host,
+            login=self.login,
+            password=self.password,
+            schema=self.schema_,
+            port=self.port,
+            extra=self.extra,
+        )
+
+
+def _connection_view(stored: secrets.StoredConnection, reveal: bool) -> dict[str, Any]:
+    conn = stored.connection
+    view: dict[str, Any] = {
+        "conn_id": conn.conn_id,
+        "conn_type": conn.conn_type,
+        "host": conn.host,
+        "login": conn.login,
+        "schema": conn.schema,
+        "port": conn.port,
+        "extra": conn.extra_dejson if conn.extra is not None else None,
+        "has_password": conn.password is not None,
+        "queues": stored.queues,
+        "description": stored.description,
+        "created_at": stored.created_at.isoformat(),
+        "updated_at": stored.updated_at.isoformat(),
+    }
+    if reveal:
+        view["password"] = conn.password
+        view["uri"] = conn.get_uri()
+    return view
+
+
+@router.post("/connections", dependencies=[AdminAuth], status_code=status.HTTP_201_CREATED)
+async def create_connection(body: ConnectionIn, request: Request, hub: HubDep) -> dict[str, Any]:
+    """Store a connection, its password and extra encrypted; 409 if the name is taken
+    (unless ``replace``)."""
+    try:
+        conn = body.connection()
+    except ValueError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+
+    def create(s: Session) -> bool:
+        created = secrets.set_connection(
+            s, hub.secret_keys, conn, body.queues, body.description, replace=body.replace
+        )
+        details = {"conn_type": conn.conn_type, "host": conn.host, "queues": body.queues}
+        action = "connection.create" if created else "connection.update"
+        audit.record_request(s, request, action, f"connection:{conn.conn_id}", details)
+        return created
+
+    created = await _in_session(hub, create)
+    return {"conn_id": conn.conn_id, "state": "created" if created else "replaced"}
+
+
+@router.get("/connections", dependencies=[AdminAuth])
+async def list_connections(hub: HubDep) -> dict[str, Any]:
+    """Names, types, hosts, queues and descriptions; never a password or an extra."""
+    return {"connections": await _in_session(hub, secrets.list_connections)}
+
+
+@router.get("/connections/{name:path}", dependencies=[AdminAuth])
+async def get_connection(
+    name: str, request: Request, hub: HubDep, reveal: Reveal = False
+) -> dict[str, Any]:
+    """A connection's fields and extra; its password and URI only with ``reveal``."""
+    if reveal:
+        _check_reveal(request)
+
+    def get(s: Session) -> dict[str, Any] | None:
+        stored = secrets.get_connection(s, hub.secret_keys, name)
+        if stored is None:
+            return None
+        if reveal:
+            audit.record_request(s, request, "connection.reveal", f"connection:{name}")
+        return _connection_view(stored, reveal)
+
+    view = await _in_session(hub, get)
+    if view is None:
+        raise _not_found("connection", name)
+    return view
+
+
+@router.delete("/connections/{name:path}", dependencies=[AdminAuth])
+async def delete_connection(name: str, request: Request, hub: HubDep) -> dict[str, str]:
+    def delete(s: Session) -> bool:
+        found = secrets.delete_connection(s, name)
+        if found:
+            audit.record_request(s, request, "connection.delete", f"connection:{name}")
+        return found
+
+    if not await _in_session(hub, delete):
+        raise _not_found("connection", name)
+    return {"conn_id": name, "state": "deleted"}
+
+
+class VariableIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    value: StrictStr = Field(max_length=secrets.MAX_VALUE)
+    #: A secret variable is never shown back without ``reveal`` and is masked in task logs.
+    is_secret: StrictBool = False
+    queues: list[StrictStr] = Field(default_factory=list, max_length=secrets.MAX_QUEUES)
+    description: StrictStr | None = Field(default=None, max_length=secrets.MAX_DESCRIPTION)
+
+
+@router.put("/variables/{key:path}", dependencies=[AdminAuth])
+async def set_variable(key: str, body: VariableIn, request: Request, hub: HubDep) -> dict[str, Any]:
+    """Create or replace a variable; its value is kept encrypted either way."""
+
+    def put(s: Session) -> bool:
+        created = secrets.set_variable(
+            s,
+            hub.secret_keys,
+            key,
+            body.value,
+            is_secret=body.is_secret,
+            queues=body.queues,
+            description=body.description,
+        )
+        action = "variable.create" if created else "variable.update"
+        details = {"is_secret": body.is_secret, "queues": body.queues}
+        audit.record_request(s, request, action, f"variable:{key}", details)
+        return created
+
+    created = await _in_session(hub, put)
+    return {"key": key, "state": "created" if created else "updated"}
+
+
+@router.get("/variables", dependencies=[AdminAuth])
+async def list_variables(hub: HubDep) -> dict[str, Any]:
+    """Names, secrecy, queues and descriptions; no values."""
+    return {"variables": await _in_session(hub, secrets.list_variables)}
+
+
+@router.get("/variables/{key:path}", dependencies=[AdminAuth])
+async def get_variable(
+    key: str, request: Request, hub: HubDep, reveal: Reveal = False
+) -> dict[str, Any]:
+    """A variable; a secret one's value only with ``reveal``."""
+    if reveal:
+        _check_reveal(request)
+
+    def get(s: Session) -> dict[str, Any] | None:
+        stored = secrets.get_variable(s, hub.secret_keys, key)
+        if stored is None:
+            return None
+        view: dict[str, Any] = {
+            "key": stored.key,
+            "is_secret": stored.is_secret,
+            "queues": stored.queues,
+            "description": stored.description,
+            "created_at": stored.created_at.isoformat(),
+            "updated_at": stored.updated_at.isoformat(),
+        }
+        if not stored.is_secret or reveal:
+            view["value"] = stored.value
+        if stored.is_secret and reveal:
+            audit.record_request(s, request, "variable.reveal", f"variable:{key}")
+        return view
+
+    view = await _in_session(hub, get)
+    if view is None:
+        raise _not_found("variable", key)
+    return view
+
+
+@router.delete("/variables/{key:path}", dependencies=[AdminAuth])
+async def delete_variable(key: str, request: Request, hub: HubDep) -> dict[str, str]:
+    def delete(s: Session) -> bool:
+        found = secrets.delete_variable(s, key)
+        if found:
+            audit.record_request(s, request, "variable.delete", f"variable:{key}")
+        return found
+
+    if not await _in_session(hub, delete):
+        raise _not_found("variable", key)
+    return {"key": key, "state": "deleted"}
+
+
+@router.post("/secrets/rotate-key", dependencies=[AdminAuth])
+async def rotate_key(request: Request, hub: HubDep) -> dict[str, Any]:
+    """Re-encrypt every connection and variable under a new key, while the hub serves.
+
+    With the home's key file, a new key is made and put first in the file, every
+    value is re-encrypted, and the file is left with the new key alone. With
+    TETHER_SECRET_KEY, every value is re-encrypted with its first key; the
+    operator may then drop the others from it.
+    """
+    try:
+        done = await run_in_threadpool(secrets.rotate_key, hub.store, hub.secret_keys)
+    except secrets.RotationInProgress as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    except SecretKeyError as exc:
+        raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, str(exc)) from None
+    await _in_session(
+        hub, lambda s: audit.record_request(s, request, "secrets.rotate_key", None, done)
+    )
+    if done["source"] == "environment":
+        note = (
+            "re-encrypted with the first key of TETHER_SECRET_KEY; "
+            "the others may now be dropped from it"
+        )
+    else:
+        note = f"re-encrypted with a new key, now the only one in {hub.secret_keys.path}"
+    return {**done, "message": note}
