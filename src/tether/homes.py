@@ -59,6 +59,7 @@ HUB_ENTRIES = (
 #: What the worker keeps in its home.
 WORKER_ENTRIES = (
     "credential.json",
+    "connections.toml",
     "credential.tmp",
     "spool",
     "logs",

@@ -277,6 +277,12 @@ class Job:
     max_tries: int = 1
     #: Index of a mapped task instance (``expand()``); -1 when the task is not mapped.
     map_index: int = -1
+    #: Names of the connections and variables the task declares (never their values).
+    connections: list[str] = field(default_factory=list)
+    variables: list[str] = field(default_factory=list)
+    #: The token the task process asks the hub for those with; good only while this
+    #: attempt runs and only for those names. None when the task declares none.
+    secrets_token: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -326,6 +332,16 @@ class Job:
             validate_queue_name(self.queue)
         except InvalidQueueName as exc:
             problems.append(str(exc))
+        for name in ("connections", "variables"):
+            # The worker looks these names up in its environment and its own files.
+            names = getattr(self, name)
+            if not isinstance(names, list) or not all(is_valid_id(n) for n in names):
+                problems.append(f"{name} {names!r} is not a list of valid names")
+        token = self.secrets_token
+        if token is not None and not (
+            isinstance(token, str) and len(token) <= 100 and token.isascii() and token.isprintable()
+        ):
+            problems.append("secrets_token is not a printable ASCII string of <= 100 characters")
         if problems:
             raise InvalidJob("; ".join(problems))
 

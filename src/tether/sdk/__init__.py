@@ -7,6 +7,7 @@ both import it.
 
 from tether.sdk.assets import Asset
 from tether.sdk.baseoperator import BaseOperator, chain
+from tether.sdk.connection import Connection
 from tether.sdk.context import (
     TetherFailException,
     TetherSkipException,
@@ -22,6 +23,7 @@ from tether.sdk.operators import (
     PythonOperator,
 )
 from tether.sdk.params import Param
+from tether.sdk.secrets import Variable, get_connection
 from tether.sdk.xcom import XComArg
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "BashOperator",
     "DagDefinitionError",
     "BranchPythonOperator",
+    "Connection",
     "EmptyOperator",
     "Param",
     "PythonOperator",
@@ -39,6 +42,8 @@ __all__ = [
     "XComArg",
     "chain",
     "dag",
+    "Variable",
+    "get_connection",
     "get_current_context",
     "mask_secret",
     "task",

@@ -27,6 +27,7 @@ from tether.worker.attempt import AttemptRunner, deliver, end_leftover
 from tether.worker.bundles import BundleCache
 from tether.worker.client import HubClient, HubError, Superseded
 from tether.worker.launcher import make_launcher
+from tether.worker.site_secrets import SiteSecrets, SiteSecretsError
 from tether.worker.spool import Spool, clean_logs
 
 log = logging.getLogger("tether.worker")
@@ -119,6 +120,8 @@ class Worker:
         self._drain_deadline: float | None = None
         self._exit: WorkerExit | None = None
         self._lock_file: IO[str] | None = None
+        #: The worker's own connections and variables (read when it starts).
+        self.site_secrets: SiteSecrets | None = None
 
     # -- state ---------------------------------------------------------------------------
 
@@ -243,6 +246,17 @@ class Worker:
     async def run(self) -> None:
         """Serve until stopped and drained. Raises WorkerExit for a non-zero exit."""
         self._lock_home()
+        try:
+            self.site_secrets = SiteSecrets(self.home)
+        except SiteSecretsError as exc:
+            raise WorkerExit(f"site-local secrets: {exc}") from None
+        held = self.site_secrets.names()
+        if held["connections"] or held["variables"]:
+            log.info(
+                "site-local secrets (they never leave this machine): connections %s, variables %s",
+                ", ".join(held["connections"]) or "-",
+                ", ".join(held["variables"]) or "-",
+            )
         try:
             await self._run()
         finally:
@@ -469,6 +483,7 @@ class Worker:
             kill_grace=self.config.kill_grace,
             launcher=self.launcher,
             umask=self.config.task_umask,
+            site_secrets=self.site_secrets,
         )
         self.running[job.attempt_id] = runner
         self.state = "running"

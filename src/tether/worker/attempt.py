@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from tether.protocol import (
@@ -25,6 +26,7 @@ from tether.protocol import (
 from tether.worker.bundles import BundleCache
 from tether.worker.client import HubClient, HubError
 from tether.worker.launcher import TASK_PROCESS_MARKERS, Launcher, SpawnLauncher, TaskProcess
+from tether.worker.site_secrets import SiteSecrets
 from tether.worker.spool import Spool, SpoolEntry
 
 log = logging.getLogger("tether.worker")
@@ -156,9 +158,11 @@ class AttemptRunner:
         kill_grace: float = 1.5,
         launcher: Launcher | None = None,
         umask: int = 0o022,
+        site_secrets: SiteSecrets | None = None,
     ) -> None:
         self.job = job
         self.umask = umask
+        self.site_secrets = site_secrets
         self.client = client
         self.bundles = bundles
         self.spool = spool
@@ -225,6 +229,7 @@ class AttemptRunner:
                     "bundle_dir": str(bundle_dir),
                     "max_output_bytes": self.client.max_output_bytes,
                     "umask": self.umask,
+                    "secrets": self._secrets(),
                 }
             )
         )
@@ -247,6 +252,19 @@ class AttemptRunner:
             )
             code = await self.process.wait()
         return self._result(code, result_file)
+
+    def _secrets(self) -> dict[str, Any] | None:
+        """How the task process gets the connections and variables its task declares:
+        the hub to ask (with the attempt's token) and this worker's own values of
+        those names. In the job file only (private, deleted when the attempt ends)."""
+        job = self.job
+        if not (job.connections or job.variables):
+            return None
+        return {
+            **self.client.task_access,
+            "token": job.secrets_token,
+            "site": self.site_secrets.for_job(job) if self.site_secrets else {},
+        }
 
     def _result(self, code: int, result_file: Path) -> AttemptResult:
         if self.kill_reason is not None:

@@ -141,6 +141,13 @@ class HubClient:
         self.log_chunk_bytes = LOG_CHUNK_BYTES
         #: ...and the largest return value of a task, as JSON.
         self.max_output_bytes = DEFAULT_MAX_TASK_OUTPUT_BYTES
+        #: What a task process needs to reach the hub for its declared secrets (with
+        #: its attempt's token, never this worker's credential).
+        self.task_access: dict[str, Any] = {
+            "hub_url": hub_url.rstrip("/"),
+            "ca_file": ca_file,
+            "proxy": proxy,
+        }
         headers = {"User-Agent": f"tether-worker/{__version__}"}
         if credential:
             headers["Authorization"] = f"Bearer {credential}"

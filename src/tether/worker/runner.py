@@ -9,6 +9,7 @@ writing the result, the worker reports the attempt failed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -28,6 +29,7 @@ from tether.protocol import (
     Job,
     sendable_result,
 )
+from tether.sdk import secrets
 from tether.sdk._process import die_with_parent
 from tether.sdk.context import (
     DagRunInfo,
@@ -37,6 +39,7 @@ from tether.sdk.context import (
     running,
 )
 from tether.sdk.loader import load_dag_file
+from tether.sdk.masking import redact
 from tether.sdk.templating import render_params, render_template_fields
 from tether.worker.masked_output import masked_output
 
@@ -86,6 +89,8 @@ def build_context(job: Job, dag: Any, task: Any) -> dict[str, Any]:
         "inputs": job.inputs,
         # An asset-triggered run: per asset URI, the events that started it (Airflow 3's key).
         "triggering_asset_events": job.conf.get("triggering_asset_events", {}),
+        # {{ conn.NAME.host }}, {{ var.value.NAME }}: declared names only (sdk/secrets.py).
+        **secrets.template_context(),
         "env_vars": {
             "TETHER_DAG_ID": job.dag_id,
             "TETHER_TASK_ID": job.task_id,
@@ -154,10 +159,11 @@ def run(job: Job, dag: Any, task: Any, context: dict[str, Any]) -> dict[str, Any
     os.environ.update(context["env_vars"])
     # As in Airflow: params first (fields see them rendered), then the fields.
     values, templates = _param_values(job, dag)
-    context["params"] = render_params(values, {**context, "params": values}, templates)
-    render_template_fields(task, context)
-    with running(context), execution_timeout(job.execution_timeout):
-        output = task.execute(context)
+    with running(context):  # templates may read the task's declared connections
+        context["params"] = render_params(values, {**context, "params": values}, templates)
+        render_template_fields(task, context)
+        with execution_timeout(job.execution_timeout):
+            output = task.execute(context)
     return {"state": ATTEMPT_SUCCESS, "output": output}
 
 
@@ -199,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     os.umask(int(payload.get("umask", 0o022)))
     job = Job.from_dict(payload["job"])
     bundle_dir = Path(payload["bundle_dir"])
+    # Where the task's declared connections and variables come from; no values yet.
+    secrets.configure(payload.get("secrets"))
     print(
         f"[tether] dag={job.dag_id} task={job.task_id} run={job.run_id} "
         f"try={job.try_number} attempt={job.attempt_id}"
@@ -231,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         result = sendable_result(ATTEMPT_FAILED, error=_describe(exc))
         context["exception"] = exc
+    if result.error:  # str(exc) may quote a secret the task was handed
+        result = dataclasses.replace(result, error=redact(result.error))
     if task is not None and context:
         run_task_callbacks(task, context, result, job)
     sys.stdout.flush()

@@ -28,6 +28,7 @@ WORKER_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,249}"
 WORKER_NAME_RE = re.compile(WORKER_NAME_PATTERN)
 _ENROLMENT_PREFIX = "tte_"
 _CREDENTIAL_PREFIX = "ttw_"
+_ATTEMPT_TOKEN_PREFIX = "tta_"
 
 
 class InvalidCredential(Exception):
@@ -231,6 +232,25 @@ def enrol(session: Session, token: str) -> tuple[Worker, str]:
 def looks_like_credential(credential: str) -> bool:
     """Whether ``credential`` has a worker credential's form (worth a lookup)."""
     return credential.startswith(_CREDENTIAL_PREFIX) and len(credential) <= 100
+
+
+def new_attempt_token() -> tuple[str, str]:
+    """``(token, its hash)`` for a task attempt that may fetch its declared secrets.
+
+    Only the hash is stored (``task_attempt.token_hash``); the token travels in
+    the job, and is good only while that attempt runs
+    (:mod:`tether.hub.worker_api.handout`).
+    """
+    token = _ATTEMPT_TOKEN_PREFIX + secrets.token_urlsafe(32)
+    return token, _hash(token)
+
+
+def looks_like_attempt_token(token: str) -> bool:
+    return token.startswith(_ATTEMPT_TOKEN_PREFIX) and len(token) <= 100
+
+
+def attempt_token_hash(token: str) -> str:
+    return _hash(token)
 
 
 def authenticate(session: Session, credential: str) -> Worker:

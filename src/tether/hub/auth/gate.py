@@ -10,9 +10,11 @@ each HTTP request it
    (``auth/deps.py``) take it;
 2. answers 401 at once, before any of the body is read, when the path needs
    a principal the request does not carry: ``/api/v1/...`` needs the admin
-   token, ``/api/worker/v1/...`` a worker credential (but ``/enrol``, which
-   is public and takes tiny bodies only). So an anonymous client cannot make
-   the hub read, parse or store anything;
+   token, ``/api/worker/v1/secrets/...`` a task attempt's token (checked by
+   the route, which looks the attempt up), the rest of ``/api/worker/v1/...``
+   a worker credential (but ``/enrol``, which is public and takes tiny
+   bodies only). So an anonymous client cannot make the hub read, parse or
+   store anything;
 3. counts every 401 the hub answers, per client address (the socket's peer,
    or the client a trusted proxy names: ``TETHER_FORWARDED_ALLOW_IPS``). An
    address that has spent its budget (``TETHER_AUTH_FAILURES_PER_MINUTE``)
@@ -53,6 +55,8 @@ ADMIN = "admin"
 
 REST_PREFIX = "/api/v1/"
 ENROL_PATH = f"{WORKER_API_PREFIX}/enrol"
+#: What task processes call with their attempt's token (``worker_api/handout.py``).
+SECRETS_PREFIX = f"{WORKER_API_PREFIX}/secrets/"
 #: Paths anyone may call; everything else under the two API prefixes needs a principal.
 PUBLIC_PATHS = frozenset({"/api/v1/health", ENROL_PATH})
 
@@ -73,6 +77,14 @@ class WorkerIdentity:
     allowed_queues: tuple[str, ...]
     #: The session the request claims to be part of (X-Tether-Session).
     presented_session: str | None = None
+
+
+@dataclass(frozen=True)
+class AttemptToken:
+    """A task attempt's token, as presented: the route checks it in its transaction
+    (the attempt must be running), so nothing about it is cached."""
+
+    token_hash: str
 
 
 class Throttle:
@@ -143,11 +155,13 @@ class Principals:
 
 
 def _needs(path: str) -> str | None:
-    """``"admin"``, ``"worker"`` or None: the principal ``path`` needs."""
+    """``"admin"``, ``"worker"``, ``"attempt"`` or None: the principal ``path`` needs."""
     if path in PUBLIC_PATHS:
         return None
     if path.startswith(REST_PREFIX):
         return "admin"
+    if path.startswith(SECRETS_PREFIX):
+        return "attempt"
     if path.startswith(WORKER_API_PREFIX + "/"):
         return "worker"
     return None
@@ -221,6 +235,10 @@ class AuthGate:
         if need == "admin":
             admin = hmac.compare_digest(token.encode(), self.hub.tokens.admin.encode())
             return (ADMIN, None) if admin else (None, "invalid token")
+        if need == "attempt":
+            if not credentials.looks_like_attempt_token(token):
+                return None, "invalid attempt token"
+            return AttemptToken(credentials.attempt_token_hash(token)), None
         known = self.hub.principals.known(hashlib.sha256(token.encode()).hexdigest())
         if known is not None:
             return known, None

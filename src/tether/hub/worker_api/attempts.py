@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from typing import Any
 from sqlalchemy import Text, cast, func, select
 from sqlalchemy.orm import Session
 
+from tether.hub.auth import credentials
 from tether.hub.dags import params
 from tether.hub.scheduler import assets, limits
 from tether.hub.scheduler import states as S
@@ -144,6 +146,10 @@ def claim(
         ti.worker_name = worker_name
         ti.started_at = now
         ti.ended_at = None
+        hashed = None
+        if job.connections or job.variables:  # a task that declares none needs no token
+            token, hashed = credentials.new_attempt_token()
+            job = dataclasses.replace(job, secrets_token=token)
         session.add(
             TaskAttempt(
                 id=attempt_id,
@@ -152,6 +158,7 @@ def claim(
                 worker_name=worker_name,
                 state=S.RUNNING,
                 started_at=now,
+                token_hash=hashed,
             )
         )
         out.jobs.append(job)
@@ -253,6 +260,8 @@ def _job(
         pool_slots=ti.pool_slots,
         map_index=ti.map_index,
         max_tries=ti.max_tries,
+        connections=list(spec.get("connections", [])),
+        variables=list(spec.get("variables", [])),
     )
 
 

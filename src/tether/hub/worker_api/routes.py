@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import tempfile
 from datetime import timedelta
 from typing import Annotated, Any, Literal
@@ -26,12 +27,14 @@ from tether import __version__
 from tether.hub import audit
 from tether.hub.auth import credentials
 from tether.hub.auth.deps import HubDep, WorkerAuth, WorkerIdentity
+from tether.hub.auth.gate import PRINCIPAL, AttemptToken
 from tether.hub.scheduler.runs import utcnow
 from tether.hub.state import Hub
 from tether.hub.store.models import Bundle, Worker
 from tether.hub.wire import StrictJSONRoute, wire_value
-from tether.hub.worker_api import attempts, sessions
+from tether.hub.worker_api import attempts, handout, sessions
 from tether.protocol import (
+    ID_PATTERN,
     MAX_CLAIM_WAIT,
     MAX_ERROR_CHARS,
     MAX_WIRE_INT,
@@ -359,6 +362,71 @@ async def bundle(sha: BundleSha, me: WorkerAuth, hub: HubDep) -> Response:
     if data is None:  # its runs were cleaned away since
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"bundle {sha} is gone")
     return Response(data, media_type="application/gzip")
+
+
+SecretName = Annotated[
+    str, Path(pattern=f"^{ID_PATTERN}$", max_length=250, description="a connection or variable")
+]
+
+
+@router.get("/secrets/{kind}/{name}")
+async def secret(
+    kind: Literal["connections", "variables"],
+    name: SecretName,
+    request: Request,
+    hub: HubDep,
+    local: bool = False,
+) -> Response:
+    """A declared connection or variable, to the task process of a running attempt.
+
+    Called with the attempt's token (from its job), not the worker's
+    credential. ``local=true``: the task read it from its worker's own store;
+    the hub only records the name. Every answer and refusal is in the audit log.
+    """
+    principal = request.scope.get(PRINCIPAL)
+    if not isinstance(principal, AttemptToken):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid attempt token")
+    address = audit.actor_of(request)[1]
+
+    def work() -> dict[str, Any] | None:
+        with hub.store.session() as s:
+            return handout.hand_out(
+                s, hub.secret_keys, principal.token_hash, kind, name, local=local, address=address
+            )
+
+    def refused(exc: handout.Refused) -> None:
+        if exc.actor is None:  # a token of no attempt: nothing to file it under
+            return
+        with hub.store.session() as s:
+            audit.record(
+                s,
+                exc.actor,
+                "secret.refused",
+                f"{kind[:-1]}:{name}",
+                {**exc.details, "reason": str(exc)},
+                address,
+            )
+
+    try:
+        answer = await run_in_threadpool(work)
+    except handout.TokenRefused as exc:
+        await run_in_threadpool(refused, exc)
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, str(exc), headers={"WWW-Authenticate": "Bearer"}
+        ) from None
+    except handout.NotForThisTask as exc:
+        await run_in_threadpool(refused, exc)
+        raise HTTPException(status.HTTP_403_FORBIDDEN, str(exc)) from None
+    except handout.NoSuchSecret as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+    if answer is None:
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+    # Never kept by a proxy or a client cache on the way.
+    return Response(
+        json.dumps(answer),
+        media_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 @reports.post("/attempts/{attempt_id}/logs")

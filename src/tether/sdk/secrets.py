@@ -1,0 +1,251 @@
+"""Connections and variables, read by a running task: ``get_connection``, ``Variable``.
+
+Need to know: a task reads only the names it (or its DAG, or its
+``default_args``) declares with ``connections=[...]`` / ``variables=[...]``.
+The job the worker receives carries no value; on first use, the task
+process asks for each name
+
+1. on its own worker's machine: the site-local secrets the worker was given
+   for the declared names (``TETHER_CONN_<NAME>``, ``TETHER_VAR_<NAME>``, or
+   the worker home's ``connections.toml``), which never leave that machine
+   (the hub is told only that the name was used there), then
+2. from the hub, with the token of its attempt: good only while that attempt
+   runs, and only for the names its task declares; a connection restricted
+   to queues is refused to a task on another queue.
+
+Every value a task receives is registered with the log masker, so it shows
+as ``***`` in the task's log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import ssl
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from tether.sdk.connection import Connection
+from tether.sdk.context import get_current_context
+from tether.sdk.masking import mask_secret
+
+#: The worker API's prefix for what attempt tokens may fetch.
+SECRETS_PATH = "/api/worker/v1/secrets"
+
+
+class SecretUnavailable(Exception):
+    """A connection or variable the task asked for cannot be had (the message says why)."""
+
+
+class UndeclaredSecret(SecretUnavailable):
+    """The task asked for a name it does not declare."""
+
+
+@dataclass
+class SecretSource:
+    """Where this task process gets its secrets; set by the task runner from the job."""
+
+    hub_url: str | None = None
+    token: str | None = None
+    ca_file: str | None = None
+    proxy: str | None = None
+    #: Site-local values for the declared names: {"connections": {name: {...}}, "variables": {}}.
+    site: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _cache: dict[tuple[str, str], Any] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def fetch(self, kind: str, name: str, *, local: bool = False) -> dict[str, Any] | None:
+        """Ask the hub for ``kind`` (connections / variables) ``name``; None if it has none.
+
+        With ``local`` the hub only records that the name was used from the
+        worker's own store (it learns no value and sends none).
+        """
+        if not self.hub_url or not self.token:
+            raise SecretUnavailable(
+                f"{kind[:-1]} {name!r} is not on this worker and the task has no way to "
+                "ask the hub for it (it was not started by a Tether worker)"
+            )
+        import httpx  # only tasks that read a secret pay for the import
+
+        url = f"{self.hub_url.rstrip('/')}{SECRETS_PATH}/{kind}/{quote(name, safe='')}"
+        try:
+            verify = ssl.create_default_context(cafile=self.ca_file) if self.ca_file else True
+            with httpx.Client(verify=verify, proxy=self.proxy, timeout=30.0) as client:
+                answer = client.get(
+                    url,
+                    params={"local": "true"} if local else None,
+                    headers={"Authorization": f"Bearer {self.token}"},
+                )
+        except httpx.HTTPError as exc:
+            raise SecretUnavailable(
+                f"could not reach the hub for {kind[:-1]} {name!r}: {exc}"
+            ) from None
+        if answer.status_code == 404:
+            return None
+        if answer.status_code >= 400:
+            try:
+                reason = answer.json().get("detail", answer.text)
+            except ValueError:
+                reason = answer.text[:500]
+            raise SecretUnavailable(
+                f"the hub refused {kind[:-1]} {name!r} ({answer.status_code}): {reason}"
+            )
+        if local:
+            return None
+        data: dict[str, Any] = answer.json()
+        return data
+
+    def cached(self, kind: str, name: str, load: Any) -> Any:
+        with self._lock:
+            key = (kind, name)
+            if key not in self._cache:
+                self._cache[key] = load()
+            return self._cache[key]
+
+
+#: This process's source (the task runner configures it before the task runs).
+source = SecretSource()
+
+
+def configure(settings: dict[str, Any] | None) -> None:
+    """Set where this task process gets its secrets (the runner calls it once)."""
+    global source
+    settings = settings or {}
+    source = SecretSource(
+        hub_url=settings.get("hub_url"),
+        token=settings.get("token"),
+        ca_file=settings.get("ca_file"),
+        proxy=settings.get("proxy"),
+        site={k: dict(v) for k, v in (settings.get("site") or {}).items() if isinstance(v, dict)},
+    )
+
+
+def _declared(kind: str, name: str) -> None:
+    """Raise UndeclaredSecret unless the running task declares ``name``.
+
+    An undeclared name is still put to the hub when the attempt has a token,
+    so that the refusal is in the audit log; the task fails either way.
+    """
+    try:
+        task = get_current_context()["task"]
+    except (RuntimeError, KeyError):
+        raise UndeclaredSecret(f"{kind[:-1]} {name!r} can only be read while a task runs") from None
+    if name in getattr(task, kind, []):
+        return
+    word = "connections" if kind == "connections" else "variables"
+    if source.token:
+        with contextlib.suppress(SecretUnavailable):
+            source.fetch(kind, name)
+    raise UndeclaredSecret(
+        f"task {task.task_id!r} does not declare {kind[:-1]} {name!r}: add "
+        f"{word}=[{name!r}] to the task (or to its DAG or its default_args)"
+    )
+
+
+def _mask_connection(conn: Connection) -> None:
+    if conn.password:
+        mask_secret(conn.password)
+    if conn.password or conn.extra:
+        mask_secret(conn.get_uri())
+    if conn.extra:
+        mask_secret(conn.extra)
+
+
+def get_connection(conn_id: str) -> Connection:
+    """The connection ``conn_id``, which the running task must declare.
+
+    A site-local one (the worker's own) wins over the hub's.
+    """
+    _declared("connections", conn_id)
+
+    def load() -> Connection:
+        local = source.site.get("connections", {}).get(conn_id)
+        if local is not None:
+            conn = Connection.from_dict({**local, "conn_id": conn_id})
+            _mask_connection(conn)
+            source.fetch("connections", conn_id, local=True)
+            return conn
+        data = source.fetch("connections", conn_id)
+        if data is None:
+            raise SecretUnavailable(
+                f"no connection {conn_id!r}: neither this worker nor the hub has one "
+                f"(add it with `tether connections add {conn_id} --uri ...`)"
+            )
+        conn = Connection.from_dict({**data, "conn_id": conn_id})
+        _mask_connection(conn)
+        return conn
+
+    result: Connection = source.cached("connections", conn_id, load)
+    return result
+
+
+_NO_DEFAULT = object()
+
+
+class Variable:
+    """Airflow's ``Variable.get``: a named value, declared by the task that reads it."""
+
+    @staticmethod
+    def get(key: str, default: Any = _NO_DEFAULT, deserialize_json: bool = False) -> Any:
+        _declared("variables", key)
+
+        def load() -> tuple[bool, str | None]:
+            local = source.site.get("variables", {}).get(key)
+            if local is not None:
+                value = str(local)
+                mask_secret(value)  # a site-local value is kept on site for a reason
+                source.fetch("variables", key, local=True)
+                return True, value
+            data = source.fetch("variables", key)
+            if data is None:
+                return False, None
+            value = str(data["value"])
+            if data.get("is_secret"):
+                mask_secret(value)
+            return True, value
+
+        found, value = source.cached("variables", key, load)
+        if not found:
+            if default is not _NO_DEFAULT:
+                return default
+            raise SecretUnavailable(
+                f"no variable {key!r}: neither this worker nor the hub has one "
+                f"(set it with `tether variables set {key} VALUE`)"
+            )
+        return json.loads(value) if deserialize_json else value
+
+
+class _Connections:
+    """``{{ conn.NAME.host }}`` in templates."""
+
+    def __getattr__(self, name: str) -> Connection:
+        return get_connection(name)
+
+    def get(self, name: str) -> Connection:
+        return get_connection(name)
+
+
+class _Values:
+    def __init__(self, as_json: bool) -> None:
+        self._as_json = as_json
+
+    def __getattr__(self, name: str) -> Any:
+        return Variable.get(name, deserialize_json=self._as_json)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return Variable.get(name, default, deserialize_json=self._as_json)
+
+
+class _Variables:
+    """``{{ var.value.NAME }}`` and ``{{ var.json.NAME.key }}`` in templates."""
+
+    def __init__(self) -> None:
+        self.value = _Values(as_json=False)
+        self.json = _Values(as_json=True)
+
+
+def template_context() -> dict[str, Any]:
+    """The ``conn`` and ``var`` entries of a task's template context."""
+    return {"conn": _Connections(), "var": _Variables()}
