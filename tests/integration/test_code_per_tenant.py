@@ -142,6 +142,11 @@ def test_each_worker_receives_only_the_code_of_its_own_tenant(tmp_path: Path) ->
             answer = httpx.get(f"{hub.url}/api/worker/v1/bundles/{sha}", headers=headers)
             assert answer.status_code == 403, answer.text
             assert "not the code of any task this worker was handed" in answer.text
+        refused = hub.api.get("/audit", params={"action": "bundle.refused"})["entries"]
+        assert sorted(e["target"] for e in refused) == sorted(
+            [f"bundle:{a_sha}", f"bundle:{'0' * 64}"]
+        )
+        assert {(e["actor"], e["address"]) for e in refused} == {("worker:site-b", "127.0.0.1")}
         # Tenant A's own worker gets it.
         own = httpx.get(
             f"{hub.url}/api/worker/v1/bundles/{a_sha}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -1032,3 +1033,43 @@ def test_partial_and_expand_may_not_name_the_same_argument() -> None:
             DagDefinitionError, match="x given to both partial\\(\\) and expand\\(\\)"
         ):
             use.partial(x=1).expand(x=[1, 2])
+
+
+def test_a_task_may_read_its_own_its_dags_and_its_default_args_declarations() -> None:
+    from tether.sdk.serialize import serialize_dag
+
+    with DAG(
+        "declares",
+        connections=["warehouse"],
+        variables=["region"],
+        default_args={"connections": ["customer_db"]},
+        include=["sql/*.sql"],
+    ) as d:
+        plain = BashOperator(task_id="plain", bash_command="true")
+        own = BashOperator(
+            task_id="own", bash_command="true", connections=["slack"], variables=["limits"]
+        )
+    assert plain.connections == ["customer_db", "warehouse"]
+    assert own.connections == ["slack", "warehouse"]  # its own list replaces default_args'
+    assert own.variables == ["limits", "region"]
+    spec = serialize_dag(d)
+    assert spec["include"] == ["sql/*.sql"]
+    tasks = {t["task_id"]: t for t in spec["tasks"]}
+    assert tasks["plain"]["connections"] == ["customer_db", "warehouse"]
+    assert tasks["own"]["variables"] == ["limits", "region"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "reason"),
+    [
+        ({"connections": "warehouse"}, "must be a list of names"),
+        ({"connections": ["../etc"]}, "invalid name '../etc'"),
+        ({"variables": [""]}, "invalid name ''"),
+        ({"include": ["../outside.sql"]}, "without '..'"),
+        ({"include": ["/etc/passwd"]}, "without '..'"),
+        ({"include": "sql/*.sql"}, "must be a list of paths"),
+    ],
+)
+def test_bad_declarations_are_definition_errors(kwargs: dict[str, Any], reason: str) -> None:
+    with pytest.raises(DagDefinitionError, match=re.escape(reason)):
+        DAG("bad_declarations", **kwargs)

@@ -343,23 +343,29 @@ async def poll(body: PollIn, me: WorkerAuth, hub: HubDep, request: Request) -> d
 
 
 @router.get("/bundles/{sha}")
-async def bundle(sha: BundleSha, me: WorkerAuth, hub: HubDep) -> Response:
+async def bundle(sha: BundleSha, me: WorkerAuth, hub: HubDep, request: Request) -> Response:
     """A DAG's bundle, to a worker that holds or held an attempt of a run pinned to it.
 
     Any other worker gets 403, whether the bundle exists or not: a tenant's
-    worker can neither read nor find out about another tenant's code.
+    worker can neither read nor find out about another tenant's code. Each
+    refusal is an audit entry (``bundle.refused``).
     """
+    refusal = f"bundle {sha} is not the code of any task this worker was handed"
 
     def load(s: Session, worker: Worker) -> bytes | None:
         if not attempts.ran_bundle(s, worker.name, sha):
-            raise attempts.NotYourAttempt(
-                f"bundle {sha} is not the code of any task this worker was handed"
-            )
+            return None
         row = s.get(Bundle, sha)
-        return row.data if row else None
+        return row.data if row else b""
+
+    def refused(s: Session, worker: Worker) -> None:
+        audit.note(s, audit.who(request), "bundle.refused", f"bundle:{sha}")
 
     data = await _as_worker(hub, me, load, session_bound=False)
-    if data is None:  # its runs were cleaned away since
+    if data is None:  # another tenant's code, or none: the same answer, on the record
+        await _as_worker(hub, me, refused, session_bound=False)
+        raise HTTPException(status.HTTP_403_FORBIDDEN, refusal)
+    if not data:  # its runs were cleaned away since
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"bundle {sha} is gone")
     return Response(data, media_type="application/gzip")
 
