@@ -23,6 +23,7 @@ import contextlib
 import json
 import ssl
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -33,6 +34,8 @@ from tether.sdk.masking import mask_secret
 
 #: The worker API's prefix for what attempt tokens may fetch.
 SECRETS_PATH = "/api/worker/v1/secrets"
+#: Tries of one fetch when the hub cannot be reached or answers 5xx/429 (about 7 s).
+FETCH_TRIES = 4
 
 
 class SecretUnavailable(Exception):
@@ -54,7 +57,8 @@ class SecretSource:
     #: Site-local values for the declared names: {"connections": {name: {...}}, "variables": {}}.
     site: dict[str, dict[str, Any]] = field(default_factory=dict)
     _cache: dict[tuple[str, str], Any] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+    _http: Any = None
 
     def fetch(self, kind: str, name: str, *, local: bool = False) -> dict[str, Any] | None:
         """Ask the hub for ``kind`` (connections / variables) ``name``; None if it has none.
@@ -67,21 +71,30 @@ class SecretSource:
                 f"{kind[:-1]} {name!r} is not on this worker and the task has no way to "
                 "ask the hub for it (it was not started by a Tether worker)"
             )
-        import httpx  # only tasks that read a secret pay for the import
+        import httpx  # only tasks that read a secret pay for the import (the fork server
+        # of the worker has it imported already)
 
         url = f"{self.hub_url.rstrip('/')}{SECRETS_PATH}/{kind}/{quote(name, safe='')}"
-        try:
-            verify = ssl.create_default_context(cafile=self.ca_file) if self.ca_file else True
-            with httpx.Client(verify=verify, proxy=self.proxy, timeout=30.0) as client:
-                answer = client.get(
+        # A link that drops for a moment must not fail the task: a few tries, backing off.
+        for attempt in range(FETCH_TRIES):
+            try:
+                answer = self._client().get(
                     url,
                     params={"local": "true"} if local else None,
                     headers={"Authorization": f"Bearer {self.token}"},
                 )
-        except httpx.HTTPError as exc:
-            raise SecretUnavailable(
-                f"could not reach the hub for {kind[:-1]} {name!r}: {exc}"
-            ) from None
+            except httpx.TransportError as exc:
+                if attempt == FETCH_TRIES - 1:
+                    raise SecretUnavailable(
+                        f"could not reach the hub for {kind[:-1]} {name!r} "
+                        f"after {FETCH_TRIES} tries: {exc}"
+                    ) from None
+            else:
+                if answer.status_code < 500 and answer.status_code != 429:
+                    break
+                if attempt == FETCH_TRIES - 1:
+                    break
+            time.sleep(0.5 * 2**attempt)
         if answer.status_code == 404:
             return None
         if answer.status_code >= 400:
@@ -97,6 +110,21 @@ class SecretSource:
         data: dict[str, Any] = answer.json()
         return data
 
+    def _client(self) -> Any:
+        """One HTTP client for the process: a TLS context costs tens of ms to make."""
+        import httpx
+
+        with self._lock:
+            if self._http is None:
+                assert self.hub_url is not None
+                verify: Any = _default_tls or True  # as the worker's: certifi's CAs
+                if self.hub_url.startswith("http://"):
+                    verify = False  # no TLS to set up (the worker allows this on loopback)
+                elif self.ca_file:
+                    verify = ssl.create_default_context(cafile=self.ca_file)
+                self._http = httpx.Client(verify=verify, proxy=self.proxy, timeout=30.0)
+            return self._http
+
     def cached(self, kind: str, name: str, load: Any) -> Any:
         with self._lock:
             key = (kind, name)
@@ -107,6 +135,19 @@ class SecretSource:
 
 #: This process's source (the task runner configures it before the task runs).
 source = SecretSource()
+
+#: The default TLS context, made ahead by :func:`warm` (None: made when needed).
+_default_tls: ssl.SSLContext | None = None
+
+
+def warm() -> None:
+    """Do now what a first fetch would: import httpx and its transports, load the
+    default CAs. The worker's fork server calls it once, for every task it forks."""
+    global _default_tls
+    import httpx
+
+    _default_tls = httpx.create_ssl_context()
+    httpx.Client(verify=_default_tls).close()  # imports what the first client imports
 
 
 def configure(settings: dict[str, Any] | None) -> None:

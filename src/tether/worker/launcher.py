@@ -156,8 +156,11 @@ class ForkLauncher:
 
     def __init__(self) -> None:
         self._ctx = multiprocessing.get_context("forkserver")
-        # Jinja too: the runner imports it only when a task has templates.
-        self._ctx.set_forkserver_preload(["tether.worker.runner", "jinja2.sandbox"])
+        # Jinja too: the runner imports it only when a task has templates; and the
+        # HTTP client a task makes on its first read of a connection or variable.
+        self._ctx.set_forkserver_preload(
+            ["tether.worker.runner", "jinja2.sandbox", "tether.worker.warm"]
+        )
 
     async def start(
         self, job_file: Path, result_file: Path, log_path: Path, cwd: Path, env: dict[str, str]
