@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from pathlib import Path
 
 import httpx
 
 from tether.protocol import Job
-from tether.worker.attempt import AttemptRunner
+from tether.worker.attempt import AttemptRunner, clear_workdirs
 from tether.worker.bundles import BundleCache
 from tether.worker.client import HubClient
+from tether.worker.site_secrets import SiteSecrets
 from tether.worker.spool import Spool
 
 JOB = Job(
@@ -55,3 +57,78 @@ def test_a_task_the_worker_cannot_even_prepare_is_reported_failed_with_the_reaso
     assert path == f"/api/worker/v1/attempts/{JOB.attempt_id}/finish"
     assert body["state"] == "failed"
     assert "could not prepare this task" in str(body["error"])
+
+
+class _EndedProcess:
+    """A task process that wrote its result and exited."""
+
+    pid = 2**22 + 1  # no process of ours
+
+    def __init__(self, ended: asyncio.Event) -> None:
+        self.ended = ended
+
+    @property
+    def returncode(self) -> int | None:
+        return 0
+
+    async def wait(self) -> int:
+        self.ended.set()
+        return 0
+
+
+def test_the_job_file_with_site_secrets_is_gone_once_the_task_ended_hub_or_no_hub(
+    tmp_path: Path,
+) -> None:
+    """job.json holds the worker's own secrets of the declared names: it goes when
+    the task process ends, even if the report then waits for a hub that is down
+    and the worker is stopped meanwhile."""
+    job = Job(**{**JOB.to_dict(), "connections": ["db"], "secrets_token": "tta_x"})
+    (tmp_path / "connections.toml").write_text(
+        '[connections.db]\nuri = "postgres://u:site-only-pw-93@h/s"\n'
+    )
+    (tmp_path / "bundles" / job.bundle_sha).mkdir(parents=True)
+    seen: list[str] = []
+
+    def hub_down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("the hub is down", request=request)
+
+    async def scenario() -> None:
+        ended = asyncio.Event()
+
+        class Launcher:
+            async def start(
+                self, job_file: Path, result_file: Path, log: Path, cwd: Path, env: object
+            ) -> _EndedProcess:
+                seen.append(await asyncio.to_thread(job_file.read_text))
+                await asyncio.to_thread(result_file.write_text, json.dumps({"state": "success"}))
+                return _EndedProcess(ended)
+
+        client = HubClient("http://hub", "ttw_x", transport=httpx.MockTransport(hub_down))
+        runner = AttemptRunner(
+            job,
+            client,
+            BundleCache(tmp_path / "bundles", client.fetch_bundle),
+            Spool(tmp_path / "spool"),
+            tmp_path,
+            launcher=Launcher(),
+            site_secrets=SiteSecrets(tmp_path, {}),
+        )
+        running = asyncio.create_task(runner.run())
+        await asyncio.wait_for(ended.wait(), 10)
+        await asyncio.sleep(0.2)  # the runner is now trying to report to the hub
+        running.cancel()  # the worker stops
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        await client.aclose()
+
+    asyncio.run(scenario())
+    assert "site-only-pw-93" in seen[0]  # the task was handed it
+    assert not (tmp_path / "attempts" / job.attempt_id).exists()
+
+
+def test_a_worker_starting_again_deletes_the_job_files_a_killed_one_left(tmp_path: Path) -> None:
+    left = tmp_path / "attempts" / ("cd" * 16)
+    left.mkdir(parents=True)
+    (left / "job.json").write_text('{"secrets": {"site": {"variables": {"v": "pw-1234"}}}}')
+    clear_workdirs(tmp_path)
+    assert not left.exists()

@@ -23,7 +23,7 @@ from tether import __version__
 from tether.homes import WORKER_ENTRIES, private_home
 from tether.protocol import Job, validate_queue_name
 from tether.worker import control
-from tether.worker.attempt import AttemptRunner, deliver, end_leftover
+from tether.worker.attempt import AttemptRunner, clear_workdirs, deliver, end_leftover
 from tether.worker.bundles import BundleCache
 from tether.worker.client import HubClient, HubError, Superseded
 from tether.worker.launcher import make_launcher
@@ -300,6 +300,7 @@ class Worker:
             end_leftover(entry)
             self.spool.write(entry)
             self.delivering.add(entry.job.attempt_id)
+        clear_workdirs(self.home)  # their tasks were ended just above
         if leftovers:
             self._spawn(self._deliver_leftovers(leftovers))
         self._write_status()

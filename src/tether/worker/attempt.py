@@ -197,6 +197,9 @@ class AttemptRunner:
         try:
             result = await self._execute()
         finally:
+            # Scratch space, job.json with its site-local secrets among it: gone as soon
+            # as the task ended, not after a report that may wait long for the hub.
+            shutil.rmtree(self.workdir, ignore_errors=True)
             shipping.cancel()
             try:
                 await shipping
@@ -207,7 +210,6 @@ class AttemptRunner:
         entry.result = result
         self.spool.write(entry)
         await deliver(self.client, self.spool, entry, shipper.offset)
-        shutil.rmtree(self.workdir, ignore_errors=True)  # scratch space; the log stays
         return result
 
     async def _execute(self) -> AttemptResult:
@@ -332,3 +334,10 @@ def end_leftover(entry: SpoolEntry) -> None:
     with contextlib.suppress(OSError):
         note(entry.log_path, f"{reason}; the task was stopped")
     entry.result = AttemptResult(state=ATTEMPT_FAILED, error=reason)
+
+
+def clear_workdirs(home: Path) -> None:
+    """Delete the scratch folders a previous worker process left (it was killed, or
+    stopped while a report waited): their ``job.json`` holds the site-local secrets
+    of their tasks. Call it when no task of this home runs."""
+    shutil.rmtree(home / "attempts", ignore_errors=True)

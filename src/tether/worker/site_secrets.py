@@ -120,15 +120,24 @@ class SiteSecrets:
                 f"{self.path}: unknown tables {', '.join(sorted(unknown))} "
                 "(only [connections.NAME] and [variables])"
             )
+        for table in ("connections", "variables"):
+            if not isinstance(data.get(table, {}), dict):
+                raise SiteSecretsError(f"{self.path}: {table} must be a table ([{table}...])")
         connections, variables = {}, {}
-        for name, entry in dict(data.get("connections", {})).items():
+        for name, entry in data.get("connections", {}).items():
             if not is_valid_id(name):
                 raise SiteSecretsError(f"{self.path}: invalid connection name {name!r}")
             connections[name] = _connection(name, entry, f"{self.path} [connections.{name}]")
-        for name, value in dict(data.get("variables", {})).items():
+        for name, value in data.get("variables", {}).items():
             if not is_valid_id(name):
                 raise SiteSecretsError(f"{self.path}: invalid variable name {name!r}")
-            variables[name] = value if isinstance(value, str) else json.dumps(value)
+            try:
+                variables[name] = value if isinstance(value, str) else json.dumps(value)
+            except TypeError:  # a TOML date or time: JSON has none (quote it)
+                raise SiteSecretsError(
+                    f"{self.path} [variables] {name}: a value is text or JSON data, "
+                    f"not a {type(value).__name__}"
+                ) from None
         self._file = {"connections": connections, "variables": variables}
         self._seen = (st.st_mtime_ns, st.st_size)
 

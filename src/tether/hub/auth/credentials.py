@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from tether.hub.scheduler.runs import utcnow
 from tether.hub.store.dialect import lock_row
-from tether.hub.store.models import EnrolmentToken, Worker
+from tether.hub.store.models import EnrolmentToken, TaskAttempt, Worker
 from tether.protocol import validate_queue_name
 
 WORKER_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,249}"
@@ -251,6 +251,15 @@ def looks_like_attempt_token(token: str) -> bool:
 
 def attempt_token_hash(token: str) -> str:
     return _hash(token)
+
+
+def is_attempt_token(session: Session, token_hash: str) -> bool:
+    """Whether an attempt was ever given the token hashing to ``token_hash``
+    (whether it still runs is the route's to check, in its own transaction)."""
+    found = session.scalar(
+        select(TaskAttempt.id).where(TaskAttempt.token_hash == token_hash).limit(1)
+    )
+    return found is not None
 
 
 def authenticate(session: Session, credential: str) -> Worker:

@@ -10,8 +10,9 @@ each HTTP request it
    (``auth/deps.py``) take it;
 2. answers 401 at once, before any of the body is read, when the path needs
    a principal the request does not carry: ``/api/v1/...`` needs the admin
-   token, ``/api/worker/v1/secrets/...`` a task attempt's token (checked by
-   the route, which looks the attempt up), the rest of ``/api/worker/v1/...``
+   token, ``/api/worker/v1/secrets/...`` a token some task attempt was given
+   (a read-only lookup; the route checks that the attempt still runs), the
+   rest of ``/api/worker/v1/...``
    a worker credential (but ``/enrol``, which is public and takes tiny
    bodies only). So an anonymous client cannot make the hub read, parse or
    store anything;
@@ -236,13 +237,26 @@ class AuthGate:
             admin = hmac.compare_digest(token.encode(), self.hub.tokens.admin.encode())
             return (ADMIN, None) if admin else (None, "invalid token")
         if need == "attempt":
-            if not credentials.looks_like_attempt_token(token):
-                return None, "invalid attempt token"
-            return AttemptToken(credentials.attempt_token_hash(token)), None
+            return await self._attempt(token)
         known = self.hub.principals.known(hashlib.sha256(token.encode()).hexdigest())
         if known is not None:
             return known, None
         return await self._worker(token)
+
+    async def _attempt(self, token: str) -> tuple[AttemptToken | None, str | None]:
+        """A token some attempt was given; a made-up one is refused here, after a
+        read that never takes SQLite's write lock, and counts against its address."""
+        if not credentials.looks_like_attempt_token(token):
+            return None, "invalid attempt token"
+        hashed = credentials.attempt_token_hash(token)
+
+        def lookup() -> bool:
+            with self.hub.store.read() as s:
+                return credentials.is_attempt_token(s, hashed)
+
+        if not await run_in_threadpool(lookup):
+            return None, "invalid attempt token"
+        return AttemptToken(hashed), None
 
     async def _worker(self, token: str) -> tuple[WorkerIdentity | None, str | None]:
         if not credentials.looks_like_credential(token):
