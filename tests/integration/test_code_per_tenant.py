@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.processes import Hub, running_hub, tether_cli, wait_for
+from tests.integration.processes import Hub, RawWorker, running_hub, tether_cli, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -245,3 +245,37 @@ def test_a_run_keeps_the_code_it_started_with(tmp_path: Path) -> None:
         second = hub.api.run_dag("evolving")
         assert second["state"] == "success"
         assert "code version two" in hub.api.run_log(second, "second")
+
+
+def test_a_name_enrolled_again_for_another_tenant_does_not_inherit_its_code(
+    tmp_path: Path,
+) -> None:
+    dags = tmp_path / "dags"
+    _write(
+        dags,
+        {
+            "tenant_a.py": FOLDER["tenant_a.py"],
+            **{k: FOLDER[k] for k in FOLDER if k.startswith("common/")},
+        },
+    )
+    with running_hub(tmp_path, "sqlite", None, dags, workers=(), wait_dags=["tenant_a_load"]) as (
+        hub,
+        _,
+    ):
+        raw = RawWorker(hub, "site-x", queues="tenant-a")
+        try:
+            hub.api.trigger("tenant_a_load")
+            (job,) = raw.jobs()
+            assert raw.http.get(f"/bundles/{job['bundle_sha']}").status_code == 200
+            assert raw.finish(job["attempt_id"], {"state": "success"}).status_code == 200
+        finally:
+            raw.close()
+        # The same name, enrolled again for tenant B: A's code is not B's to read.
+        token = hub.api.enrolment_token("tenant-b", "site-x", replace=True)
+        enrolled = httpx.post(f"{hub.url}/api/worker/v1/enrol", json={"token": token})
+        assert enrolled.status_code == 200, enrolled.text
+        again = httpx.get(
+            f"{hub.url}/api/worker/v1/bundles/{job['bundle_sha']}",
+            headers={"Authorization": f"Bearer {enrolled.json()['credential']}"},
+        )
+        assert again.status_code == 403

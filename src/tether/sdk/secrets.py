@@ -185,13 +185,63 @@ def _declared(kind: str, name: str) -> None:
     )
 
 
+#: Extra keys whose values are masked too (Airflow's list): a key holding one of
+#: these words, in any case, is a secret (``api_key``, ``Authorization``).
+SENSITIVE_WORDS = (
+    "access_token",
+    "api_key",
+    "apikey",
+    "authorization",
+    "passphrase",
+    "passwd",
+    "password",
+    "private_key",
+    "secret",
+    "token",
+    "keyfile_dict",
+    "service_account",
+)
+
+
+def _mask_sensitive(value: Any, sensitive: bool = False) -> None:
+    """Mask the strings under keys that look secret, at any depth of an extra."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            hit = sensitive or any(w in str(key).lower() for w in SENSITIVE_WORDS)
+            _mask_sensitive(item, hit)
+    elif isinstance(value, list):
+        for item in value:
+            _mask_sensitive(item, sensitive)
+    elif sensitive and isinstance(value, str):
+        mask_secret(value)
+    elif sensitive and value is not None and not isinstance(value, bool):
+        mask_secret(json.dumps(value))
+
+
 def _mask_connection(conn: Connection) -> None:
+    """Register what of a connection is secret: its password, its whole URI and
+    extra, and the extra's values under keys that look secret."""
     if conn.password:
         mask_secret(conn.password)
     if conn.password or conn.extra:
         mask_secret(conn.get_uri())
     if conn.extra:
         mask_secret(conn.extra)
+        _mask_sensitive(conn.extra_dejson)
+
+
+def _tell_hub(kind: str, name: str) -> None:
+    """Tell the hub a site-local name was used (for its audit log; no value goes).
+
+    The value is the worker's own, so a hub that cannot be told does not fail
+    the task: the log says so instead.
+    """
+    if not source.token:
+        return
+    try:
+        source.fetch(kind, name, local=True)
+    except SecretUnavailable as exc:
+        print(f"[tether] the hub was not told that site-local {kind[:-1]} {name!r} was used: {exc}")
 
 
 def get_connection(conn_id: str) -> Connection:
@@ -206,7 +256,7 @@ def get_connection(conn_id: str) -> Connection:
         if local is not None:
             conn = Connection.from_dict({**local, "conn_id": conn_id})
             _mask_connection(conn)
-            source.fetch("connections", conn_id, local=True)
+            _tell_hub("connections", conn_id)
             return conn
         data = source.fetch("connections", conn_id)
         if data is None:
@@ -237,7 +287,7 @@ class Variable:
             if local is not None:
                 value = str(local)
                 mask_secret(value)  # a site-local value is kept on site for a reason
-                source.fetch("variables", key, local=True)
+                _tell_hub("variables", key)
                 return True, value
             data = source.fetch("variables", key)
             if data is None:

@@ -381,13 +381,19 @@ def finish(
     return ti.state, started | advance_run(session, run), None
 
 
-def ran_bundle(session: Session, worker_name: str, sha: str) -> bool:
-    """Whether ``worker_name`` was handed an attempt of a run pinned to bundle ``sha``."""
+def ran_bundle(session: Session, worker_name: str, sha: str, queues: Iterable[str]) -> bool:
+    """Whether ``worker_name`` was handed an attempt of a run pinned to bundle ``sha``,
+    of a task on one of ``queues`` (the queues its credential allows now: a name
+    enrolled again for another tenant does not inherit the old tenant's code)."""
     found = session.scalar(
         select(TaskAttempt.id)
         .join(TaskInstance, TaskInstance.id == TaskAttempt.task_instance_id)
         .join(DagRun, DagRun.id == TaskInstance.dag_run_id)
-        .where(TaskAttempt.worker_name == worker_name, DagRun.bundle_sha == sha)
+        .where(
+            TaskAttempt.worker_name == worker_name,
+            DagRun.bundle_sha == sha,
+            TaskInstance.queue.in_(list(queues)),
+        )
         .limit(1)
     )
     return found is not None

@@ -353,7 +353,7 @@ async def bundle(sha: BundleSha, me: WorkerAuth, hub: HubDep, request: Request) 
     refusal = f"bundle {sha} is not the code of any task this worker was handed"
 
     def load(s: Session, worker: Worker) -> bytes | None:
-        if not attempts.ran_bundle(s, worker.name, sha):
+        if not attempts.ran_bundle(s, worker.name, sha, worker.allowed_queues):
             return None
         row = s.get(Bundle, sha)
         return row.data if row else b""
