@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import stat
 import textwrap
 from pathlib import Path
 from urllib.parse import quote
@@ -244,18 +245,22 @@ def test_an_attempt_token_fetches_only_its_names_and_only_while_it_runs(
             raw.close()
 
 
-def test_a_worker_refuses_to_start_with_a_broken_site_secrets_file(
+def test_a_broken_site_secrets_file_stops_the_worker_and_is_made_private(
     tmp_path: Path, dags: Path
 ) -> None:
     with running_hub(tmp_path, "sqlite", None, dags, workers=()) as (hub, _):
         home = tmp_path / "bad-site"
         home.mkdir()
-        (home / "connections.toml").write_text('[connections.db]\nuri = "not a uri"\n')
+        site_file = home / "connections.toml"
+        site_file.write_text('[connections.db]\nuri = "not a uri"\n')
+        site_file.chmod(0o644)
         worker = Worker(hub, home, "default", "bad-site")
         try:
             code = wait_for(lambda: worker.popen.poll(), 60, "the worker to exit")
             assert code != 0
             assert "site-local secrets" in worker.output()
             assert "connections.toml" in worker.output()
+            # The home's secrets file is made the worker user's only, as the rest.
+            assert stat.S_IMODE(site_file.stat().st_mode) == 0o600
         finally:
             worker.stop()
