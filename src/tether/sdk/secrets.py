@@ -99,15 +99,22 @@ class SecretSource:
             return None
         if answer.status_code >= 400:
             try:
-                reason = answer.json().get("detail", answer.text)
+                body = answer.json()
             except ValueError:
-                reason = answer.text[:500]
+                body = None
+            reason = body.get("detail") if isinstance(body, dict) else None
+            reason = str(reason or answer.text[:500])
             raise SecretUnavailable(
                 f"the hub refused {kind[:-1]} {name!r} ({answer.status_code}): {reason}"
             )
         if local:
             return None
-        data: dict[str, Any] = answer.json()
+        try:
+            data = answer.json()
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise SecretUnavailable(f"the hub's answer for {kind[:-1]} {name!r} is not an object")
         return data
 
     def _client(self) -> Any:
