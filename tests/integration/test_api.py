@@ -725,6 +725,51 @@ def test_clearing_the_failed_index_of_a_mapped_task_reruns_only_that_index(hub: 
     run(hub, scenario)
 
 
+def test_marking_a_mapped_task_marks_every_index_or_the_one_named(hub: Hub) -> None:
+    write_dag(
+        hub.config.dags_folder,
+        "mapped.py",
+        """
+        from tether import DAG, task
+        with DAG("fan"):
+            @task
+            def each(x):
+                return x
+            each.expand(x=[1, 2, 3])
+        """,
+    )
+    parse(hub)
+
+    async def scenario(admin: httpx.AsyncClient, workers: Workers) -> None:
+        async with await workers.connect(["default"], "w1") as worker:
+            await admin.post("/api/v1/dags/fan/runs", json={"run_id": "r1"})
+            jobs = (await worker.post(f"{W}/poll", json={"slots": 3, "wait": 0})).json()["jobs"]
+            assert len(jobs) == 3
+            one = await admin.patch(
+                "/api/v1/dags/fan/runs/r1/tasks/each", json={"state": "failed", "map_index": 1}
+            )
+            assert one.json() == {"task_id": "each", "state": "failed", "map_indexes": [1]}
+            detail = (await admin.get("/api/v1/dags/fan/runs/r1")).json()
+            assert [(t["map_index"], t["state"]) for t in detail["tasks"]] == [
+                (0, "running"),
+                (1, "failed"),
+                (2, "running"),
+            ]
+            every = await admin.patch(
+                "/api/v1/dags/fan/runs/r1/tasks/each", json={"state": "success"}
+            )
+            assert every.json()["map_indexes"] == [0, 1, 2]
+            detail = (await admin.get("/api/v1/dags/fan/runs/r1")).json()
+            assert [t["state"] for t in detail["tasks"]] == ["success"] * 3
+            assert detail["state"] == "success"
+            missing = await admin.patch(
+                "/api/v1/dags/fan/runs/r1/tasks/each", json={"state": "failed", "map_index": 7}
+            )
+            await _expect(missing, 404, "has no map index 7")
+
+    run(hub, scenario)
+
+
 def test_a_run_marked_failed_asks_for_its_dag_callback_with_reason_marked(hub: Hub) -> None:
     write_dag(
         hub.config.dags_folder,

@@ -166,8 +166,12 @@ def runs_clear(args: argparse.Namespace) -> int:
 
 def tasks_mark(args: argparse.Namespace) -> int:
     path = api_path("dags", args.dag_id, "runs", args.run_id, "tasks", args.task_id)
-    Api(args.hub).patch(path, {"state": args.state})
-    out(f"task {args.task_id} of run {args.run_id} marked {args.state}")
+    body: dict[str, object] = {"state": args.state}
+    if args.map_index is not None:
+        body["map_index"] = args.map_index
+    indexes = Api(args.hub).patch(path, body)["map_indexes"]
+    which = "" if indexes == [-1] else f" (map index {', '.join(map(str, indexes))})"
+    out(f"task {args.task_id}{which} of run {args.run_id} marked {args.state}")
     return 0
 
 

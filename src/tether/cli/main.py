@@ -179,6 +179,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("run_id")
     sp.add_argument("task_id")
     sp.add_argument("state", choices=["success", "failed"])
+    sp.add_argument(
+        "--map-index", type=int, help="one instance of a mapped task (default: every one)"
+    )
     sp.set_defaults(func=_lazy("tether.cli.commands", "tasks_mark"))
     sp = tasks.add_parser("clear", help="run a task again (a running one is killed)")
     client_args(sp)

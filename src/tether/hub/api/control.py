@@ -217,25 +217,42 @@ def _locked_run(session: Session, dag_id: str, run_id: str) -> DagRun:
 
 
 def mark_task(
-    session: Session, dag_id: str, run_id: str, task_id: str, state: str, by: Who
-) -> Effects:
-    """Set a task instance to success or failed; a running attempt is killed."""
+    session: Session,
+    dag_id: str,
+    run_id: str,
+    task_id: str,
+    state: str,
+    by: Who,
+    map_index: int | None = None,
+) -> tuple[list[int], Effects]:
+    """Set a task instance to success or failed; a running attempt is killed.
+
+    A mapped task has one instance per map index: all of them are marked, or
+    only ``map_index`` when given. Returns the map indexes marked (``[-1]`` for a
+    task that is not mapped).
+    """
     run = _locked_run(session, dag_id, run_id)
     tis = _task_instances(session, run, {task_id})
     if not tis:
         raise NotFound(f"run {run_id!r} of DAG {dag_id!r} has no task {task_id!r}")
+    if map_index is not None:
+        tis = [ti for ti in tis if ti.map_index == map_index]
+        if not tis:
+            raise NotFound(f"task {task_id!r} of run {run_id!r} has no map index {map_index}")
     fx = Effects()
-    ti = tis[0]
-    _end_running_attempt(session, ti, f"marked {state} by an operator", fx)
-    ti.state = state
-    ti.ended_at = utcnow()
-    ti.next_retry_at = None
+    now = utcnow()
+    for ti in tis:
+        _end_running_attempt(session, ti, f"marked {state} by an operator", fx)
+        ti.state = state
+        ti.ended_at = now
+        ti.next_retry_at = None
     if run.state in S.RUN_FINISHED:
         run.state, run.ended_at = S.RUN_RUNNING, None
     fx.queues |= advance_run(session, run)
-    details = {"run_id": run_id, "task_id": task_id, "state": state}
+    indexes = sorted(ti.map_index for ti in tis)
+    details = {"run_id": run_id, "task_id": task_id, "state": state, "map_indexes": indexes}
     audit.note(session, by, "task.mark", f"dag:{dag_id}", details)
-    return fx
+    return indexes, fx
 
 
 def _downstream(spec: dict[str, Any], task_id: str) -> set[str]:

@@ -375,6 +375,8 @@ async def worker_remove(name: WorkerName, request: Request, hub: HubDep) -> dict
 
 class TaskStateIn(BaseModel):
     state: Literal["success", "failed"]
+    #: One instance of a mapped task; None marks every map index.
+    map_index: int | None = Field(default=None, ge=-1, le=MAX_WIRE_INT)
 
 
 @router.patch("/dags/{dag_id}/runs/{run_id}/tasks/{task_id}", dependencies=[AdminAuth])
@@ -385,11 +387,18 @@ async def mark_task(
     body: TaskStateIn,
     request: Request,
     hub: HubDep,
-) -> dict[str, str]:
-    """Mark a task instance success or failed; a running one is killed on its worker."""
+) -> dict[str, Any]:
+    """Mark a task instance success or failed; a running one is killed on its worker.
+
+    A mapped task: every map index, or the one ``map_index`` names.
+    """
     by = audit.who(request)
-    await _act(hub, lambda s: control.mark_task(s, dag_id, run_id, task_id, body.state, by))
-    return {"task_id": task_id, "state": body.state}
+    indexes, fx = await _in_session(
+        hub,
+        lambda s: control.mark_task(s, dag_id, run_id, task_id, body.state, by, body.map_index),
+    )
+    _announce(hub, fx)
+    return {"task_id": task_id, "state": body.state, "map_indexes": indexes}
 
 
 class ClearIn(BaseModel):
