@@ -24,9 +24,10 @@ def dags_list(args: argparse.Namespace) -> int:
         return 0
     out(f"{'dag_id':40} {'schedule':16} {'paused':6} queues")
     for d in dags:
+        broken = "  BROKEN: its file fails to import (see dags errors)" if d["import_error"] else ""
         out(
             f"{d['dag_id']:40} {_schedule_text(d['schedule']):16} {str(d['is_paused']):6} "
-            f"{','.join(d['queues'])}"
+            f"{','.join(d['queues'])}{broken}"
         )
     return 0
 
@@ -42,6 +43,9 @@ def dags_show(args: argparse.Namespace) -> int:
     out(f"paused:   {dag['is_paused']}")
     out(f"queues:   {','.join(dag['queues'])}")
     out(f"bundle:   {dag['bundle_sha']}")
+    if dag["import_error"]:
+        out("BROKEN:   its file fails to import; runs use the last version that parsed:")
+        out("  " + dag["import_error"].rstrip().replace("\n", "\n  "))
     out("tasks:")
     for task in dag["tasks"]:
         declared = [*task.get("connections", []), *task.get("variables", [])]

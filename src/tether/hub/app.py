@@ -68,7 +68,12 @@ def build_hub(config: HubConfig, tokens: Tokens | None = None) -> Hub:
 
 async def _process_dags(hub: Hub) -> None:
     processor = DagProcessor(
-        hub.store, hub.config.dags_folder, hub.config.home, hub.config.dag_file_timeout
+        hub.store,
+        hub.config.dags_folder,
+        hub.config.home,
+        hub.config.dag_file_timeout,
+        # Each file's DAGs are schedulable the moment they are stored.
+        on_stored=hub.wakeups.poke_scheduler,
     )
     while True:
         try:

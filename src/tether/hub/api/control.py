@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from tether.hub import audit
 from tether.hub.api import queries
-from tether.hub.api.queries import NotFound, dag_summary, get_run
+from tether.hub.api.queries import NotFound, dag_summary, file_error, get_run
 from tether.hub.audit import Who
 from tether.hub.auth import credentials
 from tether.hub.scheduler import backfill, limits
@@ -191,7 +191,7 @@ def set_paused(session: Session, dag_id: str, paused: bool, by: Who) -> dict[str
         raise NotFound(f"no DAG {dag_id!r}")
     dag.is_paused = paused
     audit.note(session, by, "dag.pause" if paused else "dag.unpause", f"dag:{dag_id}")
-    return dag_summary(dag)
+    return dag_summary(dag, file_error(session, dag.fileloc))
 
 
 def _task_instances(

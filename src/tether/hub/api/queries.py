@@ -40,7 +40,9 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def dag_summary(dag: Dag) -> dict[str, Any]:
+def dag_summary(dag: Dag, import_error: str | None = None) -> dict[str, Any]:
+    """A DAG as lists show it. ``import_error``: its file's, if the file is broken now
+    (the DAG then runs the last version that parsed)."""
     spec = dag.serialized
     return {
         "dag_id": dag.dag_id,
@@ -55,12 +57,19 @@ def dag_summary(dag: Dag) -> dict[str, Any]:
         "task_ids": [t["task_id"] for t in spec["tasks"]],
         "queues": sorted({t["queue"] for t in spec["tasks"]}),
         "bundle_sha": dag.bundle_sha,
+        "import_error": import_error,
     }
+
+
+def file_error(session: Session, fileloc: str) -> str | None:
+    """The import error of a DAG file, if it has one now."""
+    return session.scalar(select(ImportError_.message).where(ImportError_.fileloc == fileloc))
 
 
 def list_dags(session: Session) -> list[dict[str, Any]]:
     rows = session.scalars(select(Dag).where(Dag.is_active.is_(True)).order_by(Dag.dag_id))
-    return [dag_summary(d) for d in rows]
+    errors = {f: m for f, m in session.execute(select(ImportError_.fileloc, ImportError_.message))}
+    return [dag_summary(d, errors.get(d.fileloc)) for d in rows]
 
 
 def dag_detail(session: Session, dag_id: str) -> dict[str, Any]:
@@ -68,7 +77,7 @@ def dag_detail(session: Session, dag_id: str) -> dict[str, Any]:
     dag = get_dag(session, dag_id)
     files = session.scalar(select(Bundle.files).where(Bundle.sha == dag.bundle_sha))
     return {
-        **dag_summary(dag),
+        **dag_summary(dag, file_error(session, dag.fileloc)),
         "params": dag.serialized.get("params", {}),
         "tasks": dag.serialized["tasks"],
         "include": dag.serialized.get("include", []),

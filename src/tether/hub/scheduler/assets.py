@@ -94,6 +94,8 @@ def register(session: Session, specs: Sequence[dict[str, Any]], now: datetime) -
         if row is None:
             row = rows[uri] = Asset(uri=uri, created_at=now)
             session.add(row)
+        elif _bare(item):
+            continue  # files are stored one by one: a bare mention keeps another's description
         if row.name != item["name"]:
             row.name = item["name"]
         if row.extra != item["extra"]:
