@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from tests.integration.processes import REPO, Hub, Worker, free_port, wait_for
+from tests.integration.processes import REPO, Hub, Worker, die_with_pytest, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -106,6 +106,7 @@ def _proxy(tmp_path: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
             cwd=REPO,
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=die_with_pytest,
         )
     try:
         wait_for(lambda: "READY" in log_path.read_text(), 30, "the proxy to listen")

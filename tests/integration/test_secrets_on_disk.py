@@ -21,6 +21,7 @@ from tests.integration.processes import (
     REPO,
     Hub,
     Worker,
+    die_with_pytest,
     free_port,
     wait_for,
 )
@@ -180,6 +181,7 @@ def standalone(tmp_path: Path, dags: Path) -> Iterator[tuple[subprocess.Popen[by
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
+            preexec_fn=die_with_pytest,
         )
     try:
         yield proc, port, log

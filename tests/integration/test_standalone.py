@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.processes import REPO, free_port, wait_for
+from tests.integration.processes import REPO, die_with_pytest, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -45,6 +45,7 @@ def test_standalone_runs_the_examples_on_its_local_worker(tmp_path: Path) -> Non
         env=env,
         stdout=out,
         stderr=subprocess.STDOUT,
+        preexec_fn=die_with_pytest,
     )
 
     def output() -> str:
