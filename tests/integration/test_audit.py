@@ -170,7 +170,12 @@ def test_every_admin_change_and_enrolment_is_recorded_once_with_who_and_where(hu
 
     details = [e["details"] for e in entries]
     assert details[0] == {"run_id": "audit-run-1"}  # the run, never its conf
-    assert details[3] == {"run_id": "audit-run-1", "task_id": "a", "state": "success"}
+    assert details[3] == {
+        "run_id": "audit-run-1",
+        "task_id": "a",
+        "state": "success",
+        "map_indexes": [-1],
+    }
     assert details[4] == {
         "run_id": "audit-run-1",
         "task_id": "b",

@@ -139,7 +139,12 @@ def test_generated_dags_follow_their_config(env: Env) -> None:
 
 
 def test_broken_files_become_import_errors_and_the_rest_still_runs(env: Env) -> None:
-    errors = {e["fileloc"]: e["message"] for e in env.api.get("/import-errors")["import_errors"]}
+    def both() -> dict[str, str] | None:
+        found = {e["fileloc"]: e["message"] for e in env.api.get("/import-errors")["import_errors"]}
+        return found if len(found) >= 2 else None
+
+    # Each file is stored as it finishes: the one that hangs comes last.
+    errors = wait_for(both, 30, "both broken files to be import errors")
     assert set(errors) == {"broken_syntax.py", "hangs_forever.py"}
     assert "SyntaxError" in errors["broken_syntax.py"]
     assert "took longer than 3s" in errors["hangs_forever.py"]
