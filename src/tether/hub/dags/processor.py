@@ -17,11 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,7 +28,6 @@ from typing import Any
 
 from sqlalchemy import select
 
-from tether.hub.config import child_environment
 from tether.hub.dags import bundles as packing
 from tether.hub.dags.bundles import (
     CannotBundle,
@@ -44,6 +40,7 @@ from tether.hub.dags.bundles import (
     pack,
     unpack,
 )
+from tether.hub.dags.children import Children, kill_group
 from tether.hub.dags.params import InvalidParams, check_defaults
 from tether.hub.scheduler import assets
 from tether.hub.scheduler.runs import utcnow
@@ -76,34 +73,26 @@ class Packed:
 
 
 def parse_file(
-    bundle_dir: Path, relpath: str, timeout: float
+    bundle_dir: Path, relpath: str, timeout: float, children: Children | None = None
 ) -> tuple[list[dict[str, Any]], list[str], str | None]:
     """Import one file in a child process; its DAGs and the files it used, or an
-    error message."""
+    error message. Raises HubStopping if the hub stops meanwhile."""
+    children = children or Children()
     with tempfile.TemporaryDirectory(prefix="tether-parse-") as tmp:
         out = Path(tmp) / "out.json"
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tether.hub.dags.parse_child",
-                str(bundle_dir),
-                relpath,
-                str(out),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            cwd=tmp,
-            env=child_environment(),  # DAG code never sees the hub's secrets
-            start_new_session=True,
-        )
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return [], [], f"importing {relpath} took longer than {timeout:g}s (dag_file_timeout)"
+        with children.start(
+            "tether.hub.dags.parse_child", str(bundle_dir), relpath, str(out), cwd=Path(tmp)
+        ) as proc:
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                kill_group(proc)
+                proc.wait()
+                return (
+                    [],
+                    [],
+                    f"importing {relpath} took longer than {timeout:g}s (dag_file_timeout)",
+                )
         try:
             result = json.loads(out.read_text())
         except (OSError, ValueError):
@@ -115,12 +104,17 @@ def parse_file(
     return dags, files, None
 
 
-def parse_bundle(bundle_dir: Path, timeout: float, parallel: int = 2) -> ParseResult:
-    """Parse every .py file of an unpacked bundle."""
+def parse_bundle(
+    bundle_dir: Path, timeout: float, parallel: int = 2, children: Children | None = None
+) -> ParseResult:
+    """Parse every .py file of an unpacked bundle (HubStopping if the hub stops meanwhile)."""
+    children = children or Children()
     files = sorted(p.relative_to(bundle_dir).as_posix() for p in bundle_dir.rglob("*.py"))
     result = ParseResult()
     with ThreadPoolExecutor(max_workers=parallel) as pool:
-        outcomes = list(pool.map(lambda f: (f, *parse_file(bundle_dir, f, timeout)), files))
+        outcomes = list(
+            pool.map(lambda f: (f, *parse_file(bundle_dir, f, timeout, children)), files)
+        )
     owner: dict[str, str] = {}
     for relpath, dags, used, error in outcomes:
         if error is not None:
@@ -272,6 +266,12 @@ class DagProcessor:
         #: What the last stored bundle left out of the folder (shown as import errors).
         self._skipped: tuple[tuple[str, str], ...] = ()
         self.bundle_sha: str | None = None
+        #: The parse children running; the hub's shutdown kills them (``stop``).
+        self.children = Children()
+
+    def stop(self) -> None:
+        """Kill the parse children and start no more: the hub is stopping."""
+        self.children.stop_all()
 
     def process_once(self) -> bool:
         """Look at the folder; parse and store it if it changed. True if it did."""
@@ -305,7 +305,7 @@ class DagProcessor:
                 record_folder_error(self.store, f"the bundle of the DAGs folder is refused: {exc}")
                 self._fingerprint = current
                 return False
-        result = parse_bundle(target, self.timeout)
+        result = parse_bundle(target, self.timeout, children=self.children)
         bundles = bundle_dags(target, result)
         for name, why in listing.skipped.items():
             log.warning("DAGs folder: %s left out of the bundle: %s", name, why)
