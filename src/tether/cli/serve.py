@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
+import fcntl
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from tether.cli.rest import CliError, hub_config, out
 
@@ -36,6 +39,54 @@ def _examples_folder() -> Path | None:
     return None
 
 
+def _lock_home(home: Path) -> IO[str] | str:
+    """Take ``HOME/hub.lock`` for this process (held until it exits), or say who holds it."""
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock = (home / "hub.lock").open("a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip()
+        lock.close()
+        return f"{home} is in use by another hub process" + (f" (pid {holder})" if holder else "")
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
+def _listen(host: str, port: int) -> socket.socket | str:
+    """A socket listening on ``host:port`` (uvicorn serves on it), or why there is none.
+
+    Bound and listening at once, before the hub touches anything: a second
+    hub on the port is refused here, not after it has changed the store.
+    """
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart is not refused
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            return f"port {port} on {host} is in use (by another hub?)"
+        return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return sock
+
+
+def _claim(config: HubConfig) -> tuple[IO[str], socket.socket]:
+    """The hub's home and port, for this process alone; CliError naming what is in use."""
+    lock, sock = _lock_home(config.home), _listen(config.host, config.port)
+    if isinstance(lock, str) or isinstance(sock, str):
+        for held in (lock, sock):
+            if not isinstance(held, str):
+                held.close()
+        raise CliError("; ".join(p for p in (lock, sock) if isinstance(p, str)))
+    return lock, sock
+
+
 def _serve(
     config: HubConfig,
     *,
@@ -50,6 +101,9 @@ def _serve(
     from tether.hub.secrets.keys import SecretKeyError
 
     private_umask()  # the store, bundles and logs the hub writes are its user's only
+    # Before anything changes: a second hub (or standalone) on this home or port,
+    # started by mistake, must not touch the first one's store or worker.
+    home_lock, listener = _claim(config)
     try:
         hub = build_hub(config)
     except SecretKeyError as exc:
@@ -123,7 +177,11 @@ def _serve(
     )
     if on_started is not None:
         on_started(hub, url)
-    server.run()
+    try:
+        server.run(sockets=[listener])
+    finally:
+        listener.close()
+        home_lock.close()
     if not server.started:
         raise SystemExit(f"the hub could not listen on {config.host}:{config.port}")
 

@@ -152,7 +152,7 @@ def _home_of(args: argparse.Namespace) -> Path:
 
 def worker_command(args: argparse.Namespace) -> int:
     from tether.homes import WORKER_ENTRIES, private_home, private_umask
-    from tether.worker.agent import Worker, WorkerConfig, WorkerExit
+    from tether.worker.agent import Worker, WorkerConfig, WorkerExit, lock_home
     from tether.worker.client import HubClient, HubError, check_hub_url
     from tether.worker.credential import Credential
 
@@ -161,6 +161,11 @@ def worker_command(args: argparse.Namespace) -> int:
     task_umask = private_umask()
     home = _home_of(args)
     private_home(home, WORKER_ENTRIES)
+    try:  # first: a second process on this home must change nothing, not even enrol
+        home_lock = lock_home(home)
+    except WorkerExit as exc:
+        sys.stderr.write(f"tether worker: {exc}\n")
+        return exc.code
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
     saved = Credential.load(home)
     token = args.enrol or os.environ.get("TETHER_ENROL_TOKEN")
@@ -217,7 +222,7 @@ def worker_command(args: argparse.Namespace) -> int:
         )
     except (InvalidQueueName, ValueError) as exc:
         raise CliError(str(exc)) from None
-    worker = Worker(config)
+    worker = Worker(config, home_lock=home_lock)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

@@ -75,25 +75,31 @@ async def _process_dags(hub: Hub) -> None:
         # Each file's DAGs are schedulable the moment they are stored.
         on_stored=hub.wakeups.poke_scheduler,
     )
-    while True:
-        try:
-            if await asyncio.to_thread(processor.process_once):
-                hub.wakeups.poke_scheduler()
-        except Exception:
-            log.exception("DAG processing failed; trying again")
-        await asyncio.sleep(hub.config.dag_scan_interval)
+    try:
+        while True:
+            try:
+                if await asyncio.to_thread(processor.process_once):
+                    hub.wakeups.poke_scheduler()
+            except Exception:
+                log.exception("DAG processing failed; trying again")
+            await asyncio.sleep(hub.config.dag_scan_interval)
+    finally:  # cancelled: the hub stops; no parse child outlives it
+        processor.stop()
 
 
 async def _run_dag_callbacks(hub: Hub) -> None:
     callbacks = DagCallbacks(hub.store, hub.config.home, hub.config.dag_file_timeout)
-    while True:
-        try:
-            taken = await asyncio.to_thread(callbacks.run_pending)
-        except Exception:
-            log.exception("running DAG callbacks failed; trying again")
-            taken = 0
-        if not taken:
-            await asyncio.sleep(CALLBACK_CHECK_INTERVAL)
+    try:
+        while True:
+            try:
+                taken = await asyncio.to_thread(callbacks.run_pending)
+            except Exception:
+                log.exception("running DAG callbacks failed; trying again")
+                taken = 0
+            if not taken:
+                await asyncio.sleep(CALLBACK_CHECK_INTERVAL)
+    finally:  # cancelled: the hub stops; no callback child outlives it
+        callbacks.stop()
 
 
 def create_app(hub: Hub) -> FastAPI:

@@ -77,10 +77,36 @@ class WorkerConfig:
             raise ValueError("concurrency must be at least 1")
 
 
-class Worker:
-    """Pulls jobs for its queues and runs up to ``concurrency`` slots at once."""
+def lock_home(home: Path) -> IO[str]:
+    """Take the home for this process (``HOME/worker.lock``) or raise WorkerExit.
 
-    def __init__(self, config: WorkerConfig, client: HubClient | None = None) -> None:
+    Held until the process exits. ``tether worker`` takes it before anything
+    else, an enrolment included: a second process on a home in use must not
+    re-enrol the worker (and so revoke the first one's credential).
+    """
+    private_home(home, WORKER_ENTRIES)
+    lock = (home / "worker.lock").open("w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise WorkerExit(f"another worker process is using {home}") from None
+    return lock
+
+
+class Worker:
+    """Pulls jobs for its queues and runs up to ``concurrency`` slots at once.
+
+    ``home_lock`` is the home's lock if the caller took it already (:func:`lock_home`).
+    """
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        client: HubClient | None = None,
+        *,
+        home_lock: IO[str] | None = None,
+    ) -> None:
         self.config = config
         self.client = client or HubClient(
             config.hub_url, config.credential, ca_file=config.ca_file, proxy=config.proxy
@@ -119,7 +145,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._drain_deadline: float | None = None
         self._exit: WorkerExit | None = None
-        self._lock_file: IO[str] | None = None
+        self._lock_file = home_lock
         #: The worker's own connections and variables (read when it starts).
         self.site_secrets: SiteSecrets | None = None
 
@@ -235,12 +261,8 @@ class Worker:
     # -- life cycle ----------------------------------------------------------------------
 
     def _lock_home(self) -> None:
-        private_home(self.home, WORKER_ENTRIES)
-        self._lock_file = (self.home / "worker.lock").open("w")
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise WorkerExit(f"another worker process is using {self.home}") from None
+        if self._lock_file is None:
+            self._lock_file = lock_home(self.home)
         (self.home / control.PID).write_text(f"{os.getpid()}\n")
 
     async def run(self) -> None:

@@ -66,8 +66,12 @@ def _forked_task(
     """Runs in the forked child: become a task process, then run the task."""
     os.setsid()  # its own process group, as with spawn
     from tether.sdk._process import die_with_parent
+    from tether.worker import fork_server
 
-    die_with_parent(os.getppid())  # the fork server, which dies with the worker
+    # The fork server, which dies with the worker; by its pid, not getppid(): if
+    # the server died already, getppid() names whoever adopted this process.
+    server = fork_server.SERVER_PID
+    die_with_parent(server if server != os.getpid() else os.getppid())
     null = os.open(os.devnull, os.O_RDONLY)
     log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     os.dup2(null, 0)
@@ -152,19 +156,44 @@ class _Forked:
 
 
 class ForkLauncher:
-    """Forks each task from a server that has the SDK and the runner imported."""
+    """Forks each task from a server that has the SDK and the runner imported.
+
+    The server is started by the thread that calls :meth:`start` (the worker's
+    event loop, its main thread): on Linux the kernel kills the server when
+    the thread that started it ends, so it must be one that lasts as long as
+    the worker.
+    """
 
     def __init__(self) -> None:
         self._ctx = multiprocessing.get_context("forkserver")
-        # Jinja too: the runner imports it only when a task has templates; and the
-        # HTTP client a task makes on its first read of a connection or variable.
+        # First the module that ties the server to the worker. Jinja too: the
+        # runner imports it only when a task has templates; and the HTTP client
+        # a task makes on its first read of a connection or variable.
         self._ctx.set_forkserver_preload(
-            ["tether.worker.runner", "jinja2.sandbox", "tether.worker.warm"]
+            [
+                "tether.worker.fork_server",
+                "tether.worker.runner",
+                "jinja2.sandbox",
+                "tether.worker.warm",
+            ]
         )
+
+    def _ensure_server(self) -> None:
+        """Start the fork server if it is not running, telling it the worker's pid."""
+        from multiprocessing import forkserver
+
+        from tether.worker.fork_server import PARENT_VARIABLE
+
+        os.environ[PARENT_VARIABLE] = str(os.getpid())
+        try:
+            forkserver.ensure_running()
+        finally:
+            os.environ.pop(PARENT_VARIABLE, None)
 
     async def start(
         self, job_file: Path, result_file: Path, log_path: Path, cwd: Path, env: dict[str, str]
     ) -> TaskProcess:
+        self._ensure_server()  # here, in this thread, not in the one that forks
         task_env = {k: v for k, v in env.items() if k != "TETHER_WORKER_PID"}
         process = self._ctx.Process(
             target=_forked_task,

@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from tether.hub.dags.children import tie_to_hub
 from tether.sdk.context import DagRunInfo
 from tether.sdk.loader import load_dag_file
 
@@ -22,6 +23,7 @@ def _date(value: str | None) -> datetime | None:
 
 
 def main() -> int:
+    tie_to_hub()  # before any DAG code: killed if the hub dies
     bundle_dir, relpath, dag_id, kind = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
     raw = json.loads(Path(sys.argv[5]).read_text())
     dag = next(d for d in load_dag_file(bundle_dir / relpath, bundle_dir) if d.dag_id == dag_id)

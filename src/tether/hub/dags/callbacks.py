@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +22,8 @@ from typing import Any
 
 from sqlalchemy import delete, select
 
-from tether.hub.config import child_environment
 from tether.hub.dags.bundles import unpack
+from tether.hub.dags.children import Children, HubStopping, kill_group
 from tether.hub.store.db import Store
 from tether.hub.store.models import Bundle, CallbackRequest, DagRun
 
@@ -58,6 +55,12 @@ class DagCallbacks:
         self.store = store
         self.cache = home / "bundles"
         self.timeout = timeout
+        #: The callback children running; the hub's shutdown kills them (``stop``).
+        self.children = Children()
+
+    def stop(self) -> None:
+        """Kill the callback children and start no more: the hub is stopping."""
+        self.children.stop_all()
 
     def run_pending(self) -> int:
         """Run the oldest pending callbacks; return how many were taken."""
@@ -65,6 +68,8 @@ class DagCallbacks:
         for request in requests:
             try:
                 self._run(request)
+            except HubStopping:
+                raise  # not run: the request stays, for the next start
             except Exception:
                 log.exception(
                     "callback %s of %s run %s could not run",
@@ -121,36 +126,28 @@ class DagCallbacks:
         with tempfile.TemporaryDirectory(prefix="tether-callback-") as tmp:
             context_file = Path(tmp) / "context.json"
             context_file.write_text(json.dumps(request.context))
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "tether.hub.dags.callback_child",
-                    str(bundle_dir),
-                    request.fileloc,
-                    request.dag_id,
-                    request.kind,
-                    str(context_file),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                cwd=tmp,
-                env=child_environment(),  # DAG code never sees the hub's secrets
-                start_new_session=True,
-            )
-            try:
-                output, _ = proc.communicate(timeout=self.timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                output, _ = proc.communicate()
-                log.error(
-                    "%s of %s run %s took longer than %gs and was killed",
-                    request.kind,
-                    request.dag_id,
-                    request.run_id,
-                    self.timeout,
-                )
+            with self.children.start(
+                "tether.hub.dags.callback_child",
+                str(bundle_dir),
+                request.fileloc,
+                request.dag_id,
+                request.kind,
+                str(context_file),
+                cwd=Path(tmp),
+                capture=True,
+            ) as proc:
+                try:
+                    output, _ = proc.communicate(timeout=self.timeout)
+                except subprocess.TimeoutExpired:
+                    kill_group(proc)
+                    output, _ = proc.communicate()
+                    log.error(
+                        "%s of %s run %s took longer than %gs and was killed",
+                        request.kind,
+                        request.dag_id,
+                        request.run_id,
+                        self.timeout,
+                    )
         for line in output.decode(errors="replace").splitlines():
             log.info("%s %s %s: %s", request.dag_id, request.run_id, request.kind, line)
         if proc.returncode:

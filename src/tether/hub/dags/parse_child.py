@@ -21,6 +21,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from tether.hub.dags.children import tie_to_hub
+
 _OWN_DIR = str(Path(__file__).resolve().parents[2])  # the tether package
 
 
@@ -67,6 +69,7 @@ class FilesUsed:
 
 
 def main() -> int:
+    tie_to_hub()  # before any DAG code: killed if the hub dies
     bundle_dir, relpath, out_file = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
     sys.dont_write_bytecode = True  # the snapshot is packed again; write nothing into it
     used = FilesUsed(bundle_dir)

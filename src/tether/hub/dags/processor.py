@@ -27,11 +27,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -43,7 +40,6 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tether.hub.config import child_environment
 from tether.hub.dags import bundles as packing
 from tether.hub.dags.bundles import (
     CannotBundle,
@@ -56,6 +52,7 @@ from tether.hub.dags.bundles import (
     pack,
     unpack,
 )
+from tether.hub.dags.children import Children, kill_group
 from tether.hub.dags.params import InvalidParams, check_defaults
 from tether.hub.scheduler import assets
 from tether.hub.scheduler.runs import utcnow
@@ -95,34 +92,26 @@ class FileResult:
 
 
 def parse_file(
-    bundle_dir: Path, relpath: str, timeout: float
+    bundle_dir: Path, relpath: str, timeout: float, children: Children | None = None
 ) -> tuple[list[dict[str, Any]], list[str], str | None]:
     """Import one file in a child process; its DAGs and the files it used, or an
-    error message."""
+    error message. Raises HubStopping if the hub stops meanwhile."""
+    children = children or Children()
     with tempfile.TemporaryDirectory(prefix="tether-parse-") as tmp:
         out = Path(tmp) / "out.json"
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tether.hub.dags.parse_child",
-                str(bundle_dir),
-                relpath,
-                str(out),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            cwd=tmp,
-            env=child_environment(),  # DAG code never sees the hub's secrets
-            start_new_session=True,
-        )
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return [], [], f"importing {relpath} took longer than {timeout:g}s (dag_file_timeout)"
+        with children.start(
+            "tether.hub.dags.parse_child", str(bundle_dir), relpath, str(out), cwd=Path(tmp)
+        ) as proc:
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                kill_group(proc)
+                proc.wait()
+                return (
+                    [],
+                    [],
+                    f"importing {relpath} took longer than {timeout:g}s (dag_file_timeout)",
+                )
         try:
             result = json.loads(out.read_text())
         except (OSError, ValueError):
@@ -327,6 +316,12 @@ class DagProcessor:
         #: DAG file -> what its last stored parse depends on.
         self._files: dict[str, FileResult] = {}
         self.bundle_sha: str | None = None
+        #: The parse children running; the hub's shutdown kills them (``stop``).
+        self.children = Children()
+
+    def stop(self) -> None:
+        """Kill the parse children and start no more: the hub is stopping."""
+        self.children.stop_all()
 
     def _changed(self, relpath: str, now: dict[str, tuple[int, int]], listed: bool) -> bool:
         """Whether ``relpath`` must be parsed again."""
@@ -406,7 +401,9 @@ class DagProcessor:
         if not todo:
             return stored
         with ThreadPoolExecutor(max_workers=self.parallel) as pool:
-            futures = {pool.submit(parse_file, target, f, self.timeout): f for f in todo}
+            futures = {
+                pool.submit(parse_file, target, f, self.timeout, self.children): f for f in todo
+            }
             for future in as_completed(futures):
                 relpath = futures[future]
                 specs, used, error = future.result()
