@@ -116,7 +116,8 @@ class Process:
 
 
 class Hub(Process):
-    """A ``tether hub`` process. Give ``port`` to restart one where it was."""
+    """A ``tether hub`` process. Give ``port`` to restart one where it was;
+    ``verbose`` runs it with debug logging (``tether -v hub``)."""
 
     def __init__(
         self,
@@ -128,15 +129,17 @@ class Hub(Process):
         scheme: str = "http",
         extra: list[str] | None = None,
         verify: str | bool = True,
+        verbose: bool = False,
         **env: str,
     ) -> None:
         self.port = port or free_port()
         self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.home, self.dags, self.database_url = home, dags, database_url
-        self.env, self.extra, self.scheme = env, extra, scheme
+        self.env, self.extra, self.scheme, self.verbose = env, extra, scheme, verbose
         home.mkdir(parents=True, exist_ok=True)
         super().__init__(
             [
+                *(["-v"] if verbose else []),
                 "hub",
                 "--home",
                 str(home),
@@ -177,6 +180,7 @@ class Hub(Process):
             scheme=self.scheme,
             extra=self.extra,
             verify=self.verify,
+            verbose=self.verbose,
             **self.env,
         )
 

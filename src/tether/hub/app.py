@@ -9,8 +9,9 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import HTMLResponse
+from starlette.requests import ClientDisconnect
 
 from tether import __version__
 from tether.homes import HUB_ENTRIES, private_home, private_path
@@ -102,6 +103,14 @@ async def _run_dag_callbacks(hub: Hub) -> None:
         callbacks.stop()
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    """A client that hangs up mid-body: a worker cancels a log upload when its
+    task ends, or its link drops. Normal, so one debug line and no traceback;
+    the answer goes nowhere."""
+    log.debug("the client went away during %s %s", request.method, request.url.path)
+    return Response(status_code=400)
+
+
 def create_app(hub: Hub) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -135,6 +144,9 @@ def create_app(hub: Hub) -> FastAPI:
         max_body_size=config.max_body_bytes,
     )
     app.state.hub = hub
+    # Routes that stream their body (the log upload) see the hang-up as
+    # ClientDisconnect; JSON bodies are read by FastAPI, which answers it with 400.
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.include_router(api_router)
     app.include_router(secrets_router, max_body_size=min(config.max_body_bytes, SECRETS_MAX_BODY))
     app.include_router(worker_router)

@@ -3,17 +3,23 @@
 Every call goes through :meth:`HubClient._request`, which retries transport
 errors and 5xx answers with exponential backoff and jitter (honouring
 Retry-After), and turns 4xx answers into :class:`HubError` subclasses that
-fail fast. The worker always dials out; nothing here listens.
+fail fast. A success the worker cannot read (an HTML page from a proxy or a
+captive portal, JSON of the wrong shape, a bundle with the wrong hash) is a
+transport error too: each endpoint reads its answer inside the retry loop, so
+no caller ever gets a half-understood answer or an unexpected exception. The
+worker always dials out; nothing here listens.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import logging
 import random
 import ssl
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import httpx
 
@@ -32,6 +38,8 @@ log = logging.getLogger("tether.worker")
 
 #: Largest log chunk a worker sends in one request (the hub may ask for less).
 LOG_CHUNK_BYTES = 512 * 1024
+
+T = TypeVar("T")
 
 
 class HubError(Exception):
@@ -61,6 +69,38 @@ class Superseded(HubError):
 
 class IncompatibleVersion(HubError):
     """426: the hub does not accept this worker's version."""
+
+
+class MalformedAnswer(ValueError):
+    """A success answer that is not what the hub sends (retried like a lost connection)."""
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any]:
+    """The answer's JSON object, or MalformedAnswer saying what came instead."""
+    try:
+        data = response.json()
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        kind = response.headers.get("Content-Type", "no Content-Type")
+        start = response.content[:60].decode("utf-8", "replace")
+        raise MalformedAnswer(f"the answer is not JSON ({kind}): {start!r}") from None
+    if not isinstance(data, dict):
+        raise MalformedAnswer(f"the answer is JSON {type(data).__name__}, not an object")
+    return data
+
+
+def _field(data: dict[str, Any], name: str, kind: type[T]) -> T:
+    """``data[name]``, checked to be a ``kind`` (a bool is not an int here)."""
+    value = data.get(name)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise MalformedAnswer(f"the answer's {name!r} is not a {kind.__name__}: {value!r:.60}")
+    return value
+
+
+def _names(data: dict[str, Any], name: str) -> list[str]:
+    value = _field(data, name, list)
+    if not all(isinstance(item, str) for item in value):
+        raise MalformedAnswer(f"the answer's {name!r} is not a list of names")
+    return value
 
 
 def _is_loopback(host: str) -> bool:
@@ -169,12 +209,15 @@ class HubClient:
         self,
         method: str,
         path: str,
+        read: Callable[[httpx.Response], T],
         *,
         retry_for: float | None = None,
         read_timeout: float | None = None,
         **kwargs: Any,
-    ) -> httpx.Response:
-        """Send a request; retry transport errors and 5xx for ``retry_for`` seconds.
+    ) -> T:
+        """Send a request and ``read`` the answer; retry transport errors, 5xx,
+        and answers ``read`` cannot make sense of (MalformedAnswer) for
+        ``retry_for`` seconds, then raise ConnectionError.
 
         ``retry_for=None`` retries until the hub answers: a report must not be
         lost because the link was down.
@@ -191,12 +234,17 @@ class HubClient:
                 problem = f"{type(exc).__name__}: {exc}"
                 retry_after = None
             else:
+                retry_after = None
                 if response.status_code < 400:
-                    return response
-                if response.status_code < 500 and response.status_code != 429:
+                    try:
+                        return read(response)
+                    except MalformedAnswer as exc:
+                        problem = f"HTTP {response.status_code}, but {exc}"
+                elif response.status_code < 500 and response.status_code != 429:
                     raise _error_for(response)
-                problem = f"HTTP {response.status_code}"
-                retry_after = _retry_after(response)
+                else:
+                    problem = f"HTTP {response.status_code}"
+                    retry_after = _retry_after(response)
             if deadline is not None and loop.time() >= deadline:
                 raise ConnectionError(f"hub unreachable: {problem}")
             wait = retry_after if retry_after is not None else delay * random.uniform(0.5, 1.5)
@@ -209,29 +257,48 @@ class HubClient:
     def _session_headers(self) -> dict[str, str]:
         return {SESSION_HEADER: self.session_id} if self.session_id else {}
 
-    async def _session_call(self, path: str, body: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    async def _session_call(
+        self,
+        path: str,
+        body: dict[str, Any],
+        read: Callable[[httpx.Response], T],
+        **kwargs: Any,
+    ) -> T:
         try:
-            response = await self._request(
-                "POST", path, json=body, headers=self._session_headers(), **kwargs
+            return await self._request(
+                "POST", path, read, json=body, headers=self._session_headers(), **kwargs
             )
         except Gone as exc:
             if exc.status == 409:
                 raise Superseded(exc.status, exc.reason) from None
             raise
-        data: dict[str, Any] = response.json()
-        return data
 
     async def enrol(self, token: str) -> dict[str, Any]:
         """Exchange a one-time enrolment token for this worker's credential."""
-        response = await self._request("POST", "/enrol", json={"token": token})
-        data: dict[str, Any] = response.json()
-        return data
+
+        def read(response: httpx.Response) -> dict[str, Any]:
+            data = _json_object(response)
+            _field(data, "name", str)
+            _field(data, "credential", str)
+            _names(data, "queues")
+            return data
+
+        return await self._request("POST", "/enrol", read, json={"token": token})
 
     async def start_session(self, facts: dict[str, Any]) -> dict[str, Any]:
         """Announce this process; the hub checks its version and lets it take over."""
+
+        def read(response: httpx.Response) -> dict[str, Any]:
+            data = _json_object(response)
+            _field(data, "session_id", str)
+            _names(data, "queues")
+            interval = data.get("heartbeat_interval")
+            if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
+                raise MalformedAnswer(f"the answer's heartbeat_interval {interval!r:.60} is wrong")
+            return data
+
         body = {**facts, "version": __version__, "protocol": PROTOCOL_VERSION}
-        response = await self._request("POST", "/sessions", json=body)
-        data: dict[str, Any] = response.json()
+        data = await self._request("POST", "/sessions", read, json=body)
         self.session_id = data["session_id"]
         if (chunk := _limit(data.get("max_log_chunk_bytes"))) is not None:
             self.log_chunk_bytes = min(LOG_CHUNK_BYTES, chunk)
@@ -243,9 +310,9 @@ class HubClient:
         self, facts: dict[str, Any], *, retry_for: float | None = None
     ) -> dict[str, Any]:
         body = {**facts, "version": __version__, "protocol": PROTOCOL_VERSION}
-        data = await self._session_call("/heartbeat", body, retry_for=retry_for)
-        directives: dict[str, Any] = data["directives"]
-        return directives
+        return await self._session_call(
+            "/heartbeat", body, lambda r: _directives(_json_object(r)), retry_for=retry_for
+        )
 
     async def poll(self, body: dict[str, Any], wait: float) -> tuple[list[Job], dict[str, Any]]:
         """Long-poll for jobs and directives; the hub holds it up to ``wait`` s.
@@ -254,37 +321,63 @@ class HubClient:
         error line: the worker never runs it, and the hub, which no heartbeat
         tells of it, gives up on it (reconciliation).
         """
-        data = await self._session_call("/poll", {**body, "wait": wait}, read_timeout=wait + 30.0)
+
+        def read(response: httpx.Response) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+            data = _json_object(response)
+            items = _field({"jobs": [], **data}, "jobs", list)
+            return items, _directives({"directives": {}, **data})
+
+        items, directives = await self._session_call(
+            "/poll", {**body, "wait": wait}, read, read_timeout=wait + 30.0
+        )
         jobs = []
-        for item in data.get("jobs", []):
+        for item in items:
             try:
                 jobs.append(Job.from_dict(item))
             except InvalidJob as exc:
                 log.error("refusing a job from the hub: %s", exc)
-        return jobs, data.get("directives", {})
+        return jobs, directives
 
     async def fetch_bundle(self, sha: str) -> bytes:
-        response = await self._request("GET", f"/bundles/{sha}", read_timeout=120.0)
-        return response.content
+        """The bundle ``sha``; a body with another hash (a proxy's page) is retried."""
+
+        def read(response: httpx.Response) -> bytes:
+            if hashlib.sha256(response.content).hexdigest() != sha:
+                kind = response.headers.get("Content-Type", "no Content-Type")
+                raise MalformedAnswer(f"the bundle arrived with another hash ({kind})")
+            return response.content
+
+        return await self._request("GET", f"/bundles/{sha}", read, read_timeout=120.0)
 
     async def upload_log(self, attempt_id: str, offset: int, data: bytes) -> int:
         """Append ``data`` at ``offset``; returns the hub's log size afterwards."""
-        response = await self._request(
+        return await self._request(
             "POST",
             f"/attempts/{attempt_id}/logs",
+            lambda r: _field(_json_object(r), "size", int),
             params={"offset": offset},
             content=data,
             headers={"Content-Type": "application/octet-stream"},
         )
-        size: int = response.json()["size"]
-        return size
 
     async def finish(self, attempt_id: str, result: AttemptResult) -> dict[str, Any]:
-        response = await self._request(
-            "POST", f"/attempts/{attempt_id}/finish", json=result.to_dict()
+        def read(response: httpx.Response) -> dict[str, Any]:
+            data = _json_object(response)
+            _field(data, "state", str)
+            return data
+
+        return await self._request(
+            "POST", f"/attempts/{attempt_id}/finish", read, json=result.to_dict()
         )
-        data: dict[str, Any] = response.json()
-        return data
+
+
+def _directives(data: dict[str, Any]) -> dict[str, Any]:
+    """The directives of a heartbeat's or a poll's answer, checked as far as the
+    worker reads them."""
+    directives = _field(data, "directives", dict)
+    if "kill" in directives:
+        _names(directives, "kill")
+    return directives
 
 
 def _limit(value: object) -> int | None:
