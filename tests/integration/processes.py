@@ -11,9 +11,11 @@ import ctypes
 import os
 import signal
 import socket
+import sqlite3
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -49,6 +51,33 @@ def die_with_pytest() -> None:
     or worker outlives a killed or timed-out test run."""
     if _PRCTL is not None:
         _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+@contextlib.contextmanager
+def sqlite_write_lock(database_url: str, hold: float = 30.0) -> Iterator[threading.Event]:
+    """Hold SQLite's write lock (``BEGIN IMMEDIATE`` on a connection of its own)
+    for at most ``hold`` seconds, or until the block ends. Yields an event set
+    when the lock is let go, so that a test can tell an answer given while it
+    was held from one that waited for it."""
+    locked, release, let_go = threading.Event(), threading.Event(), threading.Event()
+
+    def hold_the_lock() -> None:
+        db = sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None)
+        db.execute("BEGIN IMMEDIATE")
+        locked.set()
+        release.wait(hold)
+        db.execute("ROLLBACK")
+        let_go.set()
+        db.close()
+
+    holder = threading.Thread(target=hold_the_lock)
+    holder.start()
+    try:
+        assert locked.wait(10), "could not take SQLite's write lock"
+        yield let_go
+    finally:
+        release.set()
+        holder.join()
 
 
 def free_port() -> int:

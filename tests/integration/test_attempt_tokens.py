@@ -4,14 +4,12 @@ lock) and are throttled per address like them."""
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.integration.processes import Hub, running_hub
+from tests.integration.processes import Hub, running_hub, sqlite_write_lock
 
 pytestmark = pytest.mark.integration
 
@@ -24,27 +22,11 @@ def test_a_made_up_attempt_token_never_waits_for_the_write_lock(tmp_path: Path) 
     dags = tmp_path / "dags"
     dags.mkdir()
     with running_hub(tmp_path, "sqlite", None, dags, workers=()) as (hub, _):
-        locked, release = threading.Event(), threading.Event()
-
-        def hold_the_lock() -> None:
-            db = sqlite3.connect(hub.database_url.removeprefix("sqlite:///"), isolation_level=None)
-            db.execute("BEGIN IMMEDIATE")
-            locked.set()
-            release.wait(30)
-            db.execute("ROLLBACK")
-            db.close()
-
-        holder = threading.Thread(target=hold_the_lock)
-        holder.start()
-        try:
-            assert locked.wait(10)
+        with sqlite_write_lock(hub.database_url) as let_go:
             answer = httpx.get(
                 f"{hub.url}{SECRET}", headers={"Authorization": f"Bearer {MADE_UP}"}, timeout=25
             )
-            answered_while_locked = not release.is_set()
-        finally:
-            release.set()
-            holder.join()
+            answered_while_locked = not let_go.is_set()
         assert answer.status_code == 401, answer.text
         assert answered_while_locked
 

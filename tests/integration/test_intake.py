@@ -10,7 +10,6 @@ import select
 import socket
 import sqlite3
 import textwrap
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import BACKENDS
-from tests.integration.processes import ADMIN_TOKEN, Hub, RawWorker, running_hub
+from tests.integration.processes import ADMIN_TOKEN, Hub, RawWorker, running_hub, sqlite_write_lock
 
 pytestmark = pytest.mark.integration
 
@@ -388,32 +387,14 @@ def test_a_heartbeat_that_lets_the_worker_take_work_again_wakes_its_poll(hub: Hu
 
 def test_a_made_up_credential_never_waits_for_the_write_lock(sqlite_hub: Hub) -> None:
     """A lookup of a presented credential reads; it does not queue for SQLite's lock."""
-    locked, release = threading.Event(), threading.Event()
-
-    def hold_the_lock() -> None:
-        db = sqlite3.connect(
-            sqlite_hub.database_url.removeprefix("sqlite:///"), isolation_level=None
-        )
-        db.execute("BEGIN IMMEDIATE")
-        locked.set()
-        release.wait(30)
-        db.execute("ROLLBACK")
-        db.close()
-
-    holder = threading.Thread(target=hold_the_lock)
-    holder.start()
-    try:
-        assert locked.wait(10)
+    with sqlite_write_lock(sqlite_hub.database_url) as let_go:
         answer = httpx.post(
             f"{sqlite_hub.url}/api/worker/v1/heartbeat",
             headers={"Authorization": "Bearer ttw_" + "x" * 43},
             json={},
             timeout=25,
         )
-        answered_while_locked = not release.is_set()
-    finally:
-        release.set()
-        holder.join()
+        answered_while_locked = not let_go.is_set()
     assert answer.status_code == 401
     assert answered_while_locked
 
