@@ -685,7 +685,8 @@ def test_run_marks_and_clears_respect_max_active_runs(hub: Hub) -> None:
     run(hub, scenario)
 
 
-def test_clearing_the_failed_index_of_a_mapped_task_reruns_only_that_index(hub: Hub) -> None:
+def _fan(hub: Hub) -> None:
+    """Add DAG ``fan``: one task mapped over three values."""
     write_dag(
         hub.config.dags_folder,
         "mapped.py",
@@ -699,6 +700,10 @@ def test_clearing_the_failed_index_of_a_mapped_task_reruns_only_that_index(hub: 
         """,
     )
     parse(hub)
+
+
+def test_clearing_the_failed_index_of_a_mapped_task_reruns_only_that_index(hub: Hub) -> None:
+    _fan(hub)
 
     async def scenario(admin: httpx.AsyncClient, workers: Workers) -> None:
         async with await workers.connect(["default"], "w1") as worker:
@@ -726,19 +731,7 @@ def test_clearing_the_failed_index_of_a_mapped_task_reruns_only_that_index(hub: 
 
 
 def test_marking_a_mapped_task_marks_every_index_or_the_one_named(hub: Hub) -> None:
-    write_dag(
-        hub.config.dags_folder,
-        "mapped.py",
-        """
-        from tether import DAG, task
-        with DAG("fan"):
-            @task
-            def each(x):
-                return x
-            each.expand(x=[1, 2, 3])
-        """,
-    )
-    parse(hub)
+    _fan(hub)
 
     async def scenario(admin: httpx.AsyncClient, workers: Workers) -> None:
         async with await workers.connect(["default"], "w1") as worker:
