@@ -167,7 +167,7 @@ def test_enrolment_tokens_are_single_use_hashed_and_expire(hub: Hub) -> None:
             assert bad.status_code == 422
         credential = first.json()["credential"]
         # Only hashes are stored: neither secret appears in the database.
-        with hub.store.session() as s:
+        with hub.store.transaction() as s:
             dump = "\n".join(
                 str(row)
                 for table in ("worker", "enrolment_token")
@@ -783,7 +783,7 @@ def test_a_run_marked_failed_asks_for_its_dag_callback_with_reason_marked(hub: H
         assert marked.status_code == 200
 
     run(hub, scenario)
-    with hub.store.session() as s:
+    with hub.store.transaction() as s:
         requests = [(r.run_id, r.kind, r.reason) for r in s.scalars(select(CallbackRequest))]
     assert requests == [("r1", "on_failure_callback", "marked")]
 
@@ -890,7 +890,7 @@ def test_a_link_out_of_the_dags_folder_is_left_out_and_shown_as_an_import_error(
             assert [d["dag_id"] for d in (await admin.get("/api/v1/dags")).json()["dags"]] == ["ok"]
 
         run(hub, scenario)
-        with hub.store.session() as s:
+        with hub.store.transaction() as s:
             (bundle,) = s.execute(text("SELECT data FROM bundle")).scalars()
         assert b"the-admin-token" not in gzip.decompress(bundle)
     finally:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from tests.hubtools import make_hub, parse, write_dag
+from tests.hubtools import make_hub, parse, told, write_dag
 from tether.hub.api import queries
 from tether.hub.scheduler import runs
 from tether.hub.scheduler.loop import tick
@@ -68,23 +68,23 @@ def hub(tmp_path: Path, database_url: str) -> Iterator[Hub]:
 
 def _emit(hub: Hub, dag_id: str, state: str = "success") -> tuple[str, set[str]]:
     """Run the producer's only task to ``state``; its run id and the queues that got work."""
-    with hub.store.session() as s:
-        run_id, _ = queries.trigger(s, dag_id, {}, None)
-    with hub.store.session() as s:
+    with hub.store.transaction() as s:
+        run_id = queries.trigger(s, dag_id, {}, None)
+    with hub.store.transaction() as s:
         (job,) = attempts.claim(s, "w1", ["prod"], 1).jobs
     assert (job.dag_id, job.run_id) == (dag_id, run_id)
-    with hub.store.session() as s:
-        _, woken, _ = attempts.finish(s, job.attempt_id, "w1", AttemptResult(state))  # type: ignore[arg-type]
-    return run_id, woken
+    with told(hub) as woken, hub.store.transaction() as s:
+        attempts.finish(s, job.attempt_id, "w1", AttemptResult(state))
+    return run_id, woken.queues
 
 
 def _runs(hub: Hub, dag_id: str) -> list[DagRun]:
-    with hub.store.session() as s:
+    with hub.store.transaction() as s:
         return list(s.scalars(select(DagRun).where(DagRun.dag_id == dag_id).order_by(DagRun.id)))
 
 
 def _queued(hub: Hub, dag_id: str) -> set[str]:
-    with hub.store.session() as s:
+    with hub.store.transaction() as s:
         return set(
             s.scalars(
                 select(Asset.uri)
@@ -122,7 +122,7 @@ def test_a_dag_runs_once_every_scheduled_asset_has_had_a_new_event(hub: Hub) -> 
         "tether://a": [("make_a", a1, "emit"), ("make_a", a2, "emit")],
         "tether://b": [("make_b", b1, "emit")],
     }
-    with hub.store.session() as s:
+    with hub.store.transaction() as s:
         (use,) = s.scalars(select(TaskInstance).where(TaskInstance.dag_run_id == first.id))
         assert (use.task_id, use.state) == ("use", "queued")
     # As in Airflow 2: the data interval spans the triggering events.
@@ -147,7 +147,7 @@ def test_a_dag_runs_once_every_scheduled_asset_has_had_a_new_event(hub: Hub) -> 
 def test_only_a_successful_task_records_events(hub: Hub) -> None:
     _emit(hub, "make_a", state="failed")
     _emit(hub, "make_a", state="skipped")
-    with hub.store.session() as s:
+    with hub.store.transaction() as s:
         assert s.scalars(select(AssetEvent)).all() == []
     assert _runs(hub, "on_a") == []
     _emit(hub, "make_a")
@@ -155,20 +155,20 @@ def test_only_a_successful_task_records_events(hub: Hub) -> None:
 
 
 def test_a_repeated_finish_report_records_no_second_event(hub: Hub) -> None:
-    with hub.store.session() as s:
+    with hub.store.transaction() as s:
         queries.trigger(s, "make_a", {}, None)
-    with hub.store.session() as s:
+    with hub.store.transaction() as s:
         (job,) = attempts.claim(s, "w1", ["prod"], 1).jobs
     for _ in range(2):  # the worker re-sends its report after a timeout
-        with hub.store.session() as s:
+        with hub.store.transaction() as s:
             attempts.finish(s, job.attempt_id, "w1", AttemptResult("success"))
-    with hub.store.session() as s:
+    with hub.store.transaction() as s:
         assert len(s.scalars(select(AssetEvent)).all()) == 1
     assert len(_runs(hub, "on_a")) == 1
 
 
 def test_paused_and_inactive_dags_are_not_queued_for(hub: Hub) -> None:
-    with hub.store.session() as s:
+    with hub.store.transaction() as s:
         s.get_one(Dag, "consumer").is_paused = True
         s.get_one(Dag, "on_a").is_active = False
     _emit(hub, "make_a")
@@ -176,7 +176,7 @@ def test_paused_and_inactive_dags_are_not_queued_for(hub: Hub) -> None:
     assert _queued(hub, "consumer") == set()
     assert _runs(hub, "consumer") == []
     assert _runs(hub, "on_a") == []
-    with hub.store.session() as s:
+    with hub.store.transaction() as s:
         s.get_one(Dag, "consumer").is_paused = False
     # Events from while it was paused do not count: it waits for new ones of both.
     _emit(hub, "make_a")
@@ -186,7 +186,7 @@ def test_paused_and_inactive_dags_are_not_queued_for(hub: Hub) -> None:
 
 
 def test_the_dag_processor_registers_assets_and_schedules(hub: Hub) -> None:
-    with hub.store.session() as s:
+    with hub.store.transaction() as s:
         assets = {a.uri: a for a in s.scalars(select(Asset))}
         refs = {
             (r.dag_id, assets_uri)
@@ -220,11 +220,14 @@ def test_a_schedule_change_drops_stale_queue_rows_and_a_dag_made_ready_runs(hub:
     write_dag(folder, "consumer.py", _consumer('[Asset("tether://b")]'))
     parse(hub)
     assert _runs(hub, "consumer") == []
-    woken = tick(hub.store, runs.utcnow()).queues
-    assert woken == {"cons"}
+    with told(hub) as woken:
+        tick(hub.store, runs.utcnow())
+    assert woken.queues == {"cons"}
     (run,) = _runs(hub, "consumer")
     assert _sources(run) == {"tether://b": [("make_b", b1, "emit")]}
-    assert tick(hub.store, runs.utcnow()).queues == set()
+    with told(hub) as woken:
+        tick(hub.store, runs.utcnow())
+    assert woken.queues == set()
     assert len(_runs(hub, "consumer")) == 1
 
     # A cron schedule again: no asset keeps it waiting.
@@ -242,10 +245,10 @@ def test_two_assets_emitted_at_once_start_exactly_one_run(hub: Hub) -> None:
     not none and not two."""
     rounds = 8
     for n in range(1, rounds + 1):
-        with hub.store.session() as s:
+        with hub.store.transaction() as s:
             queries.trigger(s, "make_a", {}, None)
             queries.trigger(s, "make_b", {}, None)
-        with hub.store.session() as s:
+        with hub.store.transaction() as s:
             jobs = attempts.claim(s, "w1", ["prod"], 2).jobs
         assert sorted(j.dag_id for j in jobs) == ["make_a", "make_b"]
         assert _finish_at_once(hub, [j.attempt_id for j in jobs]) == []
@@ -262,7 +265,7 @@ def _finish_at_once(hub: Hub, attempt_ids: list[str]) -> list[BaseException]:
     def report(attempt_id: str) -> None:
         barrier.wait()
         try:
-            with hub.store.session() as s:
+            with hub.store.transaction() as s:
                 attempts.finish(s, attempt_id, "w1", AttemptResult("success"))
         except BaseException as exc:  # a deadlock or a unique violation lands here
             errors.append(exc)

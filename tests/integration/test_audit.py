@@ -325,7 +325,7 @@ def test_db_clean_keeps_audit_entries_for_their_own_longer_retention(hub: Hub) -
     store = Store(hub.database_url)
     try:
         now = utcnow()
-        with store.session() as s:
+        with store.transaction() as s:
             for days, name in ((800, "ancient"), (400, "old"), (400, "old2"), (100, "kept")):
                 s.add(
                     AuditEntry(

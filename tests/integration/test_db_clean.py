@@ -56,7 +56,7 @@ def add_runs(
     """``n`` runs of ``dag_id`` created ``age`` ago, each task tried once with a log
     of ``chunks`` chunks and an output, written straight into the store."""
     at = utcnow() - age
-    with store.session() as s:
+    with store.transaction() as s:
         dag = s.get(Dag, dag_id)
         assert dag is not None
         task_ids = [t["task_id"] for t in dag.serialized["tasks"]]
@@ -128,17 +128,17 @@ def add_runs(
 
 
 def add_bundle(store: Store, sha: str, age: timedelta) -> None:
-    with store.session() as s:
+    with store.transaction() as s:
         s.add(Bundle(sha=sha, data=b"not a real bundle", created_at=utcnow() - age))
 
 
 def run_ids(store: Store) -> set[str]:
-    with store.session() as s:
+    with store.transaction() as s:
         return set(s.scalars(select(DagRun.run_id)))
 
 
 def bundles(store: Store) -> set[str]:
-    with store.session() as s:
+    with store.transaction() as s:
         return set(s.scalars(select(Bundle.sha)))
 
 
@@ -172,7 +172,7 @@ def test_clean_deletes_old_finished_runs_their_rows_and_unused_bundles(
     add_bundle(store, "pinned", 70 * DAY)  # used by an unfinished old run: kept
     add_bundle(store, "old", 60 * DAY)  # replaced 50 days ago, unused: deleted
     add_bundle(store, "awaits-callback", 55 * DAY)  # a DAG callback still needs it: kept
-    with store.session() as s:
+    with store.transaction() as s:
         s.add(
             CallbackRequest(
                 dag_id="pair",
@@ -205,7 +205,7 @@ def test_clean_deletes_old_finished_runs_their_rows_and_unused_bundles(
     add_runs(store, "pair", "recent-", 4, state="success", age=DAY)
     cutoff = utcnow() - 14 * DAY
 
-    with store.session() as s:
+    with store.transaction() as s:
         before = cleanup.count_rows(s)
         old = cleanup.count_old(s, cutoff)
     assert before == {
@@ -227,13 +227,13 @@ def test_clean_deletes_old_finished_runs_their_rows_and_unused_bundles(
     assert (result.runs, result.batches, result.bundles) == (23, 4, 2)
     assert progress == [7, 14, 21, 23]
 
-    with store.session() as s:
+    with store.transaction() as s:
         after = cleanup.count_rows(s)
     assert after == {table: before[table] - old[table] for table in before}
     assert run_ids(store) == {"old-running-0", "old-running-1"} | {f"recent-{i}" for i in range(4)}
     assert bundles(store) == {current, "pinned", "awaits-callback", "recent"}
     # Nothing is left behind: every row belongs to a run that is kept.
-    with store.session() as s:
+    with store.transaction() as s:
         orphans = s.scalar(
             select(func.count())
             .select_from(LogChunk)
@@ -322,7 +322,7 @@ def test_db_clean_counts_deletes_in_batches_and_the_hub_keeps_serving(
         kept = hub.api.trigger("logged")
         assert hub.api.wait_run("logged", aged)["state"] == "success"
         assert hub.api.wait_run("logged", kept)["state"] == "success"
-        with store.session() as s:
+        with store.transaction() as s:
             aged_pk = s.scalar(select(DagRun.id).where(DagRun.run_id == aged))
             aged_chunks = s.scalar(
                 select(func.count())
@@ -343,7 +343,7 @@ def test_db_clean_counts_deletes_in_batches_and_the_hub_keeps_serving(
         add_runs(store, "logged", "old-", 600, state="success", age=30 * DAY)
         add_runs(store, "logged", "old-running-", 3, state="running", age=30 * DAY, finished=False)
         add_runs(store, "logged", "recent-", 5, state="failed", age=2 * DAY)
-        with store.session() as s:
+        with store.transaction() as s:
             before = cleanup.count_rows(s)
         expected = {
             "dag_run": 601,
@@ -357,7 +357,7 @@ def test_db_clean_counts_deletes_in_batches_and_the_hub_keeps_serving(
         assert _counts(dry, "before") == before
         assert _counts(dry, "would delete") == expected
         assert "dry run: nothing deleted" in dry
-        with store.session() as s:
+        with store.transaction() as s:
             assert cleanup.count_rows(s) == before
 
         statuses: list[int] = []
@@ -377,7 +377,7 @@ def test_db_clean_counts_deletes_in_batches_and_the_hub_keeps_serving(
         assert "deleted 601 run(s) in 13 batch(es), 1 unused bundle(s)" in out
         after = {table: before[table] - expected[table] for table in before}
         assert _counts(out, "after") == after
-        with store.session() as s:
+        with store.transaction() as s:
             assert cleanup.count_rows(s) == after
 
         remaining = run_ids(store)

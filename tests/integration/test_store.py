@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, select
 
-from tests.hubtools import make_hub, parse, write_dag
+import tether
+from tests.hubtools import Told, make_hub, parse, told, write_dag
 from tether.hub import audit
 from tether.hub.api import control, queries
 from tether.hub.scheduler import runs
@@ -64,8 +67,8 @@ def hub(tmp_path: Path, database_url: str) -> Iterator[Hub]:
 
 
 def _trigger(hub: Hub, dag_id: str) -> str:
-    with hub.store.session() as s:
-        run_id, _ = queries.trigger(s, dag_id, {}, None)
+    with hub.store.transaction() as s:
+        run_id = queries.trigger(s, dag_id, {}, None)
     return run_id
 
 
@@ -77,7 +80,7 @@ def test_concurrent_claims_never_hand_out_a_task_twice(hub: Hub) -> None:
     def claimer(name: str) -> None:
         barrier.wait()
         while True:
-            with hub.store.session() as s:
+            with hub.store.transaction() as s:
                 jobs = attempts.claim(s, name, ["q"], 3).jobs
             if not jobs:
                 return
@@ -90,7 +93,7 @@ def test_concurrent_claims_never_hand_out_a_task_twice(hub: Hub) -> None:
         t.join(60)
     claimed = [task for tasks in got.values() for task in tasks]
     assert sorted(claimed) == sorted(f"t{i}" for i in range(20))
-    with hub.store.session() as s:
+    with hub.store.transaction() as s:
         states = set(s.scalars(select(TaskInstance.state)))
         tries = set(s.scalars(select(TaskInstance.try_number)))
     assert states == {"running"}
@@ -99,29 +102,30 @@ def test_concurrent_claims_never_hand_out_a_task_twice(hub: Hub) -> None:
 
 def test_siblings_finishing_at_once_free_their_join_exactly_once(hub: Hub) -> None:
     run_id = _trigger(hub, "fan_in")
-    with hub.store.session() as s:
+    with hub.store.transaction() as s:
         jobs = attempts.claim(s, "w1", ["fan"], 100).jobs
     assert len(jobs) == 12
     barrier = threading.Barrier(len(jobs))
     errors: list[BaseException] = []
-    woken: list[set[str]] = []
 
     def report(attempt_id: str) -> None:
         barrier.wait()
         try:
-            with hub.store.session() as s:
-                woken.append(attempts.finish(s, attempt_id, "w1", AttemptResult("success"))[1])
+            with hub.store.transaction() as s:
+                attempts.finish(s, attempt_id, "w1", AttemptResult("success"))
         except BaseException as exc:  # a deadlock or lock error would land here
             errors.append(exc)
 
     threads = [threading.Thread(target=report, args=(j.attempt_id,)) for j in jobs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    with told(hub) as woken:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
     assert errors == []
-    assert sorted(woken, key=len) == [set()] * 11 + [{"fan"}]  # only the last one frees join
-    with hub.store.session() as s:
+    # Each end wakes the claims limits held back; only the last one frees join.
+    assert sorted(woken.notifies, key=len) == [set()] * 11 + [{"fan"}]
+    with hub.store.transaction() as s:
         (job,) = attempts.claim(s, "w1", ["fan"], 100).jobs
         assert job.task_id == "join"
         assert job.run_id == run_id
@@ -130,26 +134,93 @@ def test_siblings_finishing_at_once_free_their_join_exactly_once(hub: Hub) -> No
 
 def test_claim_takes_only_the_asked_queues(hub: Hub) -> None:
     _trigger(hub, "wide")
-    with hub.store.session() as s:
+    with hub.store.transaction() as s:
         assert attempts.claim(s, "w", ["default", "other"], 10).jobs == []
         assert len(attempts.claim(s, "w", ["q"], 5).jobs) == 5
 
 
 def _claim_one(hub: Hub, worker: str, queue: str = "default") -> str:
-    with hub.store.session() as s:
+    with hub.store.transaction() as s:
         (job,) = attempts.claim(s, worker, [queue], 1).jobs
     return job.attempt_id
+
+
+def _retry_at(hub: Hub, attempt_id: str) -> datetime:
+    """When the task instance that ran ``attempt_id`` is due to retry."""
+    with hub.store.read() as s:
+        ti_id = s.scalar(select(TaskAttempt.task_instance_id).where(TaskAttempt.id == attempt_id))
+        due = s.scalar(select(TaskInstance.next_retry_at).where(TaskInstance.id == ti_id))
+    assert due is not None
+    return due
+
+
+class _Witness(Told):
+    """Records, at each notify, how many queued task instances another
+    connection can see then (only committed rows)."""
+
+    def __init__(self, hub: Hub) -> None:
+        super().__init__()
+        self.hub = hub
+        self.seen: list[int] = []
+
+    def notify(self, queues: Iterable[str]) -> None:
+        super().notify(queues)
+        with self.hub.store.read() as s:
+            queued = s.scalars(select(TaskInstance.id).where(TaskInstance.state == "queued"))
+            self.seen.append(len(queued.all()))
+
+
+def _trigger_then_fail(hub: Hub) -> None:
+    with hub.store.transaction() as s:
+        queries.trigger(s, "pair", {}, None)
+        raise RuntimeError("the request fails after the store function")
+
+
+def test_a_wake_up_fires_after_the_commit_and_never_for_a_rollback(hub: Hub) -> None:
+    witness = _Witness(hub)
+    before, hub.store.effects = hub.store.effects, witness
+    try:
+        with pytest.raises(RuntimeError):
+            _trigger_then_fail(hub)
+        assert witness.notifies == []  # the run was rolled back: nobody is woken for it
+        with hub.store.transaction() as s:
+            queries.trigger(s, "pair", {}, None)
+            assert witness.notifies == []  # not before the commit
+    finally:
+        hub.store.effects = before
+    # Woken once, after the commit: the queued task was already visible to a poll.
+    assert (witness.notifies, witness.seen) == ([{"default"}], [1])
+
+
+def test_only_the_store_tells_waiters() -> None:
+    """Wake-ups go out through the transaction that made the change (store/effects.py),
+    so no route or loop can forget one, or send one for work that was rolled back."""
+    src = Path(tether.__file__).parent
+    allowed = {src / "hub" / "wakeups.py", src / "hub" / "store" / "effects.py"}
+    found: dict[str, int] = {}
+    for path in sorted(set(src.rglob("*.py")) - allowed):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in {"notify", "notify_worker", "poke_scheduler"}
+                # effects.wake/tell/poke_scheduler(session) record on the transaction
+                and not (isinstance(node.func.value, ast.Name) and node.func.value.id == "effects")
+            ):
+                name = str(path.relative_to(src))
+                found[name] = found.get(name, 0) + 1
+    # The scheduler's sweep is the one deliberate exception: its safety net for claims
+    # that limits held back, which no single change is answerable for.
+    assert found == {"hub/scheduler/loop.py": 1}
 
 
 def test_finish_frees_downstream_in_the_same_call(hub: Hub) -> None:
     run_id = _trigger(hub, "pair")
     attempt = _claim_one(hub, "w1")
-    with hub.store.session() as s:
-        state, woken, retry_at = attempts.finish(
-            s, attempt, "w1", AttemptResult("success", output={"n": 1})
-        )
-    assert (state, woken, retry_at) == ("success", {"default"}, None)
-    with hub.store.session() as s:
+    with told(hub) as woken, hub.store.transaction() as s:
+        state = attempts.finish(s, attempt, "w1", AttemptResult("success", output={"n": 1}))
+    assert (state, woken.notifies, woken.scheduler_pokes) == ("success", [{"default"}], 0)
+    with hub.store.transaction() as s:
         (job,) = attempts.claim(s, "w1", ["default"], 1).jobs
     assert job.task_id == "b"
     assert job.inputs == {"a": {"n": 1}}
@@ -159,47 +230,50 @@ def test_finish_frees_downstream_in_the_same_call(hub: Hub) -> None:
 def test_reports_are_fenced_and_idempotent(hub: Hub) -> None:
     _trigger(hub, "pair")
     attempt = _claim_one(hub, "w1")
-    with hub.store.session() as s, pytest.raises(attempts.NotYourAttempt):
+    with hub.store.transaction() as s, pytest.raises(attempts.NotYourAttempt):
         attempts.finish(s, attempt, "w2", AttemptResult("success"))
-    with hub.store.session() as s, pytest.raises(attempts.AttemptNotFound):
+    with hub.store.transaction() as s, pytest.raises(attempts.AttemptNotFound):
         attempts.finish(s, "0" * 32, "w1", AttemptResult("success"))
-    with hub.store.session() as s:
+    with hub.store.transaction() as s:
         attempts.finish(s, attempt, "w1", AttemptResult("success"))
-    with hub.store.session() as s:  # the same report again: accepted, nothing changes
-        assert attempts.finish(s, attempt, "w1", AttemptResult("success"))[0] == "success"
-    with hub.store.session() as s, pytest.raises(attempts.AttemptFenced):
+    with hub.store.transaction() as s:  # the same report again: accepted, nothing changes
+        assert attempts.finish(s, attempt, "w1", AttemptResult("success")) == "success"
+    with hub.store.transaction() as s, pytest.raises(attempts.AttemptFenced):
         attempts.finish(s, attempt, "w1", AttemptResult("failed"))
 
 
 def test_log_appends_are_idempotent_by_offset(hub: Hub) -> None:
     _trigger(hub, "pair")
     attempt = _claim_one(hub, "w1")
-    with hub.store.session() as s:
+    with hub.store.transaction() as s:
         assert attempts.append_log(s, attempt, "w1", 0, b"hello ") == 6
         assert attempts.append_log(s, attempt, "w1", 0, b"hello ") == 6  # resent
         assert attempts.append_log(s, attempt, "w1", 3, b"lo world\n") == 12  # overlaps
         assert attempts.append_log(s, attempt, "w1", 50, b"gap") == 12  # refused: a gap
         with pytest.raises(attempts.NotYourAttempt):
             attempts.append_log(s, attempt, "intruder", 12, b"x")
-    with hub.store.session() as s:
+    with hub.store.transaction() as s:
         assert queries.read_log(s, s.get(TaskAttempt, attempt)) == b"hello world\n"
 
 
 def test_a_try_keeps_its_first_log_bytes_and_takes_none_once_ended(hub: Hub) -> None:
     _trigger(hub, "pair")
     attempt = _claim_one(hub, "w1")
-    with hub.store.session() as s:
+    with hub.store.transaction() as s:
         # In pieces, as a streamed upload stores them; only the first 4 bytes are kept.
         assert attempts.append_log(s, attempt, "w1", 0, [b"abc", b"def"], keep=4) == 6
         assert attempts.append_log(s, attempt, "w1", 6, b"gh", keep=4) == 8
         assert attempts.append_log(s, attempt, "w1", 6, b"gh", keep=4) == 8  # resent
-    with hub.store.session() as s:
+    with hub.store.transaction() as s:
         assert queries.read_log(s, s.get(TaskAttempt, attempt)) == (
             b"abcd\n[tether] 4 bytes of this try's log were dropped: the hub keeps the first "
             b"TETHER_MAX_TASK_LOG_BYTES of a try\n"
         )
         attempts.finish(s, attempt, "w1", AttemptResult("success"))
-    with hub.store.session() as s, pytest.raises(attempts.AttemptFenced, match="ended as success"):
+    with (
+        hub.store.transaction() as s,
+        pytest.raises(attempts.AttemptFenced, match="ended as success"),
+    ):
         attempts.append_log(s, attempt, "w1", 8, b"forged line after the end\n")
 
 
@@ -218,26 +292,29 @@ def test_a_failed_try_with_retries_waits_then_requeues(hub: Hub, tmp_path: Path)
     parse(hub)
     _trigger(hub, "retry")
     attempt = _claim_one(hub, "w1")
-    with hub.store.session() as s:
-        state, woken, retry_at = attempts.finish(s, attempt, "w1", AttemptResult("failed"))
-    assert state == "up_for_retry"
-    assert woken == set()
-    assert retry_at is not None
-    with hub.store.session() as s:
-        assert runs.requeue_due_retries(s, retry_at - runs.timedelta(seconds=1)) == set()
-        assert runs.requeue_due_retries(s, retry_at) == {"default"}
+    with told(hub) as woken, hub.store.transaction() as s:
+        assert attempts.finish(s, attempt, "w1", AttemptResult("failed")) == "up_for_retry"
+    assert woken.queues == set()
+    assert woken.scheduler_pokes == 1  # the scheduler times the retry
+    retry_at = _retry_at(hub, attempt)
+    with told(hub) as woken:
+        with hub.store.transaction() as s:
+            runs.requeue_due_retries(s, retry_at - runs.timedelta(seconds=1))
+        assert woken.notifies == []
+        with hub.store.transaction() as s:
+            runs.requeue_due_retries(s, retry_at)
+        assert woken.notifies == [{"default"}]
     second = _claim_one(hub, "w1")
-    with hub.store.session() as s:
-        state, _, retry_at2 = attempts.finish(s, second, "w1", AttemptResult("failed"))
-    assert state == "up_for_retry"
-    assert retry_at2 is not None
+    with hub.store.transaction() as s:
+        assert attempts.finish(s, second, "w1", AttemptResult("failed")) == "up_for_retry"
+    retry_at2 = _retry_at(hub, second)
     # Exponential backoff: the second wait is twice the first.
     assert 115 < (retry_at2 - runs.utcnow()).total_seconds() <= 120
-    with hub.store.session() as s:
+    with hub.store.transaction() as s:
         runs.requeue_due_retries(s, retry_at2)
     third = _claim_one(hub, "w1")
-    with hub.store.session() as s:
-        assert attempts.finish(s, third, "w1", AttemptResult("failed"))[0] == "failed"
+    with hub.store.transaction() as s:
+        assert attempts.finish(s, third, "w1", AttemptResult("failed")) == "failed"
 
 
 @pytest.mark.parametrize(("catchup", "expected_runs"), [(True, 5), (False, 1)])
@@ -258,10 +335,11 @@ def test_the_scheduler_creates_cron_runs_with_their_data_intervals(
     )
     parse(hub)
     now = start + runs.timedelta(hours=5, minutes=30)
-    woken, deadline, _ = tick(hub.store, now)
-    assert woken == {"default"}
+    with told(hub) as woken:
+        deadline = tick(hub.store, now)
+    assert woken.queues == {"default"}
     assert deadline == start + runs.timedelta(hours=6)  # the next interval's end
-    with hub.store.session() as s:
+    with hub.store.transaction() as s:
         rows = s.scalars(
             select(DagRun).where(DagRun.dag_id == "hourly").order_by(DagRun.logical_date)
         ).all()
@@ -271,7 +349,9 @@ def test_the_scheduler_creates_cron_runs_with_their_data_intervals(
     first = 5 - expected_runs
     assert intervals == [(start + i * hour, start + (i + 1) * hour) for i in range(first, 5)]
     # Another pass at the same time creates nothing new.
-    assert tick(hub.store, now)[0] == set()
+    with told(hub) as woken:
+        tick(hub.store, now)
+    assert woken.queues == set()
 
 
 @pytest.mark.parametrize(("catchup", "expected_runs"), [(True, 8), (False, 1)])
@@ -295,18 +375,21 @@ def test_a_paused_dag_gets_no_runs_and_unpaused_resumes_per_catchup(
     later = start + 8 * hour + runs.timedelta(minutes=30)  # three hours after the parse
 
     def intervals() -> list[tuple[object, object]]:
-        with hub.store.session() as s:
+        with hub.store.transaction() as s:
             rows = s.scalars(
                 select(DagRun).where(DagRun.dag_id == "hourly").order_by(DagRun.logical_date)
             )
             return [(r.data_interval_start, r.data_interval_end) for r in rows]
 
-    assert tick(hub.store, later) == (set(), None, set())  # paused: no run, no deadline
+    with told(hub) as woken:
+        assert tick(hub.store, later) is None  # paused: no run, no deadline
+    assert woken.queues == set()
     assert intervals() == []
-    with hub.store.session() as s:
+    with hub.store.transaction() as s:
         assert control.set_paused(s, "hourly", False, audit.Who("admin"))["is_paused"] is False
-    woken, deadline, _ = tick(hub.store, later)
-    assert woken == {"default"}
+    with told(hub) as woken:
+        deadline = tick(hub.store, later)
+    assert woken.queues == {"default"}
     assert deadline == start + 9 * hour
     # catchup: every interval missed while paused; without: only the latest one.
     first = 8 - expected_runs
@@ -324,7 +407,7 @@ def test_a_dag_id_defined_in_two_files_is_an_import_error_of_the_second(hub: Hub
     """,
     )
     parse(hub)
-    with hub.store.session() as s:
+    with hub.store.transaction() as s:
         errors = {e["fileloc"]: e["message"] for e in queries.list_import_errors(s)}
         pair = queries.get_dag(s, "pair")
         assert pair.fileloc == "wide.py"
@@ -346,13 +429,13 @@ def test_claims_respect_pool_slots(hub: Hub) -> None:
     )
     parse(hub)
     _trigger(hub, "heavy")
-    with hub.store.session() as s:
+    with hub.store.transaction() as s:
         # Two free slots: the big task does not fit; the small ones do.
         assert sorted(j.task_id for j in attempts.claim(s, "w", ["h"], 2).jobs) == [
             "small1",
             "small2",
         ]
-    with hub.store.session() as s:
+    with hub.store.transaction() as s:
         assert attempts.claim(s, "w", ["h"], 2).jobs == []
         (big,) = attempts.claim(s, "w", ["h"], 3).jobs
     assert (big.task_id, big.pool_slots) == ("big", 3)
@@ -360,20 +443,20 @@ def test_claims_respect_pool_slots(hub: Hub) -> None:
 
 def test_a_finishing_sibling_does_not_hide_queued_work_from_claims(hub: Hub) -> None:
     _trigger(hub, "wide")
-    with hub.store.session() as s:
+    with hub.store.transaction() as s:
         (first,) = attempts.claim(s, "w1", ["q"], 1).jobs
     finishing, claimed = threading.Event(), threading.Event()
     got: list[str] = []
 
     def finish_slowly() -> None:
-        with hub.store.session() as s:
+        with hub.store.transaction() as s:
             attempts.finish(s, first.attempt_id, "w1", AttemptResult("success"))
             finishing.set()
             claimed.wait(2)  # hold the transaction open while the other claims
 
     def claim_meanwhile() -> None:
         finishing.wait(10)
-        with hub.store.session() as s:
+        with hub.store.transaction() as s:
             got.extend(j.task_id for j in attempts.claim(s, "w2", ["q"], 5).jobs)
         claimed.set()
 

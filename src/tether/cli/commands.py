@@ -376,7 +376,7 @@ def db_clean(args: argparse.Namespace) -> int:
     store = Store(url)
     try:
         out(f"database {_safe_url(url)}: runs that finished before {cutoff.isoformat()}")
-        with store.session() as s:
+        with store.transaction() as s:
             before = cleanup.count_rows(s)
             old = cleanup.count_old(s, cutoff)
             audit_total, audit_old = cleanup.count_audit(s, audit_cutoff)
@@ -399,7 +399,7 @@ def db_clean(args: argparse.Namespace) -> int:
             f"{result.bundles} unused bundle(s)"
         )
         out(f"deleted {result.audit_entries} audit entry(ies)")
-        with store.session() as s:
+        with store.transaction() as s:
             out(f"after: {_counts(cleanup.count_rows(s))}")
     except cleanup.CleanupRefused as exc:
         raise CliError(str(exc)) from None

@@ -224,7 +224,7 @@ def standalone_command(args: argparse.Namespace) -> int:
         from tether.hub.auth.credentials import create_enrolment_token
 
         queues = [q.strip() for q in args.queues.split(",") if q.strip()]
-        with hub.store.session() as s:
+        with hub.store.transaction() as s:
             token, _, _ = create_enrolment_token(
                 s, queues, "standalone-worker", timedelta(minutes=10), replace=True
             )

@@ -57,11 +57,13 @@ def build_hub(config: HubConfig, tokens: Tokens | None = None) -> Hub:
         db = Path(config.database_url.removeprefix("sqlite:///"))
         for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
             private_path(path)
+    wakeups = Wakeups()
     return Hub(
         config=config,
-        store=Store(config.database_url),
+        # What a transaction queued or changed wakes whoever waits, after its commit.
+        store=Store(config.database_url, sink=wakeups),
         tokens=tokens or Tokens.load(config.home),
-        wakeups=Wakeups(),
+        wakeups=wakeups,
         principals=Principals(config.auth_failures_per_minute),
         secret_keys=secret_keys,
     )
@@ -73,14 +75,11 @@ async def _process_dags(hub: Hub) -> None:
         hub.config.dags_folder,
         hub.config.home,
         hub.config.dag_file_timeout,
-        # Each file's DAGs are schedulable the moment they are stored.
-        on_stored=hub.wakeups.poke_scheduler,
     )
     try:
         while True:
             try:
-                if await asyncio.to_thread(processor.process_once):
-                    hub.wakeups.poke_scheduler()
+                await asyncio.to_thread(processor.process_once)
             except Exception:
                 log.exception("DAG processing failed; trying again")
             await asyncio.sleep(hub.config.dag_scan_interval)

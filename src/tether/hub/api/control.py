@@ -4,10 +4,10 @@ DAGs; marking and clearing task instances and runs; pools; asset events.
 
 Each records its audit entry (``hub/audit.py``) in the caller's transaction,
 so the entry is written exactly when the change is, and takes the
-:class:`~tether.hub.audit.Who` to record as its last argument. The worker
-actions and marks and clears return what the route must announce after the
-commit: the queues that got work and the workers whose held polls must
-answer now.
+:class:`~tether.hub.audit.Who` to record as its last argument. Whom a change
+concerns (the queues that got work, the workers whose held polls must answer
+now) is recorded on the session and told after the commit
+(:mod:`tether.hub.store.effects`).
 
 Lock order (as everywhere that changes a run): the ``dag_run`` row first,
 then the task instances it changes in id order, then their attempts.
@@ -15,7 +15,6 @@ then the task instances it changes in id order, then their attempts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -36,15 +35,10 @@ from tether.hub.scheduler.runs import (
     start_queued_runs,
     utcnow,
 )
+from tether.hub.store import effects
 from tether.hub.store.dialect import lock_row
 from tether.hub.store.models import Dag, DagRun, Pool, TaskInstance, Worker
 from tether.hub.worker_api.sessions import fail_attempts_of
-
-
-@dataclass
-class Effects:
-    queues: set[str] = field(default_factory=set)
-    workers: set[str] = field(default_factory=set)
 
 
 def _worker(session: Session, name: str) -> Worker:
@@ -58,40 +52,40 @@ class TokenSpent(Exception):
     """An enrolment token to revoke was spent already (409): revoke its worker."""
 
 
-def set_maintenance(session: Session, name: str, on: bool, comment: str | None, by: Who) -> Effects:
+def set_maintenance(session: Session, name: str, on: bool, comment: str | None, by: Who) -> None:
     worker = _worker(session, name)
     worker.requested_maintenance = on
     worker.requested_comment = comment if on else None
     audit.note(session, by, "worker.maintenance", f"worker:{name}", {"on": on, "comment": comment})
-    return Effects(workers={name})
+    effects.tell(session, name)
 
 
-def request_shutdown(session: Session, name: str, by: Who) -> Effects:
+def request_shutdown(session: Session, name: str, by: Who) -> None:
     _worker(session, name).shutdown_requested = True
     audit.note(session, by, "worker.shutdown", f"worker:{name}")
-    return Effects(workers={name})
+    effects.tell(session, name)
 
 
-def revoke(session: Session, name: str, by: Who) -> Effects:
+def revoke(session: Session, name: str, by: Who) -> None:
     """Revoke the credential; the worker's running attempts fail or retry elsewhere
     (its reports would be refused now, so nothing else would end them)."""
     try:
         credentials.revoke(session, name)
     except credentials.WorkerNotFound as exc:
         raise NotFound(str(exc)) from None
-    queues = fail_attempts_of(session, name, f"worker {name} was revoked")
+    fail_attempts_of(session, name, f"worker {name} was revoked")
     audit.note(session, by, "worker.revoke", f"worker:{name}")
-    return Effects(queues=queues, workers={name})
+    effects.tell(session, name)
 
 
-def remove(session: Session, name: str, by: Who) -> Effects:
+def remove(session: Session, name: str, by: Who) -> None:
     """Revoke the worker, give up on its running attempts and forget it."""
     worker = _worker(session, name)
-    queues = fail_attempts_of(session, name, f"worker {name} was removed")
+    fail_attempts_of(session, name, f"worker {name} was removed")
     credentials.void_tokens_of(session, name)
     session.delete(worker)
     audit.note(session, by, "worker.remove", f"worker:{name}")
-    return Effects(queues=queues, workers={name})
+    effects.tell(session, name)
 
 
 def create_enrolment_token(
@@ -132,12 +126,12 @@ def revoke_enrolment_token(session: Session, token_id: str, by: Who) -> str:
 
 def trigger(
     session: Session, dag_id: str, conf: dict[str, Any], run_id: str | None, by: Who
-) -> tuple[str, set[str]]:
+) -> str:
     """A manual run (``queries.trigger``). The entry names the run, not its
     ``conf``: a run's inputs are data that may be anyone's."""
-    made, woken = queries.trigger(session, dag_id, conf, run_id)
+    made = queries.trigger(session, dag_id, conf, run_id)
     audit.note(session, by, "dag.trigger", f"dag:{dag_id}", {"run_id": made})
-    return made, woken
+    return made
 
 
 def create_backfill(
@@ -150,23 +144,22 @@ def create_backfill(
     return made
 
 
-def post_asset_event(
-    session: Session, uri: str, extra: dict[str, Any], by: Who
-) -> tuple[dict[str, Any], set[str]]:
+def post_asset_event(session: Session, uri: str, extra: dict[str, Any], by: Who) -> dict[str, Any]:
     """An asset event from outside (``queries.post_asset_event``); the entry names
     the event and the runs it started, not its ``extra``."""
-    answer, woken = queries.post_asset_event(session, uri, extra)
+    answer = queries.post_asset_event(session, uri, extra)
     details = {
         "event_id": answer["event"]["id"],
         "triggered_runs": [f"{r['dag_id']}/{r['run_id']}" for r in answer["triggered_runs"]],
     }
     audit.note(session, by, "asset.event", f"asset:{uri}", details)
-    return answer, woken
+    return answer
 
 
 def set_pool(session: Session, name: str, slots: int, description: str | None, by: Who) -> Pool:
     pool = limits.set_pool(session, name, slots, description)
     audit.note(session, by, "pool.set", f"pool:{name}", {"slots": slots})
+    effects.wake(session)  # more room: claims held back by the pool look again
     return pool
 
 
@@ -190,6 +183,8 @@ def set_paused(session: Session, dag_id: str, paused: bool, by: Who) -> dict[str
     if dag is None or not dag.is_active:
         raise NotFound(f"no DAG {dag_id!r}")
     dag.is_paused = paused
+    if not paused:
+        effects.poke_scheduler(session)  # scheduled again at once
     audit.note(session, by, "dag.pause" if paused else "dag.unpause", f"dag:{dag_id}")
     return dag_summary(dag, file_error(session, dag.fileloc))
 
@@ -202,12 +197,6 @@ def _task_instances(
     if task_ids is not None:
         stmt = stmt.where(TaskInstance.task_id.in_(task_ids))
     return list(session.scalars(lock_row(stmt.order_by(TaskInstance.id), session)))
-
-
-def _end_running_attempt(session: Session, ti: TaskInstance, why: str, fx: Effects) -> None:
-    worker = end_running_attempt(session, ti, why)
-    if worker is not None:
-        fx.workers.add(worker)  # its poll answers with "kill"
 
 
 def _locked_run(session: Session, dag_id: str, run_id: str) -> DagRun:
@@ -224,7 +213,7 @@ def mark_task(
     state: str,
     by: Who,
     map_index: int | None = None,
-) -> tuple[list[int], Effects]:
+) -> list[int]:
     """Set a task instance to success or failed; a running attempt is killed.
 
     A mapped task has one instance per map index: all of them are marked, or
@@ -239,20 +228,19 @@ def mark_task(
         tis = [ti for ti in tis if ti.map_index == map_index]
         if not tis:
             raise NotFound(f"task {task_id!r} of run {run_id!r} has no map index {map_index}")
-    fx = Effects()
     now = utcnow()
     for ti in tis:
-        _end_running_attempt(session, ti, f"marked {state} by an operator", fx)
+        end_running_attempt(session, ti, f"marked {state} by an operator")
         ti.state = state
         ti.ended_at = now
         ti.next_retry_at = None
     if run.state in S.RUN_FINISHED:
         run.state, run.ended_at = S.RUN_RUNNING, None
-    fx.queues |= advance_run(session, run)
+    advance_run(session, run)
     indexes = sorted(ti.map_index for ti in tis)
     details = {"run_id": run_id, "task_id": task_id, "state": state, "map_indexes": indexes}
     audit.note(session, by, "task.mark", f"dag:{dag_id}", details)
-    return indexes, fx
+    return indexes
 
 
 def _downstream(spec: dict[str, Any], task_id: str) -> set[str]:
@@ -266,11 +254,11 @@ def _downstream(spec: dict[str, Any], task_id: str) -> set[str]:
     return found
 
 
-def _clear(session: Session, run: DagRun, tis: list[TaskInstance], fx: Effects) -> None:
+def _clear(session: Session, run: DagRun, tis: list[TaskInstance]) -> None:
     """Make ``tis`` (locked) run again with their retries afresh, and reopen the run."""
     retries = {t["task_id"]: t["retries"] for t in run.serialized["tasks"]}
     for ti in tis:
-        _end_running_attempt(session, ti, "cleared by an operator", fx)
+        end_running_attempt(session, ti, "cleared by an operator")
         ti.state = None
         ti.max_tries = ti.try_number + retries[ti.task_id] + 1  # its retries, afresh
         ti.next_retry_at = None
@@ -281,14 +269,14 @@ def _clear(session: Session, run: DagRun, tis: list[TaskInstance], fx: Effects) 
         # room, else when an earlier run ends.
         run.state, run.ended_at = S.RUN_QUEUED, None
         session.flush()
-        fx.queues |= start_queued_runs(session, run.dag_id)
+        start_queued_runs(session, run.dag_id)
     else:  # running: queue what is ready now; queued: it waits its turn
-        fx.queues |= advance_run(session, run)
+        advance_run(session, run)
 
 
 def clear_task(
     session: Session, dag_id: str, run_id: str, task_id: str, downstream: bool, by: Who
-) -> tuple[list[str], Effects]:
+) -> list[str]:
     """Make a task instance (and, if asked, everything downstream) run again.
 
     Returns the cleared task ids, in the run's order.
@@ -298,17 +286,14 @@ def clear_task(
     tis = _task_instances(session, run, ids)
     if not any(ti.task_id == task_id for ti in tis):
         raise NotFound(f"run {run_id!r} of DAG {dag_id!r} has no task {task_id!r}")
-    fx = Effects()
-    _clear(session, run, tis, fx)
+    _clear(session, run, tis)
     cleared = _task_ids(tis)
     details = {"run_id": run_id, "task_id": task_id, "downstream": downstream, "cleared": cleared}
     audit.note(session, by, "task.clear", f"dag:{dag_id}", details)
-    return cleared, fx
+    return cleared
 
 
-def clear_run(
-    session: Session, dag_id: str, run_id: str, only_failed: bool, by: Who
-) -> tuple[list[str], Effects]:
+def clear_run(session: Session, dag_id: str, run_id: str, only_failed: bool, by: Who) -> list[str]:
     """Run a whole run again, or only its ``failed`` and ``upstream_failed`` tasks.
 
     Returns the cleared task ids; when there are none the run is left as it is.
@@ -317,13 +302,12 @@ def clear_run(
     tis = _task_instances(session, run)
     if only_failed:
         tis = [ti for ti in tis if ti.state in S.TI_FAILED]
-    fx = Effects()
     if tis:
-        _clear(session, run, tis, fx)
+        _clear(session, run, tis)
     cleared = _task_ids(tis)
     details = {"run_id": run_id, "only_failed": only_failed, "cleared": cleared}
     audit.note(session, by, "run.clear", f"dag:{dag_id}", details)
-    return cleared, fx
+    return cleared
 
 
 def _task_ids(tis: list[TaskInstance]) -> list[str]:
@@ -331,7 +315,7 @@ def _task_ids(tis: list[TaskInstance]) -> list[str]:
     return list(dict.fromkeys(ti.task_id for ti in tis))
 
 
-def mark_run(session: Session, dag_id: str, run_id: str, state: str, by: Who) -> Effects:
+def mark_run(session: Session, dag_id: str, run_id: str, state: str, by: Who) -> None:
     """Set a run to success or failed, and its unfinished task instances with it.
 
     As Airflow: ``success`` makes every unfinished task instance ``success``;
@@ -343,6 +327,5 @@ def mark_run(session: Session, dag_id: str, run_id: str, state: str, by: Who) ->
     and the next queued run may start.
     """
     run = _locked_run(session, dag_id, run_id)
-    queues, workers = end_run(session, run, state, "marked", f"run marked {state} by an operator")
+    end_run(session, run, state, "marked", f"run marked {state} by an operator")
     audit.note(session, by, "run.mark", f"dag:{dag_id}", {"run_id": run_id, "state": state})
-    return Effects(queues=queues, workers=workers)

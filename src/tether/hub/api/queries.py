@@ -93,9 +93,7 @@ def get_dag(session: Session, dag_id: str) -> Dag:
     return dag
 
 
-def trigger(
-    session: Session, dag_id: str, conf: dict[str, Any], run_id: str | None
-) -> tuple[str, set[str]]:
+def trigger(session: Session, dag_id: str, conf: dict[str, Any], run_id: str | None) -> str:
     """Create a manual run; InvalidParams if ``conf`` gives the DAG's params bad values.
 
     Its logical date is now and its data interval the one Airflow infers for
@@ -104,7 +102,7 @@ def trigger(
     dag = get_dag(session, dag_id)
     params.resolve(dag.serialized, conf)
     now = runs.utcnow()
-    run, woken = runs.create_run(
+    run = runs.create_run(
         session,
         dag,
         run_type="manual",
@@ -113,7 +111,7 @@ def trigger(
         logical_date=now,
         data_interval=manual_data_interval(dag.serialized, now),
     )
-    return run.run_id, woken
+    return run.run_id
 
 
 def get_run(session: Session, dag_id: str, run_id: str) -> DagRun:
@@ -348,9 +346,7 @@ def list_asset_events(session: Session, uri: str | None, limit: int) -> list[dic
     return [assets.event_dict(event, event_uri) for event, event_uri in rows]
 
 
-def post_asset_event(
-    session: Session, uri: str, extra: dict[str, Any]
-) -> tuple[dict[str, Any], set[str]]:
+def post_asset_event(session: Session, uri: str, extra: dict[str, Any]) -> dict[str, Any]:
     """Record an event of a known asset from outside; start the runs it makes due."""
     recorded = assets.record_events(session, [get_asset(session, uri).id], extra=extra)
     (event,) = recorded.events
@@ -358,7 +354,7 @@ def post_asset_event(
         "event": assets.event_dict(event, uri),
         "triggered_runs": [{"dag_id": r.dag_id, "run_id": r.run_id} for r in recorded.runs],
     }
-    return answer, recorded.queues
+    return answer
 
 
 def list_import_errors(session: Session) -> list[dict[str, Any]]:

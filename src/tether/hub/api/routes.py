@@ -55,7 +55,7 @@ async def _in_session(hub: Hub, fn: Callable[[Session], T]) -> T:
     """Run ``fn`` in one transaction off the event loop; NotFound becomes 404."""
 
     def work() -> T:
-        with hub.store.session() as s:
+        with hub.store.transaction() as s:
             return fn(s)
 
     try:
@@ -101,10 +101,7 @@ async def patch_dag(
 ) -> dict[str, Any]:
     """Pause or unpause a DAG; an unpaused one is scheduled again at once."""
     by = audit.who(request)
-    summary = await _in_session(hub, lambda s: control.set_paused(s, dag_id, body.is_paused, by))
-    if not body.is_paused:
-        hub.wakeups.poke_scheduler()
-    return summary
+    return await _in_session(hub, lambda s: control.set_paused(s, dag_id, body.is_paused, by))
 
 
 RunState = Literal["queued", "running", "success", "failed"]
@@ -134,14 +131,13 @@ async def trigger_run(
 ) -> dict[str, str]:
     by = audit.who(request)  # who triggered, for the audit entry the store function writes
     try:
-        run_id, woken = await _in_session(
+        run_id = await _in_session(
             hub, lambda s: control.trigger(s, dag_id, body.conf, body.run_id, by)
         )
     except RunExists as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     except InvalidParams as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
-    hub.wakeups.notify(woken)
     return {"run_id": run_id}
 
 
@@ -258,23 +254,7 @@ async def list_asset_events(
 async def post_asset_event(body: AssetEventIn, request: Request, hub: HubDep) -> dict[str, Any]:
     """Record an event of a known asset; the DAGs it makes due start at once."""
     by = audit.who(request)
-    answer, woken = await _in_session(
-        hub, lambda s: control.post_asset_event(s, body.uri, body.extra, by)
-    )
-    hub.wakeups.notify(woken)
-    return answer
-
-
-async def _act(hub: Hub, fn: Callable[[Session], control.Effects]) -> None:
-    """Run an operator action, then wake the queues and workers it concerns."""
-    _announce(hub, await _in_session(hub, fn))
-
-
-def _announce(hub: Hub, fx: control.Effects) -> None:
-    """After the commit: wake the queues that got work and the workers concerned."""
-    hub.wakeups.notify(fx.queues)
-    for name in fx.workers:
-        hub.wakeups.notify_worker(name)
+    return await _in_session(hub, lambda s: control.post_asset_event(s, body.uri, body.extra, by))
 
 
 class EnrolmentTokenIn(BaseModel):
@@ -346,21 +326,21 @@ async def worker_maintenance(
     name: WorkerName, body: MaintenanceIn, request: Request, hub: HubDep
 ) -> dict[str, str]:
     by = audit.who(request)
-    await _act(hub, lambda s: control.set_maintenance(s, name, body.on, body.comment, by))
+    await _in_session(hub, lambda s: control.set_maintenance(s, name, body.on, body.comment, by))
     return {"name": name, "maintenance": "on" if body.on else "off"}
 
 
 @router.post("/workers/{name}/shutdown", dependencies=[AdminAuth])
 async def worker_shutdown(name: WorkerName, request: Request, hub: HubDep) -> dict[str, str]:
     by = audit.who(request)
-    await _act(hub, lambda s: control.request_shutdown(s, name, by))
+    await _in_session(hub, lambda s: control.request_shutdown(s, name, by))
     return {"name": name, "shutdown": "requested"}
 
 
 @router.post("/workers/{name}/revoke", dependencies=[AdminAuth])
 async def worker_revoke(name: WorkerName, request: Request, hub: HubDep) -> dict[str, str]:
     by = audit.who(request)
-    await _act(hub, lambda s: control.revoke(s, name, by))
+    await _in_session(hub, lambda s: control.revoke(s, name, by))
     hub.principals.forget(name)
     return {"name": name, "state": "revoked"}
 
@@ -368,7 +348,7 @@ async def worker_revoke(name: WorkerName, request: Request, hub: HubDep) -> dict
 @router.delete("/workers/{name}", dependencies=[AdminAuth])
 async def worker_remove(name: WorkerName, request: Request, hub: HubDep) -> dict[str, str]:
     by = audit.who(request)
-    await _act(hub, lambda s: control.remove(s, name, by))
+    await _in_session(hub, lambda s: control.remove(s, name, by))
     hub.principals.forget(name)
     return {"name": name, "state": "removed"}
 
@@ -393,11 +373,10 @@ async def mark_task(
     A mapped task: every map index, or the one ``map_index`` names.
     """
     by = audit.who(request)
-    indexes, fx = await _in_session(
+    indexes = await _in_session(
         hub,
         lambda s: control.mark_task(s, dag_id, run_id, task_id, body.state, by, body.map_index),
     )
-    _announce(hub, fx)
     return {"task_id": task_id, "state": body.state, "map_indexes": indexes}
 
 
@@ -411,10 +390,9 @@ async def clear_task(
 ) -> dict[str, Any]:
     """Run a task instance again (with its downstream if asked); a running one is killed."""
     by = audit.who(request)
-    cleared, fx = await _in_session(
+    cleared = await _in_session(
         hub, lambda s: control.clear_task(s, dag_id, run_id, task_id, body.downstream, by)
     )
-    _announce(hub, fx)
     return {"task_id": task_id, "state": "cleared", "cleared": cleared}
 
 
@@ -428,7 +406,7 @@ async def mark_run(
 ) -> dict[str, str]:
     """Mark a run success or failed, with its unfinished task instances."""
     by = audit.who(request)
-    await _act(hub, lambda s: control.mark_run(s, dag_id, run_id, body.state, by))
+    await _in_session(hub, lambda s: control.mark_run(s, dag_id, run_id, body.state, by))
     return {"run_id": run_id, "state": body.state}
 
 
@@ -442,10 +420,9 @@ async def clear_run(
 ) -> dict[str, Any]:
     """Run a whole run again, or only its failed tasks."""
     by = audit.who(request)
-    cleared, fx = await _in_session(
+    cleared = await _in_session(
         hub, lambda s: control.clear_run(s, dag_id, run_id, body.only_failed, by)
     )
-    _announce(hub, fx)
     return {"run_id": run_id, "cleared": cleared}
 
 
@@ -474,9 +451,7 @@ async def set_pool(name: PoolName, body: PoolIn, request: Request, hub: HubDep) 
         pool = control.set_pool(s, name, body.slots, body.description, by)
         return {"name": pool.name, "slots": pool.slots, "description": pool.description}
 
-    answer = await _in_session(hub, put)
-    hub.wakeups.notify(())  # more room: claims held back by the pool look again
-    return answer
+    return await _in_session(hub, put)
 
 
 @router.delete("/pools/{name}", dependencies=[AdminAuth])
@@ -525,7 +500,6 @@ async def create_backfill(
         made = await _in_session(hub, create)
     except backfill.BackfillError as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
-    hub.wakeups.notify(made.queues)
     return {
         "dag_id": dag_id,
         "run_ids": made.run_ids,

@@ -53,7 +53,7 @@ async def _in_session(hub: Hub, fn: Callable[[Session], T]) -> T:
     """Run ``fn`` in one transaction off the event loop; the store's refusals become 4xx."""
 
     def work() -> T:
-        with hub.store.session() as s:
+        with hub.store.transaction() as s:
             return fn(s)
 
     try:

@@ -77,13 +77,13 @@ class DagCallbacks:
                     request.dag_id,
                     request.run_id,
                 )
-            with self.store.session() as s:
+            with self.store.transaction() as s:
                 s.execute(delete(CallbackRequest).where(CallbackRequest.id == request.id))
         return len(requests)
 
     def _take(self) -> list[_Request]:
         out = []
-        with self.store.session() as s:
+        with self.store.transaction() as s:
             for req in s.scalars(select(CallbackRequest).order_by(CallbackRequest.id).limit(BATCH)):
                 run = s.scalar(
                     select(DagRun).where(DagRun.dag_id == req.dag_id, DagRun.run_id == req.run_id)
@@ -114,7 +114,7 @@ class DagCallbacks:
     def _bundle_dir(self, sha: str) -> Path:
         target = self.cache / sha
         if not target.is_dir():
-            with self.store.session() as s:
+            with self.store.transaction() as s:
                 data = s.scalar(select(Bundle.data).where(Bundle.sha == sha))
             if data is None:
                 raise LookupError(f"bundle {sha} is gone")

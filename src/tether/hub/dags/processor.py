@@ -30,7 +30,6 @@ import logging
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -57,6 +56,7 @@ from tether.hub.dags.params import InvalidParams, check_defaults
 from tether.hub.scheduler import assets
 from tether.hub.scheduler.runs import utcnow
 from tether.hub.scheduler.timetable import InvalidSchedule, Timetable
+from tether.hub.store import effects
 from tether.hub.store.db import Store
 from tether.hub.store.dialect import lock_row
 from tether.hub.store.models import Bundle, Dag, ImportError_
@@ -230,7 +230,7 @@ def store_file(
     """
     now = utcnow()
     result = FileResult(error=error)
-    with store.session() as s:
+    with store.transaction() as s:
         if error is None:
             for spec in specs:
                 other = _owner(s, spec["dag_id"], fileloc, files)
@@ -269,6 +269,7 @@ def store_file(
         stale = s.get(ImportError_, fileloc)
         if stale is not None:
             s.delete(stale)
+        effects.poke_scheduler(s)  # its DAGs are schedulable the moment they are stored
     result.dags = len(specs)
     return result
 
@@ -278,7 +279,7 @@ def forget_files(store: Store, files: set[str], skipped: dict[str, str], sha: st
     inactive, import errors of files that are gone go, what the bundle left out
     is shown, and a problem of the whole folder is over."""
     now = utcnow()
-    with store.session() as s:
+    with store.transaction() as s:
         for row in s.scalars(select(Dag).where(Dag.is_active.is_(True))):
             if row.fileloc not in files:
                 row.is_active = False
@@ -300,7 +301,6 @@ class DagProcessor:
         timeout: float,
         *,
         parallel: int = 2,
-        on_stored: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
         self.dags_folder = dags_folder
@@ -308,8 +308,6 @@ class DagProcessor:
         self.cache = home / "bundles" / "folder"
         self.timeout = timeout
         self.parallel = parallel
-        #: Called after each file's result is stored (the scheduler looks again).
-        self.on_stored = on_stored
         self._fingerprint: tuple[object, ...] | None = None
         #: name -> (size, mtime) of the folder's files at the last scan.
         self._seen: dict[str, tuple[int, int]] = {}
@@ -419,7 +417,6 @@ class DagProcessor:
                 result.depends = depends
                 result.has_include = any(spec.get("include") for spec in specs)
                 stored[relpath] = result
-                self.on_stored()
         return stored
 
 
@@ -431,7 +428,7 @@ def record_folder_error(store: Store, message: str) -> None:
     """Show a problem of the whole folder (it is too large to bundle) as an import
     error; the DAGs parsed before stay as they are."""
     now = utcnow()
-    with store.session() as s:
+    with store.transaction() as s:
         row = s.get(ImportError_, FOLDER_ERROR)
         if row is None:
             s.add(

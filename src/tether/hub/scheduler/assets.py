@@ -50,11 +50,10 @@ MAX_TRIGGERING_EVENTS = 100
 
 @dataclass
 class Recorded:
-    """What recording asset events did: the events, the runs they started, the queues filled."""
+    """What recording asset events did: the events and the runs they started."""
 
     events: list[AssetEvent] = field(default_factory=list)
     runs: list[DagRun] = field(default_factory=list)
-    queues: set[str] = field(default_factory=set)
 
 
 def event_dict(event: AssetEvent, uri: str) -> dict[str, Any]:
@@ -265,7 +264,7 @@ def _run_if_ready(
     events = _triggering_events(session, dag, queued)
     # As Airflow 2 did: the data interval spans the triggering events.
     stamps = [datetime.fromisoformat(e["timestamp"]) for es in events.values() for e in es]
-    run, queues = runs.create_run(
+    run = runs.create_run(
         session,
         dag,
         run_type=ASSET_TRIGGERED,
@@ -277,7 +276,6 @@ def _run_if_ready(
         session.delete(row)
     session.flush()
     recorded.runs.append(run)
-    recorded.queues |= queues
 
 
 def _triggering_events(

@@ -36,7 +36,6 @@ class Backfill:
     existing: list[datetime] = field(default_factory=list)
     #: Intervals in the range that have not ended yet.
     future: int = 0
-    queues: set[str] = field(default_factory=set)
 
 
 def local(value: datetime, dag: Dag) -> datetime:
@@ -81,7 +80,7 @@ def create_backfill(
         if interval_start in taken:
             result.existing.append(interval_start)
             continue
-        run, queues = runs.create_run(
+        run = runs.create_run(
             session,
             dag,
             run_type="backfill",
@@ -90,5 +89,4 @@ def create_backfill(
             data_interval=(interval_start, interval_end),
         )
         result.run_ids.append(run.run_id)
-        result.queues |= queues
     return result

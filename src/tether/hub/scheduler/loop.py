@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import datetime, timedelta
-from typing import NamedTuple
 
 from sqlalchemy import func, select
 
@@ -45,9 +44,8 @@ def skip_missed_intervals(dag: Dag, timetable: Timetable, now: datetime) -> None
         dag.next_dagrun, dag.next_dagrun_create_after = later
 
 
-def create_scheduled_runs(store: Store, now: datetime) -> set[str]:
-    woken: set[str] = set()
-    with store.session() as s:
+def create_scheduled_runs(store: Store, now: datetime) -> None:
+    with store.transaction() as s:
         due = s.scalars(
             lock_row(
                 select(Dag)
@@ -69,53 +67,44 @@ def create_scheduled_runs(store: Store, now: datetime) -> set[str]:
                 if timetable is None or start is None or end is None or end > now:
                     break
                 try:
-                    _, queues = runs.create_run(
+                    runs.create_run(
                         s,
                         dag,
                         run_type="scheduled",
                         logical_date=start,
                         data_interval=(start, end),
                     )
-                    woken |= queues
                 except runs.RunExists:
                     pass
                 interval = timetable.next_interval(start, now, dag.last_parsed_at)
                 dag.next_dagrun, dag.next_dagrun_create_after = interval or (None, None)
-    return woken
 
 
-class Pass(NamedTuple):
-    """What one scheduler pass did and when the next one is due."""
+def tick(store: Store, now: datetime, lost_timeout: timedelta | None = None) -> datetime | None:
+    """One pass of the scheduler; returns the earliest time something becomes
+    due (a run, a retry, a timeout), if anything will.
 
-    #: Queues that got work.
-    queues: set[str]
-    #: The earliest time something becomes due (a run, a retry, a timeout).
-    deadline: datetime | None
-    #: Workers that must kill a task (its run timed out).
-    workers: set[str]
-
-
-def tick(store: Store, now: datetime, lost_timeout: timedelta | None = None) -> Pass:
-    """One pass of the scheduler."""
-    woken = create_scheduled_runs(store, now)
-    with store.session() as s:
-        timed_out, workers = runs.time_out_runs(s, now)
-    woken |= timed_out
+    Each step is its own transaction, and tells whom it concerns (the queues
+    that got work, the workers that must kill a task) when it commits.
+    """
+    create_scheduled_runs(store, now)
+    with store.transaction() as s:
+        runs.time_out_runs(s, now)
     if lost_timeout is not None:
-        with store.session() as s:
-            woken |= mark_lost_workers(s, now, lost_timeout)
-    with store.session() as s:
-        woken |= runs.requeue_due_retries(s, now)
-    with store.session() as s:
+        with store.transaction() as s:
+            mark_lost_workers(s, now, lost_timeout)
+    with store.transaction() as s:
+        runs.requeue_due_retries(s, now)
+    with store.transaction() as s:
         waiting = s.scalars(
             select(DagRun.dag_id).where(DagRun.state == S.RUN_QUEUED).distinct()
         ).all()
     for dag_id in waiting:  # normally started as earlier runs end; this is the safety net
-        with store.session() as s:
-            woken |= runs.start_queued_runs(s, dag_id)
-    with store.session() as s:
-        woken |= assets.create_ready_runs(s).queues
-    with store.session() as s:
+        with store.transaction() as s:
+            runs.start_queued_runs(s, dag_id)
+    with store.transaction() as s:
+        assets.create_ready_runs(s)
+    with store.transaction() as s:
         deadlines = [
             runs.next_retry_time(s),
             runs.next_run_timeout(s),
@@ -126,7 +115,7 @@ def tick(store: Store, now: datetime, lost_timeout: timedelta | None = None) -> 
             ),
         ]
     upcoming = [d for d in deadlines if d is not None]
-    return Pass(woken, min(upcoming) if upcoming else None, workers)
+    return min(upcoming) if upcoming else None
 
 
 class Scheduler:
@@ -147,13 +136,12 @@ class Scheduler:
             # lost-timeout from the hub's start to reconnect before judging.
             judge = self.lost_timeout if now - self.started >= self.lost_timeout else None
             try:
-                woken, deadline, workers = await asyncio.to_thread(tick, self.store, now, judge)
+                deadline = await asyncio.to_thread(tick, self.store, now, judge)
             except Exception:
                 log.exception("scheduler pass failed; retrying after the sweep interval")
-                woken, deadline, workers = set(), None, set()
-            self.wakeups.notify(woken)
-            for name in workers:
-                self.wakeups.notify_worker(name)
+                deadline = None
+            # The sweep is also the safety net of claims that limits held back.
+            self.wakeups.notify(())
             wait = self.sweep_interval
             if deadline is not None:
                 wait = max(0.0, min(wait, (deadline - runs.utcnow()).total_seconds()))

@@ -1,8 +1,9 @@
 """Create DAG runs and move their task instances forward.
 
-These functions work inside the caller's transaction. They return the queues
-that received new work so that the caller can wake the workers waiting on
-them once the transaction has committed.
+These functions work inside the caller's transaction. What the rest of the
+hub must hear (queues that got work, workers that must kill a task, a retry
+to time) they record on the session (:mod:`tether.hub.store.effects`); the
+transaction tells it after its commit.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tether.hub.scheduler import states as S
+from tether.hub.store import effects
 from tether.hub.store.dialect import lock_for_claim, lock_row
 from tether.hub.store.models import (
     CallbackRequest,
@@ -45,7 +47,7 @@ def create_run(
     run_id: str | None = None,
     logical_date: datetime | None = None,
     data_interval: tuple[datetime, datetime] | None = None,
-) -> tuple[DagRun, set[str]]:
+) -> DagRun:
     """Create a run of ``dag`` pinned to its current bundle.
 
     The run starts (its root tasks are queued) at once if the DAG has fewer
@@ -93,12 +95,13 @@ def create_run(
             )
         )
     session.flush()
-    return run, start_queued_runs(session, dag.dag_id)
+    start_queued_runs(session, dag.dag_id)
+    return run
 
 
-def start_queued_runs(session: Session, dag_id: str) -> set[str]:
+def start_queued_runs(session: Session, dag_id: str) -> None:
     """Start the oldest queued runs of a DAG while it has fewer than
-    ``max_active_runs`` running. Returns the queues that got work.
+    ``max_active_runs`` running.
 
     The DAG row's lock makes concurrent callers take turns. Queued runs are
     taken with SKIP LOCKED: one that someone else holds waits for the next
@@ -106,7 +109,7 @@ def start_queued_runs(session: Session, dag_id: str) -> set[str]:
     """
     dag = session.scalar(lock_row(select(Dag).where(Dag.dag_id == dag_id), session))
     if dag is None:
-        return set()
+        return
     running = session.scalar(
         select(func.count())
         .select_from(DagRun)
@@ -114,7 +117,7 @@ def start_queued_runs(session: Session, dag_id: str) -> set[str]:
     )
     room = dag.max_active_runs - (running or 0) if dag.max_active_runs > 0 else None
     if room is not None and room <= 0:
-        return set()
+        return
     queued = session.scalars(
         lock_for_claim(
             select(DagRun)
@@ -124,7 +127,6 @@ def start_queued_runs(session: Session, dag_id: str) -> set[str]:
             session,
         )
     ).all()
-    woken: set[str] = set()
     for run in queued:
         if run.state != S.RUN_QUEUED:
             continue  # started meanwhile: a run that ended at once started the next ones
@@ -132,8 +134,7 @@ def start_queued_runs(session: Session, dag_id: str) -> set[str]:
         run.started_at = utcnow()
         timeout = run.serialized.get("dagrun_timeout")
         run.timeout_at = run.started_at + timedelta(seconds=timeout) if timeout else None
-        woken |= advance_run(session, run)
-    return woken
+        advance_run(session, run)
 
 
 def _decide(rule: str, counts: Counter[str], total: int) -> str | None:
@@ -186,7 +187,7 @@ def _decide(rule: str, counts: Counter[str], total: int) -> str | None:
     raise ValueError(f"unknown trigger rule {rule!r}")
 
 
-def advance_run(session: Session, run: DagRun) -> set[str]:
+def advance_run(session: Session, run: DagRun) -> None:
     """Queue every task whose upstream allows it; finish the run when all are done.
 
     The caller holds the run's row lock (or just created the run), which
@@ -197,17 +198,16 @@ def advance_run(session: Session, run: DagRun) -> set[str]:
     sleep until their wait ends.
 
     Cascades within the run (a skip or upstream failure can free further
-    tasks). Returns the queues that got new work.
+    tasks). The queues that got work are woken after the commit.
     """
     if run.state == S.RUN_QUEUED:
-        return set()  # not started yet (max_active_runs); start_queued_runs starts it
+        return  # not started yet (max_active_runs); start_queued_runs starts it
     now = utcnow()
     groups: dict[str, list[TaskInstance]] = {}
     for ti in session.scalars(
         select(TaskInstance).where(TaskInstance.dag_run_id == run.id).order_by(TaskInstance.id)
     ):
         groups.setdefault(ti.task_id, []).append(ti)
-    woken: set[str] = set()
     # Serialized tasks are in topological order: one pass sees every upstream
     # decision (a skip or upstream failure cascades) before its downstream.
     for spec in run.serialized["tasks"]:
@@ -230,24 +230,23 @@ def advance_run(session: Session, run: DagRun) -> set[str]:
             ti.state = decision
             if decision == S.QUEUED:
                 ti.queued_at = now
-                woken.add(ti.queue)
+                effects.wake(session, ti.queue)
             else:
                 ti.ended_at = now
     tis = [ti for group in groups.values() for ti in group]
     if run.state == S.RUN_RUNNING and all(ti.state in S.TI_FINISHED for ti in tis):
         failed = any(ti.state in S.TI_FAILED for ti in tis)
         if failed:
-            woken |= finish_run(session, run, S.RUN_FAILED, "task_failure")
+            finish_run(session, run, S.RUN_FAILED, "task_failure")
         else:
-            woken |= finish_run(session, run, S.RUN_SUCCESS, "success")
-    return woken
+            finish_run(session, run, S.RUN_SUCCESS, "success")
 
 
-def finish_run(session: Session, run: DagRun, state: str, reason: str) -> set[str]:
+def finish_run(session: Session, run: DagRun, state: str, reason: str) -> None:
     """End a run as ``state``: ask for the DAG's callback, start the next queued run.
 
     ``reason`` tells the DAG callback why (success, task_failure, timed_out,
-    marked). Returns the queues that got work.
+    marked).
     """
     run.state = state
     run.ended_at = utcnow()
@@ -266,7 +265,7 @@ def finish_run(session: Session, run: DagRun, state: str, reason: str) -> set[st
             )
         )
     session.flush()
-    return start_queued_runs(session, run.dag_id)  # room for the next run
+    start_queued_runs(session, run.dag_id)  # room for the next run
 
 
 def _unexpanded(group: list[TaskInstance]) -> bool:
@@ -387,20 +386,22 @@ def retry_delay(spec: dict[str, Any], try_number: int) -> timedelta:
 
 def fail_task_instance(
     session: Session, run: DagRun, ti: TaskInstance, now: datetime, *, may_retry: bool = True
-) -> tuple[set[str], datetime | None]:
+) -> datetime | None:
     """A try of ``ti`` failed: ``up_for_retry`` if tries are left, else ``failed``.
 
-    The caller holds the run's lock. Returns the queues that got work and,
-    for a retry, its time.
+    The caller holds the run's lock. Returns the retry's time, if there is one.
     """
     ti.ended_at = now
+    effects.wake(session)  # running work ended: limits may have room
     if may_retry and ti.try_number < ti.max_tries:
         spec = next(t for t in run.serialized["tasks"] if t["task_id"] == ti.task_id)
         ti.state = S.UP_FOR_RETRY
         ti.next_retry_at = now + retry_delay(spec, ti.try_number)
-        return set(), ti.next_retry_at
+        effects.poke_scheduler(session)  # it times the retry
+        return ti.next_retry_at
     ti.state = S.FAILED
-    return advance_run(session, run), None
+    advance_run(session, run)
+    return None
 
 
 def lock_run_of(session: Session, task_instance_id: int) -> DagRun:
@@ -414,9 +415,8 @@ def lock_run_of(session: Session, task_instance_id: int) -> DagRun:
     return run
 
 
-def requeue_due_retries(session: Session, now: datetime) -> set[str]:
+def requeue_due_retries(session: Session, now: datetime) -> None:
     """Queue the up_for_retry task instances whose retry time has come."""
-    woken: set[str] = set()
     due = session.execute(
         select(TaskInstance.id, TaskInstance.dag_run_id)
         .where(TaskInstance.state == S.UP_FOR_RETRY, TaskInstance.next_retry_at <= now)
@@ -440,8 +440,7 @@ def requeue_due_retries(session: Session, now: datetime) -> set[str]:
         ti.next_retry_at = None
         ti.worker_name = None  # the previous try's worker stays on its attempt row
         ti.started_at = ti.ended_at = None
-        woken.add(ti.queue)
-    return woken
+        effects.wake(session, ti.queue)
 
 
 def next_retry_time(session: Session) -> datetime | None:
@@ -482,9 +481,10 @@ def skip_unchosen_branches(session: Session, run: DagRun, ti: TaskInstance, chos
 
 
 def end_running_attempt(session: Session, ti: TaskInstance, why: str) -> str | None:
-    """Give up on ``ti``'s running attempt (its reports will be refused).
+    """Give up on ``ti``'s running attempt (its reports will be refused); its
+    worker's held poll answers at once, with a directive to kill it.
 
-    Returns the worker to tell to kill it, if there was one.
+    Returns that worker, if there was one.
     """
     if ti.state != S.RUNNING or ti.attempt_id is None:
         return None
@@ -506,23 +506,22 @@ def give_up_attempt(session: Session, attempt: TaskAttempt, why: str, now: datet
     attempt.state = S.ATTEMPT_LOST
     attempt.ended_at = now
     attempt.error = why
+    effects.wake(session)  # running work ended: limits may have room
+    effects.tell(session, attempt.worker_name)  # it kills the task, if it runs it
     hub_note(session, attempt, f"the hub ended this try: {why}")
 
 
-def end_run(
-    session: Session, run: DagRun, state: str, reason: str, why: str
-) -> tuple[set[str], set[str]]:
+def end_run(session: Session, run: DagRun, state: str, reason: str, why: str) -> None:
     """End a run now as ``state``, with its unfinished task instances.
 
     As Airflow: ``success`` makes every unfinished task instance ``success``;
     ``failed`` makes those that ran or were about to (``running``, ``queued``,
     ``up_for_retry``) ``failed`` and those that never started ``skipped``.
     Finished task instances keep their state; running attempts end (``why``
-    is their error). The caller holds the run's lock. Returns the queues
-    that got work and the workers that must kill a task.
+    is their error; their workers are told to kill them). The caller holds
+    the run's lock.
     """
     now = utcnow()
-    workers: set[str] = set()
     for ti in session.scalars(
         lock_row(
             select(TaskInstance).where(TaskInstance.dag_run_id == run.id).order_by(TaskInstance.id),
@@ -531,9 +530,7 @@ def end_run(
     ):
         if ti.state in S.TI_FINISHED:
             continue
-        worker = end_running_attempt(session, ti, why)
-        if worker is not None:
-            workers.add(worker)
+        end_running_attempt(session, ti, why)
         if state == S.RUN_SUCCESS:
             ti.state = S.SUCCESS
         else:
@@ -543,13 +540,11 @@ def end_run(
     # Not advance_run: it would judge the run by its task states, and a run
     # ended as success may hold failed tasks (or one ended as failed none).
     run.started_at = run.started_at or now
-    return finish_run(session, run, state, reason), workers
+    finish_run(session, run, state, reason)
 
 
-def time_out_runs(session: Session, now: datetime) -> tuple[set[str], set[str]]:
+def time_out_runs(session: Session, now: datetime) -> None:
     """Fail the running runs past their dagrun_timeout (reason ``timed_out``)."""
-    queues: set[str] = set()
-    workers: set[str] = set()
     due = session.scalars(
         lock_row(
             select(DagRun)
@@ -560,12 +555,7 @@ def time_out_runs(session: Session, now: datetime) -> tuple[set[str], set[str]]:
     ).all()
     for run in due:
         limit = run.serialized.get("dagrun_timeout") or 0
-        got, kill = end_run(
-            session, run, S.RUN_FAILED, "timed_out", f"dagrun_timeout of {limit:g}s exceeded"
-        )
-        queues |= got
-        workers |= kill
-    return queues, workers
+        end_run(session, run, S.RUN_FAILED, "timed_out", f"dagrun_timeout of {limit:g}s exceeded")
 
 
 def next_run_timeout(session: Session) -> datetime | None:

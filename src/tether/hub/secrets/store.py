@@ -320,7 +320,7 @@ def reencrypt_all(store: Store, keys: SecretKeys, batch_size: int = ROTATE_BATCH
     ):
         done, after = 0, None
         while True:
-            with store.session() as s:
+            with store.transaction() as s:
                 query = select(pk, column).order_by(pk).limit(batch_size)
                 if after is not None:
                     query = query.where(pk > after)

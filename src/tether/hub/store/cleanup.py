@@ -167,12 +167,12 @@ def clean(
     bundles nothing uses any more, one per transaction, then (if ``audit_cutoff``
     is given) the audit entries written before ``audit_cutoff``, batch by batch."""
     result = Result()
-    with store.session() as s:
+    with store.transaction() as s:
         if not foreign_keys_enforced(s):
             raise CleanupRefused("foreign keys are off: deleting runs would orphan their rows")
         pause = pause_between_batches(s)
     while True:
-        with store.session() as s:
+        with store.transaction() as s:
             deleted = delete_old_runs(s, cutoff, batch_size)
         if deleted:
             result.batches += 1
@@ -181,14 +181,14 @@ def clean(
         if deleted < batch_size:
             break
         time.sleep(pause)
-    with store.session() as s:
+    with store.transaction() as s:
         shas = s.scalars(select(Bundle.sha).where(*_unused_bundles(cutoff))).all()
     for sha in shas:
-        with store.session() as s:  # the conditions again: a run may use it by now
+        with store.transaction() as s:  # the conditions again: a run may use it by now
             gone = s.execute(delete(Bundle).where(Bundle.sha == sha, *_unused_bundles(cutoff)))
             result.bundles += cast(CursorResult[Any], gone).rowcount
     while audit_cutoff is not None:
-        with store.session() as s:
+        with store.transaction() as s:
             deleted = delete_old_audit(s, audit_cutoff, batch_size)
         result.audit_entries += deleted
         if deleted < batch_size:

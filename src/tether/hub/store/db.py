@@ -14,6 +14,8 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from tether.hub.store import effects
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 #: Execution option of the connections of read-only transactions (see Store.read).
@@ -59,10 +61,18 @@ def make_engine(url: str) -> Engine:
 
 
 class Store:
-    """The engine and a session factory; ``with store.session() as s`` is one transaction."""
+    """The engine and the two kinds of transaction.
 
-    def __init__(self, url: str) -> None:
+    ``with store.transaction() as s`` is one unit of work: it commits at the
+    end of the block (rolls back on an exception) and then fires the effects
+    its store functions recorded (:mod:`tether.hub.store.effects`) into
+    :attr:`effects`. ``with store.read() as s`` only reads.
+    """
+
+    def __init__(self, url: str, sink: effects.EffectSink | None = None) -> None:
         self.url = url
+        #: Where committed effects go (the hub's wake-ups); None drops them.
+        self.effects = sink
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._readers = sessionmaker(
@@ -74,9 +84,15 @@ class Store:
         return self.engine.dialect.name
 
     @contextlib.contextmanager
-    def session(self) -> Iterator[Session]:
-        with self._sessions() as s, s.begin():
-            yield s
+    def transaction(self) -> Iterator[Session]:
+        with self._sessions() as s:
+            with s.begin():
+                yield s
+            # Committed: only now may anyone be told. A rollback raised out of
+            # the block above, and the recorded effects went with the session.
+            fx = effects.take(s)
+        if fx is not None and self.effects is not None:
+            fx.fire(self.effects)
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Session]:

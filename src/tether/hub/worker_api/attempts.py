@@ -24,6 +24,7 @@ from tether.hub.scheduler.runs import (
     skip_unchosen_branches,
     utcnow,
 )
+from tether.hub.store import effects
 from tether.hub.store.dialect import lock_for_claim, lock_row, serialise_claims
 from tether.hub.store.models import DagRun, LogChunk, TaskAttempt, TaskInstance
 from tether.protocol import (
@@ -165,19 +166,18 @@ def claim(
     return out
 
 
-def fail_undeliverable(session: Session, ti_id: int, reason: str) -> set[str]:
+def fail_undeliverable(session: Session, ti_id: int, reason: str) -> None:
     """Fail a queued task instance whose job cannot be sent (see :func:`claim`).
 
     Runs in its own transaction after the claim's, with the run's lock, as
-    every change to a run's task instances does. Returns the queues that got
-    work.
+    every change to a run's task instances does.
     """
     run = lock_run_of(session, ti_id)
     ti = session.scalar(lock_row(select(TaskInstance).where(TaskInstance.id == ti_id), session))
     if ti is None or ti.state != S.QUEUED:
-        return set()
+        return
     fail_on_hub(session, ti, utcnow(), f"the hub cannot send this task to a worker: {reason}")
-    return advance_run(session, run)
+    advance_run(session, run)
 
 
 def has_queued_work(session: Session, queues: list[str]) -> bool:
@@ -327,15 +327,14 @@ def finish(
     worker_name: str,
     result: AttemptResult,
     max_output: int = DEFAULT_MAX_TASK_OUTPUT_BYTES,
-) -> tuple[str, set[str], datetime | None]:
+) -> str:
     """Record the end of an attempt and move its run forward.
 
     A success records an event for each asset in the task's ``outlets`` and
     starts the asset-triggered runs that makes due. A success whose output is
     more than ``max_output`` bytes as JSON is recorded as a failure that says
     so (the worker checks first; this is for one that did not). Returns the
-    task instance's new state, the queues that got new work and, when the
-    task will be retried, the retry time.
+    task instance's new state.
     """
     if result.state == ATTEMPT_SUCCESS and (size := wire_size(result.output)) > max_output:
         result = AttemptResult(state=ATTEMPT_FAILED, error=output_too_large(size, max_output))
@@ -354,7 +353,7 @@ def finish(
         session.refresh(attempt, with_for_update=True)  # now lock it, in that order
     if attempt.state != S.RUNNING:
         if ti.attempt_id == attempt_id and attempt.state == result.state:
-            return ti.state or "", set(), None  # a repeated report: already recorded
+            return ti.state or ""  # a repeated report: already recorded
         raise AttemptFenced(f"attempt {attempt_id} already ended as {attempt.state}")
     if ti.attempt_id != attempt_id or ti.state != S.RUNNING:
         raise AttemptFenced(f"attempt {attempt_id} no longer holds its task instance")
@@ -363,22 +362,23 @@ def finish(
     now = utcnow()
     attempt.ended_at = now
     attempt.error = result.error
+    effects.wake(session)  # running work ended: limits may have room
     if result.state == ATTEMPT_FAILED:
         attempt.state = S.FAILED
-        woken, retry_at = fail_task_instance(session, run, ti, now, may_retry=not result.no_retry)
-        return ti.state, woken, retry_at
+        fail_task_instance(session, run, ti, now, may_retry=not result.no_retry)
+        return ti.state
     attempt.state = ti.state = S.SUCCESS if result.state == ATTEMPT_SUCCESS else S.SKIPPED
     if result.state == ATTEMPT_SUCCESS:
         ti.output = result.output
     ti.ended_at = now
-    started: set[str] = set()
     if result.state == ATTEMPT_SUCCESS:
         skip_unchosen_branches(session, run, ti, result.output)
         # Its outlets' events, and the runs they start, in this transaction. Before
         # advance_run: this locks the consuming DAGs' rows and the run's own (which
         # ending the run locks) together, in dag_id order, after the locks above.
-        started = assets.record_task_events(session, run, ti).queues
-    return ti.state, started | advance_run(session, run), None
+        assets.record_task_events(session, run, ti)
+    advance_run(session, run)
+    return ti.state
 
 
 def ran_bundle(session: Session, worker_name: str, sha: str, queues: Iterable[str]) -> bool:

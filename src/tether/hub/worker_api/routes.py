@@ -30,6 +30,7 @@ from tether.hub.auth.deps import HubDep, WorkerAuth, WorkerIdentity
 from tether.hub.auth.gate import PRINCIPAL, AttemptToken
 from tether.hub.scheduler.runs import utcnow
 from tether.hub.state import Hub
+from tether.hub.store import effects
 from tether.hub.store.models import Bundle, Worker
 from tether.hub.wire import StrictJSONRoute, wire_value
 from tether.hub.worker_api import attempts, handout, sessions
@@ -124,7 +125,7 @@ async def _as_worker(hub: Hub, me: WorkerIdentity, fn: Any, *, session_bound: bo
     """
 
     def work() -> Any:
-        with hub.store.session() as s:
+        with hub.store.transaction() as s:
             worker = s.get(Worker, me.name)
             if worker is None:
                 raise credentials.InvalidCredential("this worker was removed")
@@ -164,7 +165,7 @@ async def enrol(body: EnrolIn, request: Request, hub: HubDep) -> dict[str, Any]:
     def work() -> dict[str, Any]:
         with hub.store.read() as s:  # a made-up token never takes the write lock
             credentials.find_token(s, body.token)
-        with hub.store.session() as s:
+        with hub.store.transaction() as s:
             worker, credential = credentials.enrol(s, body.token)
             by = audit.Who(f"worker:{worker.name}", address)
             details = {
@@ -205,7 +206,6 @@ async def start_session(body: SessionIn, me: WorkerAuth, hub: HubDep) -> dict[st
         session_id, queues = await _as_worker(hub, me, start, session_bound=False)
     except PermissionError as exc:
         raise HTTPException(status.HTTP_403_FORBIDDEN, str(exc)) from None
-    hub.wakeups.notify_worker(me.name)  # an older process's held poll learns at once
     return {
         "name": me.name,
         "session_id": session_id,
@@ -223,32 +223,29 @@ async def start_session(body: SessionIn, me: WorkerAuth, hub: HubDep) -> dict[st
 async def heartbeat(body: Facts, me: WorkerAuth, hub: HubDep) -> dict[str, Any]:
     grace = timedelta(seconds=3 * hub.config.worker_heartbeat_interval)
 
-    def record(s: Session, worker: Worker) -> tuple[dict[str, Any], set[str], bool]:
+    def record(s: Session, worker: Worker) -> dict[str, Any]:
         now = utcnow()
         accepted = sessions.accepting(worker)
         sessions.record_heartbeat(worker, body.model_dump(), now)
-        woken = sessions.reconcile(s, worker, body.running, now, grace)
-        changed = sessions.accepting(worker) != accepted
-        return sessions.directives(s, worker, body.running), woken, changed
+        sessions.reconcile(s, worker, body.running, now, grace)
+        if sessions.accepting(worker) != accepted:
+            # The held poll must re-read what the worker now accepts; else leave it be.
+            effects.tell(s, worker.name)
+        return sessions.directives(s, worker, body.running)
 
-    directives, woken, changed = await _as_worker(hub, me, record, session_bound=True)
-    hub.wakeups.notify(woken)
-    if changed:  # the held poll must re-read what the worker now accepts; else leave it be
-        hub.wakeups.notify_worker(me.name)
+    directives = await _as_worker(hub, me, record, session_bound=True)
     return {"directives": directives}
 
 
 async def _fail_undeliverable(hub: Hub, items: list[tuple[int, str]]) -> None:
     """End the task instances a claim could not hand out (see attempts.claim)."""
 
-    def work() -> set[str]:
-        woken: set[str] = set()
+    def work() -> None:
         for ti_id, reason in items:
-            with hub.store.session() as s:
-                woken |= attempts.fail_undeliverable(s, ti_id, reason)
-        return woken
+            with hub.store.transaction() as s:
+                attempts.fail_undeliverable(s, ti_id, reason)
 
-    hub.wakeups.notify(await run_in_threadpool(work))
+    await run_in_threadpool(work)
 
 
 @router.post("/poll")
@@ -395,7 +392,7 @@ async def secret(
     address = audit.actor_of(request)[1]
 
     def work() -> dict[str, Any] | None:
-        with hub.store.session() as s:
+        with hub.store.transaction() as s:
             return handout.hand_out(
                 s, hub.secret_keys, principal.token_hash, kind, name, local=local, address=address
             )
@@ -403,7 +400,7 @@ async def secret(
     def refused(exc: handout.Refused) -> None:
         if exc.actor is None:  # a token of no attempt: nothing to file it under
             return
-        with hub.store.session() as s:
+        with hub.store.transaction() as s:
             audit.record(
                 s,
                 exc.actor,
@@ -470,11 +467,7 @@ async def finish(
 ) -> dict[str, Any]:
     result = AttemptResult(**body.model_dump())
 
-    def record(s: Session, worker: Worker) -> tuple[str, set[str], Any]:
+    def record(s: Session, worker: Worker) -> str:
         return attempts.finish(s, attempt_id, worker.name, result, hub.config.max_task_output_bytes)
 
-    state, woken, retry_at = await _as_worker(hub, me, record, session_bound=False)
-    hub.wakeups.notify(woken)
-    if retry_at is not None:
-        hub.wakeups.poke_scheduler()
-    return {"state": state}
+    return {"state": await _as_worker(hub, me, record, session_bound=False)}

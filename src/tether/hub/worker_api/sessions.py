@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from tether.hub.scheduler import states as S
 from tether.hub.scheduler.runs import fail_task_instance, give_up_attempt, lock_run_of, utcnow
+from tether.hub.store import effects
 from tether.hub.store.dialect import lock_row
 from tether.hub.store.models import TaskAttempt, TaskInstance, Worker
 from tether.protocol import PROTOCOL_VERSION
@@ -80,6 +81,7 @@ def start_session(session: Session, worker: Worker, info: dict[str, Any]) -> tup
     worker.queues = list(requested)
     worker.first_seen = worker.first_seen or now
     record_heartbeat(worker, info, now)
+    effects.tell(session, worker.name)  # an older process's held poll learns at once
     return worker.session_id, list(requested)
 
 
@@ -150,7 +152,7 @@ def directives(session: Session, worker: Worker, running: list[str]) -> dict[str
     }
 
 
-def fail_attempt(session: Session, attempt: TaskAttempt, reason: str) -> set[str]:
+def fail_attempt(session: Session, attempt: TaskAttempt, reason: str) -> None:
     """End a running attempt the hub gives up on; its task retries if it may.
 
     The attempt becomes ``lost``: any later report on it is refused (409).
@@ -163,24 +165,21 @@ def fail_attempt(session: Session, attempt: TaskAttempt, reason: str) -> set[str
     )
     give_up_attempt(session, attempt, reason, now)
     if ti is None or ti.attempt_id != attempt.id or ti.state != S.RUNNING:
-        return set()
-    woken, _ = fail_task_instance(session, run, ti, now)
-    return woken
+        return
+    fail_task_instance(session, run, ti, now)
 
 
-def fail_attempts_of(session: Session, worker_name: str, reason: str) -> set[str]:
+def fail_attempts_of(session: Session, worker_name: str, reason: str) -> None:
     attempts = session.scalars(
         select(TaskAttempt)
         .where(TaskAttempt.worker_name == worker_name, TaskAttempt.state == S.RUNNING)
         .order_by(TaskAttempt.id)
     ).all()
-    woken: set[str] = set()
     for attempt in attempts:
-        woken |= fail_attempt(session, attempt, reason)
-    return woken
+        fail_attempt(session, attempt, reason)
 
 
-def mark_lost_workers(session: Session, now: datetime, timeout: timedelta) -> set[str]:
+def mark_lost_workers(session: Session, now: datetime, timeout: timedelta) -> None:
     """Workers silent for longer than ``timeout`` become lost; their attempts fail or retry."""
     silent = session.scalars(
         lock_row(
@@ -193,18 +192,16 @@ def mark_lost_workers(session: Session, now: datetime, timeout: timedelta) -> se
             session,
         )
     ).all()
-    woken: set[str] = set()
     for worker in silent:
         worker.state = "lost"
-        woken |= fail_attempts_of(
+        fail_attempts_of(
             session, worker.name, f"worker {worker.name} lost: no heartbeat for {timeout}"
         )
-    return woken
 
 
 def reconcile(
     session: Session, worker: Worker, running: list[str], now: datetime, grace: timedelta
-) -> set[str]:
+) -> None:
     """Give up on attempts the hub thinks ``worker`` runs but the worker does not know.
 
     A job handed out on a poll whose answer never arrived (the worker gave up
@@ -222,7 +219,5 @@ def reconcile(
         )
         .order_by(TaskAttempt.id)
     ).all()
-    woken: set[str] = set()
     for attempt in unknown:
-        woken |= fail_attempt(session, attempt, f"worker {worker.name} does not run it")
-    return woken
+        fail_attempt(session, attempt, f"worker {worker.name} does not run it")
