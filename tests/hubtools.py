@@ -11,7 +11,7 @@ from pathlib import Path
 from tether.hub.app import build_hub, create_app
 from tether.hub.auth.tokens import Tokens
 from tether.hub.config import HubConfig
-from tether.hub.dags.processor import DagProcessor
+from tether.hub.services.dag_processor import DagProcessor
 from tether.hub.state import Hub
 
 ADMIN = "admin-token-for-tests"

@@ -13,9 +13,8 @@ import pytest
 from sqlalchemy import select
 
 from tests.hubtools import make_hub, parse, told, write_dag
-from tether.hub.api import queries
-from tether.hub.scheduler import runs
-from tether.hub.scheduler.loop import tick
+from tether.hub.core import attempts, queries, runs
+from tether.hub.services.scheduler import tick
 from tether.hub.state import Hub
 from tether.hub.store.models import (
     Asset,
@@ -26,7 +25,6 @@ from tether.hub.store.models import (
     DagScheduleAsset,
     TaskInstance,
 )
-from tether.hub.worker_api import attempts
 from tether.protocol import AttemptResult
 
 DAGS = """

@@ -22,7 +22,7 @@ import pytest
 
 from tests.conftest import BACKENDS
 from tests.integration.processes import PROXY_VARIABLES, Hub, RawWorker, running_hub, tether_cli
-from tether.hub.scheduler.runs import utcnow
+from tether.hub.core.runs import utcnow
 from tether.hub.store.db import Store
 from tether.hub.store.models import AuditEntry
 

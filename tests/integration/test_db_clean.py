@@ -23,9 +23,9 @@ from sqlalchemy import func, insert, select, update
 from tests.hubtools import make_hub, parse, write_dag
 from tests.integration.processes import ADMIN_TOKEN, PROXY_VARIABLES, Hub, Worker
 from tether.cli.main import main
-from tether.hub.scheduler.runs import utcnow
+from tether.hub.core.runs import utcnow
+from tether.hub.services import cleanup
 from tether.hub.state import Hub as InProcessHub
-from tether.hub.store import cleanup
 from tether.hub.store.db import Store
 from tether.hub.store.models import (
     Bundle,

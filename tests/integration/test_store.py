@@ -15,14 +15,11 @@ from sqlalchemy import create_engine, select
 
 import tether
 from tests.hubtools import Told, make_hub, parse, told, write_dag
-from tether.hub import audit
-from tether.hub.api import control, queries
-from tether.hub.scheduler import runs
-from tether.hub.scheduler.loop import tick
+from tether.hub.core import attempts, audit, control, queries, runs
+from tether.hub.services.scheduler import tick
 from tether.hub.state import Hub
 from tether.hub.store.db import migrate
 from tether.hub.store.models import Base, DagRun, TaskAttempt, TaskInstance
-from tether.hub.worker_api import attempts
 from tether.protocol import AttemptResult
 
 
@@ -211,7 +208,7 @@ def test_only_the_store_tells_waiters() -> None:
                 found[name] = found.get(name, 0) + 1
     # The scheduler's sweep is the one deliberate exception: its safety net for claims
     # that limits held back, which no single change is answerable for.
-    assert found == {"hub/scheduler/loop.py": 1}
+    assert found == {"hub/services/scheduler.py": 1}
 
 
 def test_finish_frees_downstream_in_the_same_call(hub: Hub) -> None:

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from tether import DAG, Asset, BashOperator, DagDefinitionError, EmptyOperator, dag, task
-from tether.hub.dags.processor import _schedule_key
-from tether.hub.scheduler.timetable import InvalidSchedule, Timetable, asset_uris
+from tether.hub.core.timetable import InvalidSchedule, Timetable, asset_uris
+from tether.hub.services.dag_processor import _schedule_key
 from tether.sdk.serialize import serialize_dag
 
 LEDGER = Asset("tether://ledger")

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tether.hub.dags.bundles import CannotBundle, bundle_files, fingerprint, pack, unpack
+from tether.hub.services.bundles import CannotBundle, bundle_files, fingerprint, pack, unpack
 from tether.worker.bundles import BundleCache, BundleError
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tether import DAG, DagDefinitionError, Param
-from tether.hub.dags.params import InvalidParams, check_defaults, effective, resolve
+from tether.hub.core.params import InvalidParams, check_defaults, effective, resolve
 from tether.sdk.serialize import serialize_dag
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from tether.hub.secrets.keys import SecretKeyError, SecretKeys
+from tether.hub.core.secret_keys import SecretKeyError, SecretKeys
 
 
 def test_the_key_file_is_made_once_owner_only_and_reused(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tether.hub.scheduler.timetable import InvalidSchedule, Timetable, manual_data_interval
+from tether.hub.core.timetable import InvalidSchedule, Timetable, manual_data_interval
 
 
 def at(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:

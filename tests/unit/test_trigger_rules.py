@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
-from tether.hub.scheduler import states as S
-from tether.hub.scheduler.runs import _decide
+from tether.hub.core import states as S
+from tether.hub.core.runs import _decide
 from tether.sdk.baseoperator import TRIGGER_RULES
 
 OK = S.SUCCESS

@@ -352,8 +352,8 @@ def db_clean(args: argparse.Namespace) -> int:
 
     from sqlalchemy.exc import SQLAlchemyError
 
-    from tether.hub.scheduler.runs import utcnow
-    from tether.hub.store import cleanup
+    from tether.hub.core.runs import utcnow
+    from tether.hub.services import cleanup
     from tether.hub.store.db import Store
 
     age = _duration(args.older_than)

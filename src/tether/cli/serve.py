@@ -98,7 +98,7 @@ def _serve(
 
     from tether.homes import private_umask
     from tether.hub.app import build_hub, create_app
-    from tether.hub.secrets.keys import SecretKeyError
+    from tether.hub.core.secret_keys import SecretKeyError
 
     private_umask()  # the store, bundles and logs the hub writes are its user's only
     # Before anything changes: a second hub (or standalone) on this home or port,
@@ -221,7 +221,7 @@ def standalone_command(args: argparse.Namespace) -> int:
         (config.home / "worker" / "credential.json").unlink(missing_ok=True)
         from datetime import timedelta
 
-        from tether.hub.auth.credentials import create_enrolment_token
+        from tether.hub.core.credentials import create_enrolment_token
 
         queues = [q.strip() for q in args.queues.split(",") if q.strip()]
         with hub.store.transaction() as s:

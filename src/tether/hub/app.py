@@ -21,10 +21,10 @@ from tether.hub.api.secrets import router as secrets_router
 from tether.hub.auth.gate import AuthGate, Principals
 from tether.hub.auth.tokens import Tokens
 from tether.hub.config import HubConfig
-from tether.hub.dags.callbacks import DagCallbacks
-from tether.hub.dags.processor import DagProcessor
-from tether.hub.scheduler.loop import Scheduler
-from tether.hub.secrets.keys import SecretKeys
+from tether.hub.core.secret_keys import SecretKeys
+from tether.hub.services.callbacks import DagCallbacks
+from tether.hub.services.dag_processor import DagProcessor
+from tether.hub.services.scheduler import Scheduler
 from tether.hub.state import Hub
 from tether.hub.store.db import Store, migrate
 from tether.hub.wakeups import Wakeups

@@ -9,7 +9,7 @@ from fastapi import Request
 from tether.hub.auth.gate import Principals
 from tether.hub.auth.tokens import Tokens
 from tether.hub.config import HubConfig
-from tether.hub.secrets.keys import SecretKeys
+from tether.hub.core.secret_keys import SecretKeys
 from tether.hub.store.db import Store
 from tether.hub.wakeups import Wakeups
 
@@ -21,7 +21,7 @@ class Hub:
     tokens: Tokens
     wakeups: Wakeups
     principals: Principals
-    #: Encrypts connections and variables at rest (``hub/secrets``).
+    #: Encrypts connections and variables at rest (``hub/core/vault.py``).
     secret_keys: SecretKeys
 
 

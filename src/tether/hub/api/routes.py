@@ -16,14 +16,12 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from tether import __version__
-from tether.hub import audit
-from tether.hub.api import control, queries
-from tether.hub.auth import credentials
-from tether.hub.auth.credentials import WORKER_NAME_PATTERN
 from tether.hub.auth.deps import AdminAuth, HubDep
-from tether.hub.dags.params import InvalidParams
-from tether.hub.scheduler import backfill, limits
-from tether.hub.scheduler.runs import RunExists, utcnow
+from tether.hub.auth.gate import who
+from tether.hub.core import audit, backfill, control, credentials, limits, queries
+from tether.hub.core.credentials import WORKER_NAME_PATTERN
+from tether.hub.core.params import InvalidParams
+from tether.hub.core.runs import RunExists, utcnow
 from tether.hub.state import Hub
 from tether.hub.wire import StrictJSONRoute, wire_value
 from tether.protocol import (
@@ -100,7 +98,7 @@ async def patch_dag(
     dag_id: DagId, body: DagPatchIn, request: Request, hub: HubDep
 ) -> dict[str, Any]:
     """Pause or unpause a DAG; an unpaused one is scheduled again at once."""
-    by = audit.who(request)
+    by = who(request)
     return await _in_session(hub, lambda s: control.set_paused(s, dag_id, body.is_paused, by))
 
 
@@ -129,7 +127,7 @@ async def list_runs(
 async def trigger_run(
     dag_id: DagId, body: TriggerIn, request: Request, hub: HubDep
 ) -> dict[str, str]:
-    by = audit.who(request)  # who triggered, for the audit entry the store function writes
+    by = who(request)  # who triggered, for the audit entry the store function writes
     try:
         run_id = await _in_session(
             hub, lambda s: control.trigger(s, dag_id, body.conf, body.run_id, by)
@@ -253,7 +251,7 @@ async def list_asset_events(
 @router.post("/assets/events", dependencies=[AdminAuth])
 async def post_asset_event(body: AssetEventIn, request: Request, hub: HubDep) -> dict[str, Any]:
     """Record an event of a known asset; the DAGs it makes due start at once."""
-    by = audit.who(request)
+    by = who(request)
     return await _in_session(hub, lambda s: control.post_asset_event(s, body.uri, body.extra, by))
 
 
@@ -281,7 +279,7 @@ async def create_enrolment_token(
     body: EnrolmentTokenIn, request: Request, hub: HubDep
 ) -> dict[str, Any]:
     """A one-time token a new worker exchanges for its own credential."""
-    by = audit.who(request)
+    by = who(request)
 
     def create(s: Session) -> dict[str, Any]:
         expires_in = timedelta(seconds=body.expires_in)
@@ -306,7 +304,7 @@ async def revoke_enrolment_token(
     token_id: TokenId, request: Request, hub: HubDep
 ) -> dict[str, str]:
     """Revoke an unspent token: spending it is refused from now on."""
-    by = audit.who(request)
+    by = who(request)
     try:
         state = await _in_session(hub, lambda s: control.revoke_enrolment_token(s, token_id, by))
     except credentials.TokenNotFound as exc:
@@ -325,21 +323,21 @@ class MaintenanceIn(BaseModel):
 async def worker_maintenance(
     name: WorkerName, body: MaintenanceIn, request: Request, hub: HubDep
 ) -> dict[str, str]:
-    by = audit.who(request)
+    by = who(request)
     await _in_session(hub, lambda s: control.set_maintenance(s, name, body.on, body.comment, by))
     return {"name": name, "maintenance": "on" if body.on else "off"}
 
 
 @router.post("/workers/{name}/shutdown", dependencies=[AdminAuth])
 async def worker_shutdown(name: WorkerName, request: Request, hub: HubDep) -> dict[str, str]:
-    by = audit.who(request)
+    by = who(request)
     await _in_session(hub, lambda s: control.request_shutdown(s, name, by))
     return {"name": name, "shutdown": "requested"}
 
 
 @router.post("/workers/{name}/revoke", dependencies=[AdminAuth])
 async def worker_revoke(name: WorkerName, request: Request, hub: HubDep) -> dict[str, str]:
-    by = audit.who(request)
+    by = who(request)
     await _in_session(hub, lambda s: control.revoke(s, name, by))
     hub.principals.forget(name)
     return {"name": name, "state": "revoked"}
@@ -347,7 +345,7 @@ async def worker_revoke(name: WorkerName, request: Request, hub: HubDep) -> dict
 
 @router.delete("/workers/{name}", dependencies=[AdminAuth])
 async def worker_remove(name: WorkerName, request: Request, hub: HubDep) -> dict[str, str]:
-    by = audit.who(request)
+    by = who(request)
     await _in_session(hub, lambda s: control.remove(s, name, by))
     hub.principals.forget(name)
     return {"name": name, "state": "removed"}
@@ -372,7 +370,7 @@ async def mark_task(
 
     A mapped task: every map index, or the one ``map_index`` names.
     """
-    by = audit.who(request)
+    by = who(request)
     indexes = await _in_session(
         hub,
         lambda s: control.mark_task(s, dag_id, run_id, task_id, body.state, by, body.map_index),
@@ -389,7 +387,7 @@ async def clear_task(
     dag_id: DagId, run_id: RunId, task_id: TaskId, body: ClearIn, request: Request, hub: HubDep
 ) -> dict[str, Any]:
     """Run a task instance again (with its downstream if asked); a running one is killed."""
-    by = audit.who(request)
+    by = who(request)
     cleared = await _in_session(
         hub, lambda s: control.clear_task(s, dag_id, run_id, task_id, body.downstream, by)
     )
@@ -405,7 +403,7 @@ async def mark_run(
     dag_id: DagId, run_id: RunId, body: RunStateIn, request: Request, hub: HubDep
 ) -> dict[str, str]:
     """Mark a run success or failed, with its unfinished task instances."""
-    by = audit.who(request)
+    by = who(request)
     await _in_session(hub, lambda s: control.mark_run(s, dag_id, run_id, body.state, by))
     return {"run_id": run_id, "state": body.state}
 
@@ -419,7 +417,7 @@ async def clear_run(
     dag_id: DagId, run_id: RunId, body: ClearRunIn, request: Request, hub: HubDep
 ) -> dict[str, Any]:
     """Run a whole run again, or only its failed tasks."""
-    by = audit.who(request)
+    by = who(request)
     cleared = await _in_session(
         hub, lambda s: control.clear_run(s, dag_id, run_id, body.only_failed, by)
     )
@@ -445,7 +443,7 @@ async def list_pools(hub: HubDep) -> dict[str, Any]:
 @router.put("/pools/{name}", dependencies=[AdminAuth])
 async def set_pool(name: PoolName, body: PoolIn, request: Request, hub: HubDep) -> dict[str, Any]:
     """Create a pool or change its slots; waiting tasks are looked at again at once."""
-    by = audit.who(request)
+    by = who(request)
 
     def put(s: Session) -> dict[str, Any]:
         pool = control.set_pool(s, name, body.slots, body.description, by)
@@ -456,7 +454,7 @@ async def set_pool(name: PoolName, body: PoolIn, request: Request, hub: HubDep) 
 
 @router.delete("/pools/{name}", dependencies=[AdminAuth])
 async def delete_pool(name: PoolName, request: Request, hub: HubDep) -> dict[str, str]:
-    by = audit.who(request)
+    by = who(request)
     try:
         found = await _in_session(hub, lambda s: control.delete_pool(s, name, by))
     except limits.PoolError as exc:
@@ -490,7 +488,7 @@ async def create_backfill(
     dag_id: DagId, body: BackfillIn, request: Request, hub: HubDep
 ) -> dict[str, Any]:
     """Runs for the DAG's intervals whose logical date is in [start, end] (see backfill.py)."""
-    by = audit.who(request)
+    by = who(request)
     start, end = datetime.fromisoformat(body.start), datetime.fromisoformat(body.end)
 
     def create(s: Session) -> backfill.Backfill:

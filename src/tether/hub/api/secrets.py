@@ -1,7 +1,7 @@
 """REST routes for connections, variables and the key that encrypts them
 (``/api/v1/connections``, ``/api/v1/variables``, ``/api/v1/secrets``).
 
-Thin as the others: a strict body, one store function (``hub/secrets/store.py``)
+Thin as the others: a strict body, one store function (``hub/core/vault.py``)
 and its audit entry in one transaction, the answer. A password, an extra or a
 secret variable's value is never in a listing; a single one shows it only with
 ``?reveal=true``, which needs the admin principal itself (not merely a
@@ -28,11 +28,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from tether.hub import audit
 from tether.hub.auth.deps import AdminAuth, HubDep
-from tether.hub.auth.gate import ADMIN, PRINCIPAL
-from tether.hub.secrets import store as secrets
-from tether.hub.secrets.keys import SecretKeyError
+from tether.hub.auth.gate import ADMIN, PRINCIPAL, who
+from tether.hub.core import audit
+from tether.hub.core import vault as secrets
+from tether.hub.core.secret_keys import SecretKeyError
 from tether.hub.state import Hub
 from tether.hub.wire import StrictJSONRoute
 from tether.sdk.connection import Connection
@@ -177,7 +177,7 @@ async def create_connection(body: ConnectionIn, request: Request, hub: HubDep) -
         )
         details = {"conn_type": conn.conn_type, "host": conn.host, "queues": body.queues}
         action = "connection.create" if created else "connection.update"
-        audit.record_request(s, request, action, f"connection:{conn.conn_id}", details)
+        audit.note(s, who(request), action, f"connection:{conn.conn_id}", details)
         return created
 
     created = await _in_session(hub, create)
@@ -203,7 +203,7 @@ async def get_connection(
         if stored is None:
             return None
         if reveal:
-            audit.record_request(s, request, "connection.reveal", f"connection:{name}")
+            audit.note(s, who(request), "connection.reveal", f"connection:{name}")
         return _connection_view(stored, reveal)
 
     view = await _in_session(hub, get)
@@ -217,7 +217,7 @@ async def delete_connection(name: str, request: Request, hub: HubDep) -> dict[st
     def delete(s: Session) -> bool:
         found = secrets.delete_connection(s, name)
         if found:
-            audit.record_request(s, request, "connection.delete", f"connection:{name}")
+            audit.note(s, who(request), "connection.delete", f"connection:{name}")
         return found
 
     if not await _in_session(hub, delete):
@@ -250,7 +250,7 @@ async def set_variable(key: str, body: VariableIn, request: Request, hub: HubDep
         )
         action = "variable.create" if created else "variable.update"
         details = {"is_secret": body.is_secret, "queues": body.queues}
-        audit.record_request(s, request, action, f"variable:{key}", details)
+        audit.note(s, who(request), action, f"variable:{key}", details)
         return created
 
     created = await _in_session(hub, put)
@@ -286,7 +286,7 @@ async def get_variable(
         if not stored.is_secret or reveal:
             view["value"] = stored.value
         if stored.is_secret and reveal:
-            audit.record_request(s, request, "variable.reveal", f"variable:{key}")
+            audit.note(s, who(request), "variable.reveal", f"variable:{key}")
         return view
 
     view = await _in_session(hub, get)
@@ -300,7 +300,7 @@ async def delete_variable(key: str, request: Request, hub: HubDep) -> dict[str, 
     def delete(s: Session) -> bool:
         found = secrets.delete_variable(s, key)
         if found:
-            audit.record_request(s, request, "variable.delete", f"variable:{key}")
+            audit.note(s, who(request), "variable.delete", f"variable:{key}")
         return found
 
     if not await _in_session(hub, delete):
@@ -323,9 +323,7 @@ async def rotate_key(request: Request, hub: HubDep) -> dict[str, Any]:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     except SecretKeyError as exc:
         raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, str(exc)) from None
-    await _in_session(
-        hub, lambda s: audit.record_request(s, request, "secrets.rotate_key", None, done)
-    )
+    await _in_session(hub, lambda s: audit.note(s, who(request), "secrets.rotate_key", None, done))
     if done["source"] == "environment":
         note = (
             "re-encrypted with the first key of TETHER_SECRET_KEY; "

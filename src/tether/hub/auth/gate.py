@@ -44,9 +44,11 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tether.hub.auth import credentials
+from tether.hub.core import credentials
+from tether.hub.core.audit import Who
 from tether.protocol import WORKER_API_PREFIX
 
 #: Where the gate leaves the principal in the ASGI scope.
@@ -56,7 +58,7 @@ ADMIN = "admin"
 
 REST_PREFIX = "/api/v1/"
 ENROL_PATH = f"{WORKER_API_PREFIX}/enrol"
-#: What task processes call with their attempt's token (``worker_api/handout.py``).
+#: What task processes call with their attempt's token (``core/handout.py``).
 SECRETS_PREFIX = f"{WORKER_API_PREFIX}/secrets/"
 #: Paths anyone may call; everything else under the two API prefixes needs a principal.
 PUBLIC_PATHS = frozenset({"/api/v1/health", ENROL_PATH})
@@ -286,3 +288,26 @@ async def _too_many(send: Send, wait: float) -> None:
         f"too many failed authentications from this address; retry in {seconds} s",
         {"Retry-After": str(seconds)},
     )
+
+
+def who(request: Request | None) -> Who:
+    """The :class:`Who` of ``request`` (see :func:`actor_of`)."""
+    actor, address = actor_of(request)
+    return Who(actor, address)
+
+
+def actor_of(request: Request | None) -> tuple[str, str | None]:
+    """``(actor, address)`` of the request: ``admin`` or ``worker:NAME``, and the
+    client's address as the gate saw it (the socket's peer, or the client a
+    trusted proxy names)."""
+    if request is None:
+        return "cli", None
+    principal = request.scope.get(PRINCIPAL)
+    if principal == ADMIN:
+        actor = "admin"
+    elif isinstance(principal, WorkerIdentity):
+        actor = f"worker:{principal.name}"
+    else:
+        actor = "anonymous"
+    client = request.scope.get("client")
+    return actor, (str(client[0])[:100] if client else None)

@@ -2,7 +2,7 @@
 
 It comes from TETHER_ADMIN_TOKEN or is generated on first start and kept in
 the hub's home with mode 0600. Workers never use it: each holds its own
-credential (see :mod:`tether.hub.auth.credentials`).
+credential (see :mod:`tether.hub.core.credentials`).
 """
 
 from __future__ import annotations

@@ -330,7 +330,7 @@ class EnrolmentToken(Base):
 class Connection(Base):
     """A connection (Airflow's sense): where a system is and how to log in.
 
-    The password and the extra are kept encrypted (``hub/secrets``); the rest
+    The password and the extra are kept encrypted (``hub/core/vault.py``); the rest
     is shown to anyone who may list connections.
     """
 
@@ -366,7 +366,7 @@ class Variable(Base):
 
 
 class AuditEntry(Base):
-    """Who did what, when, from where (``hub/audit.py``). Never holds a secret value."""
+    """Who did what, when, from where (``hub/core/audit.py``). Never holds a secret value."""
 
     __tablename__ = "audit_log"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

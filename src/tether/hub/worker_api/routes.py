@@ -24,16 +24,14 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from tether import __version__
-from tether.hub import audit
-from tether.hub.auth import credentials
 from tether.hub.auth.deps import HubDep, WorkerAuth, WorkerIdentity
-from tether.hub.auth.gate import PRINCIPAL, AttemptToken
-from tether.hub.scheduler.runs import utcnow
+from tether.hub.auth.gate import PRINCIPAL, AttemptToken, actor_of, who
+from tether.hub.core import attempts, audit, credentials, handout, sessions
+from tether.hub.core.runs import utcnow
 from tether.hub.state import Hub
 from tether.hub.store import effects
 from tether.hub.store.models import Bundle, Worker
 from tether.hub.wire import StrictJSONRoute, wire_value
-from tether.hub.worker_api import attempts, handout, sessions
 from tether.protocol import (
     ID_PATTERN,
     MAX_CLAIM_WAIT,
@@ -160,7 +158,7 @@ async def enrol(body: EnrolIn, request: Request, hub: HubDep) -> dict[str, Any]:
     The audit entry is the new worker's (``worker:NAME``), from the address
     the token was spent from, and names the token by its id only.
     """
-    address = audit.who(request).address  # the caller is anonymous until this succeeds
+    address = who(request).address  # the caller is anonymous until this succeeds
 
     def work() -> dict[str, Any]:
         with hub.store.read() as s:  # a made-up token never takes the write lock
@@ -356,7 +354,7 @@ async def bundle(sha: BundleSha, me: WorkerAuth, hub: HubDep, request: Request) 
         return row.data if row else b""
 
     def refused(s: Session, worker: Worker) -> None:
-        audit.note(s, audit.who(request), "bundle.refused", f"bundle:{sha}")
+        audit.note(s, who(request), "bundle.refused", f"bundle:{sha}")
 
     data = await _as_worker(hub, me, load, session_bound=False)
     if data is None:  # another tenant's code, or none: the same answer, on the record
@@ -389,7 +387,7 @@ async def secret(
     principal = request.scope.get(PRINCIPAL)
     if not isinstance(principal, AttemptToken):
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid attempt token")
-    address = audit.actor_of(request)[1]
+    address = actor_of(request)[1]
 
     def work() -> dict[str, Any] | None:
         with hub.store.transaction() as s:

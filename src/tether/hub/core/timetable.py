@@ -1,7 +1,7 @@
 """When scheduled runs happen: cron strings, presets, ``@once`` and timedeltas.
 
 A DAG scheduled on assets has no timetable: asset events start its runs
-(see :mod:`tether.hub.scheduler.assets`).
+(see :mod:`tether.hub.core.assets`).
 
 As in Airflow, a run covers a data interval ``[start, end)`` and is created
 once ``end`` has passed; its logical date is ``start``.

@@ -18,8 +18,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tether.hub.scheduler import states as S
-from tether.hub.scheduler.runs import fail_task_instance, give_up_attempt, lock_run_of, utcnow
+from tether.hub.core import states as S
+from tether.hub.core.runs import fail_task_instance, give_up_attempt, lock_run_of, utcnow
 from tether.hub.store import effects
 from tether.hub.store.dialect import lock_row
 from tether.hub.store.models import TaskAttempt, TaskInstance, Worker

@@ -1,4 +1,4 @@
-"""``python -m tether.hub.dags.callback_child BUNDLE_DIR RELPATH DAG_ID KIND CONTEXT_FILE``.
+"""``python -m tether.hub.services.callback_child BUNDLE_DIR RELPATH DAG_ID KIND CONTEXT_FILE``.
 
 Imports the DAG file and calls the DAG's ``KIND`` callback(s) with the
 run's context. Exit code 1 if a callback raised (its traceback is printed).
@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tether.hub.dags.children import tie_to_hub
+from tether.hub.services.children import tie_to_hub
 from tether.sdk.context import DagRunInfo
 from tether.sdk.loader import load_dag_file
 

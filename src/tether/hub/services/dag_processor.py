@@ -16,7 +16,7 @@ DAG id belongs to the file that defined it first: another file that
 defines it too is the import error.
 
 Each DAG gets a bundle of its own: the files its file's import opened or
-imported (the child reports them, :mod:`tether.hub.dags.parse_child`) and
+imported (the child reports them, :mod:`tether.hub.services.parse_child`) and
 those its ``include`` names, packed from the same snapshot. A worker can
 only ever download the bundles of runs it was handed work of, so a tenant's
 worker never receives another tenant's DAG files.
@@ -39,8 +39,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tether.hub.dags import bundles as packing
-from tether.hub.dags.bundles import (
+from tether.hub.core import assets
+from tether.hub.core.params import InvalidParams, check_defaults
+from tether.hub.core.runs import utcnow
+from tether.hub.core.timetable import InvalidSchedule, Timetable
+from tether.hub.services import bundles as packing
+from tether.hub.services.bundles import (
     CannotBundle,
     IncludeError,
     Listing,
@@ -51,11 +55,7 @@ from tether.hub.dags.bundles import (
     pack,
     unpack,
 )
-from tether.hub.dags.children import Children, kill_group
-from tether.hub.dags.params import InvalidParams, check_defaults
-from tether.hub.scheduler import assets
-from tether.hub.scheduler.runs import utcnow
-from tether.hub.scheduler.timetable import InvalidSchedule, Timetable
+from tether.hub.services.children import Children, kill_group
 from tether.hub.store import effects
 from tether.hub.store.db import Store
 from tether.hub.store.dialect import lock_row
@@ -100,7 +100,7 @@ def parse_file(
     with tempfile.TemporaryDirectory(prefix="tether-parse-") as tmp:
         out = Path(tmp) / "out.json"
         with children.start(
-            "tether.hub.dags.parse_child", str(bundle_dir), relpath, str(out), cwd=Path(tmp)
+            "tether.hub.services.parse_child", str(bundle_dir), relpath, str(out), cwd=Path(tmp)
         ) as proc:
             try:
                 proc.wait(timeout)

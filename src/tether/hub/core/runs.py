@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from tether.hub.scheduler import states as S
+from tether.hub.core import states as S
 from tether.hub.store import effects
 from tether.hub.store.dialect import lock_for_claim, lock_row
 from tether.hub.store.models import (

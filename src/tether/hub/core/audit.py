@@ -6,7 +6,7 @@ same transaction as the change it records (so an entry exists exactly when
 the change does). Entries name secrets, never hold their values.
 
 Routes turn their request into a :class:`Who` and hand it to the store
-function that makes the change (``api/control.py``), which records the entry
+function that makes the change (``core/control.py``), which records the entry
 beside it; a change that fails rolls its entry back with it. Reading the log
 (:func:`list_entries`) is here too, behind ``GET /api/v1/audit``, and so is the
 one rule for ``since`` values (:func:`parse_since`) that the route applies.
@@ -19,12 +19,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fastapi import Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tether.hub.auth.gate import ADMIN, PRINCIPAL, WorkerIdentity
-from tether.hub.scheduler.runs import utcnow
+from tether.hub.core.runs import utcnow
 from tether.hub.store.models import AuditEntry
 
 #: Longest text kept in one detail value; longer ones are cut (an entry stays small).
@@ -44,35 +42,12 @@ class InvalidFilter(ValueError):
 class Who:
     """Who makes a change and from where: what a store function needs to record it.
 
-    Built from the request by the route (:func:`who`), so store functions
-    never see the request itself.
+    Built from the request by the route (``auth.gate.who``), so store
+    functions never see the request itself.
     """
 
     actor: str
     address: str | None = None
-
-
-def who(request: Request | None) -> Who:
-    """The :class:`Who` of ``request`` (see :func:`actor_of`)."""
-    actor, address = actor_of(request)
-    return Who(actor, address)
-
-
-def actor_of(request: Request | None) -> tuple[str, str | None]:
-    """``(actor, address)`` of the request: ``admin`` or ``worker:NAME``, and the
-    client's address as the gate saw it (the socket's peer, or the client a
-    trusted proxy names)."""
-    if request is None:
-        return "cli", None
-    principal = request.scope.get(PRINCIPAL)
-    if principal == ADMIN:
-        actor = "admin"
-    elif isinstance(principal, WorkerIdentity):
-        actor = f"worker:{principal.name}"
-    else:
-        actor = "anonymous"
-    client = request.scope.get("client")
-    return actor, (str(client[0])[:100] if client else None)
 
 
 def _small(value: Any) -> Any:
@@ -106,18 +81,6 @@ def record(
             address=address,
         )
     )
-
-
-def record_request(
-    session: Session,
-    request: Request | None,
-    action: str,
-    target: str | None = None,
-    details: dict[str, Any] | None = None,
-) -> None:
-    """:func:`record` with the actor and address of ``request``."""
-    actor, address = actor_of(request)
-    record(session, actor, action, target, details, address)
 
 
 def note(

@@ -27,8 +27,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tether.hub.scheduler import runs
-from tether.hub.scheduler.timetable import asset_uris
+from tether.hub.core import runs
+from tether.hub.core.timetable import asset_uris
 from tether.hub.store.dialect import lock_row
 from tether.hub.store.models import (
     Asset,

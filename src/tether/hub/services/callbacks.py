@@ -22,8 +22,8 @@ from typing import Any
 
 from sqlalchemy import delete, select
 
-from tether.hub.dags.bundles import unpack
-from tether.hub.dags.children import Children, HubStopping, kill_group
+from tether.hub.services.bundles import unpack
+from tether.hub.services.children import Children, HubStopping, kill_group
 from tether.hub.store.db import Store
 from tether.hub.store.models import Bundle, CallbackRequest, DagRun
 
@@ -127,7 +127,7 @@ class DagCallbacks:
             context_file = Path(tmp) / "context.json"
             context_file.write_text(json.dumps(request.context))
             with self.children.start(
-                "tether.hub.dags.callback_child",
+                "tether.hub.services.callback_child",
                 str(bundle_dir),
                 request.fileloc,
                 request.dag_id,

@@ -1,4 +1,4 @@
-"""``python -m tether.hub.dags.parse_child BUNDLE_DIR RELPATH OUT_FILE``.
+"""``python -m tether.hub.services.parse_child BUNDLE_DIR RELPATH OUT_FILE``.
 
 Imports one DAG file in its own process (its top-level code may crash or
 hang) and writes ``{"dags": [...], "files": [...]}`` or ``{"error": "..."}``
@@ -21,7 +21,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from tether.hub.dags.children import tie_to_hub
+from tether.hub.services.children import tie_to_hub
 
 _OWN_DIR = str(Path(__file__).resolve().parents[2])  # the tether package
 

@@ -2,9 +2,9 @@
 removal of workers; enrolment tokens; triggering, pausing and backfilling
 DAGs; marking and clearing task instances and runs; pools; asset events.
 
-Each records its audit entry (``hub/audit.py``) in the caller's transaction,
+Each records its audit entry (``hub/core/audit.py``) in the caller's transaction,
 so the entry is written exactly when the change is, and takes the
-:class:`~tether.hub.audit.Who` to record as its last argument. Whom a change
+:class:`~tether.hub.core.audit.Who` to record as its last argument. Whom a change
 concerns (the queues that got work, the workers whose held polls must answer
 now) is recorded on the session and told after the commit
 (:mod:`tether.hub.store.effects`).
@@ -21,24 +21,21 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tether.hub import audit
-from tether.hub.api import queries
-from tether.hub.api.queries import NotFound, dag_summary, file_error, get_run
-from tether.hub.audit import Who
-from tether.hub.auth import credentials
-from tether.hub.scheduler import backfill, limits
-from tether.hub.scheduler import states as S
-from tether.hub.scheduler.runs import (
+from tether.hub.core import audit, backfill, credentials, limits, queries
+from tether.hub.core import states as S
+from tether.hub.core.audit import Who
+from tether.hub.core.queries import NotFound, dag_summary, file_error, get_run
+from tether.hub.core.runs import (
     advance_run,
     end_run,
     end_running_attempt,
     start_queued_runs,
     utcnow,
 )
+from tether.hub.core.sessions import fail_attempts_of
 from tether.hub.store import effects
 from tether.hub.store.dialect import lock_row
 from tether.hub.store.models import Dag, DagRun, Pool, TaskInstance, Worker
-from tether.hub.worker_api.sessions import fail_attempts_of
 
 
 def _worker(session: Session, name: str) -> Worker:

@@ -17,8 +17,8 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tether.hub.scheduler import runs
-from tether.hub.scheduler.timetable import Timetable, zone
+from tether.hub.core import runs
+from tether.hub.core.timetable import Timetable, zone
 from tether.hub.store.models import Dag, DagRun
 
 #: Most runs one backfill may create.

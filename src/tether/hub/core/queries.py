@@ -8,10 +8,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from tether.hub.dags import params
-from tether.hub.scheduler import assets, runs
-from tether.hub.scheduler import states as S
-from tether.hub.scheduler.timetable import manual_data_interval
+from tether.hub.core import assets, params, runs
+from tether.hub.core import states as S
+from tether.hub.core.timetable import manual_data_interval
 from tether.hub.store.models import (
     Asset,
     AssetDagRunQueue,

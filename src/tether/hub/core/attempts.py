@@ -12,11 +12,9 @@ from typing import Any
 from sqlalchemy import Text, cast, func, select
 from sqlalchemy.orm import Session
 
-from tether.hub.auth import credentials
-from tether.hub.dags import params
-from tether.hub.scheduler import assets, limits
-from tether.hub.scheduler import states as S
-from tether.hub.scheduler.runs import (
+from tether.hub.core import assets, credentials, limits, params
+from tether.hub.core import states as S
+from tether.hub.core.runs import (
     advance_run,
     fail_on_hub,
     fail_task_instance,

@@ -15,14 +15,14 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 
-from tether.hub.scheduler import assets, runs
-from tether.hub.scheduler import states as S
-from tether.hub.scheduler.timetable import Timetable
+from tether.hub.core import assets, runs
+from tether.hub.core import states as S
+from tether.hub.core.sessions import mark_lost_workers
+from tether.hub.core.timetable import Timetable
 from tether.hub.store.db import Store
 from tether.hub.store.dialect import lock_row
 from tether.hub.store.models import Dag, DagRun
 from tether.hub.wakeups import Wakeups
-from tether.hub.worker_api.sessions import mark_lost_workers
 
 log = logging.getLogger("tether.hub.scheduler")
 

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from tether.hub.scheduler.runs import utcnow
+from tether.hub.core.runs import utcnow
 from tether.hub.store.dialect import lock_row
 from tether.hub.store.models import EnrolmentToken, TaskAttempt, Worker
 from tether.protocol import validate_queue_name
@@ -239,7 +239,7 @@ def new_attempt_token() -> tuple[str, str]:
 
     Only the hash is stored (``task_attempt.token_hash``); the token travels in
     the job, and is good only while that attempt runs
-    (:mod:`tether.hub.worker_api.handout`).
+    (:mod:`tether.hub.core.handout`).
     """
     token = _ATTEMPT_TOKEN_PREFIX + secrets.token_urlsafe(32)
     return token, _hash(token)

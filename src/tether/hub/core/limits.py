@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from tether.hub.scheduler import states as S
+from tether.hub.core import states as S
 from tether.hub.store.dialect import lock_row
 from tether.hub.store.models import Dag, Pool, TaskInstance
 

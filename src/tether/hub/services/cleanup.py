@@ -25,7 +25,7 @@ from typing import Any, cast
 from sqlalchemy import ColumnElement, CursorResult, Select, delete, exists, func, select
 from sqlalchemy.orm import Session, aliased
 
-from tether.hub.scheduler import states as S
+from tether.hub.core import states as S
 from tether.hub.store.db import Store
 from tether.hub.store.dialect import foreign_keys_enforced, lock_row, pause_between_batches
 from tether.hub.store.models import (

@@ -16,10 +16,10 @@ from typing import Any, Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tether.hub import audit
-from tether.hub.scheduler import states as S
-from tether.hub.secrets.keys import SecretKeys
-from tether.hub.secrets.store import read_connection, read_variable
+from tether.hub.core import audit
+from tether.hub.core import states as S
+from tether.hub.core.secret_keys import SecretKeys
+from tether.hub.core.vault import read_connection, read_variable
 from tether.hub.store.models import DagRun, TaskAttempt, TaskInstance, Worker
 
 Kind = Literal["connections", "variables"]

@@ -28,8 +28,8 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from tether.hub.scheduler.runs import utcnow
-from tether.hub.secrets.keys import SecretKeys
+from tether.hub.core.runs import utcnow
+from tether.hub.core.secret_keys import SecretKeys
 from tether.hub.store.db import Store
 from tether.hub.store.models import Connection as ConnectionRow
 from tether.hub.store.models import Variable as VariableRow

@@ -1,2 +1,0 @@
-"""Secrets at rest on the hub: its encryption keys and the connections and variables
-encrypted with them."""
