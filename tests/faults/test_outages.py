@@ -188,17 +188,21 @@ def test_a_duplicated_worker_takes_over_without_running_a_task_twice(
 
 
 def test_tokens_do_not_limit_how_long_a_task_runs_or_waits(hub: Hub, tmp_path: Path) -> None:
-    token = hub.api.enrolment_token("acme", "acme-1", expires_in=2)
+    # Long enough for a worker on a loaded machine to start and enrol with it.
+    lifetime = 15
+    expires = time.monotonic() + lifetime
+    token = hub.api.enrolment_token("acme", "acme-1", expires_in=lifetime)
     worker = Worker(hub, tmp_path / "w", "acme", "acme-1", enrol=token)
     try:
         worker.wait_registered()
-        run = hub.api.wait_run("retried", hub.api.trigger("retried"))  # runs ~4 s > 2 s
+        time.sleep(max(0.0, expires - time.monotonic()) + 0.5)  # the token is over
+        run = hub.api.wait_run("retried", hub.api.trigger("retried"))
         assert hub.api.tasks(run)["work"]["try_number"] == 1
         assert run["state"] == "success"
     finally:
         assert worker.stop() == 0
     waiting = hub.api.trigger("quick")
-    time.sleep(3)  # it waits in the queue longer than the token lived
+    time.sleep(3)  # it waits in the queue while no worker runs
     worker = Worker(hub, tmp_path / "w", "acme", "acme-1")  # its stored credential
     try:
         assert hub.api.wait_run("quick", waiting)["state"] == "success"
