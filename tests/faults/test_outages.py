@@ -190,8 +190,8 @@ def test_a_duplicated_worker_takes_over_without_running_a_task_twice(
 def test_tokens_do_not_limit_how_long_a_task_runs_or_waits(hub: Hub, tmp_path: Path) -> None:
     # Long enough for a worker on a loaded machine to start and enrol with it.
     lifetime = 15
-    expires = time.monotonic() + lifetime
     token = hub.api.enrolment_token("acme", "acme-1", expires_in=lifetime)
+    expires = time.monotonic() + lifetime  # after the hub's own expiry time
     worker = Worker(hub, tmp_path / "w", "acme", "acme-1", enrol=token)
     try:
         worker.wait_registered()
