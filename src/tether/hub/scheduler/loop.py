@@ -22,6 +22,7 @@ from tether.hub.scheduler.timetable import Timetable
 from tether.hub.store.db import Store
 from tether.hub.store.dialect import lock_row
 from tether.hub.store.models import Dag, DagRun
+from tether.hub.store.outages import Backoff
 from tether.hub.wakeups import Wakeups
 from tether.hub.worker_api.sessions import mark_lost_workers
 
@@ -140,6 +141,9 @@ class Scheduler:
         self.started = runs.utcnow()
 
     async def run(self) -> None:
+        """Pass after pass until cancelled; a failed pass (the database is away, a
+        bug) is followed by a growing wait, never by the loop's end."""
+        backoff = Backoff(log)
         while True:
             self.wakeups.scheduler.clear()
             now = runs.utcnow()
@@ -148,9 +152,10 @@ class Scheduler:
             judge = self.lost_timeout if now - self.started >= self.lost_timeout else None
             try:
                 woken, deadline, workers = await asyncio.to_thread(tick, self.store, now, judge)
-            except Exception:
-                log.exception("scheduler pass failed; retrying after the sweep interval")
-                woken, deadline, workers = set(), None, set()
+            except Exception as exc:
+                await asyncio.sleep(backoff.failed(exc, "scheduler pass"))
+                continue
+            backoff.succeeded()
             self.wakeups.notify(woken)
             for name in workers:
                 self.wakeups.notify_worker(name)
