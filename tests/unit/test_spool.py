@@ -6,6 +6,8 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from tether.protocol import AttemptResult, Job
 from tether.worker.spool import Spool, clean_logs
 
@@ -88,3 +90,25 @@ def test_logs_are_cleaned_by_age_then_size_but_undelivered_ones_are_kept(
     assert new.exists()
     assert undelivered.exists()
     assert not (root / "ancient").exists()  # its empty folder went too
+
+
+def test_an_unwritable_spool_keeps_entries_in_memory_says_so_once_and_recovers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "spool"
+    root.write_text("a file where the spool folder should be")  # every write fails
+    spool = Spool(root)
+    first = spool.open(_job(A1), tmp_path / "a1.log")
+    first.result = AttemptResult(state="success")
+    assert spool.write(first) is False
+    spool.open(_job(A2), tmp_path / "a2.log")
+    assert spool.problem is not None
+    assert str(root) in spool.problem
+    assert [r.levelname for r in caplog.records] == ["ERROR"]  # one line, not one per write
+    assert spool.recover() is False
+
+    root.unlink()  # space is back
+    assert spool.recover() is True
+    assert spool.problem is None
+    held = {e.job.attempt_id: e.result for e in Spool(root).leftovers()}
+    assert held == {A1: AttemptResult(state="success"), A2: None}

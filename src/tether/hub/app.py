@@ -10,8 +10,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tether import __version__
 from tether.homes import HUB_ENTRIES, private_home, private_path
@@ -27,6 +28,7 @@ from tether.hub.services.dag_processor import DagProcessor
 from tether.hub.services.scheduler import Scheduler
 from tether.hub.state import Hub
 from tether.hub.store.db import Store, migrate
+from tether.hub.store.outages import Backoff, StoreUnavailable
 from tether.hub.wakeups import Wakeups
 from tether.hub.worker_api.routes import reports as worker_reports
 from tether.hub.worker_api.routes import router as worker_router
@@ -38,6 +40,9 @@ REPORT_OVERHEAD = 64 * 1024
 
 #: Seconds between looks for pending DAG callbacks (they need no faster answer).
 CALLBACK_CHECK_INTERVAL = 0.5
+
+#: Seconds a client is asked to wait (Retry-After) while the database is away.
+OUTAGE_RETRY_AFTER = 1
 
 STATUS_PAGE = (Path(__file__).parent / "ui" / "status.html").read_text()
 
@@ -76,30 +81,65 @@ async def _process_dags(hub: Hub) -> None:
         hub.config.home,
         hub.config.dag_file_timeout,
     )
+    backoff = Backoff(log)
     try:
         while True:
+            wait = hub.config.dag_scan_interval
             try:
                 await asyncio.to_thread(processor.process_once)
-            except Exception:
-                log.exception("DAG processing failed; trying again")
-            await asyncio.sleep(hub.config.dag_scan_interval)
+                backoff.succeeded()
+            except Exception as exc:  # a lost database or a bug: this loop must not die
+                wait = max(wait, backoff.failed(exc, "DAG processing"))
+            await asyncio.sleep(wait)
     finally:  # cancelled: the hub stops; no parse child outlives it
         processor.stop()
 
 
 async def _run_dag_callbacks(hub: Hub) -> None:
     callbacks = DagCallbacks(hub.store, hub.config.home, hub.config.dag_file_timeout)
+    backoff = Backoff(log, first=CALLBACK_CHECK_INTERVAL)
     try:
         while True:
             try:
                 taken = await asyncio.to_thread(callbacks.run_pending)
-            except Exception:
-                log.exception("running DAG callbacks failed; trying again")
-                taken = 0
+                backoff.succeeded()
+            except Exception as exc:  # a lost database or a bug: this loop must not die
+                await asyncio.sleep(backoff.failed(exc, "running DAG callbacks"))
+                continue
             if not taken:
                 await asyncio.sleep(CALLBACK_CHECK_INTERVAL)
     finally:  # cancelled: the hub stops; no callback child outlives it
         callbacks.stop()
+
+
+class _AnswerOutages:
+    """ASGI middleware, outermost: a request that meets a lost database
+    (StoreUnavailable, from a route or from the auth gate's credential lookup)
+    gets 503 with ``Retry-After`` instead of a 500 and a traceback. Workers
+    retry it; the store has logged the outage once (``store/outages.py``)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except StoreUnavailable:
+            if scope["type"] != "http" or started:
+                raise
+            answer = JSONResponse(
+                {"detail": "the hub's database is unavailable; try again shortly"},
+                status_code=503,
+                headers={"Retry-After": str(OUTAGE_RETRY_AFTER)},
+            )
+            await answer(scope, receive, send)
 
 
 async def _client_gone(request: Request, exc: Exception) -> Response:
@@ -159,6 +199,7 @@ def create_app(hub: Hub) -> FastAPI:
     )
     # Outermost: no route reads a body before the gate has checked who sends it.
     app.add_middleware(AuthGate, hub=hub)
+    app.add_middleware(_AnswerOutages)
 
     @app.get("/", include_in_schema=False)
     async def status_page() -> HTMLResponse:

@@ -142,6 +142,8 @@ class Worker:
         self._drain_wake = asyncio.Event()
         self._last_clean = 0.0
         self._last_status: dict[str, Any] | None = None
+        #: The spool problem the poll and the hub were last told of.
+        self._spool_problem: str | None = None
         self._stopping = asyncio.Event()
         self._drain_deadline: float | None = None
         self._exit: WorkerExit | None = None
@@ -169,7 +171,10 @@ class Worker:
 
     @property
     def accepting(self) -> bool:
-        return not self.maintenance and not self._stopping.is_set()
+        """Whether to take new tasks: not in maintenance, not stopping, and the
+        spool can be written (a task without a spool entry would be forgotten
+        by a restart)."""
+        return not self.maintenance and not self._stopping.is_set() and self.spool.problem is None
 
     def stop(self, timeout: float | None = None) -> None:
         """Drain: take no new work, let running tasks finish (at most ``timeout`` s)."""
@@ -217,6 +222,7 @@ class Worker:
             "maintenance": self.maintenance,
             "maintenance_comment": self.maintenance_comment,
             "draining": self._stopping.is_set(),
+            "spool_error": self.spool.problem,
             **self.host,
             "queues": self.queues,
         }
@@ -236,6 +242,7 @@ class Worker:
             "maintenance": self.maintenance,
             "maintenance_comment": self.maintenance_comment,
             "free_slots": self.free_slots,
+            "spool_error": self.spool.problem,
             "running": [
                 {
                     "attempt_id": a,
@@ -415,11 +422,21 @@ class Worker:
             changed = True
         return changed
 
+    def _check_spool(self) -> None:
+        """Retry a spool that could not be written; tell the poll and the hub when
+        that starts or ends (the spool logs it, once)."""
+        self.spool.recover()
+        if self.spool.problem != self._spool_problem:
+            self._spool_problem = self.spool.problem
+            self._notify()
+            self._tell_hub()
+
     async def _control_loop(self) -> None:
         while True:
             await asyncio.sleep(0.5)
             if self._read_control():
                 self._notify()
+            self._check_spool()
             self._write_status()
 
     async def _poll_loop(self) -> None:

@@ -5,10 +5,19 @@ id and log file, and, once the task ended, its result. A file is removed only
 when the hub has the whole log and the result (or refused them). On start the
 worker finishes what a previous process left: it kills tasks that outlived
 it (so no task runs twice) and delivers the spooled reports, in order.
+
+A spool that cannot be written (a full disk, above all) does not stop the
+worker: the entry is kept in memory, the report goes straight to the hub as
+usual, and :attr:`Spool.problem` says why, for the worker's log (one line
+per outage), its heartbeat (the hub shows it) and its poll (no new task is
+taken meanwhile: a task started without an entry could not be stopped or
+reported by a restarted worker). :meth:`Spool.recover` writes what is held
+in memory once space returns.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -39,18 +48,70 @@ class SpoolEntry:
         }
 
 
+def _describe(exc: OSError) -> str:
+    """``ENOSPC: No space left on device``: the symbolic name people search for."""
+    name = errno.errorcode.get(exc.errno or 0, "error")
+    return f"{name}: {exc.strerror or exc}"
+
+
 class Spool:
     def __init__(self, root: Path) -> None:
         self.root = root
+        #: Why the spool cannot be written just now (None: it can).
+        self.problem: str | None = None
+        #: Entries whose latest state is only in memory, by path.
+        self._unsaved: dict[Path, SpoolEntry] = {}
 
     def _path(self, attempt_id: str) -> Path:
         return self.root / f"{attempt_id}.json"
 
-    def write(self, entry: SpoolEntry) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+    def _save(self, entry: SpoolEntry) -> None:
+        """Write ``entry`` atomically (a crash leaves the old file or the new one)."""
         tmp = entry.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(entry.to_dict()))
-        os.replace(tmp, entry.path)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(entry.to_dict()))
+            os.replace(tmp, entry.path)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # a cut-short copy only takes the space left
+            raise
+
+    def write(self, entry: SpoolEntry) -> bool:
+        """Record ``entry``; False if it stays in memory only (see :attr:`problem`)."""
+        try:
+            self._save(entry)
+        except OSError as exc:
+            self._unsaved[entry.path] = entry
+            if self.problem is None:
+                self.problem = f"the spool {self.root} cannot be written ({_describe(exc)})"
+                log.error(
+                    "%s; reports go to the hub from memory, and no new task is taken "
+                    "until it can be written again",
+                    self.problem,
+                )
+            return False
+        self._unsaved.pop(entry.path, None)
+        return True
+
+    def recover(self) -> bool:
+        """Try again to write what is held in memory; True once the spool works again.
+
+        With nothing held, a small probe file tells whether there is room.
+        """
+        if self.problem is None:
+            return True
+        try:
+            for entry in list(self._unsaved.values()):
+                self._save(entry)
+                del self._unsaved[entry.path]
+            probe = self.root / ".probe"
+            probe.write_text("{}")
+            probe.unlink()
+        except OSError:
+            return False
+        log.info("the spool %s can be written again", self.root)
+        self.problem = None
+        return True
 
     def open(self, job: Job, log_path: Path) -> SpoolEntry:
         entry = SpoolEntry(self._path(job.attempt_id), job, log_path, None, None)
@@ -58,6 +119,7 @@ class Spool:
         return entry
 
     def remove(self, entry: SpoolEntry) -> None:
+        self._unsaved.pop(entry.path, None)
         entry.path.unlink(missing_ok=True)
 
     def leftovers(self) -> list[SpoolEntry]:

@@ -103,6 +103,7 @@ def record_heartbeat(worker: Worker, info: dict[str, Any], now: datetime) -> Non
     worker.info = {
         **{k: info[k] for k in ("hostname", "platform", "python") if k in info},
         "running": running,
+        "spool_error": info.get("spool_error"),
     }
     if info.get("state") == "offline":
         worker.state = "offline"
@@ -116,8 +117,13 @@ def record_heartbeat(worker: Worker, info: dict[str, Any], now: datetime) -> Non
 
 
 def accepting(worker: Worker) -> bool:
-    """Whether the worker, as it last reported, takes new tasks."""
-    return not worker.maintenance and worker.state not in ("draining", "offline")
+    """Whether the worker, as it last reported, takes new tasks: not in
+    maintenance, not stopping, and its spool can be written."""
+    return (
+        not worker.maintenance
+        and worker.state not in ("draining", "offline")
+        and not (worker.info or {}).get("spool_error")
+    )
 
 
 def directives(session: Session, worker: Worker, running: list[str]) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 Most progress happens without it: a finishing task frees its downstream,
 and starts the asset-triggered runs its outlets make due, in the same
-request (see ``worker_api.attempts.finish``). This loop creates cron runs
+request (see ``core.attempts.finish``). This loop creates cron runs
 and re-queues retries at their due time; it sleeps until the next such
 deadline or until poked, with a periodic sweep as the safety net.
 """
@@ -22,6 +22,7 @@ from tether.hub.core.timetable import Timetable
 from tether.hub.store.db import Store
 from tether.hub.store.dialect import lock_row
 from tether.hub.store.models import Dag, DagRun
+from tether.hub.store.outages import Backoff
 from tether.hub.wakeups import Wakeups
 
 log = logging.getLogger("tether.hub.scheduler")
@@ -129,6 +130,9 @@ class Scheduler:
         self.started = runs.utcnow()
 
     async def run(self) -> None:
+        """Pass after pass until cancelled; a failed pass (the database is away, a
+        bug) is followed by a growing wait, never by the loop's end."""
+        backoff = Backoff(log)
         while True:
             self.wakeups.scheduler.clear()
             now = runs.utcnow()
@@ -137,9 +141,10 @@ class Scheduler:
             judge = self.lost_timeout if now - self.started >= self.lost_timeout else None
             try:
                 deadline = await asyncio.to_thread(tick, self.store, now, judge)
-            except Exception:
-                log.exception("scheduler pass failed; retrying after the sweep interval")
-                deadline = None
+            except Exception as exc:
+                await asyncio.sleep(backoff.failed(exc, "scheduler pass"))
+                continue
+            backoff.succeeded()
             # The sweep is also the safety net of claims that limits held back.
             self.wakeups.notify(())
             wait = self.sweep_interval

@@ -15,6 +15,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from tether.hub.store import effects
+from tether.hub.store.outages import Outage, watch
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -57,6 +58,8 @@ def make_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
+    # A pooled connection a database restart cut is found on checkout and replaced
+    # (see outages.py for the rest of an outage).
     return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
 
 
@@ -74,6 +77,9 @@ class Store:
         #: Where committed effects go (the hub's wake-ups); None drops them.
         self.effects = sink
         self.engine = make_engine(url)
+        #: Whether the database is reachable; a lost one raises StoreUnavailable.
+        self.outage = Outage()
+        watch(self.engine, self.outage)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._readers = sessionmaker(
             self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False

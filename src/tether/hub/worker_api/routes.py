@@ -81,6 +81,8 @@ class Facts(BaseModel):
     hostname: str | None = Field(default=None, max_length=250)
     platform: str | None = Field(default=None, max_length=250)
     python: str | None = Field(default=None, max_length=50)
+    #: Why the worker's spool cannot be written (a full disk); None when it can.
+    spool_error: str | None = Field(default=None, max_length=1000)
 
 
 class EnrolIn(BaseModel):
