@@ -137,7 +137,7 @@ def test_a_worker_cannot_serve_another_tenants_queue(hub: Hub, tmp_path: Path) -
         honest.stop()
 
 
-def test_marking_a_running_task_failed_kills_it_within_two_seconds(
+def test_marking_a_running_task_failed_kills_it_at_once(
     hub: Hub, worker: Worker
 ) -> None:
     run_id = hub.api.trigger("sleepy")
@@ -148,9 +148,10 @@ def test_marking_a_running_task_failed_kills_it_within_two_seconds(
         f"/dags/sleepy/runs/{run_id}/tasks/sleep", json={"state": "failed"}
     )
     assert response.status_code == 200
-    marked = time.monotonic()
-    wait_for(lambda: not _alive(pid), 5, "the task process to die")
-    assert time.monotonic() - marked < 2.0
+    # The held poll answers with the kill at once. This bound, times the test
+    # slack (4), stays below the heartbeat interval (10 s) and the poll's wait
+    # (30 s), so a kill that waited for either would miss it.
+    wait_for(lambda: not _alive(pid), 2, "the task process to die")
     run = hub.api.wait_run("sleepy", run_id)
     assert run["state"] == "failed"
     # The try's log ends with the hub's own word; nothing the worker sends follows it.
@@ -255,7 +256,6 @@ def test_worker_stop_timeout_bounds_the_drain(hub: Hub, worker: Worker) -> None:
     run_id = hub.api.trigger("sleepy")
     _running(hub, "sleepy", run_id)
     pid = _pid_in_log(hub, "sleepy", run_id, "sleep")
-    started = time.monotonic()
     stop = subprocess.run(
         [
             sys.executable,
@@ -274,8 +274,7 @@ def test_worker_stop_timeout_bounds_the_drain(hub: Hub, worker: Worker) -> None:
     )
     assert stop.returncode == 0, stop.stderr
     assert "worker stopped" in stop.stdout
-    assert time.monotonic() - started < 30  # not the task's 60 s
-    assert not _alive(pid)
+    assert not _alive(pid)  # killed after the 2 s timeout, not waited for (it sleeps 60 s)
     run = hub.api.run("sleepy", run_id)
     assert hub.api.tasks(run)["sleep"]["state"] == "failed"
     assert "drain timeout ran out" in hub.api.log("sleepy", run_id, "sleep")
@@ -344,9 +343,8 @@ def test_a_configured_drain_timeout_bounds_a_sigterm_drain(hub: Hub, tmp_path: P
     worker.wait_registered()
     run_id = hub.api.trigger("sleepy")
     _running(hub, "sleepy", run_id)
-    started = time.monotonic()
     assert worker.stop(signal.SIGTERM, timeout=60) == 0
-    assert time.monotonic() - started < 30  # not the task's 60 s
+    # Cut after the 1 s drain timeout: a drain that waited would end it as success.
     assert hub.api.tasks(hub.api.run("sleepy", run_id))["sleep"]["state"] == "failed"
 
 
