@@ -28,6 +28,7 @@ from tether.hub import audit
 from tether.hub.auth import credentials
 from tether.hub.auth.deps import HubDep, WorkerAuth, WorkerIdentity
 from tether.hub.auth.gate import PRINCIPAL, AttemptToken
+from tether.hub.scheduler import states as S
 from tether.hub.scheduler.runs import utcnow
 from tether.hub.state import Hub
 from tether.hub.store.models import Bundle, Worker
@@ -265,8 +266,9 @@ async def poll(body: PollIn, me: WorkerAuth, hub: HubDep, request: Request) -> d
 
     def look(s: Session, worker: Worker) -> dict[str, Any]:
         worker.last_heartbeat = utcnow()
-        if worker.state == "lost":  # it is back
-            worker.state = "running" if body.running else "idle"
+        if worker.state == S.WorkerState.LOST:  # it is back
+            back = S.WorkerState.RUNNING if body.running else S.WorkerState.IDLE
+            S.move_worker(worker, back, "polled", worker.last_heartbeat)
         found = sessions.directives(s, worker, body.running)
         quiet = found["shutdown"] or found["maintenance"] or not sessions.accepting(worker)
         claimed = (

@@ -103,13 +103,14 @@ def record_heartbeat(worker: Worker, info: dict[str, Any], now: datetime) -> Non
         "running": running,
     }
     if info.get("state") == "offline":
-        worker.state = "offline"
+        state = S.WorkerState.OFFLINE
     elif info.get("draining"):
-        worker.state = "draining"
+        state = S.WorkerState.DRAINING
     elif worker.maintenance:
-        worker.state = "maintenance"
+        state = S.WorkerState.MAINTENANCE
     else:
-        worker.state = "running" if running else "idle"
+        state = S.WorkerState.RUNNING if running else S.WorkerState.IDLE
+    S.move_worker(worker, state, "reported", now)
     worker.last_heartbeat = now
 
 
@@ -164,7 +165,7 @@ def fail_attempt(session: Session, attempt: TaskAttempt, reason: str) -> set[str
     give_up_attempt(session, attempt, reason, now)
     if ti is None or ti.attempt_id != attempt.id or ti.state != S.RUNNING:
         return set()
-    woken, _ = fail_task_instance(session, run, ti, now)
+    woken, _ = fail_task_instance(session, run, ti, now, "attempt_lost")
     return woken
 
 
@@ -186,7 +187,7 @@ def mark_lost_workers(session: Session, now: datetime, timeout: timedelta) -> se
         lock_row(
             select(Worker)
             .where(
-                Worker.state.in_(("idle", "running", "maintenance", "draining")),
+                Worker.state.in_(S.WORKER.sources(S.WorkerState.LOST, "silent")),
                 Worker.last_heartbeat < now - timeout,
             )
             .order_by(Worker.name),
@@ -195,7 +196,7 @@ def mark_lost_workers(session: Session, now: datetime, timeout: timedelta) -> se
     ).all()
     woken: set[str] = set()
     for worker in silent:
-        worker.state = "lost"
+        S.move_worker(worker, S.WorkerState.LOST, "silent", now)
         woken |= fail_attempts_of(
             session, worker.name, f"worker {worker.name} lost: no heartbeat for {timeout}"
         )
