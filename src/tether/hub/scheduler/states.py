@@ -419,11 +419,12 @@ WORKER: Machine[WorkerState] = Machine(
     [
         Move((None,), (W.ENROLLED,), "enrolled", "enrolment token spent", loud=True),
         Move(
-            (W.ENROLLED, W.OFFLINE, W.LOST, *WORKER_LIVE),
+            (W.ENROLLED, W.OFFLINE, *WORKER_LIVE),
             WORKER_LIVE,
             "reported",
             "session or heartbeat: what it reports",
         ),
+        Move((W.LOST,), WORKER_LIVE, "reported", "back: session or heartbeat", loud=True),
         Move(
             (W.ENROLLED, W.LOST, *WORKER_LIVE),
             (W.OFFLINE,),
