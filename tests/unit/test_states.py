@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tether.hub.scheduler import state_docs
 from tether.hub.scheduler import states as S
 from tether.hub.scheduler.states import (
     AttemptState,
@@ -188,14 +189,15 @@ def test_sources_come_from_the_table() -> None:
 
 def test_the_diagrams_in_the_docs_are_drawn_from_the_tables() -> None:
     text = ARCHITECTURE.read_text()
-    assert S.render_docs(text) == text, (
-        "docs/architecture.md is out of date: python -m tether.hub.scheduler.states --write-docs"
+    assert state_docs.render_docs(text) == text, (
+        "docs/architecture.md is out of date: "
+        "python -m tether.hub.scheduler.state_docs --write-docs"
     )
 
 
 def test_render_docs_refuses_a_file_without_markers() -> None:
     with pytest.raises(ValueError, match="state-machine: task"):
-        S.render_docs("# no diagrams here\n")
+        state_docs.render_docs("# no diagrams here\n")
 
 
 def _state_writes(tree: ast.AST) -> list[int]:

@@ -14,8 +14,8 @@ so a query and the move it prepares cannot disagree.
 The idea is Prefect's orchestration policy (rules that declare ``FROM_STATES``
 and ``TO_STATES``), cut down to what Tether needs: a table, not a rule engine.
 The state diagrams in ``docs/architecture.md`` are drawn from these tables
-(``python -m tether.hub.scheduler.states --write-docs``); a unit test checks
-that the file matches.
+(:mod:`tether.hub.scheduler.state_docs`); a unit test checks that the file
+matches.
 
 Log levels: routine moves (a task queued, claimed, succeeded; a worker's
 heartbeat changing idle to running) log at DEBUG, so a busy hub's log is not
@@ -26,14 +26,12 @@ revokes), log at INFO. ``tether hub -v`` shows both.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from pathlib import Path
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 if TYPE_CHECKING:
@@ -165,7 +163,7 @@ class Move(Generic[E]):
 
 
 class Machine(Generic[E]):
-    """One state machine: its states, its table of moves, and how to draw it."""
+    """One state machine: its states and its table of moves (drawn by ``state_docs``)."""
 
     def __init__(
         self,
@@ -195,9 +193,8 @@ class Machine(Generic[E]):
         state = None if source is None else self.states(source)
         move = self._table.get((state, target, reason))
         if move is None:
-            raise IllegalTransition(
-                f"{self.name}: no move from {_name(state)} to {_name(target)} for {reason!r}"
-            )
+            move_text = f"from {state_name(state)} to {state_name(target)} for {reason!r}"
+            raise IllegalTransition(f"{self.name}: no move {move_text}")
         return move
 
     def sources(self, target: E | None, reason: str) -> tuple[E, ...]:
@@ -205,45 +202,9 @@ class Machine(Generic[E]):
         found = {s for (s, t, r) in self._table if t == target and r == reason and s is not None}
         return tuple(s for s in self.states if s in found)
 
-    def mermaid(self) -> str:
-        """The machine's automatic moves as a mermaid ``stateDiagram-v2``."""
-        lines = ["```mermaid", "stateDiagram-v2"]
-        if self.group is not None:
-            name, members = self.group
-            lines.append(f"    state {name} {{")
-            lines += [f"        {m}" for m in members]
-            lines.append("    }")
-        if self.waiting is not None:
-            lines.append(f"    [*] --> none: {self.waiting}")
-        for move in self.moves:
-            if move.by_hand:
-                continue
-            for source in self._ends(move.sources):
-                for target in self._ends(move.targets):
-                    lines.append(f"    {source} --> {target}: {move.label}")
-        lines.append("```")
-        return "\n".join(lines)
 
-    def by_hand_table(self) -> str:
-        """The operators' moves, as a markdown table (drawn, they would hide the rest)."""
-        rows = ["| reason | from | to | what |", "| --- | --- | --- | --- |"]
-        for move in self.moves:
-            if move.by_hand:
-                froms = ", ".join(_name(s) for s in move.sources)
-                tos = ", ".join(_name(t) for t in move.targets)
-                rows.append(f"| `{move.reason}` | {froms} | {tos} | {move.label} |")
-        return "\n".join(rows)
-
-    def _ends(self, states: tuple[E | None, ...]) -> list[str]:
-        none = "[*]" if self.waiting is None else "none"
-        names = [_name(s) if s is not None else none for s in states]
-        if self.group is not None and set(self.group[1]) <= set(states):
-            name, members = self.group
-            names = [name] + [n for n in names if n not in members]
-        return names
-
-
-def _name(state: StrEnum | None) -> str:
+def state_name(state: StrEnum | None) -> str:
+    """A state as the docs and the log lines write it (a task instance waiting: ``none``)."""
     return "none" if state is None else state.value
 
 
@@ -466,7 +427,7 @@ def _note(
     level = logging.INFO if move.loud else logging.DEBUG
     if not log.isEnabledFor(level):
         return
-    pairs = {**fields, "from": source or "none", "to": _name(target), "reason": move.reason}
+    pairs = {**fields, "from": source or "none", "to": state_name(target), "reason": move.reason}
     log.log(
         level,
         "%s %s",
@@ -579,51 +540,3 @@ def move_worker(worker: Worker, to: WorkerState, reason: str, now: datetime) -> 
     if move is not None:
         _note(WORKER, move, {"worker": worker.name}, source, to)
     return changed
-
-
-MACHINES: dict[
-    str, Machine[TaskState] | Machine[RunState] | Machine[AttemptState] | Machine[WorkerState]
-] = {
-    "task": TASK,
-    "run": RUN,
-    "attempt": ATTEMPT,
-    "worker": WORKER,
-}
-DOCS = Path(__file__).resolve().parents[4] / "docs" / "architecture.md"
-
-
-def render_docs(text: str) -> str:
-    """``text`` with each machine's generated block replaced from its table.
-
-    A block sits between ``<!-- state-machine: NAME -->`` and
-    ``<!-- /state-machine: NAME -->``; a missing marker is an error, so the
-    docs cannot silently lose a diagram.
-    """
-    for key, machine in MACHINES.items():
-        begin, end = f"<!-- state-machine: {key} -->", f"<!-- /state-machine: {key} -->"
-        pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
-        found = pattern.search(text)
-        if found is None:
-            raise ValueError(f"no {begin} … {end} block")
-        body = machine.mermaid()
-        if any(m.by_hand for m in machine.moves):
-            body += "\n\nBy hand (not drawn):\n\n" + machine.by_hand_table()
-        text = f"{text[: found.start()]}{begin}\n{body}\n{end}{text[found.end() :]}"
-    return text
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--write-docs", action="store_true", help=f"rewrite the diagrams in {DOCS}")
-    parser.add_argument("--docs", type=Path, default=DOCS, help="the file to write")
-    args = parser.parse_args(argv)
-    if not args.write_docs:
-        for machine in MACHINES.values():
-            print(machine.mermaid())
-        return 0
-    args.docs.write_text(render_docs(args.docs.read_text()))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
