@@ -13,28 +13,31 @@ from sqlalchemy import select
 
 from tests.hubtools import make_hub, parse, write_dag
 from tests.integration.test_api import W, Workers, run
+from tether.hub.api import queries
 from tether.hub.state import Hub
-from tether.hub.store.models import CallbackRequest
+from tether.hub.store.models import CallbackRequest, TaskAttempt
+from tether.hub.worker_api import attempts, sessions
+from tether.protocol import AttemptResult
+
+CALLED = """
+    from tether import DAG, BashOperator
+    def told(context):
+        print("ended because", context["reason"])
+    with DAG("called", on_failure_callback=told, on_success_callback=told):
+        BashOperator(task_id="a", bash_command="true")
+"""
 
 
 @pytest.fixture
-def hub(tmp_path: Path) -> Iterator[Hub]:
+def hub(tmp_path: Path, database_url: str) -> Iterator[Hub]:
     dags = tmp_path / "dags"
-    write_dag(
-        dags,
-        "called.py",
-        """
-        from tether import DAG, BashOperator
-        def told(context):
-            print("ended because", context["reason"])
-        with DAG("called", on_failure_callback=told, on_success_callback=told):
-            BashOperator(task_id="a", bash_command="true")
-        """,
-    )
-    hub = make_hub(tmp_path, f"sqlite:///{tmp_path / 'states.db'}", dags)
-    parse(hub)
-    yield hub
-    hub.store.dispose()
+    write_dag(dags, "called.py", CALLED)
+    hub = make_hub(tmp_path, database_url, dags)
+    try:
+        parse(hub)
+        yield hub
+    finally:
+        hub.store.dispose()
 
 
 def _callbacks(hub: Hub) -> list[tuple[str, str, str]]:
@@ -103,3 +106,23 @@ def test_marking_a_task_the_state_it_has_leaves_its_finished_run_alone(hub: Hub)
 
     run(hub, scenario)
     assert _callbacks(hub) == [("r1", "on_failure_callback", "task_failure")]
+
+
+def test_an_attempt_that_finished_meanwhile_is_not_given_up(hub: Hub) -> None:
+    """The hub selects a lost worker's attempts before it locks their runs; one that a
+    finish ended in between keeps its result (the old code wrote ``lost`` over it)."""
+    if hub.store.dialect == "sqlite":
+        pytest.skip("SQLite serialises writers: what a transaction read cannot change under it")
+    with hub.store.session() as s:
+        queries.trigger(s, "called", {}, "r1")
+    with hub.store.session() as s:
+        (job,) = attempts.claim(s, "w1", ["default"], 1).jobs
+    with hub.store.session() as stale:
+        (seen,) = stale.scalars(select(TaskAttempt).where(TaskAttempt.state == "running"))
+        with hub.store.session() as s:  # the worker's finish wins the run lock
+            attempts.finish(s, job.attempt_id, "w1", AttemptResult("success"))
+        assert sessions.fail_attempt(stale, seen, "worker w1 lost") == set()
+    with hub.store.session() as s:
+        attempt = s.get(TaskAttempt, job.attempt_id)
+        assert attempt is not None
+        assert (attempt.state, attempt.error) == ("success", None)

@@ -162,6 +162,16 @@ def fail_attempt(session: Session, attempt: TaskAttempt, reason: str) -> set[str
     ti = session.scalar(
         lock_row(select(TaskInstance).where(TaskInstance.id == attempt.task_instance_id), session)
     )
+    # Read again, locked, in that order: the caller selected the attempt before
+    # the run lock, and a finish that held the lock meanwhile may have ended it
+    # (PostgreSQL); giving up on it then would write ``lost`` over its result.
+    session.scalar(
+        lock_row(
+            select(TaskAttempt).where(TaskAttempt.id == attempt.id), session
+        ).execution_options(populate_existing=True)
+    )
+    if attempt.state != S.AttemptState.RUNNING:
+        return set()
     give_up_attempt(session, attempt, reason, now)
     if ti is None or ti.attempt_id != attempt.id or ti.state != S.RUNNING:
         return set()
