@@ -137,9 +137,7 @@ def test_a_worker_cannot_serve_another_tenants_queue(hub: Hub, tmp_path: Path) -
         honest.stop()
 
 
-def test_marking_a_running_task_failed_kills_it_at_once(
-    hub: Hub, worker: Worker
-) -> None:
+def test_marking_a_running_task_failed_kills_it_at_once(hub: Hub, worker: Worker) -> None:
     run_id = hub.api.trigger("sleepy")
     _running(hub, "sleepy", run_id)
     pid = _pid_in_log(hub, "sleepy", run_id, "sleep")

@@ -140,26 +140,22 @@ def claim(
             out.undeliverable.append((ti.id, str(exc)))
             continue
         ti.try_number += 1
-        ti.state = S.RUNNING
+        S.move_task(ti, S.RUNNING, "claimed", now)
         ti.attempt_id = attempt_id
         ti.worker_name = worker_name
-        ti.started_at = now
-        ti.ended_at = None
         hashed = None
         if job.connections or job.variables:  # a task that declares none needs no token
             token, hashed = credentials.new_attempt_token()
             job = dataclasses.replace(job, secrets_token=token)
-        session.add(
-            TaskAttempt(
-                id=attempt_id,
-                task_instance_id=ti.id,
-                try_number=ti.try_number,
-                worker_name=worker_name,
-                state=S.RUNNING,
-                started_at=now,
-                token_hash=hashed,
-            )
+        attempt = TaskAttempt(
+            id=attempt_id,
+            task_instance_id=ti.id,
+            try_number=ti.try_number,
+            worker_name=worker_name,
+            token_hash=hashed,
         )
+        S.move_attempt(attempt, S.AttemptState.RUNNING, "claimed", now, ti)
+        session.add(attempt)
         out.jobs.append(job)
     return out
 
@@ -358,17 +354,16 @@ def finish(
     if result.state == ATTEMPT_SUCCESS:
         _branch_choice(run, ti, result.output)
     now = utcnow()
-    attempt.ended_at = now
+    S.move_attempt(attempt, S.AttemptState(result.state), "finished", now, ti)
     attempt.error = result.error
     effects.wake(session)  # running work ended: limits may have room
     if result.state == ATTEMPT_FAILED:
-        attempt.state = S.FAILED
-        fail_task_instance(session, run, ti, now, may_retry=not result.no_retry)
+        fail_task_instance(session, run, ti, now, "finished", may_retry=not result.no_retry)
+        assert ti.state is not None
         return ti.state
-    attempt.state = ti.state = S.SUCCESS if result.state == ATTEMPT_SUCCESS else S.SKIPPED
+    S.move_task(ti, S.TaskState(result.state), "finished", now)
     if result.state == ATTEMPT_SUCCESS:
         ti.output = result.output
-    ti.ended_at = now
     if result.state == ATTEMPT_SUCCESS:
         skip_unchosen_branches(session, run, ti, result.output)
         # Its outlets' events, and the runs they start, in this transaction. Before

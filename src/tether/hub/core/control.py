@@ -214,8 +214,9 @@ def mark_task(
     """Set a task instance to success or failed; a running attempt is killed.
 
     A mapped task has one instance per map index: all of them are marked, or
-    only ``map_index`` when given. Returns the map indexes marked (``[-1]`` for a
-    task that is not mapped).
+    only ``map_index`` when given. One in ``state`` already is left as it is
+    (as Airflow), and when all are, a finished run is not reopened. Returns
+    the map indexes marked (``[-1]`` for a task that is not mapped).
     """
     run = _locked_run(session, dag_id, run_id)
     tis = _task_instances(session, run, {task_id})
@@ -226,13 +227,13 @@ def mark_task(
         if not tis:
             raise NotFound(f"task {task_id!r} of run {run_id!r} has no map index {map_index}")
     now = utcnow()
-    for ti in tis:
+    to = S.TaskState(state)
+    changed = [ti for ti in tis if ti.state != to]
+    for ti in changed:
         end_running_attempt(session, ti, f"marked {state} by an operator")
-        ti.state = state
-        ti.ended_at = now
-        ti.next_retry_at = None
-    if run.state in S.RUN_FINISHED:
-        run.state, run.ended_at = S.RUN_RUNNING, None
+        S.move_task(ti, to, "marked", now)
+    if changed and run.state in S.RUN_FINISHED:
+        S.move_run(run, S.RUN_RUNNING, "task_marked", now)
     advance_run(session, run)
     indexes = sorted(ti.map_index for ti in tis)
     details = {"run_id": run_id, "task_id": task_id, "state": state, "map_indexes": indexes}
@@ -254,17 +255,16 @@ def _downstream(spec: dict[str, Any], task_id: str) -> set[str]:
 def _clear(session: Session, run: DagRun, tis: list[TaskInstance]) -> None:
     """Make ``tis`` (locked) run again with their retries afresh, and reopen the run."""
     retries = {t["task_id"]: t["retries"] for t in run.serialized["tasks"]}
+    now = utcnow()
     for ti in tis:
         end_running_attempt(session, ti, "cleared by an operator")
-        ti.state = None
+        if ti.state is not None:  # one still waiting has nothing to clear but its tries
+            S.move_task(ti, None, "cleared", now)
         ti.max_tries = ti.try_number + retries[ti.task_id] + 1  # its retries, afresh
-        ti.next_retry_at = None
-        ti.started_at = ti.ended_at = ti.queued_at = None
-        ti.worker_name = None
     if run.state in S.RUN_FINISHED:
         # Queued again, as in Airflow: it starts now if max_active_runs leaves
         # room, else when an earlier run ends.
-        run.state, run.ended_at = S.RUN_QUEUED, None
+        S.move_run(run, S.RUN_QUEUED, "cleared", now)
         session.flush()
         start_queued_runs(session, run.dag_id)
     else:  # running: queue what is ready now; queued: it waits its turn
@@ -319,10 +319,11 @@ def mark_run(session: Session, dag_id: str, run_id: str, state: str, by: Who) ->
     ``failed`` makes those that ran or were about to (``running``, ``queued``,
     ``up_for_retry``) ``failed`` and those that never started ``skipped``.
     Finished task instances keep their state. Running attempts are ended and
-    their workers told to kill them. The run ends as any run does
+    their workers told to kill them. A run in ``state`` already is left as it
+    is. Otherwise the run ends as any run does
     (``finish_run``): the DAG's callback is asked for, with reason ``marked``,
     and the next queued run may start.
     """
     run = _locked_run(session, dag_id, run_id)
-    end_run(session, run, state, "marked", f"run marked {state} by an operator")
+    end_run(session, run, S.RunState(state), "marked", f"run marked {state} by an operator")
     audit.note(session, by, "run.mark", f"dag:{dag_id}", {"run_id": run_id, "state": state})

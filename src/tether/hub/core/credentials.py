@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from tether.hub.core import states
 from tether.hub.core.runs import utcnow
 from tether.hub.store.dialect import lock_row
 from tether.hub.store.models import EnrolmentToken, TaskAttempt, Worker
@@ -218,13 +219,11 @@ def enrol(session: Session, token: str) -> tuple[Worker, str]:
             "it; create one with --replace"
         )
     if worker is None:
-        worker = Worker(name=row.worker_name, queues=[], info={}, enrolled_at=now)
+        worker = Worker(name=row.worker_name, queues=[], info={})
         session.add(worker)
     worker.credential_hash = _hash(credential)
     worker.allowed_queues = list(row.queues)
-    worker.state = "enrolled"
-    worker.enrolled_at = now
-    worker.revoked_at = None
+    states.move_worker(worker, states.WorkerState.ENROLLED, "enrolled", now)
     worker.session_id = None
     return worker, credential
 
@@ -279,7 +278,6 @@ def revoke(session: Session, name: str) -> Worker:
         raise WorkerNotFound(f"no worker {name!r}")
     void_tokens_of(session, name)
     worker.credential_hash = None
-    worker.revoked_at = utcnow()
-    worker.state = "revoked"
+    states.move_worker(worker, states.WorkerState.REVOKED, "revoked", utcnow())
     worker.session_id = None
     return worker

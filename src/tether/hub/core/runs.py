@@ -66,7 +66,6 @@ def create_run(
         dag_id=dag.dag_id,
         run_id=run_id,
         run_type=run_type,
-        state=S.RUN_QUEUED,
         conf=conf or {},
         bundle_sha=dag.bundle_sha,
         serialized=dag.serialized,
@@ -75,6 +74,7 @@ def create_run(
         data_interval_end=data_interval[1] if data_interval else None,
         created_at=now,
     )
+    S.move_run(run, S.RUN_QUEUED, "created", now)
     session.add(run)
     session.flush()
     for spec in dag.serialized["tasks"]:
@@ -85,7 +85,6 @@ def create_run(
                 run_id=run_id,
                 task_id=spec["task_id"],
                 map_index=-1,
-                state=None,
                 try_number=0,
                 max_tries=spec["retries"] + 1,
                 queue=spec["queue"],
@@ -130,14 +129,14 @@ def start_queued_runs(session: Session, dag_id: str) -> None:
     for run in queued:
         if run.state != S.RUN_QUEUED:
             continue  # started meanwhile: a run that ended at once started the next ones
-        run.state = S.RUN_RUNNING
-        run.started_at = utcnow()
+        S.move_run(run, S.RUN_RUNNING, "started", utcnow())
+        assert run.started_at is not None
         timeout = run.serialized.get("dagrun_timeout")
         run.timeout_at = run.started_at + timedelta(seconds=timeout) if timeout else None
         advance_run(session, run)
 
 
-def _decide(rule: str, counts: Counter[str], total: int) -> str | None:
+def _decide(rule: str, counts: Counter[str], total: int) -> S.TaskState | None:
     """What a waiting task becomes given its upstream states, or None to keep waiting.
 
     Returns ``queued``, ``skipped`` or ``upstream_failed``.
@@ -227,12 +226,9 @@ def advance_run(session: Session, run: DagRun) -> None:
                 continue  # failed or skipped
             group[:] = waiting = expanded
         for ti in waiting:
-            ti.state = decision
+            S.move_task(ti, decision, "trigger_rule", now)
             if decision == S.QUEUED:
-                ti.queued_at = now
                 effects.wake(session, ti.queue)
-            else:
-                ti.ended_at = now
     tis = [ti for group in groups.values() for ti in group]
     if run.state == S.RUN_RUNNING and all(ti.state in S.TI_FINISHED for ti in tis):
         failed = any(ti.state in S.TI_FAILED for ti in tis)
@@ -242,15 +238,14 @@ def advance_run(session: Session, run: DagRun) -> None:
             finish_run(session, run, S.RUN_SUCCESS, "success")
 
 
-def finish_run(session: Session, run: DagRun, state: str, reason: str) -> None:
+def finish_run(session: Session, run: DagRun, state: S.RunState, reason: str) -> None:
     """End a run as ``state``: ask for the DAG's callback, start the next queued run.
 
     ``reason`` tells the DAG callback why (success, task_failure, timed_out,
-    marked).
+    marked); it is the run's move in :data:`states.RUN` too.
     """
-    run.state = state
-    run.ended_at = utcnow()
-    run.timeout_at = None
+    S.move_run(run, state, reason, utcnow())
+    assert run.ended_at is not None
     kind = "on_success_callback" if state == S.RUN_SUCCESS else "on_failure_callback"
     if run.serialized.get(f"has_{kind}"):
         session.add(
@@ -318,8 +313,7 @@ def _expand(
         )
         return None
     if size == 0:
-        placeholder.state = S.SKIPPED
-        placeholder.ended_at = now
+        S.move_task(placeholder, S.SKIPPED, "no_map_values", now)
         return None
     placeholder.map_index = 0
     expanded = [placeholder]
@@ -330,7 +324,6 @@ def _expand(
             run_id=run.run_id,
             task_id=placeholder.task_id,
             map_index=index,
-            state=None,
             try_number=0,
             max_tries=placeholder.max_tries,
             queue=placeholder.queue,
@@ -347,20 +340,18 @@ def _expand(
 def fail_on_hub(session: Session, ti: TaskInstance, now: datetime, reason: str) -> None:
     """End ``ti`` as failed with no worker involved; ``reason`` becomes its try's log."""
     ti.try_number += 1
-    ti.state = S.FAILED
-    ti.started_at = ti.ended_at = now
+    S.move_task(ti, S.FAILED, "hub_failed", now)
+    ti.started_at = now  # a try that started and ended at once, on the hub
     ti.attempt_id = uuid.uuid4().hex
     attempt = TaskAttempt(
         id=ti.attempt_id,
         task_instance_id=ti.id,
         try_number=ti.try_number,
         worker_name="hub",
-        state=S.FAILED,
-        started_at=now,
-        ended_at=now,
         error=reason,
         log_size=0,
     )
+    S.move_attempt(attempt, S.AttemptState.FAILED, "hub_failed", now, ti)
     session.add(attempt)
     session.flush()
     hub_note(session, attempt, reason)
@@ -385,21 +376,28 @@ def retry_delay(spec: dict[str, Any], try_number: int) -> timedelta:
 
 
 def fail_task_instance(
-    session: Session, run: DagRun, ti: TaskInstance, now: datetime, *, may_retry: bool = True
+    session: Session,
+    run: DagRun,
+    ti: TaskInstance,
+    now: datetime,
+    reason: str,
+    *,
+    may_retry: bool = True,
 ) -> datetime | None:
     """A try of ``ti`` failed: ``up_for_retry`` if tries are left, else ``failed``.
 
-    The caller holds the run's lock. Returns the retry's time, if there is one.
+    ``reason`` is ``finished`` (the worker said so) or ``attempt_lost`` (the
+    hub gave up on the try). The caller holds the run's lock. Returns the
+    retry's time, if there is one.
     """
-    ti.ended_at = now
     effects.wake(session)  # running work ended: limits may have room
     if may_retry and ti.try_number < ti.max_tries:
         spec = next(t for t in run.serialized["tasks"] if t["task_id"] == ti.task_id)
-        ti.state = S.UP_FOR_RETRY
+        S.move_task(ti, S.UP_FOR_RETRY, reason, now)
         ti.next_retry_at = now + retry_delay(spec, ti.try_number)
         effects.poke_scheduler(session)  # it times the retry
         return ti.next_retry_at
-    ti.state = S.FAILED
+    S.move_task(ti, S.FAILED, reason, now)
     advance_run(session, run)
     return None
 
@@ -419,7 +417,10 @@ def requeue_due_retries(session: Session, now: datetime) -> None:
     """Queue the up_for_retry task instances whose retry time has come."""
     due = session.execute(
         select(TaskInstance.id, TaskInstance.dag_run_id)
-        .where(TaskInstance.state == S.UP_FOR_RETRY, TaskInstance.next_retry_at <= now)
+        .where(
+            TaskInstance.state.in_(S.TASK.sources(S.QUEUED, "retry_due")),
+            TaskInstance.next_retry_at <= now,
+        )
         .order_by(TaskInstance.dag_run_id, TaskInstance.id)
     ).all()
     for run_pk in sorted({run_pk for _, run_pk in due}):
@@ -435,11 +436,7 @@ def requeue_due_retries(session: Session, now: datetime) -> None:
     for ti in tis:
         if ti.state != S.UP_FOR_RETRY:  # changed since we looked
             continue
-        ti.state = S.QUEUED
-        ti.queued_at = now
-        ti.next_retry_at = None
-        ti.worker_name = None  # the previous try's worker stays on its attempt row
-        ti.started_at = ti.ended_at = None
+        S.move_task(ti, S.QUEUED, "retry_due", now)
         effects.wake(session, ti.queue)
 
 
@@ -476,8 +473,7 @@ def skip_unchosen_branches(session: Session, run: DagRun, ti: TaskInstance, chos
         )
         .order_by(TaskInstance.id)
     ):
-        other.state = S.SKIPPED
-        other.ended_at = now
+        S.move_task(other, S.SKIPPED, "branch", now)
 
 
 def end_running_attempt(session: Session, ti: TaskInstance, why: str) -> str | None:
@@ -503,24 +499,27 @@ def give_up_attempt(session: Session, attempt: TaskAttempt, why: str, now: datet
     nothing can be added after that line; what the worker still had to send
     of the log is dropped.
     """
-    attempt.state = S.ATTEMPT_LOST
-    attempt.ended_at = now
+    ti = session.get(TaskInstance, attempt.task_instance_id)  # for the log line
+    S.move_attempt(attempt, S.ATTEMPT_LOST, "given_up", now, ti)
     attempt.error = why
     effects.wake(session)  # running work ended: limits may have room
     effects.tell(session, attempt.worker_name)  # it kills the task, if it runs it
     hub_note(session, attempt, f"the hub ended this try: {why}")
 
 
-def end_run(session: Session, run: DagRun, state: str, reason: str, why: str) -> None:
+def end_run(session: Session, run: DagRun, state: S.RunState, reason: str, why: str) -> None:
     """End a run now as ``state``, with its unfinished task instances.
 
     As Airflow: ``success`` makes every unfinished task instance ``success``;
     ``failed`` makes those that ran or were about to (``running``, ``queued``,
     ``up_for_retry``) ``failed`` and those that never started ``skipped``.
     Finished task instances keep their state; running attempts end (``why``
-    is their error; their workers are told to kill them). The caller holds
-    the run's lock.
+    is their error; their workers are told to kill them). ``reason`` is
+    ``marked`` or ``timed_out``. A run that is in ``state`` already is left
+    alone (no second callback). The caller holds the run's lock.
     """
+    if run.state == state:
+        return
     now = utcnow()
     for ti in session.scalars(
         lock_row(
@@ -532,14 +531,12 @@ def end_run(session: Session, run: DagRun, state: str, reason: str, why: str) ->
             continue
         end_running_attempt(session, ti, why)
         if state == S.RUN_SUCCESS:
-            ti.state = S.SUCCESS
+            to = S.SUCCESS
         else:
-            ti.state = S.SKIPPED if ti.state is None else S.FAILED
-        ti.ended_at = now
-        ti.next_retry_at = None
+            to = S.SKIPPED if ti.state is None else S.FAILED
+        S.move_task(ti, to, f"run_{reason}", now)
     # Not advance_run: it would judge the run by its task states, and a run
     # ended as success may hold failed tasks (or one ended as failed none).
-    run.started_at = run.started_at or now
     finish_run(session, run, state, reason)
 
 

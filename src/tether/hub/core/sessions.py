@@ -106,13 +106,14 @@ def record_heartbeat(worker: Worker, info: dict[str, Any], now: datetime) -> Non
         "spool_error": info.get("spool_error"),
     }
     if info.get("state") == "offline":
-        worker.state = "offline"
+        state = S.WorkerState.OFFLINE
     elif info.get("draining"):
-        worker.state = "draining"
+        state = S.WorkerState.DRAINING
     elif worker.maintenance:
-        worker.state = "maintenance"
+        state = S.WorkerState.MAINTENANCE
     else:
-        worker.state = "running" if running else "idle"
+        state = S.WorkerState.RUNNING if running else S.WorkerState.IDLE
+    S.move_worker(worker, state, "reported", now)
     worker.last_heartbeat = now
 
 
@@ -162,17 +163,26 @@ def fail_attempt(session: Session, attempt: TaskAttempt, reason: str) -> None:
     """End a running attempt the hub gives up on; its task retries if it may.
 
     The attempt becomes ``lost``: any later report on it is refused (409).
-    Returns the queues that got work.
     """
     now = utcnow()
     run = lock_run_of(session, attempt.task_instance_id)
     ti = session.scalar(
         lock_row(select(TaskInstance).where(TaskInstance.id == attempt.task_instance_id), session)
     )
+    # Read again, locked, in that order: the caller selected the attempt before
+    # the run lock, and a finish that held the lock meanwhile may have ended it
+    # (PostgreSQL); giving up on it then would write ``lost`` over its result.
+    session.scalar(
+        lock_row(
+            select(TaskAttempt).where(TaskAttempt.id == attempt.id), session
+        ).execution_options(populate_existing=True)
+    )
+    if attempt.state != S.AttemptState.RUNNING:
+        return
     give_up_attempt(session, attempt, reason, now)
     if ti is None or ti.attempt_id != attempt.id or ti.state != S.RUNNING:
         return
-    fail_task_instance(session, run, ti, now)
+    fail_task_instance(session, run, ti, now, "attempt_lost")
 
 
 def fail_attempts_of(session: Session, worker_name: str, reason: str) -> None:
@@ -191,7 +201,7 @@ def mark_lost_workers(session: Session, now: datetime, timeout: timedelta) -> No
         lock_row(
             select(Worker)
             .where(
-                Worker.state.in_(("idle", "running", "maintenance", "draining")),
+                Worker.state.in_(S.WORKER.sources(S.WorkerState.LOST, "silent")),
                 Worker.last_heartbeat < now - timeout,
             )
             .order_by(Worker.name),
@@ -199,7 +209,7 @@ def mark_lost_workers(session: Session, now: datetime, timeout: timedelta) -> No
         )
     ).all()
     for worker in silent:
-        worker.state = "lost"
+        S.move_worker(worker, S.WorkerState.LOST, "silent", now)
         fail_attempts_of(
             session, worker.name, f"worker {worker.name} lost: no heartbeat for {timeout}"
         )

@@ -27,6 +27,7 @@ from tether import __version__
 from tether.hub.auth.deps import HubDep, WorkerAuth, WorkerIdentity
 from tether.hub.auth.gate import PRINCIPAL, AttemptToken, actor_of, who
 from tether.hub.core import attempts, audit, credentials, handout, sessions
+from tether.hub.core import states as S
 from tether.hub.core.runs import utcnow
 from tether.hub.state import Hub
 from tether.hub.store import effects
@@ -262,8 +263,9 @@ async def poll(body: PollIn, me: WorkerAuth, hub: HubDep, request: Request) -> d
 
     def look(s: Session, worker: Worker) -> dict[str, Any]:
         worker.last_heartbeat = utcnow()
-        if worker.state == "lost":  # it is back
-            worker.state = "running" if body.running else "idle"
+        if worker.state == S.WorkerState.LOST:  # it is back
+            back = S.WorkerState.RUNNING if body.running else S.WorkerState.IDLE
+            S.move_worker(worker, back, "polled", worker.last_heartbeat)
         found = sessions.directives(s, worker, body.running)
         quiet = found["shutdown"] or found["maintenance"] or not sessions.accepting(worker)
         claimed = (
