@@ -22,7 +22,7 @@ from tether.hub.scheduler import states as S
 from tether.hub.scheduler.runs import fail_task_instance, give_up_attempt, lock_run_of, utcnow
 from tether.hub.store.dialect import lock_row
 from tether.hub.store.models import TaskAttempt, TaskInstance, Worker
-from tether.protocol import PROTOCOL_VERSION
+from tether.protocol import PROTOCOL_VERSION, Directives
 
 _VERSION_RE = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
 
@@ -33,6 +33,10 @@ class Superseded(Exception):
 
 class IncompatibleVersion(Exception):
     """The hub does not accept this worker's version (426)."""
+
+
+class QueueRefused(Exception):
+    """A process asks to serve a queue its credential does not allow (403)."""
 
 
 def parse_version(text: str) -> tuple[int, int, int]:
@@ -59,28 +63,36 @@ def check_version(
         )
 
 
-def start_session(session: Session, worker: Worker, info: dict[str, Any]) -> tuple[str, list[str]]:
-    """Open a new session for ``worker``, taking over from any older one.
-
-    Returns the session id and the queues to serve: the requested ones, or all
-    the credential allows when none are requested.
+def serve_queues(worker: Worker, requested: list[str]) -> list[str]:
+    """Record and return the queues the worker's process serves, as it says in its
+    session's start and in every heartbeat: the requested ones, or all the
+    credential allows when none are requested. QueueRefused for any other.
     """
-    requested = info.get("queues") or worker.allowed_queues
-    refused = [q for q in requested if q not in worker.allowed_queues]
+    queues = list(requested or worker.allowed_queues)
+    refused = [q for q in queues if q not in worker.allowed_queues]
     if refused:
-        raise PermissionError(
+        raise QueueRefused(
             f"worker {worker.name!r} may not serve {', '.join(refused)}; its credential "
             f"allows {', '.join(worker.allowed_queues)}"
         )
+    worker.queues = queues
+    return queues
+
+
+def start_session(session: Session, worker: Worker, info: dict[str, Any]) -> tuple[str, list[str]]:
+    """Open a new session for ``worker``, taking over from any older one.
+
+    Returns the session id and the queues to serve (see :func:`serve_queues`).
+    """
+    queues = serve_queues(worker, info.get("queues") or [])
     now = utcnow()
     worker.session_id = secrets.token_hex(16)
     # A shutdown asked for from the centre ends the process it reached; a
     # process started afterwards (by an operator or a service manager) runs.
     worker.shutdown_requested = False
-    worker.queues = list(requested)
     worker.first_seen = worker.first_seen or now
     record_heartbeat(worker, info, now)
-    return worker.session_id, list(requested)
+    return worker.session_id, queues
 
 
 def check_session(worker: Worker, session_id: str | None) -> None:
@@ -118,7 +130,7 @@ def accepting(worker: Worker) -> bool:
     return not worker.maintenance and worker.state not in ("draining", "offline")
 
 
-def directives(session: Session, worker: Worker, running: list[str]) -> dict[str, Any]:
+def directives(session: Session, worker: Worker, running: list[str]) -> Directives:
     """What the worker must do: kill attempts the hub gave up on, maintenance, shutdown."""
     kill: list[str] = []
     if running:
@@ -142,12 +154,12 @@ def directives(session: Session, worker: Worker, running: list[str]) -> dict[str
             and ti_state == S.RUNNING
         }
         kill = sorted(set(running) - current)
-    return {
-        "kill": kill,
-        "maintenance": worker.requested_maintenance,
-        "maintenance_comment": worker.requested_comment,
-        "shutdown": worker.shutdown_requested,
-    }
+    return Directives(
+        kill=kill,
+        maintenance=worker.requested_maintenance,
+        maintenance_comment=worker.requested_comment,
+        shutdown=worker.shutdown_requested,
+    )
 
 
 def fail_attempt(session: Session, attempt: TaskAttempt, reason: str) -> set[str]:
