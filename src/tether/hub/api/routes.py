@@ -162,6 +162,9 @@ async def import_errors(hub: HubDep) -> dict[str, Any]:
 AuditActor = Annotated[
     str | None, Query(min_length=1, max_length=300, pattern=r"^[^\x00-\x1f\x7f]+$")
 ]
+#: Audit ids are a 32-bit INTEGER column: PostgreSQL refuses a larger number even in
+#: a comparison (a 500), so the query refuses it first (422).
+MAX_AUDIT_ID = 2**31 - 1
 AuditAction = Annotated[str | None, Query(min_length=1, max_length=100, pattern=r"^[a-z0-9_.]+$")]
 
 
@@ -172,7 +175,7 @@ async def audit_log(
     actor: AuditActor = None,
     action: AuditAction = None,
     limit: Annotated[int, Query(ge=1, le=audit.MAX_LIST)] = 100,
-    before_id: Annotated[int | None, Query(ge=1, le=MAX_WIRE_INT)] = None,
+    before_id: Annotated[int | None, Query(ge=1, le=MAX_AUDIT_ID)] = None,
 ) -> dict[str, Any]:
     """The audit log, newest first; ``before_id`` (the last page's
     ``next_before_id``) pages on to older entries."""
