@@ -4,13 +4,17 @@ silently dropped."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.integration.test_api import FACTS, W, Workers, _expect, hub, run
+from tether import __version__
 from tether.hub.state import Hub
+from tether.protocol import PROTOCOL_VERSION, AttemptResult, PollRequest, WorkerFacts
+from tether.worker.client import Forbidden, HubClient
 
 __all__ = ["hub"]  # the fixture, shared with test_api
 
@@ -76,5 +80,39 @@ def test_a_field_the_hub_does_not_know_is_refused_with_422_naming_it(hub: Hub, p
         (problem,) = answer.json()["detail"]
         assert problem["type"] == "extra_forbidden"
         assert problem["loc"] == ["body", "lost_timeout_of_a_newer_worker"]
+
+    run(hub, scenario)
+
+
+def test_the_workers_client_and_the_hub_speak_the_same_messages(hub: Hub) -> None:
+    """The real client against the real app in one process (ASGI transport): each
+    message the worker builds is taken, each answer is read, queues included."""
+
+    async def scenario(admin: httpx.AsyncClient, workers: Workers) -> None:
+        credential = await workers.enrol(["default", "other"], "w1")
+        client = HubClient("http://hub", credential, transport=workers.transport)
+        facts = WorkerFacts(2, 2, __version__, PROTOCOL_VERSION, hostname="h", queues=["default"])
+        try:
+            hello = await client.start_session(facts)
+            assert (hello.name, hello.queues) == ("w1", ["default"])
+            assert client.max_output_bytes == hello.max_task_output_bytes
+            directives = await client.heartbeat(dataclasses.replace(facts, queues=[]))
+            assert (directives.kill, directives.maintenance, directives.shutdown) == (
+                [],
+                False,
+                False,
+            )
+            assert await _served(admin, "w1") == ["default", "other"]
+            with pytest.raises(Forbidden, match="may not serve elsewhere"):
+                await client.heartbeat(dataclasses.replace(facts, queues=["elsewhere"]))
+
+            await admin.post("/api/v1/dags/pair/runs", json={"run_id": "r1"})
+            jobs, _ = await client.poll(PollRequest(slots=2, wait=5))
+            (job,) = jobs
+            assert await client.upload_log(job.attempt_id, 0, b"hello\n") == 6
+            done = await client.finish(job.attempt_id, AttemptResult("success", output=[1]))
+            assert done.state == "success"
+        finally:
+            await client.aclose()
 
     run(hub, scenario)
