@@ -15,10 +15,22 @@ import re
 import shutil
 import tarfile
 import tempfile
+import types
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import (
+    Any,
+    ClassVar,
+    Final,
+    Literal,
+    Self,
+    Union,
+    cast,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
 
 #: Bumped when the worker protocol changes incompatibly.
 PROTOCOL_VERSION = 1
@@ -243,9 +255,10 @@ def sendable_text(text: str, limit: int = MAX_ERROR_CHARS) -> str:
 
 
 # Terminal states of an attempt as the worker reports them.
-ATTEMPT_SUCCESS = "success"
-ATTEMPT_FAILED = "failed"
-ATTEMPT_SKIPPED = "skipped"
+ATTEMPT_SUCCESS: Final = "success"
+ATTEMPT_FAILED: Final = "failed"
+ATTEMPT_SKIPPED: Final = "skipped"
+AttemptState = Literal["success", "failed", "skipped"]
 ATTEMPT_END_STATES = frozenset({ATTEMPT_SUCCESS, ATTEMPT_FAILED, ATTEMPT_SKIPPED})
 
 
@@ -346,11 +359,105 @@ class Job:
             raise InvalidJob("; ".join(problems))
 
 
-@dataclass(frozen=True)
-class AttemptResult:
-    """The end of an attempt, reported by the worker."""
+class MalformedMessage(ValueError):
+    """A message from the other side that is not of its type; the text names the field."""
 
-    state: str
+
+class Message:
+    """A worker-API message: a frozen dataclass that turns to and from its JSON form.
+
+    ``from_wire`` checks every field against its annotation (a bool is not an
+    int, ``None`` only where the type says so, the items of lists and dicts
+    too), then the message's own :meth:`check`. Fields it does not know are
+    ignored: a newer hub may answer with more than this worker reads. The
+    hub's side is stricter (its pydantic models forbid unknown fields), and
+    ``tests/unit/test_protocol.py`` keeps those models and these dataclasses
+    field by field alike. Adding a field is one line here and one there.
+    """
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+    def to_wire(self) -> dict[str, Any]:
+        """The message as the JSON object that travels."""
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: object) -> Self:
+        """The message in ``data`` (a parsed JSON object), checked; MalformedMessage if not."""
+        if not isinstance(data, dict):
+            raise MalformedMessage(f"{cls.__name__}: an object, not {type(data).__name__}")
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in data:
+                if f.default is MISSING and f.default_factory is MISSING:
+                    raise MalformedMessage(f"{cls.__name__}: {f.name!r} is missing")
+                continue
+            values[f.name] = _parse(data[f.name], hints[f.name], f"{cls.__name__}.{f.name}")
+        message = cls(**values)
+        message.check()
+        return message
+
+    def check(self) -> None:
+        """Rules beyond the types (a positive interval, valid queue names); none by default."""
+
+
+def _parse(value: Any, kind: Any, where: str) -> Any:
+    """``value`` checked to be of type ``kind``; a nested message is built from its dict."""
+    origin, args = get_origin(kind), get_args(kind)
+    if kind is Any:
+        return value
+    if origin is Union or origin is types.UnionType:
+        for option in args:
+            try:
+                return _parse(value, option, where)
+            except MalformedMessage:
+                continue
+        raise MalformedMessage(f"{where}: {value!r:.60} is not {_name(kind)}")
+    if origin is Literal:
+        if value in args and isinstance(value, str):
+            return value
+        raise MalformedMessage(f"{where}: {value!r:.60} is not one of {', '.join(args)}")
+    if isinstance(kind, type) and is_dataclass(kind) and issubclass(kind, Message):
+        return kind.from_wire(value)
+    if origin is list:
+        if not isinstance(value, list):
+            raise MalformedMessage(f"{where}: {value!r:.60} is not a list")
+        return [_parse(item, args[0], f"{where}[{i}]") for i, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise MalformedMessage(f"{where}: {value!r:.60} is not an object")
+        return {k: _parse(v, args[1], f"{where}[{k!r:.40}]") for k, v in value.items()}
+    if kind is type(None):
+        ok = value is None
+    elif kind is float:  # JSON has one kind of number: 30 is a float too
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        raise MalformedMessage(f"{where}: {value!r:.60} is not {_name(kind)}")
+    return float(value) if kind is float else value
+
+
+def _name(kind: Any) -> str:
+    return "null" if kind is type(None) else getattr(kind, "__name__", str(kind))
+
+
+def _check_queues(what: str, queues: list[str]) -> None:
+    try:
+        for q in queues:
+            validate_queue_name(q)
+    except InvalidQueueName as exc:
+        raise MalformedMessage(f"{what}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class AttemptResult(Message):
+    """The end of an attempt, reported by the worker (``POST /attempts/ID/finish``)."""
+
+    state: AttemptState
     output: Any = None
     error: str | None = None
     #: The task asked to fail without using its retries (TetherFailException).
@@ -358,6 +465,137 @@ class AttemptResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# -- the worker API's messages, in the order a worker sends them ------------------------
+
+
+@dataclass(frozen=True)
+class EnrolRequest(Message):
+    """``POST /enrol``: a one-time enrolment token, to exchange for a credential."""
+
+    token: str
+
+
+@dataclass(frozen=True)
+class EnrolReply(Message):
+    """The worker's name, its own credential and the queues it may ever serve."""
+
+    name: str
+    credential: str
+    queues: list[str]
+
+    def check(self) -> None:
+        _check_queues("EnrolReply.queues", self.queues)
+
+
+@dataclass(frozen=True)
+class WorkerFacts(Message):
+    """What a worker process says about itself: ``POST /sessions`` and every ``/heartbeat``."""
+
+    concurrency: int
+    free_slots: int
+    version: str
+    protocol: int
+    running: list[str] = field(default_factory=list)
+    #: "offline": the process is exiting (its last heartbeat).
+    state: Literal["online", "offline"] = "online"
+    maintenance: bool = False
+    maintenance_comment: str | None = None
+    #: Stopping: it takes no new task and exits once the running ones end.
+    draining: bool = False
+    hostname: str | None = None
+    platform: str | None = None
+    python: str | None = None
+    #: Why the worker's spool cannot be written (a full disk); None when it can.
+    spool_error: str | None = None
+    #: Queues the process serves; empty means every queue the credential allows.
+    queues: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SessionReply(Message):
+    """The hub took this process on: its session id, queues and the hub's limits."""
+
+    name: str
+    session_id: str
+    queues: list[str]
+    heartbeat_interval: float
+    hub_version: str
+    #: A task's return value larger than this (as JSON) fails the task on the worker.
+    max_task_output_bytes: int | None = None
+    #: The worker sends log chunks of at most this many bytes.
+    max_log_chunk_bytes: int | None = None
+
+    def check(self) -> None:
+        _check_queues("SessionReply.queues", self.queues)
+        if self.heartbeat_interval <= 0:
+            raise MalformedMessage("SessionReply.heartbeat_interval is not positive")
+        for name in ("max_task_output_bytes", "max_log_chunk_bytes"):
+            if (limit := getattr(self, name)) is not None and limit <= 0:
+                raise MalformedMessage(f"SessionReply.{name} is not positive")
+
+
+@dataclass(frozen=True)
+class Directives(Message):
+    """What the hub wants of a worker, carried by heartbeat and poll replies.
+
+    Computed from the store on every reply, so a lost one loses nothing. An
+    empty object (a poll that another poll replaced) changes nothing:
+    ``maintenance`` is then None, "not said".
+    """
+
+    #: Attempts the hub gave up on: the worker kills them.
+    kill: list[str] = field(default_factory=list)
+    maintenance: bool | None = None
+    maintenance_comment: str | None = None
+    shutdown: bool = False
+
+
+@dataclass(frozen=True)
+class HeartbeatReply(Message):
+    directives: Directives
+
+
+@dataclass(frozen=True)
+class PollRequest(Message):
+    """``POST /poll``: how many slots are free and what runs; held up to ``wait`` s."""
+
+    slots: int
+    running: list[str] = field(default_factory=list)
+    #: The worker is in maintenance (for whatever reason): it takes no job.
+    maintenance: bool = False
+    #: Maintenance the worker last heard the centre ask for.
+    central_maintenance: bool = False
+    #: The worker is already stopping (a shutdown directive is old news).
+    draining: bool = False
+    wait: float = 30.0
+
+
+@dataclass(frozen=True)
+class PollReply(Message):
+    """Jobs claimed for the worker, and directives.
+
+    Each job stays a dict here and is read by :meth:`Job.from_dict` on its own,
+    so one job naming an unsafe path is refused without losing the others.
+    """
+
+    jobs: list[dict[str, Any]] = field(default_factory=list)
+    directives: Directives = field(default_factory=Directives)
+
+
+@dataclass(frozen=True)
+class LogAck(Message):
+    """``POST /attempts/ID/logs``: the size of the log the hub holds afterwards."""
+
+    size: int
+
+
+@dataclass(frozen=True)
+class FinishReply(Message):
+    """``POST /attempts/ID/finish``: the state the task instance is in now."""
+
+    state: str
 
 
 #: Most bytes a bundle may unpack to, and most files it may hold, unless
@@ -500,4 +738,4 @@ def sendable_result(
                 state, output = ATTEMPT_FAILED, None
                 error = output_too_large(size, max_output)
     text = None if error is None else sendable_text(str(error))
-    return AttemptResult(state, output, text, bool(no_retry))
+    return AttemptResult(cast(AttemptState, state), output, text, bool(no_retry))

@@ -13,7 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tether.protocol import AttemptResult
+from tether import __version__
+from tether.protocol import PROTOCOL_VERSION, AttemptResult, Directives, PollRequest, WorkerFacts
 from tether.worker.client import HubClient
 
 PORTAL = "<html><body><h1>Please log in to continue</h1></body></html>"
@@ -32,6 +33,14 @@ BUNDLE = b"not really a tarball, but its hash is right"
 SHA = hashlib.sha256(BUNDLE).hexdigest()
 
 Call = Callable[[HubClient], Awaitable[Any]]
+FACTS = WorkerFacts(concurrency=1, free_slots=1, version=__version__, protocol=PROTOCOL_VERSION)
+HELLO = {
+    "name": "w",
+    "session_id": "s1",
+    "queues": ["default"],
+    "heartbeat_interval": 10,
+    "hub_version": __version__,
+}
 
 #: Per endpoint: the call, a good answer, what the caller gets from it, and
 #: 200 answers a hub would never give (each is retried).
@@ -39,28 +48,28 @@ ENDPOINTS: dict[str, tuple[Call, httpx.Response, Callable[[Any], bool], list[htt
     "enrol": (
         lambda c: c.enrol("tte_x.y"),
         httpx.Response(200, json={"name": "w", "credential": "ttw_x", "queues": ["default"]}),
-        lambda got: got["credential"] == "ttw_x",
+        lambda got: got.credential == "ttw_x",
         [httpx.Response(200, json={"name": "w"}), httpx.Response(200, json=["w"])],
     ),
     "sessions": (
-        lambda c: c.start_session({"concurrency": 1, "free_slots": 1}),
-        httpx.Response(
-            200, json={"session_id": "s1", "queues": ["default"], "heartbeat_interval": 10}
-        ),
-        lambda got: got["session_id"] == "s1",
+        lambda c: c.start_session(FACTS),
+        httpx.Response(200, json=HELLO),
+        lambda got: got.session_id == "s1",
         [
             httpx.Response(200, json={"session_id": "s1"}),
-            httpx.Response(200, json={"session_id": 7, "queues": [], "heartbeat_interval": 1}),
+            httpx.Response(200, json={**HELLO, "session_id": 7}),
+            httpx.Response(200, json={**HELLO, "heartbeat_interval": 0}),
+            httpx.Response(200, json={**HELLO, "queues": ["a b"]}),
         ],
     ),
     "heartbeat": (
-        lambda c: c.heartbeat({"concurrency": 1}),
+        lambda c: c.heartbeat(FACTS),
         httpx.Response(200, json={"directives": {"kill": []}}),
-        lambda got: got == {"kill": []},
+        lambda got: got.kill == [] and got.maintenance is None,
         [httpx.Response(200, json={}), httpx.Response(200, json={"directives": "none"})],
     ),
     "poll": (
-        lambda c: c.poll({"slots": 1}, wait=1),
+        lambda c: c.poll(PollRequest(slots=1, wait=1)),
         httpx.Response(200, json={"jobs": [JOB], "directives": {}}),
         lambda got: [j.attempt_id for j in got[0]] == [ATTEMPT],
         [httpx.Response(200, json=[]), httpx.Response(200, json={"jobs": "many"})],
@@ -74,7 +83,7 @@ ENDPOINTS: dict[str, tuple[Call, httpx.Response, Callable[[Any], bool], list[htt
     "finish": (
         lambda c: c.finish(ATTEMPT, AttemptResult(state="success")),
         httpx.Response(200, json={"state": "success"}),
-        lambda got: got["state"] == "success",
+        lambda got: got.state == "success",
         [httpx.Response(200, json="success")],
     ),
     "bundles": (
@@ -129,14 +138,14 @@ def test_a_poll_that_keeps_getting_html_keeps_trying_and_says_why(
     async def scenario() -> Any:
         client = HubClient("http://hub", "ttw_x", transport=transport, max_backoff=0.01)
         try:
-            return await client.poll({"slots": 1}, wait=1)
+            return await client.poll(PollRequest(slots=1, wait=1))
         finally:
             await client.aclose()
 
     with caplog.at_level("WARNING", logger="tether.worker"):
         jobs, directives = asyncio.run(scenario())
     assert [j.attempt_id for j in jobs] == [ATTEMPT]
-    assert directives == {}
+    assert directives == Directives()
     retries = [r.getMessage() for r in caplog.records if "/poll" in r.getMessage()]
     assert len(retries) == 4
     assert all("not JSON" in m and "text/html" in m for m in retries)
@@ -148,7 +157,7 @@ def test_a_heartbeat_given_only_html_gives_up_as_unreachable_within_its_time() -
     async def scenario() -> Any:
         client = HubClient("http://hub", "ttw_x", transport=transport, max_backoff=0.01)
         try:
-            return await client.heartbeat({"concurrency": 1}, retry_for=0.5)
+            return await client.heartbeat(FACTS, retry_for=0.5)
         finally:
             await client.aclose()
 

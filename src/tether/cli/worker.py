@@ -190,7 +190,7 @@ def worker_command(args: argparse.Namespace) -> int:
                 answer = await client.enrol(token)
             finally:
                 await client.aclose()
-            return Credential(hub, answer["name"], answer["credential"], answer["queues"])
+            return Credential(hub, answer.name, answer.credential, answer.queues)
 
         try:
             saved = asyncio.run(enrol())

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tether import __version__
 from tether.homes import HUB_ENTRIES, private_home, private_path
+from tether.hub import errors
 from tether.hub.api.routes import router as api_router
 from tether.hub.api.secrets import MAX_BODY as SECRETS_MAX_BODY
 from tether.hub.api.secrets import router as secrets_router
@@ -186,6 +187,7 @@ def create_app(hub: Hub) -> FastAPI:
     # Routes that stream their body (the log upload) see the hang-up as
     # ClientDisconnect; JSON bodies are read by FastAPI, which answers it with 400.
     app.add_exception_handler(ClientDisconnect, _client_gone)
+    errors.install(app)  # domain errors → statuses, one table for both APIs
     app.include_router(api_router)
     app.include_router(secrets_router, max_body_size=min(config.max_body_bytes, SECRETS_MAX_BODY))
     app.include_router(worker_router)

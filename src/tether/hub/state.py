@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from fastapi import Request
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from tether.hub.auth.gate import Principals
 from tether.hub.auth.tokens import Tokens
@@ -12,6 +16,8 @@ from tether.hub.config import HubConfig
 from tether.hub.core.secret_keys import SecretKeys
 from tether.hub.store.db import Store
 from tether.hub.wakeups import Wakeups
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -28,3 +34,17 @@ class Hub:
 async def get_hub(request: Request) -> Hub:
     hub: Hub = request.app.state.hub
     return hub
+
+
+async def in_session(hub: Hub, fn: Callable[[Session], T]) -> T:
+    """Run ``fn`` in one transaction, off the event loop: how a REST route calls the store.
+
+    What ``fn`` raises goes on to the app's handlers, which answer domain
+    errors by the table in ``hub/errors.py``.
+    """
+
+    def work() -> T:
+        with hub.store.transaction() as s:
+            return fn(s)
+
+    return await run_in_threadpool(work)

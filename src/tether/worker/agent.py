@@ -15,13 +15,20 @@ import logging
 import os
 import platform
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
 from tether import __version__
 from tether.homes import WORKER_ENTRIES, private_home
-from tether.protocol import Job, validate_queue_name
+from tether.protocol import (
+    PROTOCOL_VERSION,
+    Directives,
+    Job,
+    PollRequest,
+    WorkerFacts,
+    validate_queue_name,
+)
 from tether.worker import control
 from tether.worker.attempt import AttemptRunner, clear_workdirs, deliver, end_leftover
 from tether.worker.bundles import BundleCache
@@ -214,18 +221,22 @@ class Worker:
         for runner in list(self.running.values()):
             self._spawn(runner.kill(reason))
 
-    def facts(self) -> dict[str, Any]:
-        return {
-            "concurrency": self.config.concurrency,
-            "free_slots": self.free_slots,
-            "running": sorted(set(self.running) | self.delivering),
-            "maintenance": self.maintenance,
-            "maintenance_comment": self.maintenance_comment,
-            "draining": self._stopping.is_set(),
-            "spool_error": self.spool.problem,
-            **self.host,
-            "queues": self.queues,
-        }
+    def facts(self) -> WorkerFacts:
+        return WorkerFacts(
+            concurrency=self.config.concurrency,
+            free_slots=self.free_slots,
+            version=__version__,
+            protocol=PROTOCOL_VERSION,
+            running=sorted(set(self.running) | self.delivering),
+            maintenance=self.maintenance,
+            maintenance_comment=self.maintenance_comment,
+            draining=self._stopping.is_set(),
+            spool_error=self.spool.problem,
+            hostname=self.host["hostname"],
+            platform=self.host["platform"],
+            python=self.host["python"],
+            queues=self.queues,
+        )
 
     def _write_status(self) -> None:
         if self._stopping.is_set():
@@ -299,9 +310,7 @@ class Worker:
         control.update_control(self.home, stop=False)
         self._read_control()
         log.info("worker %s connecting to %s", self.config.name, self.config.hub_url)
-        hello_task = asyncio.create_task(
-            self.client.start_session({**self.facts(), "queues": self.queues})
-        )
+        hello_task = asyncio.create_task(self.client.start_session(self.facts()))
         stop_task = asyncio.create_task(self._stopping.wait())
         await asyncio.wait({hello_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         stop_task.cancel()
@@ -315,13 +324,13 @@ class Worker:
             hello = hello_task.result()
         except HubError as exc:
             raise WorkerExit(f"the hub refused this worker: {exc.reason}") from None
-        self.queues = hello["queues"]
-        self.heartbeat_interval = float(hello["heartbeat_interval"])
+        self.queues = hello.queues
+        self.heartbeat_interval = hello.heartbeat_interval
         self.state = "idle"
         log.info(
             "worker %s connected to hub %s; serving %s",
             self.config.name,
-            hello.get("hub_version"),
+            hello.hub_version,
             ",".join(self.queues),
         )
         leftovers = self.spool.leftovers()  # what a previous process left behind
@@ -350,7 +359,7 @@ class Worker:
             self._write_status()
             if self._exit is None:
                 with contextlib.suppress(Exception):
-                    await self.client.heartbeat({**self.facts(), "state": "offline"}, retry_for=2)
+                    await self.client.heartbeat(replace(self.facts(), state="offline"), retry_for=2)
 
     async def _until_drained(self) -> None:
         loop = asyncio.get_running_loop()
@@ -443,14 +452,15 @@ class Worker:
         while True:
             slots = self.free_slots if self.accepting else 0
             self._poll_wake.clear()
-            body = {
-                "slots": slots,
-                "running": sorted(self.running),
-                "maintenance": not self.accepting,
-                "central_maintenance": self.central_maintenance,
-                "draining": self._stopping.is_set(),
-            }
-            poll = asyncio.create_task(self.client.poll(body, self.config.poll_wait))
+            body = PollRequest(
+                slots=slots,
+                running=sorted(self.running),
+                maintenance=not self.accepting,
+                central_maintenance=self.central_maintenance,
+                draining=self._stopping.is_set(),
+                wait=self.config.poll_wait,
+            )
+            poll = asyncio.create_task(self.client.poll(body))
             if slots == 0:
                 # A poll without slots never carries a job, so it is safe to drop
                 # when slots free up; one with slots is always read to the end, or
@@ -487,17 +497,17 @@ class Worker:
                     )
                 self._start(job)
 
-    def _apply(self, directives: dict[str, Any]) -> None:
+    def _apply(self, directives: Directives) -> None:
         """Act on the hub's directives; a reply without them (``{}``) changes nothing."""
-        for attempt_id in directives.get("kill", []):
+        for attempt_id in directives.kill:
             runner = self.running.get(attempt_id)
             if runner is not None:
                 log.info("the hub ended attempt %s; killing it", attempt_id)
                 self._spawn(runner.kill("the hub ended this attempt"))
-        if "maintenance" not in directives:
+        if directives.maintenance is None:
             return
-        on = bool(directives.get("maintenance"))
-        comment = directives.get("maintenance_comment") if on else None
+        on = directives.maintenance
+        comment = directives.maintenance_comment if on else None
         if (on, comment) != (self.central_maintenance, self.central_comment):
             log.info(
                 "maintenance %s (from the hub)%s",
@@ -508,7 +518,7 @@ class Worker:
             self._notify()
             self._write_status()
             self._tell_hub()  # the hub shows, and the poll obeys, what the worker does
-        if directives.get("shutdown") and not self._stopping.is_set():
+        if directives.shutdown and not self._stopping.is_set():
             log.info("the hub asked this worker to shut down")
             self.stop()
 

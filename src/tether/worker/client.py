@@ -6,8 +6,10 @@ Retry-After), and turns 4xx answers into :class:`HubError` subclasses that
 fail fast. A success the worker cannot read (an HTML page from a proxy or a
 captive portal, JSON of the wrong shape, a bundle with the wrong hash) is a
 transport error too: each endpoint reads its answer inside the retry loop, so
-no caller ever gets a half-understood answer or an unexpected exception. The
-worker always dials out; nothing here listens.
+no caller ever gets a half-understood answer or an unexpected exception.
+Requests and answers are the messages of :mod:`tether.protocol`, built and
+read there (``to_wire`` / ``from_wire``), never as loose dicts. The worker
+always dials out; nothing here listens.
 """
 
 from __future__ import annotations
@@ -26,12 +28,23 @@ import httpx
 from tether import __version__
 from tether.protocol import (
     DEFAULT_MAX_TASK_OUTPUT_BYTES,
-    PROTOCOL_VERSION,
     SESSION_HEADER,
     WORKER_API_PREFIX,
     AttemptResult,
+    Directives,
+    EnrolReply,
+    EnrolRequest,
+    FinishReply,
+    HeartbeatReply,
     InvalidJob,
     Job,
+    LogAck,
+    MalformedMessage,
+    Message,
+    PollReply,
+    PollRequest,
+    SessionReply,
+    WorkerFacts,
 )
 
 log = logging.getLogger("tether.worker")
@@ -40,6 +53,7 @@ log = logging.getLogger("tether.worker")
 LOG_CHUNK_BYTES = 512 * 1024
 
 T = TypeVar("T")
+M = TypeVar("M", bound=Message)
 
 
 class HubError(Exception):
@@ -88,19 +102,16 @@ def _json_object(response: httpx.Response) -> dict[str, Any]:
     return data
 
 
-def _field(data: dict[str, Any], name: str, kind: type[T]) -> T:
-    """``data[name]``, checked to be a ``kind`` (a bool is not an int here)."""
-    value = data.get(name)
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise MalformedAnswer(f"the answer's {name!r} is not a {kind.__name__}: {value!r:.60}")
-    return value
+def _reply(kind: type[M]) -> Callable[[httpx.Response], M]:
+    """A reader of answers that must be a ``kind`` message (MalformedAnswer if not)."""
 
+    def read(response: httpx.Response) -> M:
+        try:
+            return kind.from_wire(_json_object(response))
+        except MalformedMessage as exc:
+            raise MalformedAnswer(f"the answer is not a {kind.__name__}: {exc}") from None
 
-def _names(data: dict[str, Any], name: str) -> list[str]:
-    value = _field(data, name, list)
-    if not all(isinstance(item, str) for item in value):
-        raise MalformedAnswer(f"the answer's {name!r} is not a list of names")
-    return value
+    return read
 
 
 def _is_loopback(host: str) -> bool:
@@ -260,83 +271,57 @@ class HubClient:
     async def _session_call(
         self,
         path: str,
-        body: dict[str, Any],
+        body: Message,
         read: Callable[[httpx.Response], T],
         **kwargs: Any,
     ) -> T:
         try:
             return await self._request(
-                "POST", path, read, json=body, headers=self._session_headers(), **kwargs
+                "POST", path, read, json=body.to_wire(), headers=self._session_headers(), **kwargs
             )
         except Gone as exc:
             if exc.status == 409:
                 raise Superseded(exc.status, exc.reason) from None
             raise
 
-    async def enrol(self, token: str) -> dict[str, Any]:
+    async def enrol(self, token: str) -> EnrolReply:
         """Exchange a one-time enrolment token for this worker's credential."""
+        body = EnrolRequest(token).to_wire()
+        return await self._request("POST", "/enrol", _reply(EnrolReply), json=body)
 
-        def read(response: httpx.Response) -> dict[str, Any]:
-            data = _json_object(response)
-            _field(data, "name", str)
-            _field(data, "credential", str)
-            _names(data, "queues")
-            return data
-
-        return await self._request("POST", "/enrol", read, json={"token": token})
-
-    async def start_session(self, facts: dict[str, Any]) -> dict[str, Any]:
+    async def start_session(self, facts: WorkerFacts) -> SessionReply:
         """Announce this process; the hub checks its version and lets it take over."""
+        hello = await self._request("POST", "/sessions", _reply(SessionReply), json=facts.to_wire())
+        self.session_id = hello.session_id
+        if hello.max_log_chunk_bytes is not None:  # older hubs tell no limits
+            self.log_chunk_bytes = min(LOG_CHUNK_BYTES, hello.max_log_chunk_bytes)
+        if hello.max_task_output_bytes is not None:
+            self.max_output_bytes = hello.max_task_output_bytes
+        return hello
 
-        def read(response: httpx.Response) -> dict[str, Any]:
-            data = _json_object(response)
-            _field(data, "session_id", str)
-            _names(data, "queues")
-            interval = data.get("heartbeat_interval")
-            if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
-                raise MalformedAnswer(f"the answer's heartbeat_interval {interval!r:.60} is wrong")
-            return data
-
-        body = {**facts, "version": __version__, "protocol": PROTOCOL_VERSION}
-        data = await self._request("POST", "/sessions", read, json=body)
-        self.session_id = data["session_id"]
-        if (chunk := _limit(data.get("max_log_chunk_bytes"))) is not None:
-            self.log_chunk_bytes = min(LOG_CHUNK_BYTES, chunk)
-        if (output := _limit(data.get("max_task_output_bytes"))) is not None:
-            self.max_output_bytes = output
-        return data
-
-    async def heartbeat(
-        self, facts: dict[str, Any], *, retry_for: float | None = None
-    ) -> dict[str, Any]:
-        body = {**facts, "version": __version__, "protocol": PROTOCOL_VERSION}
-        return await self._session_call(
-            "/heartbeat", body, lambda r: _directives(_json_object(r)), retry_for=retry_for
+    async def heartbeat(self, facts: WorkerFacts, *, retry_for: float | None = None) -> Directives:
+        reply = await self._session_call(
+            "/heartbeat", facts, _reply(HeartbeatReply), retry_for=retry_for
         )
+        return reply.directives
 
-    async def poll(self, body: dict[str, Any], wait: float) -> tuple[list[Job], dict[str, Any]]:
-        """Long-poll for jobs and directives; the hub holds it up to ``wait`` s.
+    async def poll(self, request: PollRequest) -> tuple[list[Job], Directives]:
+        """Long-poll for jobs and directives; the hub holds it up to ``request.wait`` s.
 
         A job that names an unsafe path (``Job.check``) is left out with an
         error line: the worker never runs it, and the hub, which no heartbeat
         tells of it, gives up on it (reconciliation).
         """
-
-        def read(response: httpx.Response) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-            data = _json_object(response)
-            items = _field({"jobs": [], **data}, "jobs", list)
-            return items, _directives({"directives": {}, **data})
-
-        items, directives = await self._session_call(
-            "/poll", {**body, "wait": wait}, read, read_timeout=wait + 30.0
+        reply = await self._session_call(
+            "/poll", request, _reply(PollReply), read_timeout=request.wait + 30.0
         )
         jobs = []
-        for item in items:
+        for item in reply.jobs:
             try:
                 jobs.append(Job.from_dict(item))
             except InvalidJob as exc:
                 log.error("refusing a job from the hub: %s", exc)
-        return jobs, directives
+        return jobs, reply.directives
 
     async def fetch_bundle(self, sha: str) -> bytes:
         """The bundle ``sha``; a body with another hash (a proxy's page) is retried."""
@@ -351,40 +336,20 @@ class HubClient:
 
     async def upload_log(self, attempt_id: str, offset: int, data: bytes) -> int:
         """Append ``data`` at ``offset``; returns the hub's log size afterwards."""
-        return await self._request(
+        ack = await self._request(
             "POST",
             f"/attempts/{attempt_id}/logs",
-            lambda r: _field(_json_object(r), "size", int),
+            _reply(LogAck),
             params={"offset": offset},
             content=data,
             headers={"Content-Type": "application/octet-stream"},
         )
+        return ack.size
 
-    async def finish(self, attempt_id: str, result: AttemptResult) -> dict[str, Any]:
-        def read(response: httpx.Response) -> dict[str, Any]:
-            data = _json_object(response)
-            _field(data, "state", str)
-            return data
-
+    async def finish(self, attempt_id: str, result: AttemptResult) -> FinishReply:
         return await self._request(
-            "POST", f"/attempts/{attempt_id}/finish", read, json=result.to_dict()
+            "POST", f"/attempts/{attempt_id}/finish", _reply(FinishReply), json=result.to_wire()
         )
-
-
-def _directives(data: dict[str, Any]) -> dict[str, Any]:
-    """The directives of a heartbeat's or a poll's answer, checked as far as the
-    worker reads them."""
-    directives = _field(data, "directives", dict)
-    if "kill" in directives:
-        _names(directives, "kill")
-    return directives
-
-
-def _limit(value: object) -> int | None:
-    """A limit the hub announced, if it is a positive whole number."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    return None
 
 
 def _retry_after(response: httpx.Response) -> float | None:

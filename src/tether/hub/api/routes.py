@@ -6,23 +6,20 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 
 from tether import __version__
 from tether.hub.auth.deps import AdminAuth, HubDep
 from tether.hub.auth.gate import who
 from tether.hub.core import audit, backfill, control, credentials, limits, queries
 from tether.hub.core.credentials import WORKER_NAME_PATTERN
-from tether.hub.core.params import InvalidParams
-from tether.hub.core.runs import RunExists, utcnow
-from tether.hub.state import Hub
+from tether.hub.core.runs import utcnow
+from tether.hub.state import in_session
 from tether.hub.wire import StrictJSONRoute, wire_value
 from tether.protocol import (
     ID_PATTERN,
@@ -36,7 +33,6 @@ from tether.sdk.assets import ASSET_URI_PATTERN, MAX_URI_LENGTH, validate_asset_
 from tether.sdk.dag import DagDefinitionError
 
 router = APIRouter(prefix="/api/v1", tags=["api"], route_class=StrictJSONRoute)
-T = TypeVar("T")
 
 # Every id in a path is checked before any store code sees it: the patterns
 # are the ones the dag processor enforces, so a request for an id that
@@ -47,21 +43,6 @@ RunId = Annotated[str, Path(pattern=f"^{RUN_ID_PATTERN}$", max_length=MAX_ID_LEN
 WorkerName = Annotated[str, Path(pattern=f"^{WORKER_NAME_PATTERN}$")]
 #: Counts and offsets in queries fit a 64-bit column.
 Offset = Annotated[int, Query(ge=0, le=MAX_WIRE_INT)]
-
-
-async def _in_session(hub: Hub, fn: Callable[[Session], T]) -> T:
-    """Run ``fn`` in one transaction off the event loop; NotFound becomes 404."""
-
-    def work() -> T:
-        with hub.store.transaction() as s:
-            return fn(s)
-
-    try:
-        return await run_in_threadpool(work)
-    except queries.NotFound as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
-    except queries.BadRequest as exc:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
 
 
 class TriggerIn(BaseModel):
@@ -80,12 +61,12 @@ async def health(hub: HubDep) -> dict[str, Any]:
 
 @router.get("/dags", dependencies=[AdminAuth])
 async def list_dags(hub: HubDep) -> dict[str, Any]:
-    return {"dags": await _in_session(hub, queries.list_dags)}
+    return {"dags": await in_session(hub, queries.list_dags)}
 
 
 @router.get("/dags/{dag_id}", dependencies=[AdminAuth])
 async def get_dag(dag_id: DagId, hub: HubDep) -> dict[str, Any]:
-    return await _in_session(hub, lambda s: queries.dag_detail(s, dag_id))
+    return await in_session(hub, lambda s: queries.dag_detail(s, dag_id))
 
 
 class DagPatchIn(BaseModel):
@@ -99,7 +80,7 @@ async def patch_dag(
 ) -> dict[str, Any]:
     """Pause or unpause a DAG; an unpaused one is scheduled again at once."""
     by = who(request)
-    return await _in_session(hub, lambda s: control.set_paused(s, dag_id, body.is_paused, by))
+    return await in_session(hub, lambda s: control.set_paused(s, dag_id, body.is_paused, by))
 
 
 RunState = Literal["queued", "running", "success", "failed"]
@@ -115,7 +96,7 @@ async def list_runs(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Offset = 0,
 ) -> dict[str, Any]:
-    return await _in_session(
+    return await in_session(
         hub,
         lambda s: queries.list_runs(
             s, dag_id, state=state, run_type=run_type, limit=limit, offset=offset
@@ -128,20 +109,14 @@ async def trigger_run(
     dag_id: DagId, body: TriggerIn, request: Request, hub: HubDep
 ) -> dict[str, str]:
     by = who(request)  # who triggered, for the audit entry the store function writes
-    try:
-        run_id = await _in_session(
-            hub, lambda s: control.trigger(s, dag_id, body.conf, body.run_id, by)
-        )
-    except RunExists as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    except InvalidParams as exc:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+    # No try: RunExists, InvalidParams and NotFound are answered by hub/errors.py.
+    run_id = await in_session(hub, lambda s: control.trigger(s, dag_id, body.conf, body.run_id, by))
     return {"run_id": run_id}
 
 
 @router.get("/dags/{dag_id}/runs/{run_id}", dependencies=[AdminAuth])
 async def get_run(dag_id: DagId, run_id: RunId, hub: HubDep) -> dict[str, Any]:
-    return await _in_session(hub, lambda s: queries.run_detail(s, dag_id, run_id))
+    return await in_session(hub, lambda s: queries.run_detail(s, dag_id, run_id))
 
 
 @router.get("/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/logs", dependencies=[AdminAuth])
@@ -154,7 +129,7 @@ async def task_log(
     map_index: Annotated[int | None, Query(ge=-1, le=MAX_WIRE_INT)] = None,
 ) -> Response:
     """A try's log (the latest by default); a mapped task needs ``map_index``."""
-    data = await _in_session(
+    data = await in_session(
         hub, lambda s: queries.task_log(s, dag_id, run_id, task_id, try_number, map_index)
     )
     return Response(data, media_type="text/plain; charset=utf-8")
@@ -162,22 +137,25 @@ async def task_log(
 
 @router.get("/workers", dependencies=[AdminAuth])
 async def list_workers(hub: HubDep) -> dict[str, Any]:
-    return {"workers": await _in_session(hub, queries.list_workers)}
+    return {"workers": await in_session(hub, queries.list_workers)}
 
 
 @router.get("/queues", dependencies=[AdminAuth])
 async def list_queues(hub: HubDep) -> dict[str, Any]:
-    return {"queues": await _in_session(hub, queries.list_queues)}
+    return {"queues": await in_session(hub, queries.list_queues)}
 
 
 @router.get("/import-errors", dependencies=[AdminAuth])
 async def import_errors(hub: HubDep) -> dict[str, Any]:
-    return {"import_errors": await _in_session(hub, queries.list_import_errors)}
+    return {"import_errors": await in_session(hub, queries.list_import_errors)}
 
 
 AuditActor = Annotated[
     str | None, Query(min_length=1, max_length=300, pattern=r"^[^\x00-\x1f\x7f]+$")
 ]
+#: Audit ids are a 32-bit INTEGER column: PostgreSQL refuses a larger number even in
+#: a comparison (a 500), so the query refuses it first (422).
+MAX_AUDIT_ID = 2**31 - 1
 AuditAction = Annotated[str | None, Query(min_length=1, max_length=100, pattern=r"^[a-z0-9_.]+$")]
 
 
@@ -188,15 +166,12 @@ async def audit_log(
     actor: AuditActor = None,
     action: AuditAction = None,
     limit: Annotated[int, Query(ge=1, le=audit.MAX_LIST)] = 100,
-    before_id: Annotated[int | None, Query(ge=1, le=MAX_WIRE_INT)] = None,
+    before_id: Annotated[int | None, Query(ge=1, le=MAX_AUDIT_ID)] = None,
 ) -> dict[str, Any]:
     """The audit log, newest first; ``before_id`` (the last page's
     ``next_before_id``) pages on to older entries."""
-    try:
-        cutoff = audit.parse_since(since, utcnow()) if since is not None else None
-    except audit.InvalidFilter as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
-    return await _in_session(
+    cutoff = audit.parse_since(since, utcnow()) if since is not None else None
+    return await in_session(
         hub,
         lambda s: audit.list_entries(
             s, since=cutoff, actor=actor, action=action, limit=limit, before_id=before_id
@@ -233,7 +208,7 @@ class AssetEventIn(BaseModel):
 
 @router.get("/assets", dependencies=[AdminAuth])
 async def list_assets(hub: HubDep) -> dict[str, Any]:
-    return {"assets": await _in_session(hub, queries.list_assets)}
+    return {"assets": await in_session(hub, queries.list_assets)}
 
 
 @router.get("/assets/events", dependencies=[AdminAuth])
@@ -244,7 +219,7 @@ async def list_asset_events(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
-    events = await _in_session(hub, lambda s: queries.list_asset_events(s, uri, limit))
+    events = await in_session(hub, lambda s: queries.list_asset_events(s, uri, limit))
     return {"asset_events": events}
 
 
@@ -252,7 +227,7 @@ async def list_asset_events(
 async def post_asset_event(body: AssetEventIn, request: Request, hub: HubDep) -> dict[str, Any]:
     """Record an event of a known asset; the DAGs it makes due start at once."""
     by = who(request)
-    return await _in_session(hub, lambda s: control.post_asset_event(s, body.uri, body.extra, by))
+    return await in_session(hub, lambda s: control.post_asset_event(s, body.uri, body.extra, by))
 
 
 class EnrolmentTokenIn(BaseModel):
@@ -287,16 +262,13 @@ async def create_enrolment_token(
             s, body.queues, body.name, expires_in, body.replace, by
         )
 
-    try:
-        return await _in_session(hub, create)
-    except credentials.WorkerExists as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    return await in_session(hub, create)
 
 
 @router.get("/workers/enrolment-tokens", dependencies=[AdminAuth])
 async def list_enrolment_tokens(hub: HubDep) -> dict[str, Any]:
     """Every enrolment token with its state (unspent, used, revoked, expired); no secrets."""
-    return {"tokens": await _in_session(hub, credentials.list_tokens)}
+    return {"tokens": await in_session(hub, credentials.list_tokens)}
 
 
 @router.post("/workers/enrolment-tokens/{token_id}/revoke", dependencies=[AdminAuth])
@@ -305,12 +277,7 @@ async def revoke_enrolment_token(
 ) -> dict[str, str]:
     """Revoke an unspent token: spending it is refused from now on."""
     by = who(request)
-    try:
-        state = await _in_session(hub, lambda s: control.revoke_enrolment_token(s, token_id, by))
-    except credentials.TokenNotFound as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
-    except control.TokenSpent as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    state = await in_session(hub, lambda s: control.revoke_enrolment_token(s, token_id, by))
     return {"id": token_id, "state": state}
 
 
@@ -324,21 +291,21 @@ async def worker_maintenance(
     name: WorkerName, body: MaintenanceIn, request: Request, hub: HubDep
 ) -> dict[str, str]:
     by = who(request)
-    await _in_session(hub, lambda s: control.set_maintenance(s, name, body.on, body.comment, by))
+    await in_session(hub, lambda s: control.set_maintenance(s, name, body.on, body.comment, by))
     return {"name": name, "maintenance": "on" if body.on else "off"}
 
 
 @router.post("/workers/{name}/shutdown", dependencies=[AdminAuth])
 async def worker_shutdown(name: WorkerName, request: Request, hub: HubDep) -> dict[str, str]:
     by = who(request)
-    await _in_session(hub, lambda s: control.request_shutdown(s, name, by))
+    await in_session(hub, lambda s: control.request_shutdown(s, name, by))
     return {"name": name, "shutdown": "requested"}
 
 
 @router.post("/workers/{name}/revoke", dependencies=[AdminAuth])
 async def worker_revoke(name: WorkerName, request: Request, hub: HubDep) -> dict[str, str]:
     by = who(request)
-    await _in_session(hub, lambda s: control.revoke(s, name, by))
+    await in_session(hub, lambda s: control.revoke(s, name, by))
     hub.principals.forget(name)
     return {"name": name, "state": "revoked"}
 
@@ -346,7 +313,7 @@ async def worker_revoke(name: WorkerName, request: Request, hub: HubDep) -> dict
 @router.delete("/workers/{name}", dependencies=[AdminAuth])
 async def worker_remove(name: WorkerName, request: Request, hub: HubDep) -> dict[str, str]:
     by = who(request)
-    await _in_session(hub, lambda s: control.remove(s, name, by))
+    await in_session(hub, lambda s: control.remove(s, name, by))
     hub.principals.forget(name)
     return {"name": name, "state": "removed"}
 
@@ -371,7 +338,7 @@ async def mark_task(
     A mapped task: every map index, or the one ``map_index`` names.
     """
     by = who(request)
-    indexes = await _in_session(
+    indexes = await in_session(
         hub,
         lambda s: control.mark_task(s, dag_id, run_id, task_id, body.state, by, body.map_index),
     )
@@ -388,7 +355,7 @@ async def clear_task(
 ) -> dict[str, Any]:
     """Run a task instance again (with its downstream if asked); a running one is killed."""
     by = who(request)
-    cleared = await _in_session(
+    cleared = await in_session(
         hub, lambda s: control.clear_task(s, dag_id, run_id, task_id, body.downstream, by)
     )
     return {"task_id": task_id, "state": "cleared", "cleared": cleared}
@@ -404,7 +371,7 @@ async def mark_run(
 ) -> dict[str, str]:
     """Mark a run success or failed, with its unfinished task instances."""
     by = who(request)
-    await _in_session(hub, lambda s: control.mark_run(s, dag_id, run_id, body.state, by))
+    await in_session(hub, lambda s: control.mark_run(s, dag_id, run_id, body.state, by))
     return {"run_id": run_id, "state": body.state}
 
 
@@ -418,7 +385,7 @@ async def clear_run(
 ) -> dict[str, Any]:
     """Run a whole run again, or only its failed tasks."""
     by = who(request)
-    cleared = await _in_session(
+    cleared = await in_session(
         hub, lambda s: control.clear_run(s, dag_id, run_id, body.only_failed, by)
     )
     return {"run_id": run_id, "cleared": cleared}
@@ -437,7 +404,7 @@ class PoolIn(BaseModel):
 async def list_pools(hub: HubDep) -> dict[str, Any]:
     """Pools with their slots and use; pools that tasks name but that do not exist
     are listed with ``missing: true`` (their tasks wait)."""
-    return {"pools": await _in_session(hub, limits.list_pools)}
+    return {"pools": await in_session(hub, limits.list_pools)}
 
 
 @router.put("/pools/{name}", dependencies=[AdminAuth])
@@ -449,16 +416,13 @@ async def set_pool(name: PoolName, body: PoolIn, request: Request, hub: HubDep) 
         pool = control.set_pool(s, name, body.slots, body.description, by)
         return {"name": pool.name, "slots": pool.slots, "description": pool.description}
 
-    return await _in_session(hub, put)
+    return await in_session(hub, put)
 
 
 @router.delete("/pools/{name}", dependencies=[AdminAuth])
 async def delete_pool(name: PoolName, request: Request, hub: HubDep) -> dict[str, str]:
     by = who(request)
-    try:
-        found = await _in_session(hub, lambda s: control.delete_pool(s, name, by))
-    except limits.PoolError as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    found = await in_session(hub, lambda s: control.delete_pool(s, name, by))
     if not found:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no pool {name!r}")
     return {"name": name, "state": "deleted"}
@@ -494,10 +458,7 @@ async def create_backfill(
     def create(s: Session) -> backfill.Backfill:
         return control.create_backfill(s, dag_id, start, end, by)
 
-    try:
-        made = await _in_session(hub, create)
-    except backfill.BackfillError as exc:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+    made = await in_session(hub, create)
     return {
         "dag_id": dag_id,
         "run_ids": made.run_ids,

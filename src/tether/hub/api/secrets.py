@@ -11,8 +11,7 @@ principal the gate let through), and leaves an audit entry.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from pydantic import (
@@ -24,7 +23,6 @@ from pydantic import (
     StrictStr,
     field_validator,
 )
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -32,13 +30,11 @@ from tether.hub.auth.deps import AdminAuth, HubDep
 from tether.hub.auth.gate import ADMIN, PRINCIPAL, who
 from tether.hub.core import audit
 from tether.hub.core import vault as secrets
-from tether.hub.core.secret_keys import SecretKeyError
-from tether.hub.state import Hub
+from tether.hub.state import in_session
 from tether.hub.wire import StrictJSONRoute
 from tether.sdk.connection import Connection
 
 router = APIRouter(prefix="/api/v1", tags=["secrets"], route_class=StrictJSONRoute)
-T = TypeVar("T")
 
 #: Largest body of these routes: a variable's value or a connection's extra at
 #: their limits, with room for JSON escapes. More gets 413 before it is read.
@@ -47,29 +43,6 @@ MAX_BODY = 512 * 1024
 MAX_URI = 3 * (secrets.MAX_PASSWORD + secrets.MAX_EXTRA + 3 * secrets.MAX_FIELD) + 1000
 
 Reveal = Annotated[bool, Query(description="show the secret itself (admin only; audited)")]
-
-
-async def _in_session(hub: Hub, fn: Callable[[Session], T]) -> T:
-    """Run ``fn`` in one transaction off the event loop; the store's refusals become 4xx."""
-
-    def work() -> T:
-        with hub.store.transaction() as s:
-            return fn(s)
-
-    try:
-        return await run_in_threadpool(work)
-    except secrets.InvalidSecret as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
-    except secrets.SecretExists as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    except IntegrityError:
-        # Two requests created the same name at once; the other one won.
-        raise HTTPException(
-            status.HTTP_409_CONFLICT, "it was created by another request meanwhile; try again"
-        ) from None
-    except SecretKeyError as exc:
-        # The hub's keys do not open what it stored: the operator's to fix, said plainly.
-        raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, str(exc)) from None
 
 
 def _check_reveal(request: Request) -> None:
@@ -180,14 +153,14 @@ async def create_connection(body: ConnectionIn, request: Request, hub: HubDep) -
         audit.note(s, who(request), action, f"connection:{conn.conn_id}", details)
         return created
 
-    created = await _in_session(hub, create)
+    created = await in_session(hub, create)
     return {"conn_id": conn.conn_id, "state": "created" if created else "replaced"}
 
 
 @router.get("/connections", dependencies=[AdminAuth])
 async def list_connections(hub: HubDep) -> dict[str, Any]:
     """Names, types, hosts, queues and descriptions; never a password or an extra."""
-    return {"connections": await _in_session(hub, secrets.list_connections)}
+    return {"connections": await in_session(hub, secrets.list_connections)}
 
 
 @router.get("/connections/{name:path}", dependencies=[AdminAuth])
@@ -206,7 +179,7 @@ async def get_connection(
             audit.note(s, who(request), "connection.reveal", f"connection:{name}")
         return _connection_view(stored, reveal)
 
-    view = await _in_session(hub, get)
+    view = await in_session(hub, get)
     if view is None:
         raise _not_found("connection", name)
     return view
@@ -220,7 +193,7 @@ async def delete_connection(name: str, request: Request, hub: HubDep) -> dict[st
             audit.note(s, who(request), "connection.delete", f"connection:{name}")
         return found
 
-    if not await _in_session(hub, delete):
+    if not await in_session(hub, delete):
         raise _not_found("connection", name)
     return {"conn_id": name, "state": "deleted"}
 
@@ -253,14 +226,14 @@ async def set_variable(key: str, body: VariableIn, request: Request, hub: HubDep
         audit.note(s, who(request), action, f"variable:{key}", details)
         return created
 
-    created = await _in_session(hub, put)
+    created = await in_session(hub, put)
     return {"key": key, "state": "created" if created else "updated"}
 
 
 @router.get("/variables", dependencies=[AdminAuth])
 async def list_variables(hub: HubDep) -> dict[str, Any]:
     """Names, secrecy, queues and descriptions; no values."""
-    return {"variables": await _in_session(hub, secrets.list_variables)}
+    return {"variables": await in_session(hub, secrets.list_variables)}
 
 
 @router.get("/variables/{key:path}", dependencies=[AdminAuth])
@@ -289,7 +262,7 @@ async def get_variable(
             audit.note(s, who(request), "variable.reveal", f"variable:{key}")
         return view
 
-    view = await _in_session(hub, get)
+    view = await in_session(hub, get)
     if view is None:
         raise _not_found("variable", key)
     return view
@@ -303,7 +276,7 @@ async def delete_variable(key: str, request: Request, hub: HubDep) -> dict[str, 
             audit.note(s, who(request), "variable.delete", f"variable:{key}")
         return found
 
-    if not await _in_session(hub, delete):
+    if not await in_session(hub, delete):
         raise _not_found("variable", key)
     return {"key": key, "state": "deleted"}
 
@@ -317,13 +290,8 @@ async def rotate_key(request: Request, hub: HubDep) -> dict[str, Any]:
     TETHER_SECRET_KEY, every value is re-encrypted with its first key; the
     operator may then drop the others from it.
     """
-    try:
-        done = await run_in_threadpool(secrets.rotate_key, hub.store, hub.secret_keys)
-    except secrets.RotationInProgress as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    except SecretKeyError as exc:
-        raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, str(exc)) from None
-    await _in_session(hub, lambda s: audit.note(s, who(request), "secrets.rotate_key", None, done))
+    done = await run_in_threadpool(secrets.rotate_key, hub.store, hub.secret_keys)
+    await in_session(hub, lambda s: audit.note(s, who(request), "secrets.rotate_key", None, done))
     if done["source"] == "environment":
         note = (
             "re-encrypted with the first key of TETHER_SECRET_KEY; "

@@ -23,7 +23,7 @@ from tether.hub.core.runs import fail_task_instance, give_up_attempt, lock_run_o
 from tether.hub.store import effects
 from tether.hub.store.dialect import lock_row
 from tether.hub.store.models import TaskAttempt, TaskInstance, Worker
-from tether.protocol import PROTOCOL_VERSION
+from tether.protocol import PROTOCOL_VERSION, Directives
 
 _VERSION_RE = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
 
@@ -34,6 +34,10 @@ class Superseded(Exception):
 
 class IncompatibleVersion(Exception):
     """The hub does not accept this worker's version (426)."""
+
+
+class QueueRefused(Exception):
+    """A process asks to serve a queue its credential does not allow (403)."""
 
 
 def parse_version(text: str) -> tuple[int, int, int]:
@@ -60,29 +64,37 @@ def check_version(
         )
 
 
-def start_session(session: Session, worker: Worker, info: dict[str, Any]) -> tuple[str, list[str]]:
-    """Open a new session for ``worker``, taking over from any older one.
-
-    Returns the session id and the queues to serve: the requested ones, or all
-    the credential allows when none are requested.
+def serve_queues(worker: Worker, requested: list[str]) -> list[str]:
+    """Record and return the queues the worker's process serves, as it says in its
+    session's start and in every heartbeat: the requested ones, or all the
+    credential allows when none are requested. QueueRefused for any other.
     """
-    requested = info.get("queues") or worker.allowed_queues
-    refused = [q for q in requested if q not in worker.allowed_queues]
+    queues = list(requested or worker.allowed_queues)
+    refused = [q for q in queues if q not in worker.allowed_queues]
     if refused:
-        raise PermissionError(
+        raise QueueRefused(
             f"worker {worker.name!r} may not serve {', '.join(refused)}; its credential "
             f"allows {', '.join(worker.allowed_queues)}"
         )
+    worker.queues = queues
+    return queues
+
+
+def start_session(session: Session, worker: Worker, info: dict[str, Any]) -> tuple[str, list[str]]:
+    """Open a new session for ``worker``, taking over from any older one.
+
+    Returns the session id and the queues to serve (see :func:`serve_queues`).
+    """
+    queues = serve_queues(worker, info.get("queues") or [])
     now = utcnow()
     worker.session_id = secrets.token_hex(16)
     # A shutdown asked for from the centre ends the process it reached; a
     # process started afterwards (by an operator or a service manager) runs.
     worker.shutdown_requested = False
-    worker.queues = list(requested)
     worker.first_seen = worker.first_seen or now
     record_heartbeat(worker, info, now)
     effects.tell(session, worker.name)  # an older process's held poll learns at once
-    return worker.session_id, list(requested)
+    return worker.session_id, queues
 
 
 def check_session(worker: Worker, session_id: str | None) -> None:
@@ -127,7 +139,7 @@ def accepting(worker: Worker) -> bool:
     )
 
 
-def directives(session: Session, worker: Worker, running: list[str]) -> dict[str, Any]:
+def directives(session: Session, worker: Worker, running: list[str]) -> Directives:
     """What the worker must do: kill attempts the hub gave up on, maintenance, shutdown."""
     kill: list[str] = []
     if running:
@@ -151,12 +163,12 @@ def directives(session: Session, worker: Worker, running: list[str]) -> dict[str
             and ti_state == S.RUNNING
         }
         kill = sorted(set(running) - current)
-    return {
-        "kill": kill,
-        "maintenance": worker.requested_maintenance,
-        "maintenance_comment": worker.requested_comment,
-        "shutdown": worker.shutdown_requested,
-    }
+    return Directives(
+        kill=kill,
+        maintenance=worker.requested_maintenance,
+        maintenance_comment=worker.requested_comment,
+        shutdown=worker.shutdown_requested,
+    )
 
 
 def fail_attempt(session: Session, attempt: TaskAttempt, reason: str) -> None:

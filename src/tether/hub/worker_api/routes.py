@@ -5,6 +5,14 @@ gate before the body is read (``auth/gate.py``) and again in the route's
 transaction; ``/heartbeat`` and ``/poll`` also carry the session id of the
 calling process. ``reports`` (log chunks and results) is its own router
 because the hub includes it with its own body limit (``hub/app.py``).
+
+Bodies are read by the pydantic models below, which add the hub's bounds
+(lengths, ranges, queue names) and forbid unknown fields; answers are the
+dataclasses of :mod:`tether.protocol`, the same the worker reads. The models
+stay pydantic rather than being derived from the dataclasses because the
+bounds are the hub's policy and the worker's install must not need pydantic;
+``tests/unit/test_protocol.py`` checks both field by field. Domain errors
+become statuses through the one table in ``hub/errors.py``.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -40,7 +48,14 @@ from tether.protocol import (
     MAX_WIRE_INT,
     WORKER_API_PREFIX,
     AttemptResult,
+    Directives,
+    EnrolReply,
+    FinishReply,
+    HeartbeatReply,
     InvalidQueueName,
+    LogAck,
+    PollReply,
+    SessionReply,
     validate_queue_name,
 )
 
@@ -66,8 +81,18 @@ def _queues(value: list[str]) -> list[str]:
         raise ValueError(str(exc)) from None
 
 
-class Facts(BaseModel):
-    """What a worker says about itself on every heartbeat."""
+class StrictBody(BaseModel):
+    """A worker-API request body: a field the hub does not know is a 422 naming it.
+
+    A field dropped without a word is how a heartbeat's queues went unrecorded;
+    a worker newer than the hub hears at once what it sent in vain.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class FactsIn(StrictBody):
+    """:class:`tether.protocol.WorkerFacts`: a session's start, and every heartbeat."""
 
     concurrency: int = Field(ge=0, le=10_000)
     free_slots: int = Field(ge=0, le=10_000)
@@ -84,20 +109,21 @@ class Facts(BaseModel):
     python: str | None = Field(default=None, max_length=50)
     #: Why the worker's spool cannot be written (a full disk); None when it can.
     spool_error: str | None = Field(default=None, max_length=1000)
-
-
-class EnrolIn(BaseModel):
-    token: str = Field(min_length=1, max_length=200)
-
-
-class SessionIn(Facts):
     #: Queues to serve; empty means every queue the credential allows.
     queues: list[str] = Field(default_factory=list, max_length=100)
 
     _check_queues = field_validator("queues")(_queues)
 
 
-class PollIn(BaseModel):
+class EnrolIn(StrictBody):
+    """:class:`tether.protocol.EnrolRequest`."""
+
+    token: str = Field(min_length=1, max_length=200)
+
+
+class PollIn(StrictBody):
+    """:class:`tether.protocol.PollRequest`."""
+
     slots: int = Field(ge=0, le=1000)
     running: list[ListedAttempt] = Field(default_factory=list, max_length=10_000)
     #: The worker is in maintenance (for whatever reason): it takes no job.
@@ -109,7 +135,9 @@ class PollIn(BaseModel):
     wait: float = Field(default=30.0, ge=0, le=MAX_CLAIM_WAIT)
 
 
-class FinishIn(BaseModel):
+class FinishIn(StrictBody):
+    """:class:`tether.protocol.AttemptResult`."""
+
     state: Literal["success", "failed", "skipped"]
     output: Any = None
     error: str | None = Field(default=None, max_length=MAX_ERROR_CHARS)
@@ -139,23 +167,13 @@ async def _as_worker(hub: Hub, me: WorkerIdentity, fn: Any, *, session_bound: bo
     try:
         result: Any = await run_in_threadpool(work)
         return result
-    except credentials.InvalidCredential as exc:
-        hub.principals.forget(me.name)
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc)) from None
-    except sessions.Superseded as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    except attempts.AttemptNotFound as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
-    except attempts.NotYourAttempt as exc:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, str(exc)) from None
-    except attempts.AttemptFenced as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    except attempts.InvalidReport as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+    except credentials.InvalidCredential:
+        hub.principals.forget(me.name)  # the gate must not let the revoked one in again
+        raise
 
 
 @router.post("/enrol", max_body_size=ENROL_MAX_BODY)
-async def enrol(body: EnrolIn, request: Request, hub: HubDep) -> dict[str, Any]:
+async def enrol(body: EnrolIn, request: Request, hub: HubDep) -> EnrolReply:
     """Exchange a one-time enrolment token for this worker's own credential.
 
     The audit entry is the new worker's (``worker:NAME``), from the address
@@ -163,70 +181,58 @@ async def enrol(body: EnrolIn, request: Request, hub: HubDep) -> dict[str, Any]:
     """
     address = who(request).address  # the caller is anonymous until this succeeds
 
-    def work() -> dict[str, Any]:
+    def work() -> EnrolReply:
         with hub.store.read() as s:  # a made-up token never takes the write lock
             credentials.find_token(s, body.token)
-        with hub.store.transaction() as s:
-            worker, credential = credentials.enrol(s, body.token)
-            by = audit.Who(f"worker:{worker.name}", address)
-            details = {
-                "token_id": credentials.token_id(body.token),
-                "queues": worker.allowed_queues,
-            }
-            audit.note(s, by, "worker.enrol", f"worker:{worker.name}", details)
-            return {"name": worker.name, "credential": credential, "queues": worker.allowed_queues}
+        try:
+            with hub.store.transaction() as s:
+                worker, credential = credentials.enrol(s, body.token)
+                by = audit.Who(f"worker:{worker.name}", address)
+                details = {
+                    "token_id": credentials.token_id(body.token),
+                    "queues": worker.allowed_queues,
+                }
+                audit.note(s, by, "worker.enrol", f"worker:{worker.name}", details)
+                return EnrolReply(worker.name, credential, list(worker.allowed_queues))
+        except IntegrityError:  # another token created the same worker in that instant
+            raise credentials.EnrolmentRefused(
+                "a worker of this name was enrolled at the same moment"
+            ) from None
 
-    try:
-        answer = await run_in_threadpool(work)
-    except credentials.InvalidCredential as exc:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc)) from None
-    except credentials.EnrolmentRefused as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    except IntegrityError:  # another token created the same worker in that instant
-        raise HTTPException(
-            status.HTTP_409_CONFLICT, "a worker of this name was enrolled at the same moment"
-        ) from None
-    hub.principals.forget(answer["name"])  # a credential it replaced is void
+    answer = await run_in_threadpool(work)
+    hub.principals.forget(answer.name)  # a credential it replaced is void
     return answer
 
 
 @router.post("/sessions")
-async def start_session(body: SessionIn, me: WorkerAuth, hub: HubDep) -> dict[str, Any]:
+async def start_session(body: FactsIn, me: WorkerAuth, hub: HubDep) -> SessionReply:
     """A worker process starts: check its version, take over from older processes."""
-    try:
-        sessions.check_version(
-            body.version, body.protocol, __version__, hub.config.min_worker_version
-        )
-    except sessions.IncompatibleVersion as exc:
-        raise HTTPException(status.HTTP_426_UPGRADE_REQUIRED, str(exc)) from None
+    sessions.check_version(body.version, body.protocol, __version__, hub.config.min_worker_version)
 
     def start(s: Session, worker: Worker) -> tuple[str, list[str]]:
         return sessions.start_session(s, worker, body.model_dump())
 
-    try:
-        session_id, queues = await _as_worker(hub, me, start, session_bound=False)
-    except PermissionError as exc:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, str(exc)) from None
-    return {
-        "name": me.name,
-        "session_id": session_id,
-        "queues": queues,
-        "heartbeat_interval": hub.config.worker_heartbeat_interval,
-        "hub_version": __version__,
-        # A task's return value larger than this fails the task on the worker.
-        "max_task_output_bytes": hub.config.max_task_output_bytes,
-        # The worker sends log chunks of at most this many bytes.
-        "max_log_chunk_bytes": hub.config.max_log_chunk_bytes,
-    }
+    session_id, queues = await _as_worker(hub, me, start, session_bound=False)
+    return SessionReply(
+        name=me.name,
+        session_id=session_id,
+        queues=queues,
+        heartbeat_interval=hub.config.worker_heartbeat_interval,
+        hub_version=__version__,
+        max_task_output_bytes=hub.config.max_task_output_bytes,
+        max_log_chunk_bytes=hub.config.max_log_chunk_bytes,
+    )
 
 
 @router.post("/heartbeat")
-async def heartbeat(body: Facts, me: WorkerAuth, hub: HubDep) -> dict[str, Any]:
+async def heartbeat(body: FactsIn, me: WorkerAuth, hub: HubDep) -> HeartbeatReply:
+    """The worker's facts, its queues among them (recorded, or 403), for its directives."""
     grace = timedelta(seconds=3 * hub.config.worker_heartbeat_interval)
 
-    def record(s: Session, worker: Worker) -> dict[str, Any]:
+    def record(s: Session, worker: Worker) -> Directives:
         now = utcnow()
         accepted = sessions.accepting(worker)
+        sessions.serve_queues(worker, body.queues)
         sessions.record_heartbeat(worker, body.model_dump(), now)
         sessions.reconcile(s, worker, body.running, now, grace)
         if sessions.accepting(worker) != accepted:
@@ -235,7 +241,7 @@ async def heartbeat(body: Facts, me: WorkerAuth, hub: HubDep) -> dict[str, Any]:
         return sessions.directives(s, worker, body.running)
 
     directives = await _as_worker(hub, me, record, session_bound=True)
-    return {"directives": directives}
+    return HeartbeatReply(directives)
 
 
 async def _fail_undeliverable(hub: Hub, items: list[tuple[int, str]]) -> None:
@@ -249,8 +255,12 @@ async def _fail_undeliverable(hub: Hub, items: list[tuple[int, str]]) -> None:
     await run_in_threadpool(work)
 
 
+#: A look for a poll: the answer, whether work was held back, and what could not be handed out.
+Looked = tuple[PollReply, bool, list[tuple[int, str]]]
+
+
 @router.post("/poll")
-async def poll(body: PollIn, me: WorkerAuth, hub: HubDep, request: Request) -> dict[str, Any]:
+async def poll(body: PollIn, me: WorkerAuth, hub: HubDep, request: Request) -> PollReply:
     """Long-poll for jobs and directives.
 
     Answers as soon as a job is claimed or a directive needs acting on, or
@@ -261,13 +271,13 @@ async def poll(body: PollIn, me: WorkerAuth, hub: HubDep, request: Request) -> d
     deadline = loop.time() + body.wait
     take = body.slots if not body.maintenance else 0
 
-    def look(s: Session, worker: Worker) -> dict[str, Any]:
+    def look(s: Session, worker: Worker) -> Looked:
         worker.last_heartbeat = utcnow()
         if worker.state == S.WorkerState.LOST:  # it is back
             back = S.WorkerState.RUNNING if body.running else S.WorkerState.IDLE
             S.move_worker(worker, back, "polled", worker.last_heartbeat)
         found = sessions.directives(s, worker, body.running)
-        quiet = found["shutdown"] or found["maintenance"] or not sessions.accepting(worker)
+        quiet = found.shutdown or found.maintenance or not sessions.accepting(worker)
         claimed = (
             attempts.Claimed()
             if quiet
@@ -284,12 +294,7 @@ async def poll(body: PollIn, me: WorkerAuth, hub: HubDep, request: Request) -> d
         # Work left behind (a limit, or a task too big for the free slots):
         # wait for any change that ends running work, not only for new work.
         held_back = not quiet and len(jobs) < take and attempts.has_queued_work(s, worker.queues)
-        return {
-            "jobs": [j.to_dict() for j in jobs],
-            "directives": found,
-            "held_back": held_back,
-            "undeliverable": claimed.undeliverable,
-        }
+        return PollReply([j.to_dict() for j in jobs], found), held_back, claimed.undeliverable
 
     async def client_gone() -> None:
         # The body has been read, so the next ASGI message is the disconnect.
@@ -307,20 +312,20 @@ async def poll(body: PollIn, me: WorkerAuth, hub: HubDep, request: Request) -> d
                 # No one to hand a job to, or a newer poll of this worker took over:
                 # one held poll per worker, however many a client opens.
                 if gone.done() or held.replaced:
-                    return {"jobs": [], "directives": {}}
+                    return PollReply()
                 generation = hub.wakeups.generation
-                answer: dict[str, Any] = await _as_worker(hub, me, look, session_bound=True)
-                held_back = answer.pop("held_back")
-                if undeliverable := answer.pop("undeliverable"):
+                looked: Looked = await _as_worker(hub, me, look, session_bound=True)
+                answer, held_back, undeliverable = looked
+                if undeliverable:
                     await _fail_undeliverable(hub, undeliverable)
-                d = answer["directives"]
+                d = answer.directives
                 urgent = (
-                    d["kill"]
-                    or (d["shutdown"] and not body.draining)
-                    or d["maintenance"] != body.central_maintenance
+                    d.kill
+                    or (d.shutdown and not body.draining)
+                    or d.maintenance != body.central_maintenance
                 )
                 remaining = deadline - loop.time()
-                if answer["jobs"] or urgent or remaining <= 0 or closing.done():
+                if answer.jobs or urgent or remaining <= 0 or closing.done():
                     return answer
                 with (
                     hub.wakeups.held_back(woken, generation)
@@ -335,7 +340,7 @@ async def poll(body: PollIn, me: WorkerAuth, hub: HubDep, request: Request) -> d
                     )
                     wake.cancel()
                 if gone.done() or held.replaced:
-                    return {"jobs": [], "directives": d}
+                    return PollReply(directives=d)
     finally:
         gone.cancel()
         closing.cancel()
@@ -414,16 +419,9 @@ async def secret(
 
     try:
         answer = await run_in_threadpool(work)
-    except handout.TokenRefused as exc:
+    except handout.Refused as exc:  # on the record, then answered by the table
         await run_in_threadpool(refused, exc)
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED, str(exc), headers={"WWW-Authenticate": "Bearer"}
-        ) from None
-    except handout.NotForThisTask as exc:
-        await run_in_threadpool(refused, exc)
-        raise HTTPException(status.HTTP_403_FORBIDDEN, str(exc)) from None
-    except handout.NoSuchSecret as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+        raise
     if answer is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
     # Never kept by a proxy or a client cache on the way.
@@ -441,7 +439,7 @@ async def upload_log(
     hub: HubDep,
     request: Request,
     offset: Annotated[int, Query(ge=0, le=MAX_WIRE_INT)],
-) -> dict[str, int]:
+) -> LogAck:
     """Append log bytes at ``offset``; the answer is the size the hub holds.
 
     The chunk is streamed into a temporary file (in memory up to LOG_PIECE),
@@ -460,16 +458,14 @@ async def upload_log(
             )
 
         size: int = await _as_worker(hub, me, append, session_bound=False)
-    return {"size": size}
+    return LogAck(size)
 
 
 @reports.post("/attempts/{attempt_id}/finish")
-async def finish(
-    attempt_id: AttemptId, body: FinishIn, me: WorkerAuth, hub: HubDep
-) -> dict[str, Any]:
+async def finish(attempt_id: AttemptId, body: FinishIn, me: WorkerAuth, hub: HubDep) -> FinishReply:
     result = AttemptResult(**body.model_dump())
 
     def record(s: Session, worker: Worker) -> str:
         return attempts.finish(s, attempt_id, worker.name, result, hub.config.max_task_output_bytes)
 
-    return {"state": await _as_worker(hub, me, record, session_bound=False)}
+    return FinishReply(await _as_worker(hub, me, record, session_bound=False))

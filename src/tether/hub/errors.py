@@ -1,0 +1,111 @@
+"""The one table from domain errors to HTTP statuses, for both of the hub's APIs.
+
+Store and service functions raise what went wrong in their own words
+(``NotFound``, ``AttemptFenced``, ``SecretExists``); no route catches an
+error only to turn it into a status. :func:`install` registers one handler
+per row on the app, which answers ``{"detail": reason}`` as FastAPI's own
+``HTTPException`` does, so clients see the same shape whatever raised it.
+A route still catches an error when it must do something first (audit a
+refusal, forget a revoked credential) and then raises it again.
+
+Starlette finds a handler by the raised class's MRO, so a subclass shares
+its base's row unless it has its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request, status
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError
+
+from tether.hub.core import (
+    attempts,
+    audit,
+    backfill,
+    control,
+    credentials,
+    handout,
+    limits,
+    queries,
+    sessions,
+)
+from tether.hub.core import vault as secrets
+from tether.hub.core.params import InvalidParams
+from tether.hub.core.runs import RunExists
+from tether.hub.core.secret_keys import SecretKeyError
+
+log = logging.getLogger("tether.hub")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """How one kind of error is answered."""
+
+    status: int
+    #: The reason when the error's own text is not for clients; else ``str(exc)``.
+    reason: str | None = None
+    headers: dict[str, str] | None = None
+
+
+ERRORS: dict[type[Exception], Answer] = {
+    # Not there: the thing named does not exist (or is not this caller's to see).
+    queries.NotFound: Answer(status.HTTP_404_NOT_FOUND),
+    credentials.TokenNotFound: Answer(status.HTTP_404_NOT_FOUND),
+    attempts.AttemptNotFound: Answer(status.HTTP_404_NOT_FOUND),
+    handout.NoSuchSecret: Answer(status.HTTP_404_NOT_FOUND),
+    # The request is well formed but cannot be done as asked.
+    queries.BadRequest: Answer(status.HTTP_400_BAD_REQUEST),
+    InvalidParams: Answer(status.HTTP_400_BAD_REQUEST),
+    backfill.BackfillError: Answer(status.HTTP_400_BAD_REQUEST),
+    audit.InvalidFilter: Answer(status.HTTP_422_UNPROCESSABLE_CONTENT),
+    secrets.InvalidSecret: Answer(status.HTTP_422_UNPROCESSABLE_CONTENT),
+    attempts.InvalidReport: Answer(status.HTTP_422_UNPROCESSABLE_CONTENT),
+    # Who is asking.
+    credentials.InvalidCredential: Answer(status.HTTP_401_UNAUTHORIZED),
+    handout.TokenRefused: Answer(
+        status.HTTP_401_UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"}
+    ),
+    attempts.NotYourAttempt: Answer(status.HTTP_403_FORBIDDEN),
+    handout.NotForThisTask: Answer(status.HTTP_403_FORBIDDEN),
+    sessions.QueueRefused: Answer(status.HTTP_403_FORBIDDEN),
+    sessions.IncompatibleVersion: Answer(status.HTTP_426_UPGRADE_REQUIRED),
+    # The state of things says no: it exists already, was spent, or moved on.
+    RunExists: Answer(status.HTTP_409_CONFLICT),
+    credentials.WorkerExists: Answer(status.HTTP_409_CONFLICT),
+    credentials.EnrolmentRefused: Answer(status.HTTP_409_CONFLICT),
+    control.TokenSpent: Answer(status.HTTP_409_CONFLICT),
+    limits.PoolError: Answer(status.HTTP_409_CONFLICT),
+    secrets.SecretExists: Answer(status.HTTP_409_CONFLICT),
+    secrets.RotationInProgress: Answer(status.HTTP_409_CONFLICT),
+    sessions.Superseded: Answer(status.HTTP_409_CONFLICT),
+    attempts.AttemptFenced: Answer(status.HTTP_409_CONFLICT),
+    # Two requests wrote the same row at once; the other one won. The text of
+    # the database's error names tables and values, so it is not passed on.
+    IntegrityError: Answer(
+        status.HTTP_409_CONFLICT, "another request wrote the same record at that moment; try again"
+    ),
+    # The hub's keys do not open what it stored: the operator's to fix, said plainly.
+    SecretKeyError: Answer(status.HTTP_500_INTERNAL_SERVER_ERROR),
+}
+
+
+def answer_for(exc: Exception) -> JSONResponse:
+    """The answer to ``exc`` by the table (its class or its nearest listed base)."""
+    row = next(ERRORS[cls] for cls in type(exc).__mro__ if cls in ERRORS)
+    if isinstance(exc, IntegrityError):
+        log.warning("a concurrent write was refused by the database: %s", exc.orig)
+    reason = row.reason if row.reason is not None else str(exc)
+    return JSONResponse({"detail": reason}, row.status, headers=row.headers)
+
+
+async def _handle(request: Request, exc: Exception) -> JSONResponse:
+    return answer_for(exc)
+
+
+def install(app: FastAPI) -> None:
+    """Answer every error in :data:`ERRORS` by the table, on every route of ``app``."""
+    for cls in ERRORS:
+        app.add_exception_handler(cls, _handle)
