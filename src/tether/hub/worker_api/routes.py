@@ -263,12 +263,17 @@ async def poll(body: PollIn, me: WorkerAuth, hub: HubDep, request: Request) -> d
     deadline = loop.time() + body.wait
     take = body.slots if not body.maintenance else 0
 
-    def look(s: Session, worker: Worker) -> dict[str, Any]:
-        worker.last_heartbeat = utcnow()
-        if worker.state == "lost":  # it is back
-            worker.state = "running" if body.running else "idle"
+    def look(s: Session, worker: Worker, arrived: bool) -> dict[str, Any]:
+        if arrived:
+            sessions.record_poll(worker, body.running, utcnow())
         found = sessions.directives(s, worker, body.running)
-        quiet = found["shutdown"] or found["maintenance"] or not sessions.accepting(worker)
+        # Declared lost while this poll was held: the worker has been silent for
+        # the lost timeout, so this connection may lead nowhere; a job claimed on
+        # it would be lost with it. It gets work again once it is heard from.
+        dropped = worker.state == "lost"
+        quiet = (
+            dropped or found["shutdown"] or found["maintenance"] or not sessions.accepting(worker)
+        )
         claimed = (
             attempts.Claimed()
             if quiet
@@ -290,6 +295,7 @@ async def poll(body: PollIn, me: WorkerAuth, hub: HubDep, request: Request) -> d
             "directives": found,
             "held_back": held_back,
             "undeliverable": claimed.undeliverable,
+            "dropped": dropped,
         }
 
     async def client_gone() -> None:
@@ -303,6 +309,7 @@ async def poll(body: PollIn, me: WorkerAuth, hub: HubDep, request: Request) -> d
     try:
         with hub.wakeups.watching(queues, worker=me.name) as held:
             woken = held.event
+            arrived = True
             while True:
                 woken.clear()
                 # No one to hand a job to, or a newer poll of this worker took over:
@@ -310,8 +317,12 @@ async def poll(body: PollIn, me: WorkerAuth, hub: HubDep, request: Request) -> d
                 if gone.done() or held.replaced:
                     return {"jobs": [], "directives": {}}
                 generation = hub.wakeups.generation
-                answer: dict[str, Any] = await _as_worker(hub, me, look, session_bound=True)
+                answer: dict[str, Any] = await _as_worker(
+                    hub, me, functools.partial(look, arrived=arrived), session_bound=True
+                )
+                arrived = False
                 held_back = answer.pop("held_back")
+                dropped = answer.pop("dropped")
                 if undeliverable := answer.pop("undeliverable"):
                     await _fail_undeliverable(hub, undeliverable)
                 d = answer["directives"]
@@ -321,7 +332,7 @@ async def poll(body: PollIn, me: WorkerAuth, hub: HubDep, request: Request) -> d
                     or d["maintenance"] != body.central_maintenance
                 )
                 remaining = deadline - loop.time()
-                if answer["jobs"] or urgent or remaining <= 0 or closing.done():
+                if answer["jobs"] or urgent or dropped or remaining <= 0 or closing.done():
                     return answer
                 with (
                     hub.wakeups.held_back(woken, generation)

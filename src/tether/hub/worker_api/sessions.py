@@ -113,6 +113,17 @@ def record_heartbeat(worker: Worker, info: dict[str, Any], now: datetime) -> Non
     worker.last_heartbeat = now
 
 
+def record_poll(worker: Worker, running: list[str], now: datetime) -> None:
+    """A poll arrived: a sign of life, as a heartbeat is, that brings a lost worker back.
+
+    Only its arrival counts: a held poll looked at again later, when work
+    comes, says nothing of whether the worker is still there.
+    """
+    worker.last_heartbeat = now
+    if worker.state == "lost":
+        worker.state = "running" if running else "idle"
+
+
 def accepting(worker: Worker) -> bool:
     """Whether the worker, as it last reported, takes new tasks."""
     return not worker.maintenance and worker.state not in ("draining", "offline")
