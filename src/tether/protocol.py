@@ -31,6 +31,13 @@ SESSION_HEADER = "X-Tether-Session"
 #: Longest a claim may be held open by the hub, in seconds.
 MAX_CLAIM_WAIT = 60.0
 
+#: The fencing contract. The session's answer tells the worker the hub's lost
+#: timeout (``lost_timeout``, seconds), which the hub counts from the *arrival*
+#: of a worker's last heartbeat or poll; a worker that has had no heartbeat
+#: acknowledged for this share of it, counted from when that heartbeat was
+#: *sent*, stops its tasks, so they are dead before the hub can retry them.
+FENCE_SHARE = 0.75
+
 # Queue names: 1 to 256 characters, letters, digits and ``. _ - :``,
 # starting with a letter or digit. Safe in URLs, file names and log lines.
 QUEUE_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,255}"

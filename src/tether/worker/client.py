@@ -181,6 +181,8 @@ class HubClient:
         self.log_chunk_bytes = LOG_CHUNK_BYTES
         #: ...and the largest return value of a task, as JSON.
         self.max_output_bytes = DEFAULT_MAX_TASK_OUTPUT_BYTES
+        #: ...and after how many seconds of silence it declares this worker lost.
+        self.lost_timeout: float | None = None
         #: What a task process needs to reach the hub for its declared secrets (with
         #: its attempt's token, never this worker's credential).
         self.task_access: dict[str, Any] = {
@@ -304,6 +306,7 @@ class HubClient:
             self.log_chunk_bytes = min(LOG_CHUNK_BYTES, chunk)
         if (output := _limit(data.get("max_task_output_bytes"))) is not None:
             self.max_output_bytes = output
+        self.lost_timeout = _seconds(data.get("lost_timeout"))
         return data
 
     async def heartbeat(
@@ -384,6 +387,13 @@ def _limit(value: object) -> int | None:
     """A limit the hub announced, if it is a positive whole number."""
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
+    return None
+
+
+def _seconds(value: object) -> float | None:
+    """A duration the hub announced, if it is a positive finite number."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 1e12:
+        return float(value)
     return None
 
 

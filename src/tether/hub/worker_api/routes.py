@@ -211,6 +211,8 @@ async def start_session(body: SessionIn, me: WorkerAuth, hub: HubDep) -> dict[st
         "session_id": session_id,
         "queues": queues,
         "heartbeat_interval": hub.config.worker_heartbeat_interval,
+        # The worker stops its tasks well before this (protocol.FENCE_SHARE).
+        "lost_timeout": hub.config.worker_lost_timeout,
         "hub_version": __version__,
         # A task's return value larger than this fails the task on the worker.
         "max_task_output_bytes": hub.config.max_task_output_bytes,
