@@ -43,6 +43,13 @@ SESSION_HEADER = "X-Tether-Session"
 #: Longest a claim may be held open by the hub, in seconds.
 MAX_CLAIM_WAIT = 60.0
 
+#: The fencing contract. The session's answer tells the worker the hub's lost
+#: timeout (``lost_timeout``, seconds), which the hub counts from the *arrival*
+#: of a worker's last heartbeat or poll; a worker that has had no heartbeat
+#: acknowledged for this share of it, counted from when that heartbeat was
+#: *sent*, stops its tasks, so they are dead before the hub can retry them.
+FENCE_SHARE = 0.75
+
 # Queue names: 1 to 256 characters, letters, digits and ``. _ - :``,
 # starting with a letter or digit. Safe in URLs, file names and log lines.
 QUEUE_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,255}"
@@ -522,6 +529,9 @@ class SessionReply(Message):
     queues: list[str]
     heartbeat_interval: float
     hub_version: str
+    #: Silent this long, the worker is lost and its tasks run elsewhere; the worker
+    #: stops them well before (:data:`FENCE_SHARE`). Older hubs send none: no fencing.
+    lost_timeout: float | None = None
     #: A task's return value larger than this (as JSON) fails the task on the worker.
     max_task_output_bytes: int | None = None
     #: The worker sends log chunks of at most this many bytes.
@@ -534,6 +544,8 @@ class SessionReply(Message):
         for name in ("max_task_output_bytes", "max_log_chunk_bytes"):
             if (limit := getattr(self, name)) is not None and limit <= 0:
                 raise MalformedMessage(f"SessionReply.{name} is not positive")
+        if self.lost_timeout is not None and not 0 < self.lost_timeout < 1e12:
+            raise MalformedMessage("SessionReply.lost_timeout is not a positive duration")
 
 
 @dataclass(frozen=True)

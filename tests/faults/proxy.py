@@ -6,6 +6,12 @@ credentials, maps the made-up host names it is given to 127.0.0.1 (so a client
 that can only resolve them through the proxy proves it used the proxy), and
 logs every tunnel and request to stdout. It refuses any target outside
 loopback.
+
+``--blackhole-while FILE`` makes a network partition: while FILE exists the
+proxy still accepts connections and reads what comes, but forwards nothing and
+answers nothing, on new connections and on open tunnels and requests alike
+(no refusal, no reset), so a client sees only silence. What it read meanwhile
+is held and goes on once FILE is gone, as TCP delivers after a partition heals.
 """
 
 from __future__ import annotations
@@ -15,11 +21,29 @@ import asyncio
 import base64
 import sys
 import urllib.parse
+from pathlib import Path
+
+#: Set while traffic may cross; cleared during a partition (``--blackhole-while``).
+_link = asyncio.Event()
+
+
+async def _watch_partition(control: Path) -> None:
+    """Keep ``_link`` in step with the control file (polled: a file sends no events)."""
+    while True:
+        cut = await asyncio.to_thread(control.exists)
+        if cut == _link.is_set():
+            print("PARTITION ON" if cut else "PARTITION HEALED", flush=True)
+            if cut:
+                _link.clear()
+            else:
+                _link.set()
+        await asyncio.sleep(0.05)
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         while data := await reader.read(65536):
+            await _link.wait()
             writer.write(data)
             await writer.drain()
     except (ConnectionError, asyncio.CancelledError):
@@ -34,12 +58,14 @@ def main() -> int:
     parser.add_argument("--user", required=True)
     parser.add_argument("--password", required=True)
     parser.add_argument("--map", action="append", default=[], help="NAME: a host sent to loopback")
+    parser.add_argument("--blackhole-while", type=Path, help="FILE: a partition while it exists")
     args = parser.parse_args()
     expected = "Basic " + base64.b64encode(f"{args.user}:{args.password}".encode()).decode()
     mapped = set(args.map)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
+        await _link.wait()
         lines = head.decode("latin-1").split("\r\n")
         method, target, _ = lines[0].split(" ", 2)
         headers = {
@@ -87,10 +113,13 @@ def main() -> int:
         writer.close()
 
     async def serve() -> None:
+        _link.set()
+        control = args.blackhole_while
+        watch = [_watch_partition(control)] if control is not None else []
         server = await asyncio.start_server(handle, "127.0.0.1", args.port)
         print("READY", flush=True)
         async with server:
-            await server.serve_forever()
+            await asyncio.gather(server.serve_forever(), *watch)
 
     asyncio.run(serve())
     return 0

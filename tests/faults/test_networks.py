@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import trustme
 
 from tests.integration.processes import REPO, Hub, Worker, die_with_pytest, free_port, wait_for
 
@@ -21,20 +20,6 @@ DAG = """
     with DAG("over_the_wire"):
         BashOperator(task_id="t", bash_command="echo crossed the wire", queue="acme")
 """
-
-
-@pytest.fixture
-def tls(tmp_path: Path) -> dict[str, Path]:
-    """A private CA and a certificate for 127.0.0.1 and a name only a proxy knows."""
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "hub.tether-test.invalid")
-    files = {"ca": tmp_path / "ca.pem", "cert": tmp_path / "hub.pem", "key": tmp_path / "key.pem"}
-    ca.cert_pem.write_to_path(str(files["ca"]))
-    cert.private_key_pem.write_to_path(str(files["key"]))
-    cert.cert_chain_pems[0].write_to_path(str(files["cert"]))
-    for pem in cert.cert_chain_pems[1:]:
-        pem.write_to_path(str(files["cert"]), append=True)
-    return files
 
 
 @pytest.fixture
@@ -84,8 +69,9 @@ def test_a_worker_runs_a_dag_over_tls_with_a_private_ca(
         worker.stop()
 
 
-def _proxy(tmp_path: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
-    """The test proxy, on a free port, knowing the name hub.tether-test.invalid."""
+def _proxy(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """The test proxy, on a free port, knowing the name hub.tether-test.invalid;
+    ``extra``: more of its arguments (``--blackhole-while FILE``)."""
     port = free_port()
     log_path = tmp_path / "proxy.log"
     with log_path.open("w") as log:
@@ -102,6 +88,7 @@ def _proxy(tmp_path: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
                 "s3cret",
                 "--map",
                 "hub.tether-test.invalid",
+                *extra,
             ],
             cwd=REPO,
             stdout=log,

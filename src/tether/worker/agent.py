@@ -3,7 +3,9 @@
 One long-poll is always open: it brings jobs when the worker has free slots,
 and directives (kill an attempt, maintenance, shutdown) at any time, so a busy
 worker still hears the centre within a round trip. Beside it run the
-heartbeat, the local control watcher and the delivery of spooled reports.
+heartbeat, the fence (``fence.py``: stop the tasks when heartbeats go
+unanswered too long), the local control watcher and the delivery of spooled
+reports.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from tether.worker import control
 from tether.worker.attempt import AttemptRunner, clear_workdirs, deliver, end_leftover
 from tether.worker.bundles import BundleCache
 from tether.worker.client import HubClient, HubError, Superseded
+from tether.worker.fence import Fence
 from tether.worker.launcher import make_launcher
 from tether.worker.site_secrets import SiteSecrets, SiteSecretsError
 from tether.worker.spool import Spool, clean_logs
@@ -131,6 +134,7 @@ class Worker:
         self.delivering: set[str] = set()
         self.queues: list[str] = list(config.queues)
         self.heartbeat_interval = 10.0
+        self.fence = Fence(config.kill_grace)
         self.local_maintenance = False
         self.local_comment: str | None = None
         self.central_maintenance = False
@@ -212,14 +216,23 @@ class Worker:
             return
 
         async def beat() -> None:
+            sent = asyncio.get_running_loop().time()
             with contextlib.suppress(ConnectionError, HubError):
                 self._apply(await self.client.heartbeat(self.facts(), retry_for=5))
+                self.fence.acknowledged(sent)
 
         self._spawn(beat())
 
     def kill_all(self, reason: str) -> None:
         for runner in list(self.running.values()):
             self._spawn(runner.kill(reason))
+
+    def _fence_tasks(self, reason: str) -> int:
+        """Stop every running task: the hub may be about to run them elsewhere."""
+        runners = [r for r in self.running.values() if r.stoppable]
+        for runner in runners:
+            self._spawn(runner.kill(reason, grace=self.fence.kill_grace))
+        return len(runners)
 
     def facts(self) -> WorkerFacts:
         return WorkerFacts(
@@ -310,6 +323,7 @@ class Worker:
         control.update_control(self.home, stop=False)
         self._read_control()
         log.info("worker %s connecting to %s", self.config.name, self.config.hub_url)
+        asked = asyncio.get_running_loop().time()
         hello_task = asyncio.create_task(self.client.start_session(self.facts()))
         stop_task = asyncio.create_task(self._stopping.wait())
         await asyncio.wait({hello_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -326,6 +340,7 @@ class Worker:
             raise WorkerExit(f"the hub refused this worker: {exc.reason}") from None
         self.queues = hello.queues
         self.heartbeat_interval = hello.heartbeat_interval
+        self.fence.start(self.client.lost_timeout, asked)
         self.state = "idle"
         log.info(
             "worker %s connected to hub %s; serving %s",
@@ -344,6 +359,7 @@ class Worker:
         self._write_status()
         side = [
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self.fence.watch(self._fence_tasks), name="fence"),
             asyncio.create_task(self._control_loop(), name="control"),
             asyncio.create_task(self._poll_loop(), name="poll"),
         ]
@@ -399,8 +415,13 @@ class Worker:
                 self._notify()
 
     async def _heartbeat_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
         while True:
-            await asyncio.sleep(self.heartbeat_interval)
+            # One interval from send to send, however long the answer took: the
+            # fence counts from the sending.
+            await asyncio.sleep(max(0.0, sent + self.heartbeat_interval - loop.time()))
+            sent = loop.time()
             try:
                 directives = await self.client.heartbeat(
                     self.facts(), retry_for=self.heartbeat_interval
@@ -411,6 +432,7 @@ class Worker:
             except (ConnectionError, HubError) as exc:
                 log.warning("heartbeat failed: %s", exc)
                 continue
+            self.fence.acknowledged(sent)
             self._apply(directives)
 
     def _read_control(self) -> bool:
@@ -501,7 +523,7 @@ class Worker:
         """Act on the hub's directives; a reply without them (``{}``) changes nothing."""
         for attempt_id in directives.kill:
             runner = self.running.get(attempt_id)
-            if runner is not None:
+            if runner is not None and runner.stoppable:  # not when only its report is left
                 log.info("the hub ended attempt %s; killing it", attempt_id)
                 self._spawn(runner.kill("the hub ended this attempt"))
         if directives.maintenance is None:
@@ -536,6 +558,7 @@ class Worker:
             site_secrets=self.site_secrets,
         )
         self.running[job.attempt_id] = runner
+        self.fence.poke()  # a task started while fenced is stopped too
         self.state = "running"
         log.info(
             "running %s.%s try %d (attempt %s)",

@@ -291,8 +291,15 @@ class AttemptRunner:
             max_output=self.client.max_output_bytes,
         )
 
-    async def kill(self, reason: str) -> None:
-        """SIGTERM the task's process group, then SIGKILL after the grace period.
+    @property
+    def stoppable(self) -> bool:
+        """Whether a kill would still stop something: not killed yet, not ended."""
+        proc = self.process
+        return self.kill_reason is None and (proc is None or proc.returncode is None)
+
+    async def kill(self, reason: str, grace: float | None = None) -> None:
+        """SIGTERM the task's process group, then SIGKILL after ``grace`` seconds
+        (default: the runner's kill grace).
 
         A task that already ended is left alone (its log is not touched).
         """
@@ -307,7 +314,7 @@ class AttemptRunner:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
         try:
-            await asyncio.wait_for(proc.wait(), self.kill_grace)
+            await asyncio.wait_for(proc.wait(), self.kill_grace if grace is None else grace)
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)

@@ -192,6 +192,8 @@ class HubClient:
         self.log_chunk_bytes = LOG_CHUNK_BYTES
         #: ...and the largest return value of a task, as JSON.
         self.max_output_bytes = DEFAULT_MAX_TASK_OUTPUT_BYTES
+        #: ...and after how many seconds of silence it declares this worker lost.
+        self.lost_timeout: float | None = None
         #: What a task process needs to reach the hub for its declared secrets (with
         #: its attempt's token, never this worker's credential).
         self.task_access: dict[str, Any] = {
@@ -297,6 +299,7 @@ class HubClient:
             self.log_chunk_bytes = min(LOG_CHUNK_BYTES, hello.max_log_chunk_bytes)
         if hello.max_task_output_bytes is not None:
             self.max_output_bytes = hello.max_task_output_bytes
+        self.lost_timeout = hello.lost_timeout
         return hello
 
     async def heartbeat(self, facts: WorkerFacts, *, retry_for: float | None = None) -> Directives:

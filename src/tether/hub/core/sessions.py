@@ -129,6 +129,18 @@ def record_heartbeat(worker: Worker, info: dict[str, Any], now: datetime) -> Non
     worker.last_heartbeat = now
 
 
+def record_poll(worker: Worker, running: list[str], now: datetime) -> None:
+    """A poll arrived: a sign of life, as a heartbeat is, that brings a lost worker back.
+
+    Only its arrival counts: a held poll looked at again later, when work
+    comes, says nothing of whether the worker is still there.
+    """
+    worker.last_heartbeat = now
+    if worker.state == S.WorkerState.LOST:  # it is back
+        back = S.WorkerState.RUNNING if running else S.WorkerState.IDLE
+        S.move_worker(worker, back, "polled", now)
+
+
 def accepting(worker: Worker) -> bool:
     """Whether the worker, as it last reported, takes new tasks: not in
     maintenance, not stopping, and its spool can be written."""

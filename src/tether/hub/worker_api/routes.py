@@ -218,6 +218,8 @@ async def start_session(body: FactsIn, me: WorkerAuth, hub: HubDep) -> SessionRe
         session_id=session_id,
         queues=queues,
         heartbeat_interval=hub.config.worker_heartbeat_interval,
+        # The worker stops its tasks well before this (protocol.FENCE_SHARE).
+        lost_timeout=hub.config.worker_lost_timeout,
         hub_version=__version__,
         max_task_output_bytes=hub.config.max_task_output_bytes,
         max_log_chunk_bytes=hub.config.max_log_chunk_bytes,
@@ -255,8 +257,9 @@ async def _fail_undeliverable(hub: Hub, items: list[tuple[int, str]]) -> None:
     await run_in_threadpool(work)
 
 
-#: A look for a poll: the answer, whether work was held back, and what could not be handed out.
-Looked = tuple[PollReply, bool, list[tuple[int, str]]]
+#: A look for a poll: the answer, whether work was held back, what could not be
+#: handed out, and whether the worker was declared lost while the poll was held.
+Looked = tuple[PollReply, bool, list[tuple[int, str]], bool]
 
 
 @router.post("/poll")
@@ -271,13 +274,15 @@ async def poll(body: PollIn, me: WorkerAuth, hub: HubDep, request: Request) -> P
     deadline = loop.time() + body.wait
     take = body.slots if not body.maintenance else 0
 
-    def look(s: Session, worker: Worker) -> Looked:
-        worker.last_heartbeat = utcnow()
-        if worker.state == S.WorkerState.LOST:  # it is back
-            back = S.WorkerState.RUNNING if body.running else S.WorkerState.IDLE
-            S.move_worker(worker, back, "polled", worker.last_heartbeat)
+    def look(s: Session, worker: Worker, arrived: bool) -> Looked:
+        if arrived:
+            sessions.record_poll(worker, body.running, utcnow())
         found = sessions.directives(s, worker, body.running)
-        quiet = found.shutdown or found.maintenance or not sessions.accepting(worker)
+        # Declared lost while this poll was held: the worker has been silent for
+        # the lost timeout, so this connection may lead nowhere; a job claimed on
+        # it would be lost with it. It gets work again once it is heard from.
+        dropped = worker.state == S.WorkerState.LOST
+        quiet = dropped or found.shutdown or found.maintenance or not sessions.accepting(worker)
         claimed = (
             attempts.Claimed()
             if quiet
@@ -294,7 +299,8 @@ async def poll(body: PollIn, me: WorkerAuth, hub: HubDep, request: Request) -> P
         # Work left behind (a limit, or a task too big for the free slots):
         # wait for any change that ends running work, not only for new work.
         held_back = not quiet and len(jobs) < take and attempts.has_queued_work(s, worker.queues)
-        return PollReply([j.to_dict() for j in jobs], found), held_back, claimed.undeliverable
+        reply = PollReply([j.to_dict() for j in jobs], found)
+        return reply, held_back, claimed.undeliverable, dropped
 
     async def client_gone() -> None:
         # The body has been read, so the next ASGI message is the disconnect.
@@ -307,6 +313,7 @@ async def poll(body: PollIn, me: WorkerAuth, hub: HubDep, request: Request) -> P
     try:
         with hub.wakeups.watching(queues, worker=me.name) as held:
             woken = held.event
+            arrived = True
             while True:
                 woken.clear()
                 # No one to hand a job to, or a newer poll of this worker took over:
@@ -314,8 +321,11 @@ async def poll(body: PollIn, me: WorkerAuth, hub: HubDep, request: Request) -> P
                 if gone.done() or held.replaced:
                     return PollReply()
                 generation = hub.wakeups.generation
-                looked: Looked = await _as_worker(hub, me, look, session_bound=True)
-                answer, held_back, undeliverable = looked
+                looked: Looked = await _as_worker(
+                    hub, me, functools.partial(look, arrived=arrived), session_bound=True
+                )
+                arrived = False
+                answer, held_back, undeliverable, dropped = looked
                 if undeliverable:
                     await _fail_undeliverable(hub, undeliverable)
                 d = answer.directives
@@ -325,7 +335,7 @@ async def poll(body: PollIn, me: WorkerAuth, hub: HubDep, request: Request) -> P
                     or d.maintenance != body.central_maintenance
                 )
                 remaining = deadline - loop.time()
-                if answer.jobs or urgent or remaining <= 0 or closing.done():
+                if answer.jobs or urgent or dropped or remaining <= 0 or closing.done():
                     return answer
                 with (
                     hub.wakeups.held_back(woken, generation)
