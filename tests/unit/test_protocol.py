@@ -164,7 +164,7 @@ def test_a_message_survives_its_wire_form(message: Message) -> None:
 
 
 def test_a_newer_hubs_extra_fields_are_ignored_by_the_worker() -> None:
-    wire = {**REPLIES[1].to_wire(), "lost_timeout": 30}
+    wire = {**REPLIES[1].to_wire(), "drain_hint": 30}
     assert SessionReply.from_wire(wire) == REPLIES[1]
 
 
