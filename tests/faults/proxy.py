@@ -12,6 +12,10 @@ proxy still accepts connections and reads what comes, but forwards nothing and
 answers nothing, on new connections and on open tunnels and requests alike
 (no refusal, no reset), so a client sees only silence. What it read meanwhile
 is held and goes on once FILE is gone, as TCP delivers after a partition heals.
+
+``--html-while FILE``: while FILE exists, every plain-HTTP request is answered
+``200 text/html`` with a sign-in page instead of being forwarded, as a captive
+portal or a misconfigured proxy does.
 """
 
 from __future__ import annotations
@@ -52,6 +56,14 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.close()
 
 
+_PAGE = b"<!doctype html><html><body><h1>Sign in to continue</h1></body></html>"
+_HTML_PAGE = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nConnection: close\r\n"
+    + f"Content-Length: {len(_PAGE)}\r\n\r\n".encode()
+    + _PAGE
+)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
@@ -59,6 +71,11 @@ def main() -> int:
     parser.add_argument("--password", required=True)
     parser.add_argument("--map", action="append", default=[], help="NAME: a host sent to loopback")
     parser.add_argument("--blackhole-while", type=Path, help="FILE: a partition while it exists")
+    parser.add_argument(
+        "--html-while",
+        type=Path,
+        help="FILE: while it exists, answer every plain-HTTP request 200 with an HTML page",
+    )
     args = parser.parse_args()
     expected = "Basic " + base64.b64encode(f"{args.user}:{args.password}".encode()).decode()
     mapped = set(args.map)
@@ -86,6 +103,10 @@ def main() -> int:
             )
         elif host not in mapped and host not in ("127.0.0.1", "localhost"):
             writer.write(b"HTTP/1.1 403 Forbidden\r\n\r\n")
+        elif forwarded is not None and args.html_while is not None and args.html_while.exists():
+            # A captive portal or a misconfigured proxy: 200, but not the hub's answer.
+            print(f"HTML {method} {host}:{port}", flush=True)
+            writer.write(_HTML_PAGE)
         elif forwarded is not None:
             upstream_r, upstream_w = await asyncio.open_connection("127.0.0.1", int(port))
             print(f"FORWARD {method} {host}:{port}", flush=True)

@@ -43,6 +43,11 @@ from tether.worker.spool import Spool, clean_logs
 log = logging.getLogger("tether.worker")
 
 
+#: Exit status of a worker whose side task (poll, heartbeat, control, fence) died
+#: of a bug: its service manager starts it again.
+SIDE_TASK_DIED = 3
+
+
 class WorkerExit(Exception):
     """The worker must stop with this message and a non-zero exit code."""
 
@@ -137,6 +142,8 @@ class Worker:
         self.fence = Fence(config.kill_grace)
         self.local_maintenance = False
         self.local_comment: str | None = None
+        #: What is wrong with control.json, if anything (logged once).
+        self._control_problem: str | None = None
         self.central_maintenance = False
         self.central_comment: str | None = None
         self.state = "starting"
@@ -291,14 +298,27 @@ class Worker:
 
     # -- life cycle ----------------------------------------------------------------------
 
-    def _lock_home(self) -> None:
+    def _lock_home(self) -> bool:
+        """Take the home unless the caller did; True if this call took it."""
+        took = self._lock_file is None
         if self._lock_file is None:
             self._lock_file = lock_home(self.home)
         (self.home / control.PID).write_text(f"{os.getpid()}\n")
+        return took
 
     async def run(self) -> None:
         """Serve until stopped and drained. Raises WorkerExit for a non-zero exit."""
-        self._lock_home()
+        took_lock = self._lock_home()
+        try:
+            await self._serve()
+        finally:
+            if took_lock and self._lock_file is not None:  # the caller's lock stays the caller's
+                self._lock_file.close()
+                self._lock_file = None
+        if self._exit is not None:
+            raise self._exit
+
+    async def _serve(self) -> None:
         try:
             self.site_secrets = SiteSecrets(self.home)
         except SiteSecretsError as exc:
@@ -315,8 +335,6 @@ class Worker:
         finally:
             (self.home / control.PID).unlink(missing_ok=True)
             await self.client.aclose()
-        if self._exit is not None:
-            raise self._exit
 
     async def _run(self) -> None:
         # A stop asked for before this start is stale.
@@ -363,6 +381,8 @@ class Worker:
             asyncio.create_task(self._control_loop(), name="control"),
             asyncio.create_task(self._poll_loop(), name="poll"),
         ]
+        for task in side:
+            task.add_done_callback(self._supervise)
         try:
             await self._until_drained()
         finally:
@@ -391,6 +411,23 @@ class Worker:
             self._drain_wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drain_wake.wait(), timeout)
+
+    def _supervise(self, task: asyncio.Task[Any]) -> None:
+        """A side task ended. Cancelled (the worker stops) or ended by ``_fatal``
+        (it said why) is normal; anything else is a bug that would leave a worker
+        that heartbeats and never takes work: log it with its traceback, kill the
+        tasks, and exit 3 so that the service manager starts a fresh process."""
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is None and self._exit is not None:
+            return  # it stopped the worker itself, and said why
+        name = task.get_name()
+        why = f"{type(error).__name__}: {error}" if error is not None else "it returned"
+        log.error("the worker's %s loop died (%s); stopping", name, why, exc_info=error)
+        if self._exit is None:  # logged just above, with the traceback: _fatal says no more
+            self._exit = WorkerExit(f"the worker's {name} loop died ({why})", code=SIDE_TASK_DIED)
+        self._fatal(self._exit)
 
     def _fatal(self, exit_: WorkerExit) -> None:
         if self._exit is None:
@@ -437,7 +474,11 @@ class Worker:
 
     def _read_control(self) -> bool:
         """Apply ``control.json``; True if something changed."""
-        wanted = control.read_control(self.home)
+        wanted, problem = control.checked_control(control.read_control(self.home))
+        if problem != self._control_problem:  # said once, not at every look
+            self._control_problem = problem
+            if problem is not None:
+                log.warning("%s: %s; it is ignored", self.home / control.CONTROL, problem)
         changed = False
         on = bool(wanted.get("maintenance", False))
         comment = wanted.get("comment") if on else None

@@ -27,18 +27,61 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        data: dict[str, Any] = json.loads(path.read_text())
-        return data
-    except (OSError, ValueError):
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
         return {}
+    except (OSError, ValueError) as exc:
+        return {_UNREADABLE: f"it cannot be read as JSON ({type(exc).__name__})"}
+    return data if isinstance(data, dict) else {_UNREADABLE: "it is not a JSON object"}
+
+
+#: The key under which a read reports a file it could not read.
+_UNREADABLE = "__unreadable__"
+
+#: control.json's keys and the types each may have (None: the key is unset).
+_CONTROL_TYPES: dict[str, tuple[type, ...]] = {
+    "maintenance": (bool,),
+    "comment": (str, type(None)),
+    "stop": (bool,),
+    "timeout": (int, float, type(None)),
+}
 
 
 def read_control(home: Path) -> dict[str, Any]:
+    """The object in ``control.json``; one that cannot be read is reported under
+    ``_UNREADABLE`` for :func:`checked_control` to tell."""
     return _read_json(home / CONTROL)
 
 
+def checked_control(wanted: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """``control.json`` as the worker may act on it, and what is wrong with it.
+
+    The file is written by ``tether worker maintenance/stop``, but anyone with
+    the home can edit it: a file that cannot be read, or a value of the wrong
+    type, leaves the worker as it is (an empty control) instead of crashing it.
+    """
+    if _UNREADABLE in wanted:
+        return {}, str(wanted[_UNREADABLE])
+    for key, types in _CONTROL_TYPES.items():
+        value = wanted.get(key)
+        # JSON's true is no number of seconds, nor is 1 a yes.
+        wrong_bool = isinstance(value, bool) and bool not in types
+        if key in wanted and (not isinstance(value, types) or wrong_bool):
+            kinds = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            return {}, f"{key} is {value!r:.40}, not {kinds}"
+    timeout = wanted.get("timeout")
+    if timeout is not None and not 0 <= timeout < 1e9:
+        return {}, f"timeout is {timeout!r}, not a number of seconds"
+    comment = wanted.get("comment")
+    if comment is not None and len(comment) > 1000:
+        return {}, "comment is longer than 1000 characters"
+    return wanted, None
+
+
 def update_control(home: Path, **changes: Any) -> dict[str, Any]:
-    data = {**read_control(home), **changes}
+    current = read_control(home)
+    # One that could not be read is replaced, not merged into.
+    data = {**({} if _UNREADABLE in current else current), **changes}
     _write_json(home / CONTROL, data)
     return data
 
@@ -48,7 +91,8 @@ def write_status(home: Path, status: dict[str, Any]) -> None:
 
 
 def read_status(home: Path) -> dict[str, Any]:
-    return _read_json(home / STATUS)
+    status = _read_json(home / STATUS)
+    return {} if _UNREADABLE in status else status
 
 
 def running_pid(home: Path) -> int | None:
