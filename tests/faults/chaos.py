@@ -233,7 +233,7 @@ def soak(
         run_ids = [hub.api.trigger(DAG_ID) for _ in range(runs)]
         for number, target in enumerate(targets, 1):
             wait_for(
-                lambda target=target: len(side_channel(out)) >= target,  # type: ignore[misc]
+                lambda target=target: len(side_channel(out)) >= target,
                 timeout,
                 f"{target} bodies to have started",
             )
