@@ -96,6 +96,9 @@ def build_context(job: Job, dag: Any, task: Any) -> dict[str, Any]:
             "TETHER_TASK_ID": job.task_id,
             "TETHER_RUN_ID": job.run_id,
             "TETHER_TRY_NUMBER": str(job.try_number),
+            "TETHER_MAP_INDEX": str(job.map_index),
+            # Names this try apart from a re-run of the same try number (docs/dags.md).
+            "TETHER_ATTEMPT_ID": job.attempt_id,
         },
     }
 
