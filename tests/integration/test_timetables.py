@@ -132,15 +132,20 @@ def test_catchup_makes_one_run_per_missed_day_with_its_data_interval(hub: Hub) -
 
 
 def test_a_dag_in_its_own_time_zone_runs_at_its_local_midnights(hub: Hub) -> None:
-    runs = _finished(hub, "tokyo_daily", 3)
-    local_midnights = [TOKYO_TODAY - timedelta(days=d) for d in (3, 2, 1, 0)]
+    start = TOKYO_TODAY - timedelta(days=3)
+    # Three days as the module was imported; one more if Tokyo's midnight (15:00
+    # UTC) has passed since, as it can during a long suite.
+    now = datetime.now(ZoneInfo("Asia/Tokyo"))
+    days = (now.replace(hour=0, minute=0, second=0, microsecond=0) - start).days
+    runs = _finished(hub, "tokyo_daily", days)
+    local_midnights = [start + timedelta(days=d) for d in range(days + 1)]
     utc = [m.astimezone(UTC).isoformat() for m in local_midnights]
     assert [(r["data_interval_start"], r["data_interval_end"]) for r in runs] == list(
         zip(utc, utc[1:], strict=False)
     )
     assert all(m.endswith("T15:00:00+00:00") for m in utc)  # Tokyo has no DST
     assert {r["state"] for r in runs} == {"success"}
-    assert len(_runs(hub, "tokyo_daily")) == 3
+    assert len(_runs(hub, "tokyo_daily")) == days
 
 
 def test_without_catchup_only_the_latest_interval_runs(hub: Hub) -> None:

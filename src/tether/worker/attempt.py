@@ -239,6 +239,10 @@ class AttemptRunner:
         self.process = await self.launcher.start(
             job_file, result_file, self.log_path, self.workdir, env
         )
+        if self.kill_reason is not None:
+            # Killed while the launcher started it: kill() found no process to
+            # signal then, so the task would have run to its end.
+            await self.kill(self.kill_reason)
         assert self.entry is not None
         self.entry.pid = self.process.pid
         self.spool.write(self.entry)
@@ -311,14 +315,27 @@ class AttemptRunner:
             note(self.log_path, f"killing the task: {reason}")
         if proc is None:
             return  # not started yet: _execute sees kill_reason
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
+        signal_task(proc.pid, signal.SIGTERM)
         try:
             await asyncio.wait_for(proc.wait(), self.kill_grace if grace is None else grace)
         except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            signal_task(proc.pid, signal.SIGKILL)
             await proc.wait()
+
+
+def signal_task(pid: int, sig: int) -> None:
+    """Send ``sig`` to the task process ``pid`` and everything it started.
+
+    A task process makes itself a process group first thing (``setsid``), and
+    its group is what is signalled. Killed in the instant after it started,
+    before its ``setsid``, it has no group yet (ESRCH): then it alone gets the
+    signal, and there is nothing else yet.
+    """
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
 
 
 def is_our_task_process(pid: int) -> bool:
