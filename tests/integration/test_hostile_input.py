@@ -16,7 +16,14 @@ from tests.integration.processes import Hub, Worker, running_hub, wait_for
 pytestmark = pytest.mark.integration
 
 #: The variables a task process adds to a BashOperator's declared env, and bash's own.
-CONTEXT_VARIABLES = {"TETHER_DAG_ID", "TETHER_TASK_ID", "TETHER_RUN_ID", "TETHER_TRY_NUMBER"}
+CONTEXT_VARIABLES = {
+    "TETHER_DAG_ID",
+    "TETHER_TASK_ID",
+    "TETHER_RUN_ID",
+    "TETHER_MAP_INDEX",
+    "TETHER_TRY_NUMBER",
+    "TETHER_ATTEMPT_ID",
+}
 BASH_VARIABLES = {"PWD", "SHLVL", "_"}
 
 DAGS = {

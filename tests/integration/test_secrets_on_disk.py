@@ -115,7 +115,14 @@ def test_hub_and_worker_homes_and_their_files_are_owner_only(tmp_path: Path, dag
         assert f"mode={0o666 & ~_umask():o}" in log
         # Of Tether's variables a task sees its context, never the worker's settings.
         seen = {line.removeprefix("var: ") for line in log.splitlines() if line.startswith("var:")}
-        assert seen == {"TETHER_DAG_ID", "TETHER_RUN_ID", "TETHER_TASK_ID", "TETHER_TRY_NUMBER"}
+        assert seen == {
+            "TETHER_DAG_ID",
+            "TETHER_RUN_ID",
+            "TETHER_TASK_ID",
+            "TETHER_MAP_INDEX",
+            "TETHER_TRY_NUMBER",
+            "TETHER_ATTEMPT_ID",
+        }
         # The DAG callback ran on the hub with none of the hub's settings or secrets.
         assert wait_for(out.exists, 30, "the DAG callback")
         assert out.read_text() == ""
