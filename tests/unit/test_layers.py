@@ -13,6 +13,17 @@ SRC = Path(tether.__file__).parent
 
 #: Each layer (a module or package under ``tether``) and what it may import of
 #: ``tether`` besides itself. A module belongs to the longest prefix listed.
+_BELOW_THE_APIS = {
+    "protocol",
+    "hub.store",
+    "hub.core",
+    "hub.config",
+    "hub.auth",
+    "hub.state",
+    "hub.wire",
+    "hub.errors",
+}
+
 MAY_IMPORT: dict[str, set[str]] = {
     # Shared by hub and worker; stdlib (and the SDK's own few dependencies) only.
     "protocol": set(),
@@ -42,27 +53,10 @@ MAY_IMPORT: dict[str, set[str]] = {
     # The one table of domain errors and their HTTP statuses, for both APIs.
     "hub.errors": {"protocol", "hub.store", "hub.core"},
     "hub.state": {"hub.store", "hub.core", "hub.config", "hub.auth", "hub.wakeups"},
-    "hub.api": {
-        "protocol",
-        "sdk",
-        "hub.store",
-        "hub.core",
-        "hub.config",
-        "hub.auth",
-        "hub.state",
-        "hub.wire",
-        "hub.errors",
-    },
-    "hub.worker_api": {
-        "protocol",
-        "hub.store",
-        "hub.core",
-        "hub.config",
-        "hub.auth",
-        "hub.state",
-        "hub.wire",
-        "hub.errors",
-    },
+    # The two APIs stand on the same layers, and never on each other; the REST
+    # API also reads the SDK's types (a DAG's errors, a connection's URI).
+    "hub.api": {"sdk", *_BELOW_THE_APIS},
+    "hub.worker_api": _BELOW_THE_APIS,
     "hub.ui": set(),
     # The process that wires it all together.
     "hub.app": {"protocol", "homes", "sdk", "hub"},
