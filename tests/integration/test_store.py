@@ -12,10 +12,11 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, select
+from sqlalchemy.exc import InternalError, OperationalError
 
 import tether
 from tests.hubtools import Told, make_hub, parse, told, write_dag
-from tether.hub.core import attempts, audit, control, queries, runs
+from tether.hub.core import attempts, audit, control, limits, queries, runs
 from tether.hub.services.scheduler import tick
 from tether.hub.state import Hub
 from tether.hub.store.db import migrate
@@ -464,3 +465,21 @@ def test_a_finishing_sibling_does_not_hide_queued_work_from_claims(hub: Hub) -> 
         t.join(30)
     # Row locks taken by the finish must not make SKIP LOCKED pass over the siblings.
     assert len(got) == 5
+
+
+def test_a_read_transaction_refuses_a_write_and_leaves_its_connection_writable(
+    hub: Hub,
+) -> None:
+    """``store.read()`` may only read (READ ONLY on PostgreSQL, query_only on SQLite),
+    so a read route that slipped in a write fails at once instead of queueing for
+    SQLite's write lock; the connection it used writes again once back in the pool."""
+    refused = OperationalError if hub.store.dialect == "sqlite" else InternalError
+    for _ in range(3):  # the pool hands the same connections out again
+        with pytest.raises(refused), hub.store.read() as s:
+            limits.set_pool(s, "made-in-a-read", 1, None)
+        with hub.store.transaction() as s:
+            limits.set_pool(s, "made-in-a-transaction", 1, None)
+    with hub.store.read() as s:
+        names = {p["name"] for p in limits.list_pools(s)}
+    assert "made-in-a-transaction" in names
+    assert "made-in-a-read" not in names

@@ -48,3 +48,15 @@ async def in_session(hub: Hub, fn: Callable[[Session], T]) -> T:
             return fn(s)
 
     return await run_in_threadpool(work)
+
+
+async def in_read(hub: Hub, fn: Callable[[Session], T]) -> T:
+    """Like :func:`in_session` for a route that only reads: a read-only
+    transaction (``Store.read``), so on SQLite it never waits for the write lock
+    and a write slipped into ``fn`` fails at once."""
+
+    def work() -> T:
+        with hub.store.read() as s:
+            return fn(s)
+
+    return await run_in_threadpool(work)

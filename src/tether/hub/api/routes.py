@@ -19,7 +19,7 @@ from tether.hub.auth.gate import who
 from tether.hub.core import audit, backfill, control, credentials, limits, queries
 from tether.hub.core.credentials import WORKER_NAME_PATTERN
 from tether.hub.core.runs import utcnow
-from tether.hub.state import in_session
+from tether.hub.state import in_read, in_session
 from tether.hub.wire import StrictJSONRoute, wire_value
 from tether.protocol import (
     ID_PATTERN,
@@ -61,12 +61,12 @@ async def health(hub: HubDep) -> dict[str, Any]:
 
 @router.get("/dags", dependencies=[AdminAuth])
 async def list_dags(hub: HubDep) -> dict[str, Any]:
-    return {"dags": await in_session(hub, queries.list_dags)}
+    return {"dags": await in_read(hub, queries.list_dags)}
 
 
 @router.get("/dags/{dag_id}", dependencies=[AdminAuth])
 async def get_dag(dag_id: DagId, hub: HubDep) -> dict[str, Any]:
-    return await in_session(hub, lambda s: queries.dag_detail(s, dag_id))
+    return await in_read(hub, lambda s: queries.dag_detail(s, dag_id))
 
 
 class DagPatchIn(BaseModel):
@@ -96,7 +96,7 @@ async def list_runs(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Offset = 0,
 ) -> dict[str, Any]:
-    return await in_session(
+    return await in_read(
         hub,
         lambda s: queries.list_runs(
             s, dag_id, state=state, run_type=run_type, limit=limit, offset=offset
@@ -116,7 +116,7 @@ async def trigger_run(
 
 @router.get("/dags/{dag_id}/runs/{run_id}", dependencies=[AdminAuth])
 async def get_run(dag_id: DagId, run_id: RunId, hub: HubDep) -> dict[str, Any]:
-    return await in_session(hub, lambda s: queries.run_detail(s, dag_id, run_id))
+    return await in_read(hub, lambda s: queries.run_detail(s, dag_id, run_id))
 
 
 @router.get("/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/logs", dependencies=[AdminAuth])
@@ -129,7 +129,7 @@ async def task_log(
     map_index: Annotated[int | None, Query(ge=-1, le=MAX_WIRE_INT)] = None,
 ) -> Response:
     """A try's log (the latest by default); a mapped task needs ``map_index``."""
-    data = await in_session(
+    data = await in_read(
         hub, lambda s: queries.task_log(s, dag_id, run_id, task_id, try_number, map_index)
     )
     return Response(data, media_type="text/plain; charset=utf-8")
@@ -137,17 +137,17 @@ async def task_log(
 
 @router.get("/workers", dependencies=[AdminAuth])
 async def list_workers(hub: HubDep) -> dict[str, Any]:
-    return {"workers": await in_session(hub, queries.list_workers)}
+    return {"workers": await in_read(hub, queries.list_workers)}
 
 
 @router.get("/queues", dependencies=[AdminAuth])
 async def list_queues(hub: HubDep) -> dict[str, Any]:
-    return {"queues": await in_session(hub, queries.list_queues)}
+    return {"queues": await in_read(hub, queries.list_queues)}
 
 
 @router.get("/import-errors", dependencies=[AdminAuth])
 async def import_errors(hub: HubDep) -> dict[str, Any]:
-    return {"import_errors": await in_session(hub, queries.list_import_errors)}
+    return {"import_errors": await in_read(hub, queries.list_import_errors)}
 
 
 AuditActor = Annotated[
@@ -171,7 +171,7 @@ async def audit_log(
     """The audit log, newest first; ``before_id`` (the last page's
     ``next_before_id``) pages on to older entries."""
     cutoff = audit.parse_since(since, utcnow()) if since is not None else None
-    return await in_session(
+    return await in_read(
         hub,
         lambda s: audit.list_entries(
             s, since=cutoff, actor=actor, action=action, limit=limit, before_id=before_id
@@ -208,7 +208,7 @@ class AssetEventIn(BaseModel):
 
 @router.get("/assets", dependencies=[AdminAuth])
 async def list_assets(hub: HubDep) -> dict[str, Any]:
-    return {"assets": await in_session(hub, queries.list_assets)}
+    return {"assets": await in_read(hub, queries.list_assets)}
 
 
 @router.get("/assets/events", dependencies=[AdminAuth])
@@ -219,7 +219,7 @@ async def list_asset_events(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
-    events = await in_session(hub, lambda s: queries.list_asset_events(s, uri, limit))
+    events = await in_read(hub, lambda s: queries.list_asset_events(s, uri, limit))
     return {"asset_events": events}
 
 
@@ -268,7 +268,7 @@ async def create_enrolment_token(
 @router.get("/workers/enrolment-tokens", dependencies=[AdminAuth])
 async def list_enrolment_tokens(hub: HubDep) -> dict[str, Any]:
     """Every enrolment token with its state (unspent, used, revoked, expired); no secrets."""
-    return {"tokens": await in_session(hub, credentials.list_tokens)}
+    return {"tokens": await in_read(hub, credentials.list_tokens)}
 
 
 @router.post("/workers/enrolment-tokens/{token_id}/revoke", dependencies=[AdminAuth])
@@ -404,7 +404,7 @@ class PoolIn(BaseModel):
 async def list_pools(hub: HubDep) -> dict[str, Any]:
     """Pools with their slots and use; pools that tasks name but that do not exist
     are listed with ``missing: true`` (their tasks wait)."""
-    return {"pools": await in_session(hub, limits.list_pools)}
+    return {"pools": await in_read(hub, limits.list_pools)}
 
 
 @router.put("/pools/{name}", dependencies=[AdminAuth])

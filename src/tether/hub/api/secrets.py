@@ -30,7 +30,7 @@ from tether.hub.auth.deps import AdminAuth, HubDep
 from tether.hub.auth.gate import ADMIN, PRINCIPAL, who
 from tether.hub.core import audit
 from tether.hub.core import vault as secrets
-from tether.hub.state import in_session
+from tether.hub.state import in_read, in_session
 from tether.hub.wire import StrictJSONRoute
 from tether.sdk.connection import Connection
 
@@ -160,7 +160,7 @@ async def create_connection(body: ConnectionIn, request: Request, hub: HubDep) -
 @router.get("/connections", dependencies=[AdminAuth])
 async def list_connections(hub: HubDep) -> dict[str, Any]:
     """Names, types, hosts, queues and descriptions; never a password or an extra."""
-    return {"connections": await in_session(hub, secrets.list_connections)}
+    return {"connections": await in_read(hub, secrets.list_connections)}
 
 
 @router.get("/connections/{name:path}", dependencies=[AdminAuth])
@@ -179,7 +179,7 @@ async def get_connection(
             audit.note(s, who(request), "connection.reveal", f"connection:{name}")
         return _connection_view(stored, reveal)
 
-    view = await in_session(hub, get)
+    view = await (in_session if reveal else in_read)(hub, get)
     if view is None:
         raise _not_found("connection", name)
     return view
@@ -233,7 +233,7 @@ async def set_variable(key: str, body: VariableIn, request: Request, hub: HubDep
 @router.get("/variables", dependencies=[AdminAuth])
 async def list_variables(hub: HubDep) -> dict[str, Any]:
     """Names, secrecy, queues and descriptions; no values."""
-    return {"variables": await in_session(hub, secrets.list_variables)}
+    return {"variables": await in_read(hub, secrets.list_variables)}
 
 
 @router.get("/variables/{key:path}", dependencies=[AdminAuth])
@@ -262,7 +262,7 @@ async def get_variable(
             audit.note(s, who(request), "variable.reveal", f"variable:{key}")
         return view
 
-    view = await in_session(hub, get)
+    view = await (in_session if reveal else in_read)(hub, get)
     if view is None:
         raise _not_found("variable", key)
     return view

@@ -53,9 +53,20 @@ def make_engine(url: str) -> Engine:
             # Take the write lock up front: a read that later writes would
             # otherwise fail with "database is locked" instead of waiting.
             # A read-only transaction (Store.read) takes none: in WAL mode it
-            # reads a snapshot and never waits for a writer.
-            read_only = conn.get_execution_options().get(READ_ONLY, False)
-            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+            # reads a snapshot and never waits for a writer, and query_only
+            # makes a write in it fail at once instead of queueing for the lock.
+            if conn.get_execution_options().get(READ_ONLY, False):
+                conn.exec_driver_sql("BEGIN")
+                conn.exec_driver_sql("PRAGMA query_only = ON")
+            else:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        @event.listens_for(engine, "checkin")
+        def _on_checkin(dbapi_conn: Any, _record: Any) -> None:
+            # Whatever ended the read (commit, rollback, the pool's reset), the
+            # connection goes back into the pool able to write again.
+            if dbapi_conn is not None:  # None: it was invalidated, and is closed
+                dbapi_conn.execute("PRAGMA query_only = OFF")
 
         return engine
     # A pooled connection a database restart cut is found on checkout and replaced
@@ -81,9 +92,12 @@ class Store:
         self.outage = Outage()
         watch(self.engine, self.outage)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self._readers = sessionmaker(
-            self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False
-        )
+        # PostgreSQL: psycopg starts the transaction with BEGIN READ ONLY and
+        # SQLAlchemy resets that when the connection goes back to the pool.
+        readers = self.engine.execution_options(**{READ_ONLY: True})
+        if self.dialect == "postgresql":
+            readers = readers.execution_options(postgresql_readonly=True)
+        self._readers = sessionmaker(readers, expire_on_commit=False)
 
     @property
     def dialect(self) -> str:
@@ -102,10 +116,12 @@ class Store:
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Session]:
-        """A transaction that only reads: on SQLite it takes no write lock.
+        """A transaction that only reads, and may only read: on SQLite it takes
+        no write lock (a write in it fails at once), on PostgreSQL it is READ ONLY.
 
-        For lookups on paths anyone can hit (checking a presented credential),
-        so that they never queue behind, or hold up, the hub's writers.
+        For every REST read (``state.in_read``) and for lookups on paths anyone
+        can hit (checking a presented credential), so that they never queue
+        behind, or hold up, the hub's writers.
         """
         with self._readers() as s, s.begin():
             yield s
