@@ -101,16 +101,21 @@ def test_a_task_keeps_running_through_a_hub_outage_and_its_log_arrives_whole(
         hub.stop()
 
 
+@pytest.mark.parametrize("start", ["fork", "spawn"])
 def test_a_lost_worker_task_is_retried_elsewhere_and_its_late_report_refused(
-    tmp_path: Path,
+    tmp_path: Path, start: str
 ) -> None:
+    """In both task start modes (``--task-start``): the task dies with its
+    ``kill -9``-ed worker, runs again on another, and the first worker's report
+    on it, delivered when it comes back, is refused."""
+    mode = ["--task-start", start]
     hub = _hub(
         tmp_path,
         TETHER_WORKER_LOST_TIMEOUT="3",
         TETHER_WORKER_HEARTBEAT="1",
         TETHER_SCHEDULER_SWEEP="0.5",
     )
-    first = Worker(hub, tmp_path / "w1", "acme", "acme-1")
+    first = Worker(hub, tmp_path / "w1", "acme", "acme-1", extra=mode)
     second = None
     try:
         first.wait_registered()
@@ -123,14 +128,14 @@ def test_a_lost_worker_task_is_retried_elsewhere_and_its_late_report_refused(
         wait_for(lambda: not Path(f"/proc/{task_pid}").exists(), 5, "the task to die too")
         wait_for(lambda: hub.api.worker("acme-1")["state"] == "lost", 30, "the worker lost")
 
-        second = Worker(hub, tmp_path / "w2", "acme", "acme-2")
+        second = Worker(hub, tmp_path / "w2", "acme", "acme-2", extra=mode)
         run = hub.api.wait_run("retried", run_id, timeout=60)
         task = hub.api.tasks(run)["work"]
         assert (run["state"], task["try_number"], task["worker"]) == ("success", 2, "acme-2")
         assert "try=1" in hub.api.log("retried", run_id, "work", try_number=1)
 
         # The first worker comes back and delivers what it spooled: refused.
-        first = Worker(hub, tmp_path / "w1", "acme", "acme-1")
+        first = Worker(hub, tmp_path / "w1", "acme", "acme-1", extra=mode)
         wait_for(
             lambda: "hub refused a report on attempt" in first.output(),
             30,
