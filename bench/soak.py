@@ -4,11 +4,12 @@ time, and the result checked from a side channel the task bodies write.
 The full-scale form of tests/faults/test_hub_kills.py: ``--runs`` runs of the
 chaos DAG (8 task bodies each: Bash and Python, chained, parallel and
 mapped), two workers of 4 slots, ``--kills`` SIGKILLs of the hub, each
-followed by a restart on the same home, port and database. The workload and
+followed by a restart on the same home, port and database, and
+``--worker-kills`` SIGKILLs of a worker, each restarted at once. The workload and
 the check live in tests/faults/chaos.py, shared with the test. Prints the
 figures and a final JSON line; exits 1 if anything was lost or ran twice.
 Usage:
-    python3 -m uv run python bench/soak.py [--runs 63] [--kills 10] [--seed N]
+    python3 -m uv run python bench/soak.py [--runs 63] [--kills 10] [--worker-kills 0] [--seed N]
         [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/soak]
 """
 
@@ -31,6 +32,9 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=63, help=f"{BODIES_PER_RUN} bodies each")
     parser.add_argument("--kills", type=int, default=10, help="hub kills")
+    parser.add_argument(
+        "--worker-kills", type=int, default=0, help="kill -9 of a worker, restarted at once"
+    )
     parser.add_argument("--seed", type=int, default=None, help="random seed (printed)")
     parser.add_argument(
         "--database-url", default=None, help="an empty database (default: SQLite in a temp dir)"
@@ -46,6 +50,7 @@ def main() -> int:
             database_url,
             runs=args.runs,
             kills=args.kills,
+            worker_kills=args.worker_kills,
             seed=seed,
             timeout=60 + 2 * args.runs,
         )
@@ -58,6 +63,7 @@ def main() -> int:
         "store": database_url.split(":", 1)[0],
         "seed": seed,
         "kills": args.kills,
+        "worker_kills": args.worker_kills,
         **report.summary(),
         "wall_s": round(elapsed, 1),
     }
@@ -65,7 +71,7 @@ def main() -> int:
         for line in getattr(report, name)[:20]:
             print(f"{name}: {line}")
     for key, value in figures.items():
-        print(f"{key:>10}  {value}")
+        print(f"{key:>12}  {value}")
     print(json.dumps(figures))
     failed = report.lost or report.run_twice or report.bad_logs
     if failed:

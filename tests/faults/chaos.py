@@ -12,7 +12,9 @@ the task instance, so each successful try's log on the hub can be compared with
 it. :func:`check` reads that file and the hub's REST API and counts what was
 lost and what ran twice; :func:`soak` runs the whole thing: a real hub and two
 real workers, ``kills`` ``kill -9`` of the hub at random moments (each followed
-by :meth:`Hub.restart` on the same home, port and database), then the check.
+by :meth:`Hub.restart` on the same home, port and database) and
+``worker_kills`` of a worker (restarted at once on its home, as its service
+manager would), then the check.
 """
 
 from __future__ import annotations
@@ -202,20 +204,27 @@ def soak(
     runs: int,
     kills: int,
     seed: int,
+    worker_kills: int = 0,
     say: Callable[[str], None] = print,
     timeout: float = 120,
 ) -> Report:
     """Trigger ``runs`` runs of the chaos DAG on a hub with two workers, kill -9
-    the hub ``kills`` times at random points of the workload and restart it,
-    wait for every run to end, and check. Stops everything it started."""
+    the hub ``kills`` times and a worker ``worker_kills`` times at random points
+    of the workload, restarting each, wait for every run to end, and check.
+    Stops everything it started."""
     rng = random.Random(seed)
-    say(f"chaos seed {seed}: {runs} runs, {runs * BODIES_PER_RUN} task bodies, {kills} kills")
+    say(
+        f"chaos seed {seed}: {runs} runs, {runs * BODIES_PER_RUN} task bodies, "
+        f"{kills} hub kills, {worker_kills} worker kills"
+    )
     out = root / "side-channel.txt"
     write_dags(root / "dags", out)
     total = runs * BODIES_PER_RUN
     # Kill at random points of progress (bodies started), so every kill lands
     # inside the workload, never after it.
-    targets = sorted(rng.sample(range(1, total), kills))
+    targets = sorted(rng.sample(range(1, total), kills + worker_kills))
+    victims = ["hub"] * kills + ["worker"] * worker_kills
+    rng.shuffle(victims)
     hub = Hub(
         root / "hub",
         root / "dags",
@@ -231,7 +240,7 @@ def soak(
             worker.wait_registered()
         hub.api.wait_dags(DAG_ID)
         run_ids = [hub.api.trigger(DAG_ID) for _ in range(runs)]
-        for number, target in enumerate(targets, 1):
+        for number, (target, victim) in enumerate(zip(targets, victims, strict=True), 1):
             wait_for(
                 lambda target=target: len(side_channel(out)) >= target,
                 timeout,
@@ -240,9 +249,19 @@ def soak(
             # A random moment between two events too, not only just after a body began.
             time.sleep(rng.uniform(0, 0.5))
             started = len(side_channel(out))
-            hub.stop(signal.SIGKILL)
-            hub = hub.restart()
-            say(f"kill {number}/{kills}: after {started} bodies; hub restarted, pid {hub.pid}")
+            if victim == "hub":
+                hub.stop(signal.SIGKILL)
+                hub = hub.restart()
+                what = f"hub restarted, pid {hub.pid}"
+            else:
+                i = rng.randrange(len(workers))
+                old = workers[i]
+                old.stop(signal.SIGKILL)
+                # Its tasks died with it; the new process reports them and the
+                # hub retries them (the chaos DAG has retries=2).
+                workers[i] = Worker(hub, old.home, "default", old.name, concurrency=4)
+                what = f"worker {old.name} killed and restarted"
+            say(f"kill {number}/{len(targets)}: after {started} bodies; {what}")
         for run_id in run_ids:
             hub.api.wait_run(DAG_ID, run_id, timeout=timeout)
         return check(hub.api, run_ids, out)
