@@ -40,6 +40,13 @@ WORKER_API_PREFIX = "/api/worker/v1"
 #: Header that carries the worker process's session id (see POST /sessions).
 SESSION_HEADER = "X-Tether-Session"
 
+#: Headers of a task log answer of the REST API (read by ``tether tasks logs``):
+#: the log's size so far in bytes (the ``offset`` to ask from next), the try it
+#: is of, and the try's state (the log is complete once it is not ``running``).
+LOG_SIZE_HEADER = "X-Tether-Log-Size"
+TRY_NUMBER_HEADER = "X-Tether-Try-Number"
+TRY_STATE_HEADER = "X-Tether-Try-State"
+
 #: Longest a claim may be held open by the hub, in seconds.
 MAX_CLAIM_WAIT = 60.0
 

@@ -275,6 +275,24 @@ def test_a_try_keeps_its_first_log_bytes_and_takes_none_once_ended(hub: Hub) -> 
         attempts.append_log(s, attempt, "w1", 8, b"forged line after the end\n")
 
 
+def test_a_log_read_from_an_offset_counts_the_bytes_sent_including_dropped_ones(
+    hub: Hub,
+) -> None:
+    _trigger(hub, "pair")
+    attempt = _claim_one(hub, "w1")
+    with hub.store.transaction() as s:
+        attempts.append_log(s, attempt, "w1", 0, [b"abc", b"def"], keep=4)
+        attempts.append_log(s, attempt, "w1", 6, b"gh", keep=4)
+    note = b"bytes of this try's log were dropped"
+    with hub.store.transaction() as s:
+        held = s.get(TaskAttempt, attempt)
+        assert held is not None
+        assert queries.read_log(s, held, 1).startswith(b"bcd\n[tether] 4 " + note)
+        assert queries.read_log(s, held, 5).startswith(b"\n[tether] 3 " + note)
+        assert queries.read_log(s, held, 8) == b""
+        assert queries.read_log(s, held, 80) == b""
+
+
 def test_a_failed_try_with_retries_waits_then_requeues(hub: Hub, tmp_path: Path) -> None:
     write_dag(
         hub.config.dags_folder,

@@ -200,9 +200,10 @@ def test_cli_trigger_wait_exit_code_follows_the_run(env: Env) -> None:
     lines = {
         line.split()[0]: line.split()[1]
         for line in bad.stdout.splitlines()
-        if line.startswith("  ")
+        if line.startswith("  ") and not line.startswith("      ")  # not a task's details
     }
     assert lines == {"boom": "failed", "after": "upstream_failed"}
+    assert "      error: Command exited with status 3: echo 'about to fail'; exit 3" in bad.stdout
     assert "failed" in bad.stdout.splitlines()[-1]
 
     missing = tether_cli("dags", "trigger", "no_such_dag", hub=env.hub)

@@ -934,8 +934,10 @@ def test_bash_returns_its_last_non_empty_output_line() -> None:
     assert _bash("echo first; echo last; echo") == "last"
 
 
-def test_bash_non_zero_exit_fails() -> None:
-    with pytest.raises(RuntimeError, match="exit code 3"):
+def test_bash_non_zero_exit_fails_naming_the_command_and_its_status() -> None:
+    from tether.sdk.context import TaskCommandFailed
+
+    with pytest.raises(TaskCommandFailed, match="^Command exited with status 3: exit 3$"):
         _bash("exit 3")
 
 

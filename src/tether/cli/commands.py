@@ -12,8 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from tether.cli.rest import Api, CliError, api_path, hub_config, out
+from tether.cli.run_ids import resolve_run_id
 
 FINISHED_RUN_STATES = ("success", "failed")
+#: Task states whose latest try's error ``runs show`` prints.
+ERROR_STATES = ("failed", "up_for_retry")
+#: Longest error excerpt ``runs show`` prints (the whole is in --json and the log).
+MAX_ERROR_EXCERPT = 200
 log = logging.getLogger("tether.cli")
 
 
@@ -80,15 +85,20 @@ def dags_errors(args: argparse.Namespace) -> int:
 
 def dags_trigger(args: argparse.Namespace) -> int:
     conf = _json_object(args.conf, "--conf")
+    body: dict[str, Any] = {"conf": conf}
+    if args.run_id is not None:
+        body["run_id"] = args.run_id
+    if args.logical_date is not None:
+        body["logical_date"] = args.logical_date  # the hub checks it (and says why not)
     api = Api(args.hub)
-    run_id = api.post(f"/dags/{args.dag_id}/runs", {"conf": conf})["run_id"]
+    run_id = api.post(api_path("dags", args.dag_id, "runs"), body)["run_id"]
     out(f"triggered {args.dag_id} run {run_id}")
     if not args.wait:
         return 0
     deadline = time.monotonic() + args.timeout if args.timeout else None
     delay = 0.1
     while True:
-        run = api.get(f"/dags/{args.dag_id}/runs/{run_id}")
+        run = api.get(api_path("dags", args.dag_id, "runs", run_id))
         if run["state"] in FINISHED_RUN_STATES:
             break
         if deadline is not None and time.monotonic() > deadline:
@@ -102,9 +112,38 @@ def dags_trigger(args: argparse.Namespace) -> int:
 
 
 def _print_tasks(run: dict[str, Any]) -> None:
+    """Each task's state, try and worker; under a failed task or one waiting to
+    retry, why its latest try ended and when the next one is due."""
     for t in run["tasks"]:
         name = t["task_id"] if t.get("map_index", -1) < 0 else f"{t['task_id']}[{t['map_index']}]"
         out(f"  {name:40} {t['state'] or 'none':16} try {t['try_number']} on {t['worker'] or '-'}")
+        if t["state"] not in ERROR_STATES:
+            continue
+        if t.get("error"):
+            out(f"      error: {_excerpt(t['error'])}")
+        if t.get("next_retry_at"):
+            out(f"      next try at {t['next_retry_at']}{_from_now(t['next_retry_at'])}")
+
+
+def _excerpt(error: str) -> str:
+    """The first line of an error that says something, cut to a length a terminal shows."""
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    if not lines:
+        return "(empty)"
+    first = lines[0]
+    if len(first) > MAX_ERROR_EXCERPT:
+        return first[:MAX_ERROR_EXCERPT] + " ..."
+    return first + (" ..." if len(lines) > 1 else "")
+
+
+def _from_now(iso: str) -> str:
+    from datetime import UTC, datetime
+
+    try:
+        seconds = (datetime.fromisoformat(iso) - datetime.now(UTC)).total_seconds()
+    except (ValueError, TypeError):
+        return ""
+    return f" (in {seconds:.0f} s)" if seconds >= 0 else " (due now)"
 
 
 def dags_pause(args: argparse.Namespace) -> int:
@@ -141,7 +180,9 @@ def dags_runs(args: argparse.Namespace) -> int:
 
 
 def runs_show(args: argparse.Namespace) -> int:
-    run = Api(args.hub).get(api_path("dags", args.dag_id, "runs", args.run_id))
+    api = Api(args.hub)
+    run_id = resolve_run_id(api, args.dag_id, args.run_id)
+    run = api.get(api_path("dags", args.dag_id, "runs", run_id))
     if args.json:
         out(json.dumps(run, indent=2))
         return 0
@@ -154,35 +195,42 @@ def runs_show(args: argparse.Namespace) -> int:
 
 
 def runs_mark(args: argparse.Namespace) -> int:
-    Api(args.hub).patch(api_path("dags", args.dag_id, "runs", args.run_id), {"state": args.state})
-    out(f"run {args.run_id} of {args.dag_id} marked {args.state}")
+    api = Api(args.hub)
+    run_id = resolve_run_id(api, args.dag_id, args.run_id)
+    api.patch(api_path("dags", args.dag_id, "runs", run_id), {"state": args.state})
+    out(f"run {run_id} of {args.dag_id} marked {args.state}")
     return 0
 
 
 def runs_clear(args: argparse.Namespace) -> int:
-    answer = Api(args.hub).post(
-        api_path("dags", args.dag_id, "runs", args.run_id, "clear"),
-        {"only_failed": args.only_failed},
+    api = Api(args.hub)
+    run_id = resolve_run_id(api, args.dag_id, args.run_id)
+    answer = api.post(
+        api_path("dags", args.dag_id, "runs", run_id, "clear"), {"only_failed": args.only_failed}
     )
-    _print_cleared(answer["cleared"], args.run_id)
+    _print_cleared(answer["cleared"], run_id)
     return 0
 
 
 def tasks_mark(args: argparse.Namespace) -> int:
-    path = api_path("dags", args.dag_id, "runs", args.run_id, "tasks", args.task_id)
+    api = Api(args.hub)
+    run_id = resolve_run_id(api, args.dag_id, args.run_id)
+    path = api_path("dags", args.dag_id, "runs", run_id, "tasks", args.task_id)
     body: dict[str, object] = {"state": args.state}
     if args.map_index is not None:
         body["map_index"] = args.map_index
-    indexes = Api(args.hub).patch(path, body)["map_indexes"]
+    indexes = api.patch(path, body)["map_indexes"]
     which = "" if indexes == [-1] else f" (map index {', '.join(map(str, indexes))})"
-    out(f"task {args.task_id}{which} of run {args.run_id} marked {args.state}")
+    out(f"task {args.task_id}{which} of run {run_id} marked {args.state}")
     return 0
 
 
 def tasks_clear(args: argparse.Namespace) -> int:
-    path = api_path("dags", args.dag_id, "runs", args.run_id, "tasks", args.task_id, "clear")
-    answer = Api(args.hub).post(path, {"downstream": args.downstream})
-    _print_cleared(answer["cleared"], args.run_id)
+    api = Api(args.hub)
+    run_id = resolve_run_id(api, args.dag_id, args.run_id)
+    path = api_path("dags", args.dag_id, "runs", run_id, "tasks", args.task_id, "clear")
+    answer = api.post(path, {"downstream": args.downstream})
+    _print_cleared(answer["cleared"], run_id)
     return 0
 
 

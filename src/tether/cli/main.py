@@ -16,6 +16,7 @@ SUPPRESS_HELP = argparse.SUPPRESS
 HUB_EXTRA_HINT = "this command needs the hub's dependencies: pip install 'tether[hub]'"
 RUN_STATES = ["queued", "running", "success", "failed"]
 RUN_TYPES = ["manual", "scheduled", "backfill", "asset_triggered"]
+RUN_ID_HELP = "a run's id, the start of one only one run has, or latest (the newest run)"
 HUB_MODULES = frozenset({"fastapi", "uvicorn", "sqlalchemy", "alembic", "croniter", "starlette"})
 
 
@@ -107,6 +108,11 @@ def _parser() -> argparse.ArgumentParser:
     client_args(sp)
     sp.add_argument("dag_id")
     sp.add_argument("--conf", help="JSON object passed to the run")
+    sp.add_argument("--run-id", help="the run's id (default: manual__<logical date>)")
+    sp.add_argument(
+        "--logical-date",
+        help="the run's logical date, ISO 8601; without an offset it is UTC (default: now)",
+    )
     sp.add_argument(
         "--wait", action="store_true", help="wait for the run; exit 0 only if it succeeded"
     )
@@ -147,7 +153,7 @@ def _parser() -> argparse.ArgumentParser:
     sp = runs.add_parser("show", help="a run and the state of each of its tasks")
     client_args(sp)
     sp.add_argument("dag_id")
-    sp.add_argument("run_id")
+    sp.add_argument("run_id", help=RUN_ID_HELP)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=_lazy("tether.cli.commands", "runs_show"))
     sp = runs.add_parser(
@@ -156,13 +162,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     client_args(sp)
     sp.add_argument("dag_id")
-    sp.add_argument("run_id")
+    sp.add_argument("run_id", help=RUN_ID_HELP)
     sp.add_argument("state", choices=["success", "failed"])
     sp.set_defaults(func=_lazy("tether.cli.commands", "runs_mark"))
     sp = runs.add_parser("clear", help="run a run's tasks again")
     client_args(sp)
     sp.add_argument("dag_id")
-    sp.add_argument("run_id")
+    sp.add_argument("run_id", help=RUN_ID_HELP)
     sp.add_argument(
         "--only-failed", action="store_true", help="only failed and upstream_failed tasks"
     )
@@ -172,11 +178,28 @@ def _parser() -> argparse.ArgumentParser:
         dest="tasks", required=True
     )
     sp = tasks.add_parser(
+        "logs",
+        help="a try's log (the latest by default); --follow prints it as it grows",
+        description="Print the log of one try of a task. With --follow, print new output as "
+        "it arrives and exit when the try ends: 0 if it succeeded, 1 otherwise (its state "
+        "on stderr).",
+    )
+    client_args(sp)
+    sp.add_argument("dag_id")
+    sp.add_argument("run_id", help=RUN_ID_HELP)
+    sp.add_argument("task_id")
+    sp.add_argument("--try", dest="try_number", type=int, help="this try (default: the latest)")
+    sp.add_argument("--map-index", type=int, help="one instance of a mapped task")
+    sp.add_argument(
+        "--follow", "-f", action="store_true", help="print new output until the try ends"
+    )
+    sp.set_defaults(func=_lazy("tether.cli.logs", "tasks_logs"))
+    sp = tasks.add_parser(
         "mark", help="set a task success or failed (a running one is killed); the run moves on"
     )
     client_args(sp)
     sp.add_argument("dag_id")
-    sp.add_argument("run_id")
+    sp.add_argument("run_id", help=RUN_ID_HELP)
     sp.add_argument("task_id")
     sp.add_argument("state", choices=["success", "failed"])
     sp.add_argument(
@@ -186,7 +209,7 @@ def _parser() -> argparse.ArgumentParser:
     sp = tasks.add_parser("clear", help="run a task again (a running one is killed)")
     client_args(sp)
     sp.add_argument("dag_id")
-    sp.add_argument("run_id")
+    sp.add_argument("run_id", help=RUN_ID_HELP)
     sp.add_argument("task_id")
     sp.add_argument("--downstream", action="store_true", help="and every task downstream of it")
     sp.set_defaults(func=_lazy("tether.cli.commands", "tasks_clear"))

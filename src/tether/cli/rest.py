@@ -17,6 +17,16 @@ class CliError(Exception):
     """Printed to stderr; the command exits 1."""
 
 
+class HubAway(CliError):
+    """The hub did not answer, or answered that it cannot now (502, 503, 504):
+    a command that waits anyway (``tasks logs --follow``) asks again."""
+
+
+#: Statuses that say the hub (or a proxy before it) is away for now, not that
+#: the request is wrong.
+AWAY_STATUSES = frozenset({502, 503, 504})
+
+
 def home_dir(value: str | None = None) -> Path:
     return Path(value or os.environ.get("TETHER_HOME") or Path.home() / ".tether").expanduser()
 
@@ -47,13 +57,14 @@ class Api:
         try:
             response = self.client.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise CliError(f"cannot reach the hub at {self.url}: {exc}") from None
+            raise HubAway(f"cannot reach the hub at {self.url}: {exc}") from None
         if response.status_code >= 400:
             try:
                 reason = response.json().get("detail", response.text)
             except ValueError:
                 reason = response.text
-            raise CliError(f"hub answered {response.status_code}: {reason}")
+            kind = HubAway if response.status_code in AWAY_STATUSES else CliError
+            raise kind(f"hub answered {response.status_code}: {reason}")
         return response
 
     def get(self, path: str, **kwargs: Any) -> Any:

@@ -18,6 +18,15 @@ class TetherFailException(Exception):
     """Raise inside a task to end it as ``failed`` without using its retries."""
 
 
+class TaskCommandFailed(Exception):
+    """A command the task ran exited with a non-zero status (BashOperator).
+
+    The task fails as for any exception, retries included, but its log gets
+    the message as one line instead of a traceback: the runner's own frames
+    say nothing, and the command's output above the line says why.
+    """
+
+
 @dataclass
 class TaskInstanceInfo:
     """What a running task knows about itself (``context["ti"]``)."""

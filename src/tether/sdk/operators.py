@@ -11,7 +11,7 @@ from typing import Any
 
 from tether.sdk._process import die_with_parent
 from tether.sdk.baseoperator import BaseOperator
-from tether.sdk.context import Context, TetherSkipException
+from tether.sdk.context import Context, TaskCommandFailed, TetherSkipException
 from tether.sdk.dag import DagDefinitionError
 
 
@@ -25,8 +25,9 @@ class EmptyOperator(BaseOperator):
 class BashOperator(BaseOperator):
     """Runs a command with ``bash -c``; its last line of output is its return value.
 
-    A non-zero exit fails the task; the exit code ``skip_on_exit_code`` (99 by
-    default, as in Airflow) skips it.
+    A non-zero exit fails the task, logging the (rendered) command and its
+    status; the exit code ``skip_on_exit_code`` (99 by default, as in Airflow)
+    skips it.
     """
 
     template_fields: Sequence[str] = ("bash_command", "env", "cwd")
@@ -79,7 +80,7 @@ class BashOperator(BaseOperator):
         if self.skip_on_exit_code is not None and code == self.skip_on_exit_code:
             raise TetherSkipException(f"bash command exited with code {code}")
         if code != 0:
-            raise RuntimeError(f"bash command failed with exit code {code}")
+            raise TaskCommandFailed(f"Command exited with status {code}: {self.bash_command}")
         return last.decode(errors="replace").rstrip("\n") if self.do_xcom_push else None
 
 

@@ -33,6 +33,7 @@ from tether.sdk import secrets
 from tether.sdk._process import die_with_parent
 from tether.sdk.context import (
     DagRunInfo,
+    TaskCommandFailed,
     TaskInstanceInfo,
     TetherFailException,
     TetherSkipException,
@@ -232,6 +233,11 @@ def main(argv: list[str] | None = None) -> int:
     except TetherSkipException as exc:
         print(f"[tether] task skipped: {_describe(exc, with_type=False)}", flush=True)
         result = sendable_result(ATTEMPT_SKIPPED, error=_describe(exc, with_type=False))
+    except TaskCommandFailed as exc:
+        # The command's output is the story; the runner's frames would bury its end.
+        print(f"[tether] {_describe(exc, with_type=False)}", flush=True)
+        result = sendable_result(ATTEMPT_FAILED, error=_describe(exc, with_type=False))
+        context["exception"] = exc
     except TetherFailException as exc:
         traceback.print_exc()
         result = sendable_result(

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
@@ -23,9 +23,12 @@ from tether.hub.state import in_read, in_session
 from tether.hub.wire import StrictJSONRoute, wire_value
 from tether.protocol import (
     ID_PATTERN,
+    LOG_SIZE_HEADER,
     MAX_ID_LENGTH,
     MAX_WIRE_INT,
     RUN_ID_PATTERN,
+    TRY_NUMBER_HEADER,
+    TRY_STATE_HEADER,
     InvalidQueueName,
     validate_queue_name,
 )
@@ -43,6 +46,13 @@ RunId = Annotated[str, Path(pattern=f"^{RUN_ID_PATTERN}$", max_length=MAX_ID_LEN
 WorkerName = Annotated[str, Path(pattern=f"^{WORKER_NAME_PATTERN}$")]
 #: Counts and offsets in queries fit a 64-bit column.
 Offset = Annotated[int, Query(ge=0, le=MAX_WIRE_INT)]
+#: The start of a run id: the characters a run id may hold (a prefix may end in a dot).
+RunIdPrefix = Annotated[
+    str | None, Query(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"^[A-Za-z0-9_.:+~-]+$")
+]
+#: Years a logical date given to a trigger may have (as for backfills: schedules
+#: are computed in the DAG's zone, and the ends of Python's range overflow there).
+LOGICAL_YEARS = (1900, 9000)
 
 
 class TriggerIn(BaseModel):
@@ -50,8 +60,27 @@ class TriggerIn(BaseModel):
     run_id: str | None = Field(
         default=None, min_length=1, max_length=MAX_ID_LENGTH, pattern=f"^{RUN_ID_PATTERN}$"
     )
+    #: ISO 8601; without an offset it is UTC. Kept in UTC (so is the generated run id).
+    logical_date: datetime | None = None
 
     _check_conf = field_validator("conf")(wire_value("conf"))
+
+    @field_validator("logical_date", mode="before")
+    @classmethod
+    def _iso_date(cls, value: object) -> datetime | None:
+        # Parsed here, not by pydantic, which also takes numbers as Unix times.
+        if value is None:
+            return None
+        if not isinstance(value, str) or len(value) > 40:
+            raise ValueError("logical_date must be an ISO 8601 date or datetime string")
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an ISO 8601 date or datetime") from None
+        low, high = LOGICAL_YEARS
+        if not low <= parsed.year <= high:
+            raise ValueError(f"{value!r}: a logical date is in the years {low} to {high}")
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 @router.get("/health")
@@ -95,11 +124,20 @@ async def list_runs(
     run_type: RunType | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Offset = 0,
+    run_id_prefix: RunIdPrefix = None,
 ) -> dict[str, Any]:
+    """``run_id_prefix``: only runs whose id starts with it (how the CLI finds a run
+    from the start of its id)."""
     return await in_read(
         hub,
         lambda s: queries.list_runs(
-            s, dag_id, state=state, run_type=run_type, limit=limit, offset=offset
+            s,
+            dag_id,
+            state=state,
+            run_type=run_type,
+            limit=limit,
+            offset=offset,
+            run_id_prefix=run_id_prefix,
         ),
     )
 
@@ -110,7 +148,9 @@ async def trigger_run(
 ) -> dict[str, str]:
     by = who(request)  # who triggered, for the audit entry the store function writes
     # No try: RunExists, InvalidParams and NotFound are answered by hub/errors.py.
-    run_id = await in_session(hub, lambda s: control.trigger(s, dag_id, body.conf, body.run_id, by))
+    run_id = await in_session(
+        hub, lambda s: control.trigger(s, dag_id, body.conf, body.run_id, by, body.logical_date)
+    )
     return {"run_id": run_id}
 
 
@@ -127,12 +167,27 @@ async def task_log(
     hub: HubDep,
     try_number: Annotated[int | None, Query(ge=1, le=MAX_WIRE_INT)] = None,
     map_index: Annotated[int | None, Query(ge=-1, le=MAX_WIRE_INT)] = None,
+    offset: Offset = 0,
 ) -> Response:
-    """A try's log (the latest by default); a mapped task needs ``map_index``."""
-    data = await in_read(
-        hub, lambda s: queries.task_log(s, dag_id, run_id, task_id, try_number, map_index)
+    """A try's log (the latest by default); a mapped task needs ``map_index``.
+
+    ``offset``: the bytes of the log already seen; only what follows is sent.
+    The headers (``protocol.LOG_SIZE_HEADER`` and the two after it) say where
+    to read on from and whether the log can still grow, so a follower polls
+    for the new bytes only.
+    """
+    got = await in_read(
+        hub, lambda s: queries.task_log(s, dag_id, run_id, task_id, try_number, map_index, offset)
     )
-    return Response(data, media_type="text/plain; charset=utf-8")
+    return Response(
+        got.data,
+        media_type="text/plain; charset=utf-8",
+        headers={
+            LOG_SIZE_HEADER: str(got.size),
+            TRY_NUMBER_HEADER: str(got.try_number),
+            TRY_STATE_HEADER: got.state,
+        },
+    )
 
 
 @router.get("/workers", dependencies=[AdminAuth])

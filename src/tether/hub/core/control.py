@@ -122,12 +122,20 @@ def revoke_enrolment_token(session: Session, token_id: str, by: Who) -> str:
 
 
 def trigger(
-    session: Session, dag_id: str, conf: dict[str, Any], run_id: str | None, by: Who
+    session: Session,
+    dag_id: str,
+    conf: dict[str, Any],
+    run_id: str | None,
+    by: Who,
+    logical_date: datetime | None = None,
 ) -> str:
     """A manual run (``queries.trigger``). The entry names the run, not its
     ``conf``: a run's inputs are data that may be anyone's."""
-    made = queries.trigger(session, dag_id, conf, run_id)
-    audit.note(session, by, "dag.trigger", f"dag:{dag_id}", {"run_id": made})
+    made = queries.trigger(session, dag_id, conf, run_id, logical_date)
+    details: dict[str, Any] = {"run_id": made}
+    if logical_date is not None:
+        details["logical_date"] = logical_date.isoformat()
+    audit.note(session, by, "dag.trigger", f"dag:{dag_id}", details)
     return made
 
 

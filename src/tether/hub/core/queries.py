@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -92,23 +93,30 @@ def get_dag(session: Session, dag_id: str) -> Dag:
     return dag
 
 
-def trigger(session: Session, dag_id: str, conf: dict[str, Any], run_id: str | None) -> str:
+def trigger(
+    session: Session,
+    dag_id: str,
+    conf: dict[str, Any],
+    run_id: str | None,
+    logical_date: datetime | None = None,
+) -> str:
     """Create a manual run; InvalidParams if ``conf`` gives the DAG's params bad values.
 
-    Its logical date is now and its data interval the one Airflow infers for
-    a manual run (``timetable.manual_data_interval``).
+    Its logical date is ``logical_date`` (aware) or now, and its data interval
+    the one Airflow infers for a manual run at that date
+    (``timetable.manual_data_interval``).
     """
     dag = get_dag(session, dag_id)
     params.resolve(dag.serialized, conf)
-    now = runs.utcnow()
+    when = logical_date or runs.utcnow()
     run = runs.create_run(
         session,
         dag,
         run_type="manual",
         conf=conf,
         run_id=run_id,
-        logical_date=now,
-        data_interval=manual_data_interval(dag.serialized, now),
+        logical_date=when,
+        data_interval=manual_data_interval(dag.serialized, when),
     )
     return run.run_id
 
@@ -145,11 +153,14 @@ def list_runs(
     limit: int,
     offset: int,
     run_type: str | None = None,
+    run_id_prefix: str | None = None,
 ) -> dict[str, Any]:
     """A page of the DAG's runs, newest first, and how many there are in all.
 
     Runs of a DAG whose file went away (inactive) are still listed; only a
-    DAG the hub never knew is 404.
+    DAG the hub never knew is 404. ``run_id_prefix``: only runs whose id
+    starts with it, case and all (``substr``, not ``LIKE``: SQLite's ``LIKE``
+    ignores case, and run ids are full of ``_``, its wildcard).
     """
     if session.get(Dag, dag_id) is None:
         raise NotFound(f"no DAG {dag_id!r}")
@@ -158,6 +169,8 @@ def list_runs(
         where.append(DagRun.state == state)
     if run_type is not None:
         where.append(DagRun.run_type == run_type)
+    if run_id_prefix is not None:
+        where.append(func.substr(DagRun.run_id, 1, len(run_id_prefix)) == run_id_prefix)
     total = session.scalar(select(func.count()).select_from(DagRun).where(*where))
     page = session.scalars(
         select(DagRun).where(*where).order_by(DagRun.id.desc()).limit(limit).offset(offset)
@@ -201,6 +214,20 @@ def run_detail(session: Session, dag_id: str, run_id: str) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class LogSlice:
+    """Part of a try's log, and where the try stands."""
+
+    #: The log from the offset asked for to ``size``.
+    data: bytes
+    #: The try's log size in bytes so far: the offset to read on from.
+    size: int
+    try_number: int
+    #: The try's state (``AttemptState``): while ``running`` the log may grow;
+    #: after, it never changes (an ended attempt takes no more log).
+    state: str
+
+
 def task_log(
     session: Session,
     dag_id: str,
@@ -208,7 +235,9 @@ def task_log(
     task_id: str,
     try_number: int | None,
     map_index: int | None = None,
-) -> bytes:
+    offset: int = 0,
+) -> LogSlice:
+    """A try's log (the latest try by default) from byte ``offset`` on."""
     run = get_run(session, dag_id, run_id)
     tis = {
         ti.map_index: ti
@@ -235,7 +264,11 @@ def task_log(
     )
     if attempt is None:
         raise NotFound(f"task {task_id!r} has no try {number} (it has had {ti.try_number})")
-    return read_log(session, attempt)
+    # The attempt (state and size) is read before its chunks: on PostgreSQL each
+    # statement sees what has committed by then, so a try read as ended has all
+    # of its log in the chunks read after it.
+    state, size = attempt.state, attempt.log_size
+    return LogSlice(read_log(session, attempt, offset), size, number, state)
 
 
 def list_workers(session: Session) -> list[dict[str, Any]]:
@@ -363,23 +396,43 @@ def list_import_errors(session: Session) -> list[dict[str, Any]]:
     ]
 
 
-def read_log(session: Session, attempt: TaskAttempt) -> bytes:
-    """A try's log as the hub holds it; where it dropped bytes (past
-    ``max_task_log_bytes``), a line says how many."""
+def read_log(session: Session, attempt: TaskAttempt, start: int = 0) -> bytes:
+    """A try's log as the hub holds it, from byte ``start`` to its ``log_size``
+    as loaded; where it dropped bytes (past ``max_task_log_bytes``), a line
+    says how many.
+
+    Offsets count the bytes the worker sent, not those notes, so a reader that
+    asks from the size it was last told never sees a byte twice.
+    """
+    size = attempt.log_size
+    # The chunk that holds byte ``start``, or the first after it.
+    first = session.scalar(
+        select(func.max(LogChunk.offset)).where(
+            LogChunk.attempt_id == attempt.id, LogChunk.offset <= start
+        )
+    )
     chunks = session.execute(
         select(LogChunk.offset, LogChunk.data)
-        .where(LogChunk.attempt_id == attempt.id)
+        .where(
+            LogChunk.attempt_id == attempt.id,
+            LogChunk.offset >= (first or 0),
+            # Chunks that committed after ``attempt`` was loaded start here or later.
+            LogChunk.offset < size,
+        )
         .order_by(LogChunk.offset)
     )
     parts: list[bytes] = []
-    end = 0
+    end = start
     for offset, data in chunks:
+        if offset + len(data) <= end:
+            continue
         if offset > end:
             parts.append(_dropped(offset - end))
-        parts.append(data)
+            end = offset
+        parts.append(data[end - offset :])
         end = offset + len(data)
-    if attempt.log_size > end:
-        parts.append(_dropped(attempt.log_size - end))
+    if size > end:
+        parts.append(_dropped(size - end))
     return b"".join(parts)
 
 
