@@ -11,10 +11,19 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.integration.pids import alive, descendants, kill_left, parent
-from tests.integration.processes import Hub, Worker, wait_for
+from tests.integration.processes import (
+    ADMIN_TOKEN,
+    Api,
+    Hub,
+    Process,
+    Worker,
+    free_port,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -170,3 +179,66 @@ def test_a_hanging_dag_callback_dies_with_its_hub(
         if worker is not None:
             worker.stop()
         hub.stop()
+
+
+def test_a_standalones_local_worker_and_its_task_die_with_it(
+    tmp_path: Path, seen: dict[int, int]
+) -> None:
+    """``tether standalone`` killed with SIGKILL takes its local worker, and the
+    task that worker runs, with it (before, the worker ran on, orphaned)."""
+    pid_file = tmp_path / "task.pid"
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "sleeper.py").write_text(
+        textwrap.dedent(
+            f"""
+            import os, time
+            from tether import DAG, PythonOperator
+
+            def sleep():
+                with open({str(pid_file)!r}, "w") as f:
+                    f.write(str(os.getpid()))
+                while True:
+                    time.sleep(0.2)
+
+            with DAG("sleeper"):
+                PythonOperator(task_id="sleep", python_callable=sleep)
+            """
+        )
+    )
+    home, port = tmp_path / "home", free_port()
+    standalone = Process(
+        ["standalone", "--home", str(home), "--port", str(port), "--dags", str(dags)],
+        env={
+            "TETHER_ADMIN_TOKEN": ADMIN_TOKEN,
+            "TETHER_DATABASE_URL": f"sqlite:///{home / 'tether.db'}",
+            "TETHER_DAG_SCAN_INTERVAL": "0.3",
+        },
+        cwd=tmp_path,
+        log=tmp_path / "standalone.log",
+    )
+    api = Api(f"http://127.0.0.1:{port}")
+    try:
+        wait_for(lambda: _serves(api), 60, "the standalone hub to answer")
+        api.wait_dags("sleeper")
+        api.trigger("sleeper")
+        task = wait_for(lambda: _pid_in(pid_file), 60, "the task to start")
+        seen.update(descendants(standalone.pid))
+        assert task in seen
+        assert len(seen) >= 3  # the worker, its task, and what else the two started
+        standalone.stop(signal.SIGKILL)
+        wait_for(
+            lambda: not any(alive(pid, t) for pid, t in seen.items()),
+            30,
+            "the standalone's worker and its task to die",
+        )
+    finally:
+        api.http.close()
+        standalone.stop()
+
+
+def _serves(api: Api) -> bool:
+    try:
+        return bool(api.get("/health"))
+    except httpx.HTTPError:
+        return False

@@ -147,3 +147,56 @@ def test_a_sensible_control_file_still_works(tmp_path: Path) -> None:
         await asyncio.wait_for(running, 60)
 
     asyncio.run(scenario())
+
+
+class SlowToLetGoHub(FakeHub):
+    """Holds each poll open; a poll given up on takes a moment to let go, as a
+    real connection being closed does."""
+
+    def __init__(self) -> None:
+        super().__init__(poll_fails=False)
+        self.polls_given_up = 0
+        self.polled, self.given_up = asyncio.Event(), asyncio.Event()
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        if not request.url.path.endswith("/poll"):
+            return self(request)
+        self.polls += 1
+        self.polled.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            self.polls_given_up += 1
+            self.given_up.set()
+            await asyncio.sleep(0.5)
+            raise
+        return httpx.Response(200, json={"jobs": [], "directives": {"kill": []}})
+
+
+def test_a_stopping_worker_ends_while_it_lets_go_of_a_held_poll(tmp_path: Path) -> None:
+    """The worker stops its side tasks while the poll loop waits for a dropped
+    poll to let go: that cancellation must end the loop, not be swallowed with
+    the poll's own (the worker then waited for ever, seen on a loaded machine)."""
+    hub = SlowToLetGoHub()
+    config = WorkerConfig(
+        hub_url="http://hub.invalid", credential="ttw_x", home=tmp_path / "w", name="w1"
+    )
+    client = HubClient(config.hub_url, config.credential, transport=httpx.MockTransport(hub.handle))
+    worker = Worker(config, client)
+    config.home.mkdir(parents=True)
+    # In maintenance, polls carry no slots: the worker drops them when something changes.
+    (config.home / control.CONTROL).write_text(json.dumps({"maintenance": True}))
+
+    async def scenario() -> None:
+        running = asyncio.create_task(worker.run())
+        await asyncio.wait_for(hub.polled.wait(), 30)
+        # A change (a maintenance comment) makes the worker drop its held poll ...
+        (config.home / control.CONTROL).write_text(
+            json.dumps({"maintenance": True, "comment": "changed"})
+        )
+        await asyncio.wait_for(hub.given_up.wait(), 30)
+        # ... and while the poll lets go, the worker is asked to stop.
+        worker.stop()
+        await asyncio.wait_for(running, 30)
+
+    asyncio.run(scenario())

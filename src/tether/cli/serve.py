@@ -230,9 +230,16 @@ def standalone_command(args: argparse.Namespace) -> int:
             )
         # The token travels in the environment, not argv (argv is visible to `ps`);
         # the hub's own settings and secrets do not (the worker's TETHER_WORKER_* do).
+        from tether.cli.worker import STANDALONE_PID_VARIABLE
         from tether.hub.config import child_environment
 
-        env = {**child_environment(keep=("TETHER_WORKER_",)), "TETHER_ENROL_TOKEN": token}
+        # It dies with this process (PR_SET_PDEATHSIG follows the thread that
+        # starts it: this one, the main thread, lives as long as the process).
+        env = {
+            **child_environment(keep=("TETHER_WORKER_",)),
+            "TETHER_ENROL_TOKEN": token,
+            STANDALONE_PID_VARIABLE: str(os.getpid()),
+        }
         worker = subprocess.Popen(
             [
                 sys.executable,

@@ -16,6 +16,9 @@ from pathlib import Path
 from tether.cli.rest import CliError, out
 from tether.protocol import InvalidQueueName
 
+#: Set by ``tether standalone`` for its local worker: the pid it must die with.
+STANDALONE_PID_VARIABLE = "TETHER_STANDALONE_PID"
+
 log = logging.getLogger("tether.worker")
 
 
@@ -156,6 +159,13 @@ def worker_command(args: argparse.Namespace) -> int:
     from tether.worker.client import HubClient, HubError, check_hub_url
     from tether.worker.credential import Credential
 
+    # A standalone's local worker dies with the standalone, however it ends
+    # (its tasks then die with it); serve.py says whose pid to follow.
+    standalone = os.environ.pop(STANDALONE_PID_VARIABLE, None)
+    if standalone is not None and standalone.isdigit():
+        from tether.sdk._process import die_with_parent
+
+        die_with_parent(int(standalone))
     # The credential, the spool (which holds conf values) and the logs are this
     # user's only; tasks get back the umask the worker was started with.
     task_umask = private_umask()

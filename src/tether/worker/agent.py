@@ -529,12 +529,17 @@ class Worker:
                 # when slots free up; one with slots is always read to the end, or
                 # a job claimed in that instant would be lost in transit.
                 changed = asyncio.create_task(self._poll_wake.wait())
-                done, _ = await asyncio.wait({poll, changed}, return_when=asyncio.FIRST_COMPLETED)
-                changed.cancel()
+                try:
+                    done, _ = await asyncio.wait(
+                        {poll, changed}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                except asyncio.CancelledError:
+                    poll.cancel()  # the worker stops; a poll without slots holds no job
+                    raise
+                finally:
+                    changed.cancel()
                 if poll not in done:
-                    poll.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await poll
+                    await _let_go(poll)
                     continue
             else:
                 await asyncio.wait({poll})
@@ -636,3 +641,21 @@ class Worker:
         clean_logs(self.home / "logs", self.config.log_max_age, self.config.log_max_bytes, keep)
         for sha in self.bundles.evict({r.job.bundle_sha for r in self.running.values()}):
             log.info("deleted cached bundle %s (unused)", sha[:12])
+
+
+async def _let_go(poll: asyncio.Task[Any]) -> None:
+    """Cancel a held poll and wait until it has let go of its connection.
+
+    Only the poll's own cancellation and failure are swallowed: if this loop is
+    itself cancelled meanwhile (the worker is stopping), that goes on up, or
+    the loop would outlive the stop and the worker would wait for it for ever.
+    """
+    poll.cancel()
+    try:
+        await poll
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+    except Exception:  # the dropped poll's answer, whatever it was, is not wanted
+        pass
