@@ -20,6 +20,7 @@ from fastapi.routing import APIRoute
 from sqlalchemy import select, text
 
 from tests.hubtools import ADMIN, create_app, make_hub, parse, write_dag
+from tests.integration.processes import sqlite_write_lock
 from tether.hub.auth.gate import Principals
 from tether.hub.auth.principal import ADMIN as BUILTIN_ADMIN
 from tether.hub.auth.principal import LastUsed, Principal, principal_for_hash, resolve
@@ -449,3 +450,30 @@ def test_a_tokens_use_is_noted_at_most_once_a_minute(hub: Hub) -> None:
     assert asked.due(1) is False
     clock[0] += 2
     assert asked.due(1) is True
+
+
+def test_a_named_token_is_checked_without_waiting_for_the_write_lock(tmp_path: Path) -> None:
+    """The lookup of every request is a read-only transaction: with SQLite's write
+    lock held from outside, a good token is let in and a revoked one refused, at
+    once (the note of its use waits, beside the request)."""
+    url = f"sqlite:///{tmp_path / 'locked.db'}"
+    hub = make_hub(tmp_path, url, tmp_path / "dags")
+
+    async def scenario(
+        admin: httpx.AsyncClient, client_for: Callable[[str], httpx.AsyncClient]
+    ) -> None:
+        reader = client_for(await create(admin, "reader", "viewer"))
+        old = client_for(await create(admin, "old", "operator"))
+        await admin.post("/api/v1/tokens/old/revoke")
+        with sqlite_write_lock(url) as let_go:
+            good = await reader.get("/api/v1/dags")
+            refused = await old.get("/api/v1/dags")
+            answered_while_locked = not let_go.is_set()
+        assert good.status_code == 200, good.text
+        assert (refused.status_code, _reason(refused)) == (401, "token revoked")
+        assert answered_while_locked
+
+    try:
+        run(hub, scenario)
+    finally:
+        hub.store.dispose()
