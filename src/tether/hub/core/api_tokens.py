@@ -160,18 +160,19 @@ def token_dict(row: ApiToken, now: datetime) -> dict[str, Any]:
     }
 
 
-#: How the built-in admin token is listed beside the table's tokens.
-BUILTIN_ADMIN = {
-    "name": "admin",
-    "role": Role.ADMIN.value,
-    "state": "active",
-    "builtin": True,
-    "created_at": None,
-    "created_by": None,
-    "expires_at": None,
-    "revoked_at": None,
-    "last_used_at": None,
-}
+def builtin_admin() -> dict[str, Any]:
+    """How the built-in admin token is listed beside the table's tokens."""
+    return {
+        "name": "admin",
+        "role": Role.ADMIN.value,
+        "state": "active",
+        "builtin": True,
+        "created_at": None,
+        "created_by": None,
+        "expires_at": None,
+        "revoked_at": None,
+        "last_used_at": None,
+    }
 
 
 def create(
@@ -209,7 +210,7 @@ def list_tokens(session: Session) -> list[dict[str, Any]]:
     """The built-in admin token, then every named token by name; no secrets."""
     now = utcnow()
     rows = session.scalars(select(ApiToken).order_by(ApiToken.name))
-    return [dict(BUILTIN_ADMIN), *(token_dict(row, now) for row in rows)]
+    return [builtin_admin(), *(token_dict(row, now) for row in rows)]
 
 
 def revoke(session: Session, name: str, by: audit.Who) -> dict[str, Any]:
