@@ -475,11 +475,14 @@ def running_hub(
             pass
 
 
-def tether_cli(*args: str, hub: Hub, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run a ``tether`` client command against ``hub``."""
+def tether_cli(
+    *args: str, hub: Hub, timeout: float = 60, token: str = ADMIN_TOKEN
+) -> subprocess.CompletedProcess[str]:
+    """Run a ``tether`` client command against ``hub`` with ``token`` (the admin's
+    by default)."""
     return subprocess.run(
         [sys.executable, "-m", "tether", *args, "--hub", hub.url],
-        env={**os.environ, "TETHER_TOKEN": ADMIN_TOKEN},
+        env={**os.environ, "TETHER_TOKEN": token},
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -284,12 +284,13 @@ def test_the_cli_shows_the_hubs_reason_for_a_bad_filter(hub: Hub) -> None:
     assert "neither an age" in answer.stderr
 
 
-def test_only_the_admin_reads_the_audit_log(hub: Hub) -> None:
+def test_only_api_tokens_read_the_audit_log(hub: Hub) -> None:
     worker = RawWorker(hub, "audit-reader")
     try:
-        mine = _entries(hub, actor="worker:audit-reader")  # the admin reads it...
+        mine = _entries(hub, actor="worker:audit-reader")  # an API token reads it...
         assert [e["action"] for e in mine] == ["worker.enrol"]
-        # ...and no one else does, not even the worker the entries are about.
+        # ...and no one without one does, not even the worker the entries are about.
+        # (Any role reads it: tests/integration/test_roles.py.)
         for headers in (
             {"Authorization": f"Bearer {worker.credential}"},
             {"Authorization": "Bearer not-a-token"},

@@ -312,6 +312,29 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("name")
     sp.set_defaults(func=_lazy("tether.cli.pools", "pools_delete"))
 
+    tokens = sub.add_parser(
+        "tokens",
+        help="named API tokens with a role (viewer, operator, admin)",
+        description="Named API tokens for the REST API and the CLI, each with a role: "
+        "viewer (reads), operator (also triggers, clears, marks, pauses, backfills, "
+        "worker maintenance) or admin (everything). Managing them needs the admin role.",
+    )
+    token_actions = tokens.add_subparsers(dest="tokens", required=True)
+    sp = token_actions.add_parser("create", help="a new token; printed once, never again")
+    client_args(sp)
+    sp.add_argument("name", help="1 to 100 letters, digits, '.', '_', '-', '@'")
+    sp.add_argument("--role", required=True, help="viewer, operator or admin")
+    sp.add_argument("--expires", help="lifetime: 12h, 30d, 8w, 1y (default: never expires)")
+    sp.set_defaults(func=_lazy("tether.cli.tokens", "tokens_create"))
+    sp = token_actions.add_parser("list", help="tokens, roles and states (never a token)")
+    client_args(sp)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=_lazy("tether.cli.tokens", "tokens_list"))
+    sp = token_actions.add_parser("revoke", help="revoke a token: its next request gets 401")
+    client_args(sp)
+    sp.add_argument("name")
+    sp.set_defaults(func=_lazy("tether.cli.tokens", "tokens_revoke"))
+
     add_secrets_parsers(sub, client_args, _lazy)
     return p
 

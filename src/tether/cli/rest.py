@@ -40,7 +40,8 @@ def admin_token(home: str | None = None) -> str:
         return path.read_text().strip()
     except OSError:
         raise CliError(
-            f"no API token: set TETHER_TOKEN (the hub's admin token); {path} does not exist"
+            f"no API token: set TETHER_TOKEN (an API token of the hub, or its admin token); "
+            f"{path} does not exist"
         ) from None
 
 

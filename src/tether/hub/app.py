@@ -20,6 +20,7 @@ from tether.hub import errors
 from tether.hub.api.routes import router as api_router
 from tether.hub.api.secrets import MAX_BODY as SECRETS_MAX_BODY
 from tether.hub.api.secrets import router as secrets_router
+from tether.hub.api.tokens import router as tokens_router
 from tether.hub.auth.gate import AuthGate, Principals
 from tether.hub.auth.tokens import Tokens
 from tether.hub.config import HubConfig
@@ -190,6 +191,7 @@ def create_app(hub: Hub) -> FastAPI:
     errors.install(app)  # domain errors → statuses, one table for both APIs
     app.include_router(api_router)
     app.include_router(secrets_router, max_body_size=min(config.max_body_bytes, SECRETS_MAX_BODY))
+    app.include_router(tokens_router)
     app.include_router(worker_router)
     # A result carries the task's output (at most max_task_output_bytes) and an
     # error text; log chunks are streamed to the store.

@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 
 from tether.hub.core import (
+    api_tokens,
     attempts,
     audit,
     backfill,
@@ -54,6 +55,7 @@ ERRORS: dict[type[Exception], Answer] = {
     # Not there: the thing named does not exist (or is not this caller's to see).
     queries.NotFound: Answer(status.HTTP_404_NOT_FOUND),
     credentials.TokenNotFound: Answer(status.HTTP_404_NOT_FOUND),
+    api_tokens.ApiTokenNotFound: Answer(status.HTTP_404_NOT_FOUND),
     attempts.AttemptNotFound: Answer(status.HTTP_404_NOT_FOUND),
     handout.NoSuchSecret: Answer(status.HTTP_404_NOT_FOUND),
     # The request is well formed but cannot be done as asked.
@@ -61,6 +63,7 @@ ERRORS: dict[type[Exception], Answer] = {
     InvalidParams: Answer(status.HTTP_400_BAD_REQUEST),
     backfill.BackfillError: Answer(status.HTTP_400_BAD_REQUEST),
     audit.InvalidFilter: Answer(status.HTTP_422_UNPROCESSABLE_CONTENT),
+    api_tokens.InvalidApiToken: Answer(status.HTTP_422_UNPROCESSABLE_CONTENT),
     secrets.InvalidSecret: Answer(status.HTTP_422_UNPROCESSABLE_CONTENT),
     attempts.InvalidReport: Answer(status.HTTP_422_UNPROCESSABLE_CONTENT),
     # Who is asking.
@@ -75,6 +78,7 @@ ERRORS: dict[type[Exception], Answer] = {
     # The state of things says no: it exists already, was spent, or moved on.
     RunExists: Answer(status.HTTP_409_CONFLICT),
     credentials.WorkerExists: Answer(status.HTTP_409_CONFLICT),
+    api_tokens.ApiTokenExists: Answer(status.HTTP_409_CONFLICT),
     credentials.EnrolmentRefused: Answer(status.HTTP_409_CONFLICT),
     control.TokenSpent: Answer(status.HTTP_409_CONFLICT),
     limits.PoolError: Answer(status.HTTP_409_CONFLICT),

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 from sqlalchemy.orm import Session
 
 from tether import __version__
-from tether.hub.auth.deps import AdminAuth, HubDep
+from tether.hub.auth.deps import AdminAuth, HubDep, OperatorAuth, ViewerAuth
 from tether.hub.auth.gate import who
 from tether.hub.core import audit, backfill, control, credentials, limits, queries
 from tether.hub.core.credentials import WORKER_NAME_PATTERN
@@ -88,12 +88,12 @@ async def health(hub: HubDep) -> dict[str, Any]:
     return {"status": "ok", "version": __version__, "database": hub.store.dialect}
 
 
-@router.get("/dags", dependencies=[AdminAuth])
+@router.get("/dags", dependencies=[ViewerAuth])
 async def list_dags(hub: HubDep) -> dict[str, Any]:
     return {"dags": await in_read(hub, queries.list_dags)}
 
 
-@router.get("/dags/{dag_id}", dependencies=[AdminAuth])
+@router.get("/dags/{dag_id}", dependencies=[ViewerAuth])
 async def get_dag(dag_id: DagId, hub: HubDep) -> dict[str, Any]:
     return await in_read(hub, lambda s: queries.dag_detail(s, dag_id))
 
@@ -103,7 +103,7 @@ class DagPatchIn(BaseModel):
     is_paused: StrictBool
 
 
-@router.patch("/dags/{dag_id}", dependencies=[AdminAuth])
+@router.patch("/dags/{dag_id}", dependencies=[OperatorAuth])
 async def patch_dag(
     dag_id: DagId, body: DagPatchIn, request: Request, hub: HubDep
 ) -> dict[str, Any]:
@@ -116,7 +116,7 @@ RunState = Literal["queued", "running", "success", "failed"]
 RunType = Literal["manual", "scheduled", "backfill", "asset_triggered"]
 
 
-@router.get("/dags/{dag_id}/runs", dependencies=[AdminAuth])
+@router.get("/dags/{dag_id}/runs", dependencies=[ViewerAuth])
 async def list_runs(
     dag_id: DagId,
     hub: HubDep,
@@ -142,7 +142,7 @@ async def list_runs(
     )
 
 
-@router.post("/dags/{dag_id}/runs", dependencies=[AdminAuth])
+@router.post("/dags/{dag_id}/runs", dependencies=[OperatorAuth])
 async def trigger_run(
     dag_id: DagId, body: TriggerIn, request: Request, hub: HubDep
 ) -> dict[str, str]:
@@ -154,12 +154,12 @@ async def trigger_run(
     return {"run_id": run_id}
 
 
-@router.get("/dags/{dag_id}/runs/{run_id}", dependencies=[AdminAuth])
+@router.get("/dags/{dag_id}/runs/{run_id}", dependencies=[ViewerAuth])
 async def get_run(dag_id: DagId, run_id: RunId, hub: HubDep) -> dict[str, Any]:
     return await in_read(hub, lambda s: queries.run_detail(s, dag_id, run_id))
 
 
-@router.get("/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/logs", dependencies=[AdminAuth])
+@router.get("/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/logs", dependencies=[ViewerAuth])
 async def task_log(
     dag_id: DagId,
     run_id: RunId,
@@ -190,17 +190,17 @@ async def task_log(
     )
 
 
-@router.get("/workers", dependencies=[AdminAuth])
+@router.get("/workers", dependencies=[ViewerAuth])
 async def list_workers(hub: HubDep) -> dict[str, Any]:
     return {"workers": await in_read(hub, queries.list_workers)}
 
 
-@router.get("/queues", dependencies=[AdminAuth])
+@router.get("/queues", dependencies=[ViewerAuth])
 async def list_queues(hub: HubDep) -> dict[str, Any]:
     return {"queues": await in_read(hub, queries.list_queues)}
 
 
-@router.get("/import-errors", dependencies=[AdminAuth])
+@router.get("/import-errors", dependencies=[ViewerAuth])
 async def import_errors(hub: HubDep) -> dict[str, Any]:
     return {"import_errors": await in_read(hub, queries.list_import_errors)}
 
@@ -214,7 +214,7 @@ MAX_AUDIT_ID = 2**31 - 1
 AuditAction = Annotated[str | None, Query(min_length=1, max_length=100, pattern=r"^[a-z0-9_.]+$")]
 
 
-@router.get("/audit", dependencies=[AdminAuth])
+@router.get("/audit", dependencies=[ViewerAuth])
 async def audit_log(
     hub: HubDep,
     since: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
@@ -261,12 +261,12 @@ class AssetEventIn(BaseModel):
         return value
 
 
-@router.get("/assets", dependencies=[AdminAuth])
+@router.get("/assets", dependencies=[ViewerAuth])
 async def list_assets(hub: HubDep) -> dict[str, Any]:
     return {"assets": await in_read(hub, queries.list_assets)}
 
 
-@router.get("/assets/events", dependencies=[AdminAuth])
+@router.get("/assets/events", dependencies=[ViewerAuth])
 async def list_asset_events(
     hub: HubDep,
     uri: Annotated[
@@ -278,7 +278,7 @@ async def list_asset_events(
     return {"asset_events": events}
 
 
-@router.post("/assets/events", dependencies=[AdminAuth])
+@router.post("/assets/events", dependencies=[OperatorAuth])
 async def post_asset_event(body: AssetEventIn, request: Request, hub: HubDep) -> dict[str, Any]:
     """Record an event of a known asset; the DAGs it makes due start at once."""
     by = who(request)
@@ -320,7 +320,7 @@ async def create_enrolment_token(
     return await in_session(hub, create)
 
 
-@router.get("/workers/enrolment-tokens", dependencies=[AdminAuth])
+@router.get("/workers/enrolment-tokens", dependencies=[ViewerAuth])
 async def list_enrolment_tokens(hub: HubDep) -> dict[str, Any]:
     """Every enrolment token with its state (unspent, used, revoked, expired); no secrets."""
     return {"tokens": await in_read(hub, credentials.list_tokens)}
@@ -341,7 +341,7 @@ class MaintenanceIn(BaseModel):
     comment: str | None = Field(default=None, max_length=1000)
 
 
-@router.post("/workers/{name}/maintenance", dependencies=[AdminAuth])
+@router.post("/workers/{name}/maintenance", dependencies=[OperatorAuth])
 async def worker_maintenance(
     name: WorkerName, body: MaintenanceIn, request: Request, hub: HubDep
 ) -> dict[str, str]:
@@ -379,7 +379,7 @@ class TaskStateIn(BaseModel):
     map_index: int | None = Field(default=None, ge=-1, le=MAX_WIRE_INT)
 
 
-@router.patch("/dags/{dag_id}/runs/{run_id}/tasks/{task_id}", dependencies=[AdminAuth])
+@router.patch("/dags/{dag_id}/runs/{run_id}/tasks/{task_id}", dependencies=[OperatorAuth])
 async def mark_task(
     dag_id: DagId,
     run_id: RunId,
@@ -404,7 +404,7 @@ class ClearIn(BaseModel):
     downstream: bool = False
 
 
-@router.post("/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/clear", dependencies=[AdminAuth])
+@router.post("/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/clear", dependencies=[OperatorAuth])
 async def clear_task(
     dag_id: DagId, run_id: RunId, task_id: TaskId, body: ClearIn, request: Request, hub: HubDep
 ) -> dict[str, Any]:
@@ -420,7 +420,7 @@ class RunStateIn(BaseModel):
     state: Literal["success", "failed"]
 
 
-@router.patch("/dags/{dag_id}/runs/{run_id}", dependencies=[AdminAuth])
+@router.patch("/dags/{dag_id}/runs/{run_id}", dependencies=[OperatorAuth])
 async def mark_run(
     dag_id: DagId, run_id: RunId, body: RunStateIn, request: Request, hub: HubDep
 ) -> dict[str, str]:
@@ -434,7 +434,7 @@ class ClearRunIn(BaseModel):
     only_failed: bool = False
 
 
-@router.post("/dags/{dag_id}/runs/{run_id}/clear", dependencies=[AdminAuth])
+@router.post("/dags/{dag_id}/runs/{run_id}/clear", dependencies=[OperatorAuth])
 async def clear_run(
     dag_id: DagId, run_id: RunId, body: ClearRunIn, request: Request, hub: HubDep
 ) -> dict[str, Any]:
@@ -455,7 +455,7 @@ class PoolIn(BaseModel):
     description: str | None = Field(default=None, max_length=1000)
 
 
-@router.get("/pools", dependencies=[AdminAuth])
+@router.get("/pools", dependencies=[ViewerAuth])
 async def list_pools(hub: HubDep) -> dict[str, Any]:
     """Pools with their slots and use; pools that tasks name but that do not exist
     are listed with ``missing: true`` (their tasks wait)."""
@@ -502,7 +502,7 @@ class BackfillIn(BaseModel):
         return value
 
 
-@router.post("/dags/{dag_id}/backfills", dependencies=[AdminAuth])
+@router.post("/dags/{dag_id}/backfills", dependencies=[OperatorAuth])
 async def create_backfill(
     dag_id: DagId, body: BackfillIn, request: Request, hub: HubDep
 ) -> dict[str, Any]:

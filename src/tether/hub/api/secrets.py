@@ -4,8 +4,8 @@
 Thin as the others: a strict body, one store function (``hub/core/vault.py``)
 and its audit entry in one transaction, the answer. A password, an extra or a
 secret variable's value is never in a listing; a single one shows it only with
-``?reveal=true``, which needs the admin principal itself (not merely a
-principal the gate let through), and leaves an audit entry.
+``?reveal=true``, which needs the admin role (a viewer may read the rest),
+and leaves an audit entry.
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from pydantic import (
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from tether.hub.auth.deps import AdminAuth, HubDep
-from tether.hub.auth.gate import ADMIN, PRINCIPAL, who
+from tether.hub.auth.deps import AdminAuth, HubDep, ViewerAuth, forbidden, principal_of
+from tether.hub.auth.gate import who
 from tether.hub.core import audit
 from tether.hub.core import vault as secrets
+from tether.hub.core.api_tokens import Role
 from tether.hub.state import in_read, in_session
 from tether.hub.wire import StrictJSONRoute
 from tether.sdk.connection import Connection
@@ -42,13 +43,14 @@ MAX_BODY = 512 * 1024
 #: Longest connection URI: every field at its limit, percent-encoded.
 MAX_URI = 3 * (secrets.MAX_PASSWORD + secrets.MAX_EXTRA + 3 * secrets.MAX_FIELD) + 1000
 
-Reveal = Annotated[bool, Query(description="show the secret itself (admin only; audited)")]
+Reveal = Annotated[bool, Query(description="show the secret itself (admin role; audited)")]
 
 
 def _check_reveal(request: Request) -> None:
-    """Only the admin principal itself may see a secret (roles added later may not)."""
-    if request.scope.get(PRINCIPAL) != ADMIN:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "revealing a secret needs the admin token")
+    """Only an admin may see a secret; a viewer may read everything else of it."""
+    principal = principal_of(request)
+    if not principal.may(Role.ADMIN):
+        raise forbidden(principal, Role.ADMIN, "revealing a secret")
 
 
 def _not_found(what: str, name: str) -> HTTPException:
@@ -157,13 +159,13 @@ async def create_connection(body: ConnectionIn, request: Request, hub: HubDep) -
     return {"conn_id": conn.conn_id, "state": "created" if created else "replaced"}
 
 
-@router.get("/connections", dependencies=[AdminAuth])
+@router.get("/connections", dependencies=[ViewerAuth])
 async def list_connections(hub: HubDep) -> dict[str, Any]:
     """Names, types, hosts, queues and descriptions; never a password or an extra."""
     return {"connections": await in_read(hub, secrets.list_connections)}
 
 
-@router.get("/connections/{name:path}", dependencies=[AdminAuth])
+@router.get("/connections/{name:path}", dependencies=[ViewerAuth])
 async def get_connection(
     name: str, request: Request, hub: HubDep, reveal: Reveal = False
 ) -> dict[str, Any]:
@@ -230,13 +232,13 @@ async def set_variable(key: str, body: VariableIn, request: Request, hub: HubDep
     return {"key": key, "state": "created" if created else "updated"}
 
 
-@router.get("/variables", dependencies=[AdminAuth])
+@router.get("/variables", dependencies=[ViewerAuth])
 async def list_variables(hub: HubDep) -> dict[str, Any]:
     """Names, secrecy, queues and descriptions; no values."""
     return {"variables": await in_read(hub, secrets.list_variables)}
 
 
-@router.get("/variables/{key:path}", dependencies=[AdminAuth])
+@router.get("/variables/{key:path}", dependencies=[ViewerAuth])
 async def get_variable(
     key: str, request: Request, hub: HubDep, reveal: Reveal = False
 ) -> dict[str, Any]:

@@ -3,16 +3,20 @@
 The hub's ASGI app is wrapped in :class:`AuthGate` (see ``hub/app.py``). For
 each HTTP request it
 
-1. resolves the bearer token to a principal: the admin (a constant-time
-   compare) or an enrolled worker (a read-only store lookup, which never
-   takes SQLite's write lock, behind a cache of credentials known good), and
-   puts it in the request scope, where the routes' dependencies
-   (``auth/deps.py``) take it;
+1. resolves the bearer token to a principal: on ``/api/v1`` a
+   :class:`~tether.hub.auth.principal.Principal` with a role (the built-in
+   admin token by a constant-time compare, a named API token by a read-only
+   lookup of its hash each time, ``auth/principal.py``), on the worker API an
+   enrolled worker (a read-only store lookup, which never takes SQLite's
+   write lock, behind a cache of credentials known good), and puts it in the
+   request scope, where the routes' dependencies (``auth/deps.py``) take it
+   and check its role (403 naming the role needed);
 2. answers 401 at once, before any of the body is read, when the path needs
-   a principal the request does not carry: ``/api/v1/...`` needs the admin
-   token, ``/api/worker/v1/secrets/...`` a token some task attempt was given
-   (a read-only lookup; the route checks that the attempt still runs), the
-   rest of ``/api/worker/v1/...``
+   a principal the request does not carry, with the reason ("missing bearer
+   token", "invalid token", "token expired", "token revoked"):
+   ``/api/v1/...`` needs an API token, ``/api/worker/v1/secrets/...`` a
+   token some task attempt was given (a read-only lookup; the route checks
+   that the attempt still runs), the rest of ``/api/worker/v1/...``
    a worker credential (but ``/enrol``, which is public and takes tiny
    bodies only). So an anonymous client cannot make the hub read, parse or
    store anything;
@@ -22,9 +26,10 @@ each HTTP request it
    gets 429 with Retry-After instead of 401, and for any enrolment before its
    token is looked up; a good credential still passes (a worker behind the
    same NAT as a misbehaving client keeps working), at the cost of a
-   read-only lookup for made-up ones that look like credentials.
+   read-only lookup for made-up ones that look like credentials (or API
+   tokens: what has not their shape is refused without one).
 
-The cache only saves lookups: the worker routes check the credential again
+The worker cache only saves lookups: the worker routes check the credential again
 inside their own transaction (``worker_api/routes.py: _as_worker``), so a
 revocation takes effect at the next request. A revocation through this
 process also drops the cached entry (:meth:`Principals.forget`).
@@ -47,14 +52,15 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tether.hub.core import credentials
+from tether.hub.auth.principal import ADMIN, LastUsed, Principal, resolve
+from tether.hub.core import api_tokens, credentials
 from tether.hub.core.audit import Who
 from tether.protocol import WORKER_API_PREFIX
 
-#: Where the gate leaves the principal in the ASGI scope.
+#: Where the gate leaves the principal in the ASGI scope: a Principal on the
+#: REST API (``ADMIN`` for the built-in admin token), a WorkerIdentity or an
+#: AttemptToken on the worker API.
 PRINCIPAL = "tether.principal"
-#: The principal of a request that carries the admin token.
-ADMIN = "admin"
 
 REST_PREFIX = "/api/v1/"
 ENROL_PATH = f"{WORKER_API_PREFIX}/enrol"
@@ -130,6 +136,7 @@ class Principals:
         self, failures_per_minute: int, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.throttle = Throttle(failures_per_minute, clock)
+        self.last_used = LastUsed(clock)
         self._clock = clock
         self._known: dict[str, tuple[WorkerIdentity, float]] = {}
 
@@ -158,11 +165,11 @@ class Principals:
 
 
 def _needs(path: str) -> str | None:
-    """``"admin"``, ``"worker"``, ``"attempt"`` or None: the principal ``path`` needs."""
+    """``"api"``, ``"worker"``, ``"attempt"`` or None: the principal ``path`` needs."""
     if path in PUBLIC_PATHS:
         return None
     if path.startswith(REST_PREFIX):
-        return "admin"
+        return "api"
     if path.startswith(SECRETS_PREFIX):
         return "attempt"
     if path.startswith(WORKER_API_PREFIX + "/"):
@@ -235,15 +242,25 @@ class AuthGate:
             return None, None
         if token is None:
             return None, "missing bearer token"
-        if need == "admin":
-            admin = hmac.compare_digest(token.encode(), self.hub.tokens.admin.encode())
-            return (ADMIN, None) if admin else (None, "invalid token")
+        if need == "api":
+            return await self._api(token)
         if need == "attempt":
             return await self._attempt(token)
         known = self.hub.principals.known(hashlib.sha256(token.encode()).hexdigest())
         if known is not None:
             return known, None
         return await self._worker(token)
+
+    async def _api(self, token: str) -> tuple[Principal | None, str | None]:
+        """The built-in admin token, or a named API token: a lookup for each request
+        (no cache, so a revocation holds at the next), and none for what has not
+        a token's shape."""
+        if hmac.compare_digest(token.encode(), self.hub.tokens.admin.encode()):
+            return ADMIN, None
+        if not api_tokens.looks_like_token(token):
+            return None, "invalid token"
+        found = await resolve(self.hub, api_tokens.token_hash(token))
+        return (found, None) if isinstance(found, Principal) else (None, found)
 
     async def _attempt(self, token: str) -> tuple[AttemptToken | None, str | None]:
         """A token some attempt was given; a made-up one is refused here, after a
@@ -297,14 +314,15 @@ def who(request: Request | None) -> Who:
 
 
 def actor_of(request: Request | None) -> tuple[str, str | None]:
-    """``(actor, address)`` of the request: ``admin`` or ``worker:NAME``, and the
-    client's address as the gate saw it (the socket's peer, or the client a
-    trusted proxy names)."""
+    """``(actor, address)`` of the request: ``admin`` (the built-in admin
+    token), an API token's name or ``worker:NAME``, and the client's address
+    as the gate saw it (the socket's peer, or the client a trusted proxy
+    names)."""
     if request is None:
         return "cli", None
     principal = request.scope.get(PRINCIPAL)
-    if principal == ADMIN:
-        actor = "admin"
+    if isinstance(principal, Principal):
+        actor = principal.name
     elif isinstance(principal, WorkerIdentity):
         actor = f"worker:{principal.name}"
     else:

@@ -327,6 +327,29 @@ class EnrolmentToken(Base):
     replace: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
+class ApiToken(Base):
+    """A named REST API token with a role (``hub/core/api_tokens.py``).
+
+    Only the token's SHA-256 is kept, never the token. Revoked tokens stay, so
+    the name keeps its history and the audit log its meaning.
+    """
+
+    __tablename__ = "api_token"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    #: ``viewer``, ``operator`` or ``admin``.
+    role: Mapped[str] = mapped_column(String(20))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime]
+    #: The audit actor that made it (``admin``, or another admin token's name).
+    created_by: Mapped[str] = mapped_column(String(300))
+    #: None: it never expires.
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+    #: When it last authenticated a request, written at most once a minute.
+    last_used_at: Mapped[datetime | None]
+
+
 class Connection(Base):
     """A connection (Airflow's sense): where a system is and how to log in.
 
@@ -371,7 +394,7 @@ class AuditEntry(Base):
     __tablename__ = "audit_log"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     at: Mapped[datetime] = mapped_column(index=True)
-    #: ``admin``, ``worker:NAME``, ``attempt:ID``, ``enrolment``, ``cli``.
+    #: ``admin``, an API token's name, ``worker:NAME``, ``attempt:ID``, ``enrolment``, ``cli``.
     actor: Mapped[str] = mapped_column(String(300), index=True)
     #: What was done, dotted: ``dag.trigger``, ``connection.create``, ``secret.read``, ...
     action: Mapped[str] = mapped_column(String(100))
