@@ -375,15 +375,16 @@ def read_log(session: Session, attempt: TaskAttempt) -> bytes:
     end = 0
     for offset, data in chunks:
         if offset > end:
-            parts.append(_dropped(offset - end))
+            parts.append(dropped_note(offset - end))
         parts.append(data)
         end = offset + len(data)
     if attempt.log_size > end:
-        parts.append(_dropped(attempt.log_size - end))
+        parts.append(dropped_note(attempt.log_size - end))
     return b"".join(parts)
 
 
-def _dropped(size: int) -> bytes:
+def dropped_note(size: int) -> bytes:
+    """The line a log reads with where the hub dropped ``size`` of its bytes."""
     return (
         f"\n[tether] {size} bytes of this try's log were dropped: the hub keeps the first "
         "TETHER_MAX_TASK_LOG_BYTES of a try\n"
