@@ -50,9 +50,10 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Hub, Path]]:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     try:
-        from playwright.sync_api import sync_playwright
+        from playwright.sync_api import expect, sync_playwright
     except ImportError as exc:  # pragma: no cover - playwright is a dev dependency
         _unavailable(f"playwright is not installed: {exc}")
+    expect.set_options(timeout=20_000)  # detects what never shows; a busy machine is slow
     with sync_playwright() as playwright:
         try:
             chromium = playwright.chromium.launch(

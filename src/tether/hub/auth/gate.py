@@ -24,6 +24,10 @@ each HTTP request it
    same NAT as a misbehaving client keeps working), at the cost of a
    read-only lookup for made-up ones that look like credentials.
 
+The gate never looks at cookies: the web console (``/ui/...``) checks its own
+signed session cookie (``auth/console.py``), and a console cookie is no
+credential for any API path.
+
 The cache only saves lookups: the worker routes check the credential again
 inside their own transaction (``worker_api/routes.py: _as_worker``), so a
 revocation takes effect at the next request. A revocation through this
@@ -200,7 +204,7 @@ class AuthGate:
             return
         path: str = scope["path"]
         need = _needs(path)
-        if need is None and path != ENROL_PATH:  # health, the status page, the schema
+        if need is None and path != ENROL_PATH:  # health, the console, the schema
             await self.app(scope, receive, send)
             return
         principals: Principals = self.hub.principals
