@@ -430,6 +430,27 @@ def test_every_page_renders_for_a_hub_with_runs(tmp_path: Path, database_url: st
             errors = (await browser.get("/ui/import-errors")).text
             assert "broken.py" in errors
             assert "RuntimeError" in errors
+            # What cannot be an id or a number is a 4xx before the store sees it.
+            ti_path = "/ui/dags/shop/runs/r1/tasks/numbers"
+            huge = "9" * 25
+            for path, status in [
+                ("/ui/dags/%00/grid", 422),
+                (f"/ui/dags/{'d' * 251}/grid", 422),
+                ("/ui/dags/shop/runs/r%00/tasks/numbers", 422),
+                (f"{ti_path}?map_index={huge}", 422),
+                (f"{ti_path}?try_number=0", 422),
+                (f"{ti_path}/tries/{huge}/log", 422),
+                (f"{ti_path}/tries/1/stream?offset=-1", 422),
+                (f"{ti_path}/tries/1/stream?map_index={2**63}", 422),
+                (f"/ui/dags?q={'x' * 201}", 422),
+                ("/ui/dags?q=%00", 200),
+            ]:
+                answer = await browser.get(path)
+                assert answer.status_code == status, (path, answer.text)
+            headers = {"Content-Type": "application/x-www-form-urlencoded"}
+            for body, status in [(b"csrf=\xff\xfe", 400), (b"x=" + b"y" * 20000, 413)]:
+                answer = await browser.post("/ui/logout", content=body, headers=headers)
+                assert answer.status_code == status, answer.text
             css = await browser.get("/ui/static/console.css")
             js = await browser.get("/ui/static/console.js")
             assert css.status_code == js.status_code == 200

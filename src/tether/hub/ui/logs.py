@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Request
 from sqlalchemy.orm import Session
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response, StreamingResponse
@@ -32,6 +32,7 @@ from tether.hub.core import console_reads, queries
 from tether.hub.state import Hub, get_hub, in_read
 from tether.hub.store.outages import StoreUnavailable
 from tether.hub.ui.access import PageSession, StreamSession
+from tether.hub.ui.paths import DagId, MapIndex, Offset, RunId, TaskId, TryNumber
 
 log = logging.getLogger("tether.hub.console")
 
@@ -115,12 +116,12 @@ async def follow_log(
     request: Request,
     hub: HubDep,
     signed: StreamSession,
-    dag_id: str,
-    run_id: str,
-    task_id: str,
-    try_number: int,
-    map_index: Annotated[int, Query(ge=-1)] = -1,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    dag_id: DagId,
+    run_id: RunId,
+    task_id: TaskId,
+    try_number: TryNumber,
+    map_index: MapIndex = -1,
+    offset: Offset = 0,
 ) -> Response:
     """Server-sent events with the try's log from ``offset`` on, until the try ends."""
     attempt_id = await in_read(
@@ -138,11 +139,11 @@ async def follow_log(
 async def download_log(
     hub: HubDep,
     signed: PageSession,
-    dag_id: str,
-    run_id: str,
-    task_id: str,
-    try_number: int,
-    map_index: Annotated[int, Query(ge=-1)] = -1,
+    dag_id: DagId,
+    run_id: RunId,
+    task_id: TaskId,
+    try_number: TryNumber,
+    map_index: MapIndex = -1,
 ) -> Response:
     """The try's whole log as the hub holds it, as a file to save."""
 

@@ -22,7 +22,9 @@ from tether.hub.core import console_reads, queries
 from tether.hub.state import Hub, get_hub, in_read
 from tether.hub.ui import access, logs
 from tether.hub.ui.access import HOME, PageSession, SignedIn
+from tether.hub.ui.paths import DagId, RunId, TaskId
 from tether.hub.ui.render import STATIC, ConsoleHeaders, page
+from tether.protocol import MAX_WIRE_INT
 
 __all__ = ["HOME", "install", "router"]
 
@@ -63,7 +65,7 @@ async def dags(
 
 
 @router.get("/dags/{dag_id}/grid", response_model=None)
-async def grid(hub: HubDep, signed: PageSession, dag_id: str) -> Response:
+async def grid(hub: HubDep, signed: PageSession, dag_id: DagId) -> Response:
     return await _show(
         hub, signed, "grid.html", lambda s: console_reads.grid(s, dag_id), section="dags"
     )
@@ -73,11 +75,11 @@ async def grid(hub: HubDep, signed: PageSession, dag_id: str) -> Response:
 async def task_instance(
     hub: HubDep,
     signed: PageSession,
-    dag_id: str,
-    run_id: str,
-    task_id: str,
-    map_index: Annotated[int | None, Query(ge=-1)] = None,
-    try_number: Annotated[int | None, Query(ge=1)] = None,
+    dag_id: DagId,
+    run_id: RunId,
+    task_id: TaskId,
+    map_index: Annotated[int | None, Query(ge=-1, le=MAX_WIRE_INT)] = None,
+    try_number: Annotated[int | None, Query(ge=1, le=MAX_WIRE_INT)] = None,
 ) -> Response:
     return await _show(
         hub,
