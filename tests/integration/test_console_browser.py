@@ -1,7 +1,8 @@
 """The web console in a real browser: headless Chromium (Debian's ``chromium``,
 driven by Playwright) against a real hub and worker on loopback.
 
-One hub, one worker and one browser for the module. Without Chromium the tests
+One hub, one worker and one browser for the module (the browser first: without
+it no hub is started). Without Chromium the tests
 skip, except with CI set, where they fail (``.ci/run`` installs it). Screenshots
 go to a folder the run prints.
 """
@@ -105,7 +106,7 @@ class Page:
 
 
 def test_sign_in_open_the_grid_and_follow_a_running_log(
-    hub: tuple[Hub, Path], browser: Any, shots: Path
+    browser: Any, hub: tuple[Hub, Path], shots: Path
 ) -> None:
     from playwright.sync_api import expect
 
@@ -163,7 +164,7 @@ def _reloaded(tab: Any) -> bool:
 
 
 def test_a_wrong_token_is_refused_in_the_browser(
-    hub: tuple[Hub, Path], browser: Any, shots: Path
+    browser: Any, hub: tuple[Hub, Path], shots: Path
 ) -> None:
     from playwright.sync_api import expect
 

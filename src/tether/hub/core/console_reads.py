@@ -34,23 +34,24 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
     return (end - start).total_seconds() if start and end else None
 
 
-def _last_runs(session: Session, dag_ids: list[str], limit: int) -> dict[str, list[DagRun]]:
-    """The newest ``limit`` runs of each DAG, oldest first (as marks read left to right)."""
+def _last_runs(session: Session, dag_ids: list[str], limit: int) -> dict[str, list[Any]]:
+    """The newest ``limit`` runs of each DAG, oldest first (as marks read left to
+    right): their ids, states and logical dates only, not the DAG copies they pin."""
     if not dag_ids:
         return {}
     rank = (
         func.row_number().over(partition_by=DagRun.dag_id, order_by=DagRun.id.desc()).label("rank")
     )
     ranked = select(DagRun.id, rank).where(DagRun.dag_id.in_(dag_ids)).subquery()
-    rows = session.scalars(
-        select(DagRun)
+    rows = session.execute(
+        select(DagRun.dag_id, DagRun.run_id, DagRun.state, DagRun.logical_date)
         .join(ranked, ranked.c.id == DagRun.id)
         .where(ranked.c.rank <= limit)
         .order_by(DagRun.id)
     )
-    found: dict[str, list[DagRun]] = {}
-    for run in rows:
-        found.setdefault(run.dag_id, []).append(run)
+    found: dict[str, list[Any]] = {}
+    for row in rows:
+        found.setdefault(row.dag_id, []).append(row)
     return found
 
 
@@ -114,8 +115,18 @@ def _cell(tis: list[TaskInstance]) -> dict[str, Any]:
 def grid(session: Session, dag_id: str, limit: int = GRID_RUNS) -> dict[str, Any]:
     """A DAG's newest runs (newest first) × its tasks, each cell a state."""
     dag = queries.get_dag(session, dag_id)
-    runs = session.scalars(
-        select(DagRun).where(DagRun.dag_id == dag_id).order_by(DagRun.id.desc()).limit(limit)
+    runs = session.execute(
+        select(
+            DagRun.id,
+            DagRun.run_id,
+            DagRun.state,
+            DagRun.run_type,
+            DagRun.logical_date,
+            DagRun.started_at,
+        )
+        .where(DagRun.dag_id == dag_id)
+        .order_by(DagRun.id.desc())
+        .limit(limit)
     ).all()
     tis: dict[tuple[int, str], list[TaskInstance]] = {}
     for ti in session.scalars(
@@ -126,8 +137,7 @@ def grid(session: Session, dag_id: str, limit: int = GRID_RUNS) -> dict[str, Any
         tis.setdefault((ti.dag_run_id, ti.task_id), []).append(ti)
     task_ids = [t["task_id"] for t in dag.serialized["tasks"]]
     # Tasks that old runs had and the DAG no longer has, after the current ones.
-    for run in runs:
-        task_ids += [t["task_id"] for t in run.serialized["tasks"] if t["task_id"] not in task_ids]
+    task_ids += sorted({task_id for _, task_id in tis} - set(task_ids))
     return {
         **queries.dag_summary(dag, queries.file_error(session, dag.fileloc)),
         "runs": [
