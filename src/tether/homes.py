@@ -53,6 +53,7 @@ HUB_ENTRIES = (
     "admin_token",
     "secret_key",
     "secret_key.tmp",
+    "console_key",
     "bundles",
     "worker",
     "hub.lock",

@@ -57,7 +57,8 @@ MAY_IMPORT: dict[str, set[str]] = {
     # API also reads the SDK's types (a DAG's errors, a connection's URI).
     "hub.api": {"sdk", *_BELOW_THE_APIS},
     "hub.worker_api": _BELOW_THE_APIS,
-    "hub.ui": set(),
+    # The web console reads as the REST API does, on the same layers.
+    "hub.ui": _BELOW_THE_APIS,
     # The process that wires it all together.
     "hub.app": {"protocol", "homes", "sdk", "hub"},
     "hub": {"protocol", "homes", "sdk"},

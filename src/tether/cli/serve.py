@@ -98,6 +98,7 @@ def _serve(
 
     from tether.homes import private_umask
     from tether.hub.app import build_hub, create_app
+    from tether.hub.auth.console import ConsoleKeyError
     from tether.hub.core.secret_keys import SecretKeyError
 
     private_umask()  # the store, bundles and logs the hub writes are its user's only
@@ -106,14 +107,14 @@ def _serve(
     home_lock, listener = _claim(config)
     try:
         hub = build_hub(config)
-    except SecretKeyError as exc:
+    except (SecretKeyError, ConsoleKeyError) as exc:
         raise CliError(str(exc)) from None
     scheme = "https" if config.tls_cert else "http"
     url = f"{scheme}://{config.host}:{config.port}"
     out(f"Tether hub on {url}  (store: {hub.store.dialect}, DAGs: {config.dags_folder})")
     if hub.tokens.admin_generated:
         # Printed once, when it is made; after that it is where the operator keeps it.
-        out(f"  status page:  {url}/#token={hub.tokens.admin}")
+        out(f"  console:      {url}/ui/login#token={hub.tokens.admin}")
         out(f"  admin token:  {hub.tokens.admin}  (new, kept in {config.home / 'admin_token'})")
     else:
         source = (
@@ -121,7 +122,7 @@ def _serve(
             if os.environ.get("TETHER_ADMIN_TOKEN")
             else str(config.home / "admin_token")
         )
-        out(f"  status page:  {url}/  (sign in with the admin token)")
+        out(f"  console:      {url}/ui/  (sign in with the admin token)")
         out(f"  admin token:  from {source}")
     out(
         "  workers:      tether workers token create --queues QUEUES, then "

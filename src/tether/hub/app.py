@@ -1,4 +1,4 @@
-"""The hub's ASGI application: worker API, REST API, status page, and the
+"""The hub's ASGI application: worker API, REST API, web console, and the
 dag processor and scheduler running beside them."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -21,6 +21,7 @@ from tether.hub.api.routes import router as api_router
 from tether.hub.api.secrets import MAX_BODY as SECRETS_MAX_BODY
 from tether.hub.api.secrets import router as secrets_router
 from tether.hub.api.tokens import router as tokens_router
+from tether.hub.auth import console
 from tether.hub.auth.gate import AuthGate, Principals
 from tether.hub.auth.tokens import Tokens
 from tether.hub.config import HubConfig
@@ -31,6 +32,7 @@ from tether.hub.services.scheduler import Scheduler
 from tether.hub.state import Hub
 from tether.hub.store.db import Store, migrate
 from tether.hub.store.outages import Backoff, StoreUnavailable
+from tether.hub.ui import pages as console_pages
 from tether.hub.wakeups import Wakeups
 from tether.hub.worker_api.routes import reports as worker_reports
 from tether.hub.worker_api.routes import router as worker_router
@@ -46,8 +48,6 @@ CALLBACK_CHECK_INTERVAL = 0.5
 #: Seconds a client is asked to wait (Retry-After) while the database is away.
 OUTAGE_RETRY_AFTER = 1
 
-STATUS_PAGE = (Path(__file__).parent / "ui" / "status.html").read_text()
-
 
 def build_hub(config: HubConfig, tokens: Tokens | None = None) -> Hub:
     """Migrate the store and gather what the app needs.
@@ -55,10 +55,12 @@ def build_hub(config: HubConfig, tokens: Tokens | None = None) -> Hub:
     The home is made private (0700, its files 0600; see ``tether.homes``),
     and so is an SQLite store kept elsewhere. The keys of secrets at rest are
     loaded (or made) before anything else, so a bad TETHER_SECRET_KEY stops
-    the start (SecretKeyError) before the store is touched.
+    the start (SecretKeyError) before the store is touched, and so is the
+    console key that signs console sessions (ConsoleKeyError).
     """
     private_home(config.home, HUB_ENTRIES)
     secret_keys = SecretKeys.load(config.home)
+    console_key = console.load_key(config.home)
     migrate(config.database_url)
     if config.database_url.startswith("sqlite:///"):
         db = Path(config.database_url.removeprefix("sqlite:///"))
@@ -73,6 +75,7 @@ def build_hub(config: HubConfig, tokens: Tokens | None = None) -> Hub:
         wakeups=wakeups,
         principals=Principals(config.auth_failures_per_minute),
         secret_keys=secret_keys,
+        console_key=console_key,
     )
 
 
@@ -201,12 +204,13 @@ def create_app(hub: Hub) -> FastAPI:
             config.max_log_chunk_bytes, config.max_task_output_bytes + REPORT_OVERHEAD
         ),
     )
+    console_pages.install(app)
     # Outermost: no route reads a body before the gate has checked who sends it.
     app.add_middleware(AuthGate, hub=hub)
     app.add_middleware(_AnswerOutages)
 
     @app.get("/", include_in_schema=False)
-    async def status_page() -> HTMLResponse:
-        return HTMLResponse(STATUS_PAGE)
+    async def home() -> RedirectResponse:
+        return RedirectResponse(console_pages.HOME, status_code=303)
 
     return app

@@ -57,6 +57,8 @@ class HubConfig:
     #: Proxies whose X-Forwarded-For names the client (comma-separated addresses
     #: or networks); empty: the socket's peer is the client, whatever it claims.
     forwarded_allow_ips: str = ""
+    #: Seconds a web console session lasts after its login.
+    console_session_lifetime: float = 12 * 3600.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -66,6 +68,7 @@ class HubConfig:
             "max_task_log_bytes",
             "max_job_bytes",
             "auth_failures_per_minute",
+            "console_session_lifetime",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
@@ -113,6 +116,9 @@ class HubConfig:
                 "TETHER_AUTH_FAILURES_PER_MINUTE", cls.auth_failures_per_minute
             ),
             forwarded_allow_ips=os.environ.get("TETHER_FORWARDED_ALLOW_IPS", "").strip(),
+            console_session_lifetime=float(
+                os.environ.get("TETHER_CONSOLE_SESSION_LIFETIME", cls.console_session_lifetime)
+            ),
         )
 
 

@@ -29,6 +29,8 @@ class Hub:
     principals: Principals
     #: Encrypts connections and variables at rest (``hub/core/vault.py``).
     secret_keys: SecretKeys
+    #: Signs the web console's session cookies (``hub/auth/console.py``).
+    console_key: bytes
 
 
 async def get_hub(request: Request) -> Hub:

@@ -59,6 +59,7 @@ def serialize_dag(dag: DAG) -> dict[str, Any]:
             {
                 "task_id": t.task_id,
                 "operator": type(t).__name__.lstrip("_"),
+                "owner": t.owner,
                 "queue": t.queue,
                 "retries": t.retries,
                 "retry_delay": t.retry_delay,

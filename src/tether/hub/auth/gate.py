@@ -29,6 +29,10 @@ each HTTP request it
    read-only lookup for made-up ones that look like credentials (or API
    tokens: what has not their shape is refused without one).
 
+The gate never looks at cookies: the web console (``/ui/...``) checks its own
+signed session cookie (``auth/console.py``), and a console cookie is no
+credential for any API path.
+
 The worker cache only saves lookups: the worker routes check the credential again
 inside their own transaction (``worker_api/routes.py: _as_worker``), so a
 revocation takes effect at the next request. A revocation through this
@@ -207,7 +211,7 @@ class AuthGate:
             return
         path: str = scope["path"]
         need = _needs(path)
-        if need is None and path != ENROL_PATH:  # health, the status page, the schema
+        if need is None and path != ENROL_PATH:  # health, the console, the schema
             await self.app(scope, receive, send)
             return
         principals: Principals = self.hub.principals

@@ -427,16 +427,17 @@ def read_log(session: Session, attempt: TaskAttempt, start: int = 0) -> bytes:
         if offset + len(data) <= end:
             continue
         if offset > end:
-            parts.append(_dropped(offset - end))
+            parts.append(dropped_note(offset - end))
             end = offset
         parts.append(data[end - offset :])
         end = offset + len(data)
     if size > end:
-        parts.append(_dropped(size - end))
+        parts.append(dropped_note(size - end))
     return b"".join(parts)
 
 
-def _dropped(size: int) -> bytes:
+def dropped_note(size: int) -> bytes:
+    """The line a log reads with where the hub dropped ``size`` of its bytes."""
     return (
         f"\n[tether] {size} bytes of this try's log were dropped: the hub keeps the first "
         "TETHER_MAX_TASK_LOG_BYTES of a try\n"

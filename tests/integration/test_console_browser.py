@@ -1,0 +1,183 @@
+"""The web console in a real browser: headless Chromium (Debian's ``chromium``,
+driven by Playwright) against a real hub and worker on loopback.
+
+One hub, one worker and one browser for the module (the browser first: without
+it no hub is started). Without Chromium the tests
+skip, except with CI set, where they fail (``.ci/run`` installs it). Screenshots
+go to a folder the run prints.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.processes import ADMIN_TOKEN, Hub, running_hub, wait_for
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = "/usr/bin/chromium"
+
+#: Prints a line every 0.3 s until the test lets it finish (or 60 s pass).
+TICKER = """
+from tether import DAG, BashOperator
+with DAG("ticker", tags=["demo"]):
+    BashOperator(
+        task_id="tick",
+        bash_command=(
+            "for i in $(seq 1 200); do echo tick $i; "
+            "if [ -e {release} ]; then echo released; exit 0; fi; sleep 0.3; done; exit 1"
+        ),
+    )
+"""
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Hub, Path]]:
+    root = tmp_path_factory.mktemp("console-browser")
+    release = root / "release"
+    dags = root / "dags"
+    dags.mkdir()
+    (dags / "ticker.py").write_text(TICKER.format(release=release))
+    with running_hub(root, "sqlite", None, dags, wait_dags=["ticker"]) as (hub, _):
+        yield hub, release
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    try:
+        from playwright.sync_api import expect, sync_playwright
+    except ImportError as exc:  # pragma: no cover - playwright is a dev dependency
+        _unavailable(f"playwright is not installed: {exc}")
+    expect.set_options(timeout=20_000)  # detects what never shows; a busy machine is slow
+    with sync_playwright() as playwright:
+        try:
+            chromium = playwright.chromium.launch(
+                executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]
+            )
+        except Exception as exc:
+            _unavailable(f"Chromium cannot start from {CHROMIUM}: {exc}")
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set: .ci/run installs chromium)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("console-screenshots")
+    print(f"\nconsole screenshots: {folder}")
+    return folder
+
+
+class Page:
+    """A browser tab that records what the Content-Security-Policy refused."""
+
+    def __init__(self, browser: Any, hub: Hub) -> None:
+        self.context = browser.new_context()
+        self.tab = self.context.new_page()
+        self.tab.set_default_timeout(20_000)  # detects a page that never gets there
+        self.refused: list[str] = []
+        self.tab.on(
+            "console",
+            lambda m: self.refused.append(m.text) if "Content Security Policy" in m.text else None,
+        )
+        self.hub = hub
+
+    def sign_in(self, token: str) -> None:
+        self.tab.goto(self.hub.url + "/")
+        assert "/ui/login" in self.tab.url
+        self.tab.fill("#token", token)
+        self.tab.click("button[type=submit]")
+
+    def close(self) -> None:
+        self.context.close()
+
+
+def test_sign_in_open_the_grid_and_follow_a_running_log(
+    browser: Any, hub: tuple[Hub, Path], shots: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    server, release = hub
+    page = Page(browser, server)
+    tab = page.tab
+    try:
+        page.sign_in(ADMIN_TOKEN)
+        expect(tab).to_have_url(re.compile(r"/ui/dags$"))
+        expect(tab.locator("a.dag-id", has_text="ticker")).to_be_visible()
+        tab.screenshot(path=shots / "dags.png", full_page=True)
+
+        run_id = server.api.trigger("ticker")
+        tab.click("a.dag-id:has-text('ticker')")
+        expect(tab.locator("h1")).to_contain_text("ticker")
+
+        def running_cell() -> bool:
+            tab.reload()
+            return tab.locator("td.cell.state-running a").count() == 1
+
+        wait_for(running_cell, 30, "the grid to show the task running", interval=0.5)
+        tab.screenshot(path=shots / "grid.png", full_page=True)
+        tab.click("td.cell.state-running a")
+        expect(tab.locator("#log-status")).to_have_text("Following live…")
+        log = tab.locator("#log")
+        expect(log).to_contain_text("tick")
+        # A mark on this document: it is gone if the page reloads.
+        tab.evaluate("window.stillTheSamePage = true")
+        seen = len(re.findall(r"tick \d+", log.inner_text()))
+        expect(log).to_contain_text(f"tick {seen + 3}")  # new lines, no reload
+        assert tab.evaluate("window.stillTheSamePage") is True
+        tab.screenshot(path=shots / "live-log.png", full_page=True)
+
+        release.touch()
+        # When the try ends the page shows it whole (it loads again, without the stream).
+        wait_for(lambda: _reloaded(tab), 30, "the page to load again when the try ended")
+        expect(tab.locator("#log-status")).to_have_count(0)
+        expect(log).to_contain_text("released")
+        expect(tab.locator("#log-download")).to_be_visible()
+        expect(tab.locator("table.facts .mark")).to_have_text("success")
+        tab.screenshot(path=shots / "ended-log.png", full_page=True)
+        assert server.api.wait_run("ticker", run_id)["state"] == "success"
+        assert page.refused == []
+    finally:
+        page.close()
+
+
+def _reloaded(tab: Any) -> bool:
+    """Whether the tab holds a new document (the mark is gone). Not by
+    ``wait_for_function``: that evaluates a string in the page, which the CSP forbids."""
+    try:
+        return bool(tab.evaluate("window.stillTheSamePage === undefined"))
+    except Exception:  # the document changed while asked: ask again
+        return False
+
+
+def test_a_wrong_token_is_refused_in_the_browser(
+    browser: Any, hub: tuple[Hub, Path], shots: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    server, _ = hub
+    page = Page(browser, server)
+    try:
+        page.sign_in("not-the-admin-token")
+        expect(page.tab.locator(".error")).to_have_text("invalid token")
+        assert "/ui/login" in page.tab.url
+        page.tab.screenshot(path=shots / "wrong-token.png")
+        assert [c["name"] for c in page.context.cookies()] == ["tether_console_login"]
+        page.tab.goto(server.url + "/ui/workers")
+        assert "/ui/login" in page.tab.url
+        assert page.refused == []
+    finally:
+        page.close()
