@@ -55,6 +55,7 @@ HUB_ENTRIES = (
     "secret_key.tmp",
     "bundles",
     "worker",
+    "dist",
     "hub.lock",
 )
 #: What the worker keeps in its home.

@@ -37,6 +37,19 @@ PROTOCOL_VERSION = 1
 
 WORKER_API_PREFIX = "/api/worker/v1"
 
+#: Where the hub serves the worker's wheel for its own version, and a listing
+#: of it (``hub/worker_api/dist.py``; public unless TETHER_PUBLIC_DIST=0).
+DIST_PREFIX = f"{WORKER_API_PREFIX}/dist/"
+#: The hub's PEP 503 simple index: one project, ``tether``, one file, that wheel.
+SIMPLE_INDEX = "/simple/"
+SIMPLE_PROJECT = f"{SIMPLE_INDEX}tether/"
+
+
+def wheel_name(version: str) -> str:
+    """The file name of the worker's wheel of ``version`` (PEP 427: pure Python)."""
+    return f"tether-{version.replace('-', '_')}-py3-none-any.whl"
+
+
 #: Header that carries the worker process's session id (see POST /sessions).
 SESSION_HEADER = "X-Tether-Session"
 

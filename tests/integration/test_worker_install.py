@@ -1,16 +1,26 @@
-"""``pip install .`` with no extra gives the SDK and the worker only."""
+"""``pip install .`` with no extra gives the SDK and the worker only, and a
+fresh virtualenv installs the worker from a hub with pip alone."""
 
 from __future__ import annotations
 
+import ensurepip
+import importlib.metadata
+import io
+import os
+import re
 import shutil
 import subprocess
 import sys
 import venv
-from pathlib import Path
+import zipfile
+from pathlib import Path, PurePosixPath
 
+import httpx
 import pytest
 
-from tests.integration.processes import REPO
+from tests.integration.processes import PROXY_VARIABLES, REPO, Hub
+from tether import __version__
+from tether.hub.dist import repack
 
 pytestmark = pytest.mark.integration
 
@@ -92,3 +102,124 @@ def test_the_plain_install_has_no_hub_dependencies(tmp_path: Path) -> None:
     assert probe.returncode == 0, probe.stderr
     assert probe.stdout.strip() == "[]"
     assert sys.version_info >= (3, 11)
+
+
+def _link_worker_dependencies(into: Path) -> list[str]:
+    """Link the distributions the plain install needs (tether's requirements
+    without extras, recursively) from this environment into ``into``, so a
+    fresh venv has them without a registry, and without this environment's
+    own tether (an editable install) in sight of its pip."""
+    into.mkdir()
+    todo = [r for r in importlib.metadata.requires("tether") or [] if "extra ==" not in r]
+    seen: set[str] = set()
+    while todo:
+        name = re.split(r"[^A-Za-z0-9._-]", todo.pop().strip(), maxsplit=1)[0].lower()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue  # a requirement for another Python, under a marker
+        todo += [r for r in dist.requires or [] if "extra ==" not in r]
+        for top in {PurePosixPath(f).parts[0] for f in dist.files or ()}:
+            if top in ("..", "__pycache__") or (into / top).exists():
+                continue
+            (into / top).symlink_to(Path(str(dist.locate_file(top))))
+    return sorted(seen)
+
+
+def test_a_fresh_venv_installs_the_worker_from_the_hub_alone(tmp_path: Path) -> None:
+    """pip with the hub as its only index: no registry, no configuration of this machine's."""
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    hub = Hub(tmp_path / "hub", dags, f"sqlite:///{tmp_path / 'hub.db'}")
+    try:
+        listed = httpx.get(f"{hub.url}/api/worker/v1/dist/", timeout=120).json()
+        assert listed["version"] == __version__
+        env_dir = tmp_path / "venv"
+        python = env_dir / "bin" / "python"
+        pip = _fresh_venv(env_dir)
+        site = subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        linked = _link_worker_dependencies(tmp_path / "deps")
+        assert {"httpx", "jinja2"} <= set(linked)
+        (Path(site) / "worker-deps.pth").write_text(f"{tmp_path / 'deps'}\n")
+        # Nothing of this machine's pip set-up (its indexes, find-links, caches).
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+        env |= {"PIP_CONFIG_FILE": os.devnull, "PIP_NO_CACHE_DIR": "1"}
+        env = {k: v for k, v in env.items() if k.lower() not in PROXY_VARIABLES}
+        pip += ["install", "--disable-pip-version-check", "--no-compile"]
+
+        from_index = subprocess.run(
+            [*pip, "--index-url", f"{hub.url}/simple", "tether"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        assert from_index.returncode == 0, from_index.stdout + from_index.stderr
+        probe = [
+            str(python),
+            "-c",
+            "import tether, importlib.metadata as m; "
+            "print(tether.__version__, m.version('tether'), tether.__file__)",
+        ]
+        version, installed, where = subprocess.run(
+            probe, capture_output=True, text=True, check=True, timeout=60
+        ).stdout.split()
+        assert version == installed == listed["version"]
+        assert Path(where).is_relative_to(env_dir)  # the venv's own copy, not the checkout's
+
+        # The direct URL works too (the same file, installed again).
+        wheel_url = f"{hub.url}{listed['files'][0]['url']}"
+        direct = subprocess.run(
+            [*pip, "--force-reinstall", "--no-deps", wheel_url],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        assert direct.returncode == 0, direct.stdout + direct.stderr
+
+        help_text = subprocess.run(
+            [str(env_dir / "bin" / "tether"), "worker", "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert help_text.returncode == 0, help_text.stderr
+        assert "--hub" in help_text.stdout
+
+        # What pip installed packs back into the very wheel the hub served (how
+        # a hub installed from a wheel serves its workers).
+        served = httpx.get(wheel_url, timeout=60).content
+        info = Path(site) / f"tether-{__version__}.dist-info"
+        repacked = repack(importlib.metadata.Distribution.at(info))
+        assert _files(repacked) == _files(served)
+    finally:
+        hub.stop()
+
+
+def _fresh_venv(env_dir: Path) -> list[str]:
+    """A venv without packages, and how to run pip in it: from the pip wheel
+    Python bundles, which pip supports and which saves installing pip (the
+    slowest part of a venv); with a pip installed into the venv where Python
+    comes without it."""
+    python = env_dir / "bin" / "python"
+    bundled = sorted((Path(ensurepip.__file__).parent / "_bundled").glob("pip-*.whl"))
+    venv.create(env_dir, with_pip=not bundled)
+    return [str(python), f"{bundled[-1]}/pip"] if bundled else [str(python), "-m", "pip"]
+
+
+def _files(wheel: bytes) -> dict[str, bytes]:
+    """A wheel's members, its RECORD as a set of lines (their order is free)."""
+    with zipfile.ZipFile(io.BytesIO(wheel)) as zf:
+        members = {name: zf.read(name) for name in zf.namelist()}
+    record = f"tether-{__version__}.dist-info/RECORD"
+    members[record] = b"\n".join(sorted(members[record].splitlines()))
+    return members

@@ -57,6 +57,11 @@ class HubConfig:
     #: Proxies whose X-Forwarded-For names the client (comma-separated addresses
     #: or networks); empty: the socket's peer is the client, whatever it claims.
     forwarded_allow_ips: str = ""
+    #: Serve the worker's wheel and the simple index to anyone (a machine being
+    #: set up has no credential yet); off: a worker credential or the admin token.
+    public_dist: bool = True
+    #: The wheel to serve to workers; None: built or repacked (``hub/dist.py``).
+    worker_wheel: Path | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -113,6 +118,8 @@ class HubConfig:
                 "TETHER_AUTH_FAILURES_PER_MINUTE", cls.auth_failures_per_minute
             ),
             forwarded_allow_ips=os.environ.get("TETHER_FORWARDED_ALLOW_IPS", "").strip(),
+            public_dist=_bool("TETHER_PUBLIC_DIST", cls.public_dist),
+            worker_wheel=_path(os.environ.get("TETHER_WORKER_WHEEL")),
         )
 
 
@@ -140,6 +147,17 @@ def _int(name: str, default: int) -> int:
         return int(value)
     except ValueError:
         raise ValueError(f"{name} must be a whole number, not {value!r}") from None
+
+
+def _bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be 1 or 0 (true or false), not {value!r}")
 
 
 def _path(value: str | None) -> Path | None:
