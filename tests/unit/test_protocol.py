@@ -18,6 +18,8 @@ from tether.hub.worker_api import routes
 from tether.protocol import (
     AttemptResult,
     Directives,
+    DistFile,
+    DistListing,
     EnrolReply,
     EnrolRequest,
     FinishReply,
@@ -139,10 +141,11 @@ def test_every_worker_route_reads_a_paired_model_and_answers_a_protocol_message(
             continue
         assert issubclass(route.response_model, Message), route.path
         answers.add(route.response_model)
-    # Directives travels inside the heartbeat's and the poll's answers.
+    # Directives travels inside the heartbeat's and the poll's answers; the wheel's
+    # listing is sent as bytes (for its ETag) by worker_api/dist.py.
     sent = {m for name in dir(protocol) if isinstance(m := getattr(protocol, name), type)}
     messages = {m for m in sent if issubclass(m, Message) and m is not Message}
-    assert messages == answers | set(PAIRS.values()) | {Directives}
+    assert messages == answers | set(PAIRS.values()) | {Directives, DistListing, DistFile}
 
 
 REPLIES: list[Message] = [

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import html
 import json
-from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 
 from tether.hub.auth.deps import HubDep
 from tether.hub.dist import DistUnavailable, WorkerWheel
 from tether.hub.state import Hub
-from tether.protocol import DIST_PREFIX, SIMPLE_INDEX, SIMPLE_PROJECT
+from tether.protocol import DIST_PREFIX, SIMPLE_INDEX, SIMPLE_PROJECT, DistFile, DistListing
 
 router = APIRouter(tags=["dist"])
 
@@ -72,20 +71,19 @@ def _etag(wheel: WorkerWheel, what: str) -> str:
 async def listing(request: Request, hub: HubDep) -> Response:
     """JSON: the hub's version and its one wheel, with URL, size and sha256."""
     wheel = await _wheel(hub)
-    body: dict[str, Any] = {
-        "version": wheel.version,
-        "files": [
-            {
-                "filename": wheel.filename,
-                "url": f"{DIST_PREFIX}{wheel.filename}",
-                "size": len(wheel.data),
-                "sha256": wheel.sha256,
-                "requires_python": wheel.requires_python,
-            }
+    body = DistListing(
+        version=wheel.version,
+        files=[
+            DistFile(
+                filename=wheel.filename,
+                url=f"{DIST_PREFIX}{wheel.filename}",
+                size=len(wheel.data),
+                sha256=wheel.sha256,
+                requires_python=wheel.requires_python,
+            )
         ],
-        "index_url": SIMPLE_INDEX,
-    }
-    data = json.dumps(body, indent=2).encode() + b"\n"
+    )
+    data = json.dumps(body.to_wire(), indent=2).encode() + b"\n"
     return _answer(request, data, "application/json", _etag(wheel, "listing"))
 
 
