@@ -71,6 +71,7 @@ WORKER_ENTRIES = (
     "status.json",
     "worker.lock",
     "worker.pid",
+    "update",
 )
 
 
