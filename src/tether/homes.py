@@ -56,6 +56,7 @@ HUB_ENTRIES = (
     "console_key",
     "bundles",
     "worker",
+    "dist",
     "hub.lock",
 )
 #: What the worker keeps in its home.
@@ -71,6 +72,7 @@ WORKER_ENTRIES = (
     "status.json",
     "worker.lock",
     "worker.pid",
+    "update",
 )
 
 

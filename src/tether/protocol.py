@@ -37,6 +37,19 @@ PROTOCOL_VERSION = 1
 
 WORKER_API_PREFIX = "/api/worker/v1"
 
+#: Where the hub serves the worker's wheel for its own version, and a listing
+#: of it (``hub/worker_api/dist.py``; public unless TETHER_PUBLIC_DIST=0).
+DIST_PREFIX = f"{WORKER_API_PREFIX}/dist/"
+#: The hub's PEP 503 simple index: one project, ``tether``, one file, that wheel.
+SIMPLE_INDEX = "/simple/"
+SIMPLE_PROJECT = f"{SIMPLE_INDEX}tether/"
+
+
+def wheel_name(version: str) -> str:
+    """The file name of the worker's wheel of ``version`` (PEP 427: pure Python)."""
+    return f"tether-{version.replace('-', '_')}-py3-none-any.whl"
+
+
 #: Header that carries the worker process's session id (see POST /sessions).
 SESSION_HEADER = "X-Tether-Session"
 
@@ -525,6 +538,10 @@ class WorkerFacts(Message):
     spool_error: str | None = None
     #: Queues the process serves; empty means every queue the credential allows.
     queues: list[str] = field(default_factory=list)
+    #: The update request (:attr:`Directives.update`) this process last acted on,
+    #: and why it failed (None: nothing to do, it was on the hub's version).
+    update_id: str | None = None
+    update_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -569,6 +586,59 @@ class Directives(Message):
     maintenance: bool | None = None
     maintenance_comment: str | None = None
     shutdown: bool = False
+    #: An operator asked this worker to move to the hub's version: the id of that
+    #: request. The worker drains, installs the hub's wheel and exits
+    #: :data:`UPDATED_EXIT` for its service manager to start the new version.
+    update: str | None = None
+
+
+#: Exit status of a worker that installed the hub's wheel: start it again.
+UPDATED_EXIT = 5
+#: What an update request's id looks like (hex, from the hub).
+UPDATE_ID_PATTERN = r"[0-9a-f]{16,32}"
+#: A version as the hub's wheel listing may name it (PEP 440's characters).
+VERSION_PATTERN = r"[0-9][0-9A-Za-z.+!_-]{0,49}"
+
+
+@dataclass(frozen=True)
+class DistFile(Message):
+    """One file of the hub's wheel listing (``GET /dist/``)."""
+
+    filename: str
+    url: str
+    size: int
+    sha256: str
+    requires_python: str | None = None
+
+
+@dataclass(frozen=True)
+class DistListing(Message):
+    """``GET /api/worker/v1/dist/``: the hub's version and its worker wheel.
+
+    A worker that updates itself reads it; ``check`` holds the values it
+    would put in a path or a command to safe shapes (a hostile hub or a
+    proxy's page gets no further).
+    """
+
+    version: str
+    files: list[DistFile]
+    index_url: str = SIMPLE_INDEX
+
+    def check(self) -> None:
+        if not re.fullmatch(VERSION_PATTERN, self.version):
+            raise MalformedMessage(f"DistListing.version: {self.version!r:.60} is not a version")
+        for file in self.files:
+            if file.filename != wheel_name(self.version) or file.url != DIST_PREFIX + file.filename:
+                raise MalformedMessage(f"DistListing: {file.filename!r:.80} is not its wheel")
+            if not re.fullmatch(r"[0-9a-f]{64}", file.sha256):
+                raise MalformedMessage("DistListing: a file's sha256 is not 64 hex digits")
+
+    @property
+    def wheel(self) -> DistFile:
+        """The wheel of :attr:`version`."""
+        if len(self.files) != 1:
+            raise MalformedMessage(f"DistListing: {len(self.files)} files, not one wheel")
+        return self.files[0]
 
 
 @dataclass(frozen=True)

@@ -110,13 +110,21 @@ def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: fl
 class Process:
     """A child process whose output goes to a file, stopped by its pid."""
 
-    def __init__(self, args: list[str], *, env: dict[str, str], cwd: Path, log: Path) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        *,
+        env: dict[str, str],
+        cwd: Path,
+        log: Path,
+        python: str = sys.executable,
+    ) -> None:
         self.log_path = log
         self._log = log.open("wb")
         # The machine's proxy settings must not steer loopback traffic in tests.
         base = {k: v for k, v in os.environ.items() if k.lower() not in PROXY_VARIABLES}
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "tether", *args],
+            [python, "-m", "tether", *args],
             env={**base, **env},
             cwd=cwd,
             stdin=subprocess.DEVNULL,
@@ -233,7 +241,8 @@ class Worker(Process):
     """A ``tether worker`` process, enrolled for ``queues`` unless its home holds a credential.
 
     ``enrol`` overrides the enrolment token (for tests of bad tokens);
-    ``extra`` adds command-line arguments.
+    ``extra`` adds command-line arguments; ``python`` runs it with another
+    interpreter (a virtualenv's).
     """
 
     def __init__(
@@ -249,6 +258,7 @@ class Worker(Process):
         extra: list[str] | None = None,
         env: dict[str, str] | None = None,
         hub_url: str | None = None,
+        python: str = sys.executable,
     ) -> None:
         self.home = home
         self.name = name
@@ -268,7 +278,7 @@ class Worker(Process):
         if not (home / "credential.json").exists():
             token = enrol if enrol is not None else hub.api.enrolment_token(queues, name)
             args += ["--enrol", token]
-        super().__init__(args, env=env or {}, cwd=workdir, log=home / "worker.log")
+        super().__init__(args, env=env or {}, cwd=workdir, log=home / "worker.log", python=python)
         self.hub = hub
 
     def wait_registered(self, timeout: float = 30) -> None:

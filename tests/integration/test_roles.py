@@ -60,6 +60,8 @@ ROLE_NEEDED: dict[tuple[str, str], str | None] = {
     ("POST", "/api/v1/workers/enrolment-tokens/{token_id}/revoke"): A,
     ("POST", "/api/v1/workers/{name}/maintenance"): OP,
     ("POST", "/api/v1/workers/{name}/shutdown"): A,
+    ("POST", "/api/v1/workers/{name}/update"): A,
+    ("POST", "/api/v1/workers/update"): A,
     ("POST", "/api/v1/workers/{name}/revoke"): A,
     ("DELETE", "/api/v1/workers/{name}"): A,
     ("GET", "/api/v1/pools"): V,

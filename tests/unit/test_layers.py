@@ -22,6 +22,7 @@ _BELOW_THE_APIS = {
     "hub.state",
     "hub.wire",
     "hub.errors",
+    "hub.dist",
 }
 
 MAY_IMPORT: dict[str, set[str]] = {
@@ -36,6 +37,8 @@ MAY_IMPORT: dict[str, set[str]] = {
     "hub.store": {"protocol"},
     "hub.config": {"protocol", "hub.store"},
     "hub.wakeups": set(),
+    # The worker's wheel the hub serves: found, built or repacked, then checked.
+    "hub.dist": {"protocol", "hub.config"},
     "hub.wire": {"protocol"},
     "hub.core": {"protocol", "sdk", "hub.store"},
     "hub.services": {
@@ -52,7 +55,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "hub.auth.deps": {"protocol", "hub.store", "hub.core", "hub.auth", "hub.state"},
     # The one table of domain errors and their HTTP statuses, for both APIs.
     "hub.errors": {"protocol", "hub.store", "hub.core"},
-    "hub.state": {"hub.store", "hub.core", "hub.config", "hub.auth", "hub.wakeups"},
+    "hub.state": {"hub.store", "hub.core", "hub.config", "hub.auth", "hub.wakeups", "hub.dist"},
     # The two APIs stand on the same layers, and never on each other; the REST
     # API also reads the SDK's types (a DAG's errors, a connection's URI).
     "hub.api": {"sdk", *_BELOW_THE_APIS},

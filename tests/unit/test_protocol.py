@@ -16,8 +16,11 @@ from pydantic_core import PydanticUndefined
 from tether import protocol
 from tether.hub.worker_api import routes
 from tether.protocol import (
+    DIST_PREFIX,
     AttemptResult,
     Directives,
+    DistFile,
+    DistListing,
     EnrolReply,
     EnrolRequest,
     FinishReply,
@@ -29,6 +32,7 @@ from tether.protocol import (
     PollRequest,
     SessionReply,
     WorkerFacts,
+    wheel_name,
 )
 
 #: Every request body the hub reads, and the message the worker builds for it.
@@ -139,10 +143,11 @@ def test_every_worker_route_reads_a_paired_model_and_answers_a_protocol_message(
             continue
         assert issubclass(route.response_model, Message), route.path
         answers.add(route.response_model)
-    # Directives travels inside the heartbeat's and the poll's answers.
+    # Directives travels inside the heartbeat's and the poll's answers; the wheel's
+    # listing is sent as bytes (for its ETag) by worker_api/dist.py.
     sent = {m for name in dir(protocol) if isinstance(m := getattr(protocol, name), type)}
     messages = {m for m in sent if issubclass(m, Message) and m is not Message}
-    assert messages == answers | set(PAIRS.values()) | {Directives}
+    assert messages == answers | set(PAIRS.values()) | {Directives, DistListing, DistFile}
 
 
 REPLIES: list[Message] = [
@@ -155,7 +160,16 @@ REPLIES: list[Message] = [
     WorkerFacts(2, 1, "1.0.0", 1, running=["a"], state="offline", queues=["q"]),
     PollRequest(3, wait=1.5),
     AttemptResult("failed", error="boom", no_retry=True),
+    HeartbeatReply(Directives(update="0f" * 16)),
+    WorkerFacts(1, 1, "0.0.9", 1, update_id="0f" * 16, update_error="pip failed"),
+    DistListing(
+        "0.2.0",
+        [DistFile(wheel_name("0.2.0"), DIST_PREFIX + wheel_name("0.2.0"), 10, "a" * 64, ">=3.11")],
+    ),
 ]
+
+_LISTED = {"filename": wheel_name("0.2.0"), "url": DIST_PREFIX + wheel_name("0.2.0")}
+_FILE = {**_LISTED, "size": 10, "sha256": "a" * 64}
 
 
 @pytest.mark.parametrize("message", REPLIES, ids=lambda m: type(m).__name__)
@@ -182,6 +196,14 @@ def test_a_newer_hubs_extra_fields_are_ignored_by_the_worker() -> None:
         (HeartbeatReply, {"directives": {"kill": [3]}}, r"Directives.kill\[0\]"),
         (PollReply, {"jobs": "many"}, "PollReply.jobs: 'many' is not a list"),
         (AttemptResult, {"state": "great"}, "is not one of success, failed, skipped"),
+        # A hostile hub's listing: what would name a file in the worker's home, or
+        # another file than the wheel of that version, is refused.
+        (DistListing, {"version": "../../x", "files": []}, "is not a version"),
+        (DistListing, {"version": "0.2.0/..", "files": []}, "is not a version"),
+        (DistListing, {"version": "0.2.0", "files": [{**_FILE, "filename": "../x.whl"}]}, "wheel"),
+        (DistListing, {"version": "0.3.0", "files": [_FILE]}, "is not its wheel"),
+        (DistListing, {"version": "0.2.0", "files": [{**_FILE, "url": "/x"}]}, "is not its wheel"),
+        (DistListing, {"version": "0.2.0", "files": [{**_FILE, "sha256": "x"}]}, "sha256"),
         (
             SessionReply,
             {**REPLIES[1].to_wire(), "heartbeat_interval": 0},

@@ -310,6 +310,10 @@ def workers_list(args: argparse.Namespace) -> int:
     out(f"{'name':28} {'state':12} {'slots':7} {'queues':30} last heartbeat / comment")
     for w in workers:
         comment = w.get("maintenance_comment") or ""
+        if w.get("update_error"):
+            comment = f"update failed: {w['update_error'][:200]} {comment}".rstrip()
+        elif w.get("update_requested"):
+            comment = f"update requested {comment}".rstrip()
         slots = f"{w['free_slots']}/{w['concurrency']}"
         out(
             f"{w['name']:28} {w['state']:12} {slots:7} {','.join(w['queues']):30} "
@@ -367,6 +371,25 @@ def workers_revoke(args: argparse.Namespace) -> int:
 def workers_shutdown(args: argparse.Namespace) -> int:
     Api(args.hub).post(f"/workers/{args.name}/shutdown", {})
     out(f"worker {args.name} asked to shut down")
+    return 0
+
+
+def workers_update(args: argparse.Namespace) -> int:
+    api = Api(args.hub)
+    if args.queue:
+        answer = api.post("/workers/update", {"queue": args.queue})
+        for name in answer["requested"]:
+            out(f"worker {name} asked to update to {answer['to']}")
+        for name in answer["current"]:
+            out(f"worker {name} already runs {answer['to']}: nothing to do")
+        if not answer["requested"] and not answer["current"]:
+            out(f"no live worker serves queue {args.queue}")
+        return 0
+    answer = api.post(api_path("workers", args.name, "update"), {})
+    if answer["update"] == "requested":
+        out(f"worker {args.name} asked to update to {answer['to']}")
+    else:
+        out(f"worker {args.name} already runs {answer['to']}: nothing to do")
     return 0
 
 

@@ -273,6 +273,18 @@ def _parser() -> argparse.ArgumentParser:
         client_args(sp)
         sp.add_argument("name")
         sp.set_defaults(func=_lazy("tether.cli.commands", f"workers_{action}"))
+    sp = workers.add_parser(
+        "update",
+        help="ask a worker (or every live worker of a queue) to move to the hub's version",
+        description="The worker drains, installs the hub's wheel into its own environment "
+        "and exits 5 for its service manager to start the new version; a failed install "
+        "leaves the old version running and shows why in `tether workers list`.",
+    )
+    client_args(sp)
+    target = sp.add_mutually_exclusive_group(required=True)
+    target.add_argument("name", nargs="?", help="the worker")
+    target.add_argument("--queue", help="every live worker serving this queue")
+    sp.set_defaults(func=_lazy("tether.cli.commands", "workers_update"))
     sp = workers.add_parser("maintenance", help="put a worker in maintenance, or take it out")
     client_args(sp)
     sp.add_argument("name")

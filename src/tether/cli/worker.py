@@ -340,6 +340,7 @@ TimeoutStopSec=600
 Restart=always
 RestartSec=5
 # Exit 4: a newer process of this worker took over; do not fight it.
+# (Exit 5: it installed its hub's version; this restart starts that.)
 RestartPreventExitStatus=4
 NoNewPrivileges=yes
 ProtectSystem=full

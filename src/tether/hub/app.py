@@ -26,6 +26,7 @@ from tether.hub.auth.gate import AuthGate, Principals
 from tether.hub.auth.tokens import Tokens
 from tether.hub.config import HubConfig
 from tether.hub.core.secret_keys import SecretKeys
+from tether.hub.dist import WorkerDist
 from tether.hub.services.callbacks import DagCallbacks
 from tether.hub.services.dag_processor import DagProcessor
 from tether.hub.services.scheduler import Scheduler
@@ -34,6 +35,7 @@ from tether.hub.store.db import Store, migrate
 from tether.hub.store.outages import Backoff, StoreUnavailable
 from tether.hub.ui import pages as console_pages
 from tether.hub.wakeups import Wakeups
+from tether.hub.worker_api.dist import router as dist_router
 from tether.hub.worker_api.routes import reports as worker_reports
 from tether.hub.worker_api.routes import router as worker_router
 
@@ -76,6 +78,7 @@ def build_hub(config: HubConfig, tokens: Tokens | None = None) -> Hub:
         principals=Principals(config.auth_failures_per_minute),
         secret_keys=secret_keys,
         console_key=console_key,
+        dist=WorkerDist(config.home, config.worker_wheel),
     )
 
 
@@ -196,6 +199,7 @@ def create_app(hub: Hub) -> FastAPI:
     app.include_router(secrets_router, max_body_size=min(config.max_body_bytes, SECRETS_MAX_BODY))
     app.include_router(tokens_router)
     app.include_router(worker_router)
+    app.include_router(dist_router)
     # A result carries the task's output (at most max_task_output_bytes) and an
     # error text; log chunks are streamed to the store.
     app.include_router(

@@ -59,6 +59,11 @@ class HubConfig:
     forwarded_allow_ips: str = ""
     #: Seconds a web console session lasts after its login.
     console_session_lifetime: float = 12 * 3600.0
+    #: Serve the worker's wheel and the simple index to anyone (a machine being
+    #: set up has no credential yet); off: a worker credential or the admin token.
+    public_dist: bool = True
+    #: The wheel to serve to workers; None: built or repacked (``hub/dist.py``).
+    worker_wheel: Path | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -119,6 +124,8 @@ class HubConfig:
             console_session_lifetime=float(
                 os.environ.get("TETHER_CONSOLE_SESSION_LIFETIME", cls.console_session_lifetime)
             ),
+            public_dist=_bool("TETHER_PUBLIC_DIST", cls.public_dist),
+            worker_wheel=_path(os.environ.get("TETHER_WORKER_WHEEL")),
         )
 
 
@@ -146,6 +153,17 @@ def _int(name: str, default: int) -> int:
         return int(value)
     except ValueError:
         raise ValueError(f"{name} must be a whole number, not {value!r}") from None
+
+
+def _bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be 1 or 0 (true or false), not {value!r}")
 
 
 def _path(value: str | None) -> Path | None:

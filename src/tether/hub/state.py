@@ -1,4 +1,5 @@
-"""What the hub's request handlers share: settings, store, tokens, wake-ups, principals."""
+"""What the hub's request handlers share: settings, store, tokens, wake-ups,
+principals, keys and the worker's wheel."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from tether.hub.auth.gate import Principals
 from tether.hub.auth.tokens import Tokens
 from tether.hub.config import HubConfig
 from tether.hub.core.secret_keys import SecretKeys
+from tether.hub.dist import WorkerDist
 from tether.hub.store.db import Store
 from tether.hub.wakeups import Wakeups
 
@@ -31,6 +33,8 @@ class Hub:
     secret_keys: SecretKeys
     #: Signs the web console's session cookies (``hub/auth/console.py``).
     console_key: bytes
+    #: The worker's wheel the hub hands out (``hub/dist.py``).
+    dist: WorkerDist
 
 
 async def get_hub(request: Request) -> Hub:

@@ -25,13 +25,15 @@ from tether import __version__
 from tether.homes import WORKER_ENTRIES, private_home
 from tether.protocol import (
     PROTOCOL_VERSION,
+    UPDATED_EXIT,
     Directives,
     Job,
     PollRequest,
     WorkerFacts,
+    sendable_text,
     validate_queue_name,
 )
-from tether.worker import control
+from tether.worker import control, update
 from tether.worker.attempt import AttemptRunner, clear_workdirs, deliver, end_leftover
 from tether.worker.bundles import BundleCache
 from tether.worker.client import HubClient, HubError, Superseded
@@ -158,6 +160,7 @@ class Worker:
         # change from the other.
         self._poll_wake = asyncio.Event()
         self._drain_wake = asyncio.Event()
+        self._idle_wake = asyncio.Event()  # an update waiting for its drain
         self._last_clean = 0.0
         self._last_status: dict[str, Any] | None = None
         #: The spool problem the poll and the hub were last told of.
@@ -168,6 +171,12 @@ class Worker:
         self._lock_file = home_lock
         #: The worker's own connections and variables (read when it starts).
         self.site_secrets: SiteSecrets | None = None
+        #: An update is under way: no new task (``update.py``).
+        self.updating = False
+        #: The update request last acted on, and why it failed (heartbeat facts).
+        self.update_id: str | None = None
+        self.update_error: str | None = None
+        self._updates_seen: set[str] = set()
 
     # -- state ---------------------------------------------------------------------------
 
@@ -192,7 +201,12 @@ class Worker:
         """Whether to take new tasks: not in maintenance, not stopping, and the
         spool can be written (a task without a spool entry would be forgotten
         by a restart)."""
-        return not self.maintenance and not self._stopping.is_set() and self.spool.problem is None
+        return (
+            not self.maintenance
+            and not self.updating
+            and not self._stopping.is_set()
+            and self.spool.problem is None
+        )
 
     def stop(self, timeout: float | None = None) -> None:
         """Drain: take no new work, let running tasks finish (at most ``timeout`` s)."""
@@ -216,6 +230,7 @@ class Worker:
         """Something changed: slots, maintenance, stopping."""
         self._poll_wake.set()
         self._drain_wake.set()
+        self._idle_wake.set()
 
     def _tell_hub(self) -> None:
         """Send a heartbeat now: the hub then answers the held poll without a job."""
@@ -250,17 +265,21 @@ class Worker:
             running=sorted(set(self.running) | self.delivering),
             maintenance=self.maintenance,
             maintenance_comment=self.maintenance_comment,
-            draining=self._stopping.is_set(),
+            draining=self._stopping.is_set() or self.updating,
             spool_error=self.spool.problem,
             hostname=self.host["hostname"],
             platform=self.host["platform"],
             python=self.host["python"],
             queues=self.queues,
+            update_id=self.update_id,
+            update_error=self.update_error,
         )
 
     def _write_status(self) -> None:
         if self._stopping.is_set():
             state = "draining"
+        elif self.updating:
+            state = "updating"
         elif self.maintenance:
             state = "maintenance"
         else:
@@ -572,6 +591,12 @@ class Worker:
             if runner is not None and runner.stoppable:  # not when only its report is left
                 log.info("the hub ended attempt %s; killing it", attempt_id)
                 self._spawn(runner.kill("the hub ended this attempt"))
+        request = directives.update
+        if request is not None and request not in self._updates_seen:
+            # Each request once: replies repeat it until the hub hears the outcome.
+            self._updates_seen.add(request)
+            if not self._stopping.is_set():
+                self._spawn(self._update(request))
         if directives.maintenance is None:
             return
         on = directives.maintenance
@@ -589,6 +614,56 @@ class Worker:
         if directives.shutdown and not self._stopping.is_set():
             log.info("the hub asked this worker to shut down")
             self.stop()
+
+    async def _update(self, request: str) -> None:
+        """Move to the hub's version (``update.py``): fetch, drain, install, exit
+        UPDATED_EXIT; on any failure go on serving with the old version."""
+        log.info("the hub asked this worker to update to its version")
+        try:
+            fetched = await update.fetch(self.client, self.home)
+        except update.UpdateFailed as exc:
+            self._updated(request, str(exc))
+            return
+        if fetched is None:
+            log.info("this worker already runs the hub's version %s: nothing to do", __version__)
+            self._updated(request, None)
+            return
+        wheel, version = fetched
+        self.updating = True
+        self._notify()
+        self._write_status()
+        self._tell_hub()
+        log.info(
+            "updating to tether %s: draining %d running task(s) first", version, len(self.running)
+        )
+        while (self.running or self.delivering) and not self._stopping.is_set():
+            self._idle_wake.clear()
+            await self._idle_wake.wait()
+        if self._stopping.is_set():  # stopped meanwhile: the stop wins, nothing installed
+            log.info("stopping before the update to %s was installed", version)
+            return
+        try:
+            await update.install(wheel, version)
+        except update.UpdateFailed as exc:
+            self.updating = False
+            self._updated(request, str(exc))
+            self._notify()
+            return
+        self.update_id, self.update_error = request, None
+        log.info("installed tether %s; exiting %d to be started again", version, UPDATED_EXIT)
+        self._exit = WorkerExit(
+            f"updated to tether {version}: start the worker again", code=UPDATED_EXIT
+        )
+        self.stop()
+
+    def _updated(self, request: str, error: str | None) -> None:
+        """An update request ended without an update: tell the hub how."""
+        self.update_id = request
+        self.update_error = sendable_text(error) if error is not None else None
+        if error is not None:
+            log.error("update failed; this worker goes on with tether %s: %s", __version__, error)
+        self._write_status()
+        self._tell_hub()
 
     def _start(self, job: Job) -> None:
         runner = AttemptRunner(

@@ -32,6 +32,7 @@ from tether.protocol import (
     WORKER_API_PREFIX,
     AttemptResult,
     Directives,
+    DistListing,
     EnrolReply,
     EnrolRequest,
     FinishReply,
@@ -336,6 +337,24 @@ class HubClient:
             return response.content
 
         return await self._request("GET", f"/bundles/{sha}", read, read_timeout=120.0)
+
+    async def dist_listing(self) -> DistListing:
+        """The hub's version and its worker wheel (``GET /dist/``), for an update."""
+        return await self._request("GET", "/dist/", _reply(DistListing), retry_for=60.0)
+
+    async def fetch_wheel(self, listing: DistListing) -> bytes:
+        """The listed wheel's bytes, checked against the listed sha256 (another
+        body, a proxy's page or a cut-off download, is retried, then fails)."""
+        wheel = listing.wheel
+
+        def read(response: httpx.Response) -> bytes:
+            if hashlib.sha256(response.content).hexdigest() != wheel.sha256:
+                kind = response.headers.get("Content-Type", "no Content-Type")
+                raise MalformedAnswer(f"the wheel arrived with another hash ({kind})")
+            return response.content
+
+        path = f"/dist/{wheel.filename}"
+        return await self._request("GET", path, read, retry_for=60.0, read_timeout=120.0)
 
     async def upload_log(self, attempt_id: str, offset: int, data: bytes) -> int:
         """Append ``data`` at ``offset``; returns the hub's log size afterwards."""

@@ -357,6 +357,36 @@ async def worker_shutdown(name: WorkerName, request: Request, hub: HubDep) -> di
     return {"name": name, "shutdown": "requested"}
 
 
+@router.post("/workers/{name}/update", dependencies=[AdminAuth])
+async def worker_update(name: WorkerName, request: Request, hub: HubDep) -> dict[str, str]:
+    """Ask the worker to drain, install the hub's wheel and restart on it."""
+    by = who(request)
+    asked = await in_session(hub, lambda s: control.request_update(s, name, __version__, by))
+    return {"name": name, "update": "requested" if asked else "nothing to do", "to": __version__}
+
+
+class QueueUpdateIn(BaseModel):
+    queue: str = Field(min_length=1, max_length=256)
+
+    @field_validator("queue")
+    @classmethod
+    def _queue(cls, value: str) -> str:
+        try:
+            return validate_queue_name(value)
+        except InvalidQueueName as exc:
+            raise ValueError(str(exc)) from None
+
+
+@router.post("/workers/update", dependencies=[AdminAuth])
+async def queue_update(body: QueueUpdateIn, request: Request, hub: HubDep) -> dict[str, Any]:
+    """:func:`worker_update` for every live worker serving ``queue``."""
+    by = who(request)
+    answer = await in_session(
+        hub, lambda s: control.request_queue_update(s, body.queue, __version__, by)
+    )
+    return {"queue": body.queue, "to": __version__, **answer}
+
+
 @router.post("/workers/{name}/revoke", dependencies=[AdminAuth])
 async def worker_revoke(name: WorkerName, request: Request, hub: HubDep) -> dict[str, str]:
     by = who(request)

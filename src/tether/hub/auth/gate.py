@@ -19,7 +19,12 @@ each HTTP request it
    that the attempt still runs), the rest of ``/api/worker/v1/...``
    a worker credential (but ``/enrol``, which is public and takes tiny
    bodies only). So an anonymous client cannot make the hub read, parse or
-   store anything;
+   store anything. The worker's wheel and the simple index (``DIST_PATHS``,
+   ``worker_api/dist.py``) are public, GET and HEAD only, unless
+   ``TETHER_PUBLIC_DIST=0``: then they need a worker credential or the admin
+   token, as a bearer token or as the password of HTTP Basic auth (pip's
+   ``https://user:TOKEN@HUB/simple``). Any other path below them is 404 here,
+   whoever asks, so nothing added there later becomes public by accident;
 3. counts every 401 the hub answers, per client address (the socket's peer,
    or the client a trusted proxy names: ``TETHER_FORWARDED_ALLOW_IPS``). An
    address that has spent its budget (``TETHER_AUTH_FAILURES_PER_MINUTE``)
@@ -41,6 +46,8 @@ process also drops the cached entry (:meth:`Principals.forget`).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -59,7 +66,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tether.hub.auth.principal import ADMIN, LastUsed, Principal, resolve
 from tether.hub.core import api_tokens, credentials
 from tether.hub.core.audit import Who
-from tether.protocol import WORKER_API_PREFIX
+from tether.protocol import DIST_PREFIX, SIMPLE_INDEX, SIMPLE_PROJECT, WORKER_API_PREFIX
 
 #: Where the gate leaves the principal in the ASGI scope: a Principal on the
 #: REST API (``ADMIN`` for the built-in admin token), a WorkerIdentity or an
@@ -72,6 +79,9 @@ ENROL_PATH = f"{WORKER_API_PREFIX}/enrol"
 SECRETS_PREFIX = f"{WORKER_API_PREFIX}/secrets/"
 #: Paths anyone may call; everything else under the two API prefixes needs a principal.
 PUBLIC_PATHS = frozenset({"/api/v1/health", ENROL_PATH})
+#: Where the worker's wheel is served: below these, only :func:`dist_paths` exist.
+DIST_AREAS = (DIST_PREFIX.rstrip("/"), SIMPLE_INDEX.rstrip("/"))
+DIST_METHODS = frozenset({"GET", "HEAD"})
 
 #: How long a credential found good is trusted without a lookup, in seconds.
 CACHE_SECONDS = 60.0
@@ -168,6 +178,15 @@ class Principals:
             del self._known[key]
 
 
+def dist_paths(wheel_filename: str) -> frozenset[str]:
+    """Every path of the worker's wheel and the simple index, and nothing else."""
+    return frozenset({DIST_PREFIX, DIST_PREFIX + wheel_filename, SIMPLE_INDEX, SIMPLE_PROJECT})
+
+
+def _in_dist_area(path: str) -> bool:
+    return any(path == area or path.startswith(area + "/") for area in DIST_AREAS)
+
+
 def _needs(path: str) -> str | None:
     """``"api"``, ``"worker"``, ``"attempt"`` or None: the principal ``path`` needs."""
     if path in PUBLIC_PATHS:
@@ -188,6 +207,20 @@ def _bearer(headers: Headers) -> str | None:
     return value[7:].strip() or None
 
 
+def _basic_password(headers: Headers) -> str | None:
+    """The password of HTTP Basic auth (or the user name, if that is all there
+    is): how pip sends a token it found in an index URL."""
+    value = headers.get("authorization")
+    if not value or not value.lower().startswith("basic "):
+        return None
+    try:
+        decoded = base64.b64decode(value[6:].strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, _, password = decoded.partition(":")
+    return password or user or None
+
+
 async def _answer(
     send: Send, status: int, detail: str, headers: dict[str, str] | None = None
 ) -> None:
@@ -204,16 +237,34 @@ class AuthGate:
     def __init__(self, app: ASGIApp, hub: Any) -> None:
         self.app = app
         self.hub = hub
+        self.dist_paths = dist_paths(hub.dist.filename)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        need = _needs(path)
-        if need is None and path != ENROL_PATH:  # health, the console, the schema
-            await self.app(scope, receive, send)
-            return
+        headers = Headers(scope=scope)
+        token = _bearer(headers)
+        challenge = "Bearer"
+        if _in_dist_area(path):
+            if path not in self.dist_paths:  # `..`, other versions, other names
+                await _answer(send, 404, "no such file")
+                return
+            if scope["method"] not in DIST_METHODS:
+                await _answer(send, 405, "method not allowed", {"Allow": "GET, HEAD"})
+                return
+            if self.hub.config.public_dist:
+                await self.app(scope, receive, send)
+                return
+            need: str | None = "reader"
+            token = token or _basic_password(headers)
+            challenge = 'Bearer, Basic realm="tether"'
+        else:
+            need = _needs(path)
+            if need is None and path != ENROL_PATH:  # health, the console, the schema
+                await self.app(scope, receive, send)
+                return
         principals: Principals = self.hub.principals
         address = (scope.get("client") or ("unknown",))[0]
         blocked = principals.throttle.retry_after(address)
@@ -221,7 +272,7 @@ class AuthGate:
             # Every enrolment looks a token up; an address over its budget gets none.
             await _too_many(send, blocked)
             return
-        principal, refusal = await self._resolve(need, _bearer(Headers(scope=scope)))
+        principal, refusal = await self._resolve(need, token)
         if refusal is not None:
             # A credential that is good passes whatever its neighbours did; one
             # that is not gets 429 rather than 401 while its address is over budget.
@@ -229,7 +280,7 @@ class AuthGate:
                 await _too_many(send, blocked)
                 return
             principals.throttle.failed(address)
-            await _answer(send, 401, refusal, {"WWW-Authenticate": "Bearer"})
+            await _answer(send, 401, refusal, {"WWW-Authenticate": challenge})
             return
         scope[PRINCIPAL] = principal
 
@@ -241,13 +292,19 @@ class AuthGate:
         await self.app(scope, receive, counting_send)
 
     async def _resolve(self, need: str | None, token: str | None) -> tuple[object, str | None]:
-        """The principal ``token`` stands for on a path that needs ``need``, or why not."""
+        """The principal ``token`` stands for on a path that needs ``need``, or why
+        not. ``"reader"`` (the private worker wheel) takes any API token or a worker."""
         if need is None:
             return None, None
         if token is None:
             return None, "missing bearer token"
         if need == "api":
             return await self._api(token)
+        if need == "reader" and (
+            hmac.compare_digest(token.encode(), self.hub.tokens.admin.encode())
+            or api_tokens.looks_like_token(token)
+        ):
+            return await self._api(token)  # any API token; else a worker's credential
         if need == "attempt":
             return await self._attempt(token)
         known = self.hub.principals.known(hashlib.sha256(token.encode()).hexdigest())

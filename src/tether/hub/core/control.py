@@ -1,5 +1,5 @@
-"""Operator actions behind the REST API: revoke, maintenance, shutdown and
-removal of workers; enrolment tokens; triggering, pausing and backfilling
+"""Operator actions behind the REST API: revoke, maintenance, shutdown, update
+and removal of workers; enrolment tokens; triggering, pausing and backfilling
 DAGs; marking and clearing task instances and runs; pools; asset events.
 
 Each records its audit entry (``hub/core/audit.py``) in the caller's transaction,
@@ -15,6 +15,7 @@ then the task instances it changes in id order, then their attempts.
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -61,6 +62,38 @@ def request_shutdown(session: Session, name: str, by: Who) -> None:
     _worker(session, name).shutdown_requested = True
     audit.note(session, by, "worker.shutdown", f"worker:{name}")
     effects.tell(session, name)
+
+
+def request_update(session: Session, name: str, hub_version: str, by: Who) -> bool:
+    """Ask worker ``name`` to move to ``hub_version`` (the hub's wheel); False,
+    and nothing asked, when it already runs that version."""
+    worker = _worker(session, name)
+    if worker.version == hub_version:
+        return False
+    worker.update_requested = secrets.token_hex(16)
+    audit.note(session, by, "worker.update", f"worker:{name}", {"to": hub_version})
+    effects.tell(session, name)
+    return True
+
+
+def request_queue_update(
+    session: Session, queue: str, hub_version: str, by: Who
+) -> dict[str, list[str]]:
+    """:func:`request_update` for every worker serving ``queue`` now (not revoked,
+    not offline or lost: those hear nothing). The names, by answer."""
+    answer: dict[str, list[str]] = {"requested": [], "current": []}
+    workers = session.scalars(
+        select(Worker.name)
+        .where(Worker.state.not_in(("revoked", "offline", "lost", "enrolled")))
+        .order_by(Worker.name)
+    ).all()
+    for name in workers:
+        worker = _worker(session, name)
+        if queue not in worker.queues:
+            continue
+        asked = request_update(session, name, hub_version, by)
+        answer["requested" if asked else "current"].append(name)
+    return answer
 
 
 def revoke(session: Session, name: str, by: Who) -> None:

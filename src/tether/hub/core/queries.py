@@ -285,6 +285,7 @@ def list_workers(session: Session) -> list[dict[str, Any]]:
             "maintenance_comment": w.maintenance_comment,
             "requested_maintenance": w.requested_maintenance,
             "shutdown_requested": w.shutdown_requested,
+            "update_requested": w.update_requested is not None,
             "enrolled_at": _iso(w.enrolled_at),
             "first_seen": _iso(w.first_seen),
             "last_heartbeat": _iso(w.last_heartbeat),

@@ -91,6 +91,9 @@ def start_session(session: Session, worker: Worker, info: dict[str, Any]) -> tup
     # A shutdown asked for from the centre ends the process it reached; a
     # process started afterwards (by an operator or a service manager) runs.
     worker.shutdown_requested = False
+    # So does an update: the new process is the updated one (or an operator's
+    # restart; either way it was not asked).
+    worker.update_requested = None
     worker.first_seen = worker.first_seen or now
     record_heartbeat(worker, info, now)
     effects.tell(session, worker.name)  # an older process's held poll learns at once
@@ -116,7 +119,12 @@ def record_heartbeat(worker: Worker, info: dict[str, Any], now: datetime) -> Non
         **{k: info[k] for k in ("hostname", "platform", "python") if k in info},
         "running": running,
         "spool_error": info.get("spool_error"),
+        "update_error": info.get("update_error"),
     }
+    if info.get("update_id") is not None and info["update_id"] == worker.update_requested:
+        # Acted on: it failed (the old version runs on, and says why) or there was
+        # nothing to do. Asked again, it is a new request.
+        worker.update_requested = None
     if info.get("state") == "offline":
         state = S.WorkerState.OFFLINE
     elif info.get("draining"):
@@ -152,7 +160,8 @@ def accepting(worker: Worker) -> bool:
 
 
 def directives(session: Session, worker: Worker, running: list[str]) -> Directives:
-    """What the worker must do: kill attempts the hub gave up on, maintenance, shutdown."""
+    """What the worker must do: kill attempts the hub gave up on, maintenance,
+    shutdown, update."""
     kill: list[str] = []
     if running:
         rows = session.execute(
@@ -180,6 +189,7 @@ def directives(session: Session, worker: Worker, running: list[str]) -> Directiv
         maintenance=worker.requested_maintenance,
         maintenance_comment=worker.requested_comment,
         shutdown=worker.shutdown_requested,
+        update=worker.update_requested,
     )
 
 

@@ -216,6 +216,9 @@ class Worker(Base):
     requested_maintenance: Mapped[bool] = mapped_column(Boolean, default=False)
     requested_comment: Mapped[str | None] = mapped_column(Text)
     shutdown_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: The id of an update to the hub's version an operator asked for, until the
+    #: worker acts on it (Directives.update); None: none asked for.
+    update_requested: Mapped[str | None] = mapped_column(String(32))
     enrolled_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
     first_seen: Mapped[datetime | None]

@@ -46,6 +46,7 @@ from tether.protocol import (
     MAX_CLAIM_WAIT,
     MAX_ERROR_CHARS,
     MAX_WIRE_INT,
+    UPDATE_ID_PATTERN,
     WORKER_API_PREFIX,
     AttemptResult,
     Directives,
@@ -111,6 +112,9 @@ class FactsIn(StrictBody):
     spool_error: str | None = Field(default=None, max_length=1000)
     #: Queues to serve; empty means every queue the credential allows.
     queues: list[str] = Field(default_factory=list, max_length=100)
+    #: The update request the process last acted on, and why it failed.
+    update_id: str | None = Field(default=None, pattern=f"^{UPDATE_ID_PATTERN}$")
+    update_error: str | None = Field(default=None, max_length=MAX_ERROR_CHARS)
 
     _check_queues = field_validator("queues")(_queues)
 
