@@ -61,7 +61,7 @@ class HubConfig:
     #: Seconds a web console session lasts after its login.
     console_session_lifetime: float = 12 * 3600.0
     #: Serve the worker's wheel and the simple index to anyone (a machine being
-    #: set up has no credential yet); off: a worker credential or the admin token.
+    #: set up has no credential yet); off: a worker credential or any API token.
     public_dist: bool = True
     #: The wheel to serve to workers; None: built or repacked (``hub/dist.py``).
     worker_wheel: Path | None = None
