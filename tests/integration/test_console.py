@@ -688,3 +688,48 @@ def test_a_stream_whose_client_goes_away_ends_quietly(
     with caplog.at_level(logging.DEBUG):
         run(hub, scenario)
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_a_stream_ends_when_its_sessions_token_is_revoked(hub: Hub) -> None:
+    """A stream lasts as long as its try: a revoked token must end it, not only
+    the next request."""
+
+    async def scenario(browser: httpx.AsyncClient, admin: httpx.AsyncClient, w: Workers) -> None:
+        made = await admin.post("/api/v1/tokens", json={"name": "ana", "role": "viewer"})
+        assert made.status_code == 201, made.text
+        await admin.post("/api/v1/dags/ledger/runs", json={"run_id": "r1"})
+        assert (await login(browser, made.json()["token"])).status_code == 303
+        cookie = browser.cookies[console.SESSION_COOKIE]
+        app = browser._transport.app  # type: ignore[attr-defined]
+        async with await w.connect(["acme"], "w1") as worker:
+            await _poll(worker)
+            url = "/ui/dags/ledger/runs/r1/tasks/book/tries/1/stream"
+            stream = Stream(app, url, cookie)
+            await stream.until("retry:")
+            revoked = await admin.post("/api/v1/tokens/ana/revoke")
+            assert revoked.status_code == 200, revoked.text
+            text = await stream.until("event: gone")
+            (why,) = _events(text, "gone")
+            assert why == "the session's token is no longer valid; sign in again"
+            await asyncio.wait_for(stream.task, 20)
+
+    run(hub, scenario)
+
+
+def test_a_last_event_id_that_is_no_ascii_number_is_ignored(hub: Hub) -> None:
+    """``str.isdigit`` takes "²" (0xB2 in a Latin-1 header); ``int`` does not."""
+
+    async def scenario(browser: httpx.AsyncClient, admin: httpx.AsyncClient, w: Workers) -> None:
+        await admin.post("/api/v1/dags/ledger/runs", json={"run_id": "r1"})
+        cookie = await _signed(browser)
+        async with await w.connect(["acme"], "w1") as worker:
+            (job,) = await _poll(worker)
+            await _log(worker, job["attempt_id"], 0, b"line one\n")
+            await _finish(worker, job["attempt_id"], state="success")
+        url = "/ui/dags/ledger/runs/r1/tasks/book/tries/1/stream?offset=5"
+        for last in (b"\xb2", b"1\xb3", b"-1", b" 3"):
+            got = await browser.get(url, headers={"Last-Event-ID": last, **_cookie(cookie)})
+            assert got.status_code == 200, (last, got.text)
+            assert "".join(_events(got.text, "log")) == "one\n"
+
+    run(hub, scenario)

@@ -479,3 +479,41 @@ def test_a_named_token_is_checked_without_waiting_for_the_write_lock(tmp_path: P
         run(hub, scenario)
     finally:
         hub.store.dispose()
+
+
+def test_a_viewer_reads_a_connections_extra_with_its_secret_values_masked(hub: Hub) -> None:
+    """An extra is kept encrypted beside the password and often holds a key; a
+    viewer (or anyone without ``reveal``) sees the values under secret-looking keys
+    as ``***``, an admin with ``reveal`` the whole extra."""
+    extra = {
+        "sslmode": "require",
+        "aws_secret_access_key": "s3cr3t",
+        "auth": {"API_KEY": "k-123", "user": "etl"},
+        "tokens": ["t-1", {"id": 7}],
+        "Authorization": None,
+    }
+    shown = {
+        "sslmode": "require",
+        "aws_secret_access_key": "***",
+        "auth": {"API_KEY": "***", "user": "etl"},
+        "tokens": ["***", {"id": "***"}],
+        "Authorization": None,
+    }
+
+    async def scenario(
+        admin: httpx.AsyncClient, client_for: Callable[[str], httpx.AsyncClient]
+    ) -> None:
+        body = {"conn_id": "vault", "uri": "postgres://etl:pw@db/sales", "extra": extra}
+        made = await admin.post("/api/v1/connections", json=body)
+        assert made.status_code == 201, made.text
+        viewer = client_for(await create(admin, "vera", "viewer"))
+        for client in (viewer, admin):
+            got = await client.get("/api/v1/connections/vault")
+            assert got.status_code == 200, got.text
+            assert got.json()["extra"] == shown
+            assert "s3cr3t" not in got.text
+            assert "k-123" not in got.text
+        revealed = await admin.get("/api/v1/connections/vault", params={"reveal": "true"})
+        assert revealed.json()["extra"] == extra
+
+    run(hub, scenario)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +61,7 @@ class HubConfig:
     #: Seconds a web console session lasts after its login.
     console_session_lifetime: float = 12 * 3600.0
     #: Serve the worker's wheel and the simple index to anyone (a machine being
-    #: set up has no credential yet); off: a worker credential or the admin token.
+    #: set up has no credential yet); off: a worker credential or any API token.
     public_dist: bool = True
     #: The wheel to serve to workers; None: built or repacked (``hub/dist.py``).
     worker_wheel: Path | None = None
@@ -75,8 +76,15 @@ class HubConfig:
             "auth_failures_per_minute",
             "console_session_lifetime",
         ):
-            if getattr(self, name) < 1:
+            # ``not >=``: NaN compares false both ways, and must be refused too.
+            if not getattr(self, name) >= 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if not math.isfinite(self.console_session_lifetime):
+            # A session's end is a whole Unix time: int(now + inf) fails every login.
+            raise ValueError(
+                f"console_session_lifetime must be a number of seconds, not "
+                f"{self.console_session_lifetime}"
+            )
         for name in ("max_body_bytes", "max_log_chunk_bytes"):
             if getattr(self, name) < MIN_BODY_LIMIT:
                 raise ValueError(

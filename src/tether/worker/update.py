@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 
 from tether import __version__
+from tether.protocol import MalformedMessage
 from tether.worker.client import HubClient, HubError
 
 #: Longest pip may take to install the wheel (and any new dependency), in seconds.
@@ -51,16 +52,20 @@ async def fetch(client: HubClient, home: Path) -> tuple[Path, str] | None:
         if listing.version == __version__:
             return None
         data = await client.fetch_wheel(listing)
-    except (ConnectionError, HubError) as exc:
+    except (ConnectionError, HubError, MalformedMessage) as exc:
+        # MalformedMessage: a listing of other than one wheel (DistListing.wheel).
         raise UpdateFailed(f"cannot get the hub's wheel: {exc}") from None
     folder = home / "update"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    for old in folder.iterdir():  # an earlier update's wheel
-        old.unlink()
     target = folder / listing.wheel.filename  # its shape was checked (DistListing.check)
     partial = target.with_name(target.name + ".part")
-    partial.write_bytes(data)
-    os.replace(partial, target)
+    try:  # a full disk or a stray file is a failed update, reported like any other
+        folder.mkdir(mode=0o700, exist_ok=True)
+        for old in folder.iterdir():  # an earlier update's wheel
+            old.unlink()
+        partial.write_bytes(data)
+        os.replace(partial, target)
+    except OSError as exc:
+        raise UpdateFailed(f"cannot save the hub's wheel in {folder}: {exc}") from None
     return target, listing.version
 
 

@@ -5,7 +5,9 @@ Thin as the others: a strict body, one store function (``hub/core/vault.py``)
 and its audit entry in one transaction, the answer. A password, an extra or a
 secret variable's value is never in a listing; a single one shows it only with
 ``?reveal=true``, which needs the admin role (a viewer may read the rest),
-and leaves an audit entry.
+and leaves an audit entry. Without ``reveal`` a connection's extra is shown
+with every value under a key that looks secret as ``***`` (the words the task
+log masker uses): an extra often holds an API key, and a viewer reads it.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from tether.hub.core.api_tokens import Role
 from tether.hub.state import in_read, in_session
 from tether.hub.wire import StrictJSONRoute
 from tether.sdk.connection import Connection
+from tether.sdk.secrets import SENSITIVE_WORDS
 
 router = APIRouter(prefix="/api/v1", tags=["secrets"], route_class=StrictJSONRoute)
 
@@ -115,8 +118,28 @@ class ConnectionIn(BaseModel):
         )
 
 
+#: What a value under a key that looks secret reads as, without ``reveal``.
+MASK = "***"
+
+
+def masked_extra(value: Any, sensitive: bool = False) -> Any:
+    """An extra as it is shown without ``reveal``: every value under a key holding
+    one of ``SENSITIVE_WORDS`` (in any case, at any depth) is :data:`MASK`."""
+    if isinstance(value, dict):
+        return {
+            key: masked_extra(
+                item, sensitive or any(w in str(key).lower() for w in SENSITIVE_WORDS)
+            )
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [masked_extra(item, sensitive) for item in value]
+    return MASK if sensitive and value is not None else value
+
+
 def _connection_view(stored: secrets.StoredConnection, reveal: bool) -> dict[str, Any]:
     conn = stored.connection
+    extra = conn.extra_dejson if conn.extra is not None else None
     view: dict[str, Any] = {
         "conn_id": conn.conn_id,
         "conn_type": conn.conn_type,
@@ -124,7 +147,7 @@ def _connection_view(stored: secrets.StoredConnection, reveal: bool) -> dict[str
         "login": conn.login,
         "schema": conn.schema,
         "port": conn.port,
-        "extra": conn.extra_dejson if conn.extra is not None else None,
+        "extra": extra if reveal else masked_extra(extra),
         "has_password": conn.password is not None,
         "queues": stored.queues,
         "description": stored.description,

@@ -21,9 +21,10 @@ each HTTP request it
    bodies only). So an anonymous client cannot make the hub read, parse or
    store anything. The worker's wheel and the simple index (``DIST_PATHS``,
    ``worker_api/dist.py``) are public, GET and HEAD only, unless
-   ``TETHER_PUBLIC_DIST=0``: then they need a worker credential or the admin
-   token, as a bearer token or as the password of HTTP Basic auth (pip's
-   ``https://user:TOKEN@HUB/simple``). Any other path below them is 404 here,
+   ``TETHER_PUBLIC_DIST=0``: then they need a worker credential or any API
+   token (a viewer's will do), as a bearer token or as the password of HTTP
+   Basic auth (pip's ``https://user:TOKEN@HUB/simple``). Any other path below
+   them is 404 here,
    whoever asks, so nothing added there later becomes public by accident;
 3. counts every 401 the hub answers, per client address (the socket's peer,
    or the client a trusted proxy names: ``TETHER_FORWARDED_ALLOW_IPS``). An

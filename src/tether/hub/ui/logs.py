@@ -6,8 +6,10 @@ arrived since (as a JSON string), with the byte offset it ends at as the
 event's id, so a reconnecting browser (``Last-Event-ID``) resumes where it
 was. The hub looks for new bytes every ``FOLLOW_INTERVAL`` in a read-only
 transaction; when the try has ended and every byte is sent, an ``end``
-event closes the stream. A browser that goes away ends it too, quietly: a
-hang-up is normal, not an error in the hub's log.
+event closes the stream. So does a ``gone`` event when the session expires
+or its token is revoked or expires (looked at every ``RECHECK`` seconds: a
+stream lasts as long as its try). A browser that goes away ends it too,
+quietly: a hang-up is normal, not an error in the hub's log.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from tether.hub.auth import console
 from tether.hub.auth.console import ConsoleSession
 from tether.hub.core import console_reads, queries
 from tether.hub.state import Hub, get_hub, in_read
@@ -46,6 +49,9 @@ FOLLOW_INTERVAL = 0.5
 EVENT_BYTES = 256 * 1024
 #: Seconds of quiet after which a comment line keeps proxies from closing the stream.
 KEEPALIVE = 15.0
+#: Seconds between looks at whether the session's token is still good: a stream
+#: lasts as long as its try, so a revoked or expired token must end it too.
+RECHECK = 2.0
 
 
 class EventStream(StreamingResponse):
@@ -71,7 +77,7 @@ async def _follow(
     hub: Hub, request: Request, attempt_id: str, start: int, session: ConsoleSession
 ) -> AsyncIterator[bytes]:
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    offset, quiet = start, 0.0
+    offset, quiet, unchecked = start, 0.0, 0.0
     yield b"retry: 2000\n\n"  # reconnect after 2 s should the link drop
     while True:
         try:
@@ -94,12 +100,18 @@ async def _follow(
         if session.expires <= time.time():
             yield _event("gone", "the console session has expired; sign in again")
             return
+        if unchecked >= RECHECK:
+            unchecked = 0.0
+            if await console.principal_for(hub, session.token_hash) is None:
+                yield _event("gone", "the session's token is no longer valid; sign in again")
+                return
         if len(data) >= EVENT_BYTES:
             continue  # more is waiting
         if await request.is_disconnected():
             return
         await asyncio.sleep(FOLLOW_INTERVAL)
         quiet += FOLLOW_INTERVAL
+        unchecked += FOLLOW_INTERVAL
         if quiet >= KEEPALIVE:
             yield b": keepalive\n\n"
             quiet = 0.0
@@ -108,7 +120,8 @@ async def _follow(
 def _resume_at(request: Request, offset: int) -> int:
     """Where to start: a reconnecting browser's ``Last-Event-ID``, else ``offset``."""
     last = request.headers.get("last-event-id", "")
-    return int(last) if last.isdigit() and len(last) < 19 else offset
+    # ASCII digits only: "²" is a digit to str.isdigit, and no number to int().
+    return int(last) if last.isascii() and last.isdigit() and len(last) < 19 else offset
 
 
 @router.get(TRY + "/stream", response_model=None)
