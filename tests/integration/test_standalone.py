@@ -91,9 +91,11 @@ def test_standalone_runs_the_examples_on_its_local_worker(tmp_path: Path) -> Non
             assert [(w["name"], w["queues"]) for w in workers] == [
                 ("standalone-worker", ["default"])
             ]
-            page = httpx.get(f"http://127.0.0.1:{port}/")
+            # The console, on 127.0.0.1: / leads to its sign-in page.
+            page = httpx.get(f"http://127.0.0.1:{port}/", follow_redirects=True)
             assert page.status_code == 200
-            assert "Tether hub" in page.text
+            assert page.url.path == "/ui/login"
+            assert 'name="token"' in page.text
         worker_pid = int(re.search(r"local worker: pid (\d+)", output()).group(1))
     finally:
         proc.send_signal(signal.SIGTERM)
