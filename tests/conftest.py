@@ -19,6 +19,22 @@ PG_ADMIN_URL = os.environ.get(
     "TETHER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 BACKENDS = ["sqlite", "postgres"]
+SOURCE = Path(__file__).resolve().parents[1] / "src" / "tether"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Compile Tether's own modules to bytecode once, in the controlling process.
+
+    The suite starts hundreds of hub, worker and CLI processes; where
+    PYTHONDONTWRITEBYTECODE is set (many CI machines set it) each of them
+    would otherwise compile every module it imports from source. The
+    environment's packages are compiled at install (``compile-bytecode`` in
+    pyproject.toml); an out-of-date file is still compiled afresh on import.
+    """
+    if not hasattr(config, "workerinput"):
+        import compileall
+
+        compileall.compile_dir(SOURCE, quiet=1)
 
 
 def _pg_connect(url: str):  # type: ignore[no-untyped-def]
