@@ -181,3 +181,29 @@ def test_a_wrong_token_is_refused_in_the_browser(
         assert page.refused == []
     finally:
         page.close()
+
+
+def test_a_login_link_fills_the_token_in_but_signs_in_only_when_asked(
+    browser: Any, hub: tuple[Hub, Path]
+) -> None:
+    """The link the hub prints (``/ui/login#token=...``) must not sign a browser in
+    by itself: a page elsewhere could send a victim there with the attacker's
+    token, and what the victim then did would be done in the attacker's name."""
+    from playwright.sync_api import expect
+
+    server, _ = hub
+    page = Page(browser, server)
+    tab = page.tab
+    try:
+        tab.goto(server.url + f"/ui/login#token={ADMIN_TOKEN}")
+        expect(tab.locator("#from-link")).to_be_visible()
+        assert tab.input_value("#token") == ADMIN_TOKEN
+        assert "#" not in tab.url  # the token leaves the address bar and the history
+        tab.wait_for_timeout(1000)  # time to submit, had the page meant to
+        assert "/ui/login" in tab.url
+        assert "tether_console" not in [c["name"] for c in page.context.cookies()]
+        tab.click("button[type=submit]")
+        expect(tab).to_have_url(re.compile(r"/ui/dags$"))
+        assert page.refused == []
+    finally:
+        page.close()

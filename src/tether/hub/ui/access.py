@@ -3,7 +3,8 @@
 The login form takes an API token; :func:`tether.hub.auth.console.principal_for`
 says whom it stands for. A good one gets a signed session cookie
 (``auth/console.py``: HttpOnly, SameSite=Strict, Path=/ui, Secure over TLS,
-``TETHER_CONSOLE_SESSION_LIFETIME``); a wrong one is shown "invalid token"
+``TETHER_CONSOLE_SESSION_LIFETIME``) for a session the store keeps, which
+signing out ends; a wrong one is shown "invalid token"
 and counts against its address's failure budget, the gate's
 (``Principals.throttle``), so the form is no faster a way to guess tokens
 than the API. Every POST carries a CSRF field: the login form's matches a
@@ -69,7 +70,7 @@ def _safe_next(value: str | None) -> str:
 
 async def _signed_in(request: Request) -> SignedIn | None:
     hub: Hub = request.app.state.hub
-    session = console.read_session(hub.console_key, request.cookies.get(console.SESSION_COOKIE))
+    session = await console.read_session(hub, request.cookies.get(console.SESSION_COOKIE))
     if session is None:
         return None
     principal = await console.principal_for(hub, session.token_hash)
@@ -189,8 +190,8 @@ async def login(request: Request, hub: Annotated[Hub, Depends(get_hub)]) -> Resp
             return answer
         throttle.failed(address)
         return _login_page(hub, request, after=after, error="invalid token", status=401)
-    cookie, _ = console.new_session(
-        hub.console_key, console.token_hash(token), hub.config.console_session_lifetime
+    cookie, _ = await console.open_session(
+        hub, console.token_hash(token), hub.config.console_session_lifetime
     )
     answer = RedirectResponse(after, status_code=303)
     answer.set_cookie(
@@ -211,6 +212,7 @@ async def logout(request: Request, signed: PageSession) -> Response:
     form = await read_form(request)
     if not console.csrf_ok(signed.session, form.get("csrf")):
         return _refused("The form's CSRF check failed. Reload the page and try again.")
+    await console.end_session(request.app.state.hub, signed.session)
     answer = RedirectResponse(LOGIN, status_code=303)
     answer.delete_cookie(console.SESSION_COOKIE, path=console.COOKIE_PATH)
     return answer
