@@ -35,7 +35,7 @@ from tether.hub.core import (
 )
 from tether.hub.core import vault as secrets
 from tether.hub.core.params import InvalidParams
-from tether.hub.core.runs import RunExists
+from tether.hub.core.runs import ReservedRunId, RunExists
 from tether.hub.core.secret_keys import SecretKeyError
 
 log = logging.getLogger("tether.hub")
@@ -63,6 +63,7 @@ ERRORS: dict[type[Exception], Answer] = {
     InvalidParams: Answer(status.HTTP_400_BAD_REQUEST),
     backfill.BackfillError: Answer(status.HTTP_400_BAD_REQUEST),
     audit.InvalidFilter: Answer(status.HTTP_422_UNPROCESSABLE_CONTENT),
+    ReservedRunId: Answer(status.HTTP_422_UNPROCESSABLE_CONTENT),
     api_tokens.InvalidApiToken: Answer(status.HTTP_422_UNPROCESSABLE_CONTENT),
     secrets.InvalidSecret: Answer(status.HTTP_422_UNPROCESSABLE_CONTENT),
     attempts.InvalidReport: Answer(status.HTTP_422_UNPROCESSABLE_CONTENT),

@@ -38,6 +38,27 @@ class RunExists(Exception):
     """A run with this run_id already exists for the DAG."""
 
 
+#: The run id prefixes the hub gives the runs it makes itself: a run id
+#: given by a person (a trigger) may not start with one, or it could take
+#: the id of a scheduled interval before the scheduler gets there, and that
+#: interval would never run.
+RESERVED_RUN_ID_PREFIXES = ("scheduled__", "backfill__", "asset_triggered__")
+
+
+class ReservedRunId(ValueError):
+    """A given run id that starts the way only the hub's own runs' ids do."""
+
+
+def check_given_run_id(run_id: str) -> None:
+    """Refuse a run id a person gives that the hub keeps for its own runs."""
+    for prefix in RESERVED_RUN_ID_PREFIXES:
+        if run_id.startswith(prefix):
+            raise ReservedRunId(
+                f"run ids starting with {prefix!r} are the hub's own (scheduled, "
+                "backfilled and asset-triggered runs); give another run id"
+            )
+
+
 def create_run(
     session: Session,
     dag: Dag,
