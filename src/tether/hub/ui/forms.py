@@ -145,12 +145,12 @@ def _value(f: ParamField) -> Any:
         raise FormError("not one of the choices")
     try:
         value = loads_strict(text)
-    except WireError:
+    except WireError as exc:
         if f.kind == "integer":
             raise FormError(f"{text[:100]!r} is not a whole number") from None
         if f.kind == "number":
             raise FormError(f"{text[:100]!r} is not a number") from None
-        raise FormError("not valid JSON (write a string in double quotes)") from None
+        raise FormError(f"not valid JSON (a string goes in double quotes): {exc}") from None
     if f.kind == "integer" and (type(value) is not int):
         raise FormError(f"{text[:100]!r} is not a whole number")
     if f.kind == "number" and (type(value) not in (int, float)):
