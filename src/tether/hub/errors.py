@@ -97,13 +97,25 @@ ERRORS: dict[type[Exception], Answer] = {
 }
 
 
-def answer_for(exc: Exception) -> JSONResponse:
-    """The answer to ``exc`` by the table (its class or its nearest listed base)."""
-    row = next(ERRORS[cls] for cls in type(exc).__mro__ if cls in ERRORS)
+def describe(exc: Exception) -> tuple[int, str] | None:
+    """The status and reason the table gives ``exc`` (its class or its nearest
+    listed base), or None if it has no row: how the web console answers the
+    same errors with a page."""
+    row = next((ERRORS[cls] for cls in type(exc).__mro__ if cls in ERRORS), None)
+    if row is None:
+        return None
     if isinstance(exc, IntegrityError):
         log.warning("a concurrent write was refused by the database: %s", exc.orig)
-    reason = row.reason if row.reason is not None else str(exc)
-    return JSONResponse({"detail": reason}, row.status, headers=row.headers)
+    return row.status, row.reason if row.reason is not None else str(exc)
+
+
+def answer_for(exc: Exception) -> JSONResponse:
+    """The answer to ``exc`` by the table."""
+    described = describe(exc)
+    assert described is not None, exc
+    status_code, reason = described
+    row = next(ERRORS[cls] for cls in type(exc).__mro__ if cls in ERRORS)
+    return JSONResponse({"detail": reason}, status_code, headers=row.headers)
 
 
 async def _handle(request: Request, exc: Exception) -> JSONResponse:

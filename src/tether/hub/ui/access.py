@@ -109,19 +109,21 @@ async def sign_in_first(request: Request, exc: Exception) -> Response:
     return answer
 
 
-async def read_form(request: Request) -> dict[str, str]:
+async def read_form(
+    request: Request, max_bytes: int = MAX_FORM_BYTES, max_fields: int = 20
+) -> dict[str, str]:
     """A urlencoded form's fields (the first value of each); 4xx for anything else.
     An empty body is an empty form, whatever its type."""
     body = b""
     async for piece in request.stream():
         body += piece
-        if len(body) > MAX_FORM_BYTES:
-            raise HTTPException(413, f"a console form is at most {MAX_FORM_BYTES} bytes")
+        if len(body) > max_bytes:
+            raise HTTPException(413, f"this console form is at most {max_bytes} bytes")
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if body and kind != "application/x-www-form-urlencoded":
         raise HTTPException(415, "a console form is sent as application/x-www-form-urlencoded")
     try:
-        fields = parse_qs(body.decode(), keep_blank_values=True, max_num_fields=20)
+        fields = parse_qs(body.decode(), keep_blank_values=True, max_num_fields=max_fields)
     except (UnicodeDecodeError, ValueError):
         raise HTTPException(400, "the form is not valid urlencoded UTF-8") from None
     return {name: values[0] for name, values in fields.items()}

@@ -21,6 +21,8 @@ from starlette.datastructures import MutableHeaders
 from starlette.responses import HTMLResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tether.hub.ui.roles import can
+
 HERE = Path(__file__).parent
 TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
@@ -100,6 +102,8 @@ ENV.filters.update(
     segment=_segment,
     schedule=_schedule,
 )
+#: ``can(user, action)``: whether a page shows an action's button (``ui/roles.py``).
+ENV.globals["can"] = can
 
 
 def page(name: str, status: int = 200, **context: Any) -> HTMLResponse:
