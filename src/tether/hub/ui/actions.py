@@ -1,6 +1,6 @@
-"""The web console's actions: pause, trigger and backfill a DAG; clear and mark task
-instances and runs; maintenance, shutdown, revocation and removal of workers;
-enrolment tokens.
+"""The web console's actions on DAGs: pause, trigger and backfill a DAG; clear and
+mark task instances and runs. The workers' actions are in ``ui/worker_actions.py``,
+the pieces both share in ``ui/confirming.py``.
 
 Every action is two steps. A GET (or, for a form that is filled in first, a
 POST that changes nothing) shows a confirmation page that says what would
@@ -18,184 +18,49 @@ Which role each action needs is ``ui/roles.py``'s table (the REST route's).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
-from typing import Annotated, Any, Literal, TypeVar
-from urllib.parse import quote
+from datetime import datetime
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
-from fastapi.exception_handlers import request_validation_exception_handler
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from sqlalchemy.orm import Session
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import Response
 
-from tether.hub.auth import console
-from tether.hub.auth.gate import actor_of
 from tether.hub.core import backfill as backfills
 from tether.hub.core import control, params, queries
-from tether.hub.core.audit import Who
-from tether.hub.core.credentials import WORKER_NAME_PATTERN
-from tether.hub.errors import describe
-from tether.hub.state import Hub, get_hub, in_read, in_session
-from tether.hub.ui import forms
-from tether.hub.ui.access import SignedIn, read_form, require_page_session
+from tether.hub.state import Hub, get_hub
+from tether.hub.ui import forms, worker_actions
+from tether.hub.ui.access import SignedIn
+from tether.hub.ui.confirming import (
+    PARAMS_FORM_BYTES,
+    PARAMS_FORM_FIELDS,
+    Backfilling,
+    ClearingRun,
+    ClearingTask,
+    MarkingRun,
+    MarkingTask,
+    MarkState,
+    Pausing,
+    Refused,
+    Triggering,
+    actor,
+    common,
+    confirm,
+    done,
+    field,
+    grid_url,
+    in_store,
+    install_refusals,
+    posted_form,
+    run_url,
+    segment,
+    task_url,
+)
 from tether.hub.ui.paths import DagId, RunId, TaskId
 from tether.hub.ui.render import page
-from tether.hub.ui.roles import ACTIONS, can
 from tether.protocol import MAX_WIRE_INT
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 HubDep = Annotated[Hub, Depends(get_hub)]
-WorkerName = Annotated[str, Path(pattern=f"^{WORKER_NAME_PATTERN}$")]
-MarkState = Literal["success", "failed"]
-#: The params form may hold many fields and JSON values; other forms are small.
-PARAMS_FORM_BYTES = 64 * 1024
-PARAMS_FORM_FIELDS = 200
-T = TypeVar("T")
-
-
-class Refused(Exception):
-    """An action the console will not do: answered with a page that says why."""
-
-    def __init__(self, status: int, message: str, signed: SignedIn | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.signed = status, message, signed
-
-
-_TITLES = {400: "Bad request", 403: "Not allowed", 404: "Not found", 409: "Conflict"}
-
-
-def _common(signed: SignedIn | None, section: str) -> dict[str, Any]:
-    if signed is None:
-        return {"user": None, "csrf": "", "section": section}
-    return {"user": signed.principal, "csrf": signed.session.csrf, "section": section}
-
-
-async def refused(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, Refused)
-    title = _TITLES.get(exc.status, "Refused")
-    return page(
-        "error.html", exc.status, title=title, message=exc.message, **_common(exc.signed, "")
-    )
-
-
-async def invalid_request(request: Request, exc: Exception) -> Response:
-    """A console URL or query that cannot be right: a 422 page naming what is
-    wrong. Elsewhere (the REST API) FastAPI's own JSON answer."""
-    assert isinstance(exc, RequestValidationError)
-    if not request.url.path.startswith("/ui/"):
-        return await request_validation_exception_handler(request, exc)
-    reasons = "; ".join(
-        f"{' '.join(str(part) for part in e.get('loc', ()))}: {e.get('msg', '')}"
-        for e in exc.errors()[:5]
-    )
-    return page("error.html", 422, title="Bad request", message=reasons, **_common(None, ""))
-
-
-def needs(action: str) -> Callable[..., Awaitable[SignedIn]]:
-    """A dependency: the page session, if its role may do ``action``; else 403."""
-    role = ACTIONS[action]
-
-    async def check(signed: Annotated[SignedIn, Depends(require_page_session)]) -> SignedIn:
-        if not can(signed.principal, action):
-            who = signed.principal
-            raise Refused(
-                403,
-                f"this needs the {role} role; the token {who.name!r} has the {who.role} role",
-                signed,
-            )
-        return signed
-
-    return check
-
-
-Pausing = Annotated[SignedIn, Depends(needs("dag.pause"))]
-Triggering = Annotated[SignedIn, Depends(needs("dag.trigger"))]
-Backfilling = Annotated[SignedIn, Depends(needs("dag.backfill"))]
-ClearingTask = Annotated[SignedIn, Depends(needs("task.clear"))]
-MarkingTask = Annotated[SignedIn, Depends(needs("task.mark"))]
-ClearingRun = Annotated[SignedIn, Depends(needs("run.clear"))]
-MarkingRun = Annotated[SignedIn, Depends(needs("run.mark"))]
-Maintaining = Annotated[SignedIn, Depends(needs("worker.maintenance"))]
-ShuttingDown = Annotated[SignedIn, Depends(needs("worker.shutdown"))]
-Revoking = Annotated[SignedIn, Depends(needs("worker.revoke"))]
-Removing = Annotated[SignedIn, Depends(needs("worker.remove"))]
-Enrolling = Annotated[SignedIn, Depends(needs("enrolment_token.create"))]
-
-
-async def _form(
-    request: Request, signed: SignedIn, max_bytes: int = 16 * 1024, max_fields: int = 20
-) -> dict[str, str]:
-    """The POSTed form, once its CSRF field matches the session's."""
-    try:
-        form = await read_form(request, max_bytes, max_fields)
-    except HTTPException as exc:
-        raise Refused(exc.status_code, str(exc.detail), signed) from None
-    if not console.csrf_ok(signed.session, form.get("csrf")):
-        raise Refused(403, "The form's CSRF check failed. Reload the page and try again.", signed)
-    return form
-
-
-async def _store(hub: Hub, signed: SignedIn, fn: Callable[[Session], T], *, write: bool) -> T:
-    """``fn`` in a write (``write``) or read-only transaction; a domain error
-    becomes a page with the status and reason of ``hub/errors.py``."""
-    try:
-        return await (in_session(hub, fn) if write else in_read(hub, fn))
-    except Exception as exc:
-        described = describe(exc)
-        if described is None:
-            raise
-        raise Refused(*described, signed) from None
-
-
-def _who(request: Request, signed: SignedIn) -> Who:
-    """The audit actor: the console user's token name, from the address the gate sees."""
-    return Who(signed.principal.name, actor_of(request)[1])
-
-
-def _field(check: Callable[[], T], signed: SignedIn) -> T:
-    try:
-        return check()
-    except forms.FormError as exc:
-        raise Refused(400, str(exc), signed) from None
-
-
-def _confirm(signed: SignedIn, section: str, **context: Any) -> Response:
-    """The confirmation page: ``heading``, ``lines`` (what will happen), an optional
-    ``preview`` / ``worker`` / ``plan`` / ``trigger``, and the form that does it."""
-    values: dict[str, Any] = {
-        "lines": [],
-        "preview": None,
-        "worker": None,
-        "plan": None,
-        "trigger": None,
-        "hidden": {},
-        "comment_field": False,
-        "danger": False,
-        **context,
-    }
-    return page("confirm.html", **values, **_common(signed, section))
-
-
-def _done(url: str) -> Response:
-    return RedirectResponse(url, status_code=303)
-
-
-def _grid(dag_id: str) -> str:
-    return f"/ui/dags/{_seg(dag_id)}/grid"
-
-
-def _seg(value: str) -> str:
-    """``value`` as one URL path segment."""
-    return quote(value, safe="")
-
-
-def _task_url(dag_id: str, run_id: str, task_id: str) -> str:
-    return f"/ui/dags/{_seg(dag_id)}/runs/{_seg(run_id)}/tasks/{_seg(task_id)}"
-
-
-def _run_url(dag_id: str, run_id: str) -> str:
-    return f"/ui/dags/{_seg(dag_id)}/runs/{_seg(run_id)}"
 
 
 # --- a DAG: pause, trigger, backfill ---------------------------------------------
@@ -215,28 +80,28 @@ def _pause_lines(dag: dict[str, Any], paused: bool) -> list[str]:
 
 
 async def _pause_page(hub: Hub, signed: SignedIn, dag_id: str, paused: bool) -> Response:
-    dag = await _store(
+    dag = await in_store(
         hub, signed, lambda s: queries.dag_summary(queries.get_dag(s, dag_id)), write=False
     )
     verb = "pause" if paused else "unpause"
-    return _confirm(
+    return confirm(
         signed,
         "dags",
         heading=f"{verb.capitalize()} {dag_id}?",
         lines=_pause_lines(dag, paused),
-        action=f"/ui/dags/{_seg(dag_id)}/{verb}",
+        action=f"/ui/dags/{segment(dag_id)}/{verb}",
         button=verb.capitalize(),
-        back=_grid(dag_id),
+        back=grid_url(dag_id),
     )
 
 
 async def _pause(
     request: Request, hub: Hub, signed: SignedIn, dag_id: str, paused: bool
 ) -> Response:
-    await _form(request, signed)
-    by = _who(request, signed)
-    await _store(hub, signed, lambda s: control.set_paused(s, dag_id, paused, by), write=True)
-    return _done(_grid(dag_id))
+    await posted_form(request, signed)
+    by = actor(request, signed)
+    await in_store(hub, signed, lambda s: control.set_paused(s, dag_id, paused, by), write=True)
+    return done(grid_url(dag_id))
 
 
 @router.get("/dags/{dag_id}/pause", response_model=None)
@@ -274,7 +139,7 @@ def _trigger_form(
         fields=fields,
         typed={"run_id": typed.get("run_id", ""), "logical_date": typed.get("logical_date", "")},
         problems=problems,
-        **_common(signed, "dags"),
+        **common(signed, "dags"),
     )
 
 
@@ -285,7 +150,7 @@ def _dag_for_form(s: Session, dag_id: str) -> dict[str, Any]:
 
 @router.get("/dags/{dag_id}/trigger", response_model=None)
 async def trigger_page(hub: HubDep, signed: Triggering, dag_id: DagId) -> Response:
-    dag = await _store(hub, signed, lambda s: _dag_for_form(s, dag_id), write=False)
+    dag = await in_store(hub, signed, lambda s: _dag_for_form(s, dag_id), write=False)
     return _trigger_form(signed, dag, forms.param_fields(dag["serialized"]), {}, {})
 
 
@@ -336,14 +201,14 @@ async def trigger_check(
     request: Request, hub: HubDep, signed: Triggering, dag_id: DagId
 ) -> Response:
     """The filled form: shown again with its problems, or the confirmation. Changes nothing."""
-    form = await _form(request, signed, PARAMS_FORM_BYTES, PARAMS_FORM_FIELDS)
-    dag, fields, conf, problems, run_id, logical_date = await _store(
+    form = await posted_form(request, signed, PARAMS_FORM_BYTES, PARAMS_FORM_FIELDS)
+    dag, fields, conf, problems, run_id, logical_date = await in_store(
         hub, signed, lambda s: _read_trigger(s, dag_id, form), write=False
     )
     if problems or any(f.error for f in fields):
         return _trigger_form(signed, dag, fields, form, problems, 400)
     values = params.effective(dag["serialized"], conf)
-    return _confirm(
+    return confirm(
         signed,
         "dags",
         heading=f"Trigger {dag_id}?",
@@ -357,16 +222,16 @@ async def trigger_check(
             "logical_date": logical_date,
         },
         hidden=_typed(form),
-        action=f"/ui/dags/{_seg(dag_id)}/trigger/confirm",
+        action=f"/ui/dags/{segment(dag_id)}/trigger/confirm",
         button="Trigger",
-        back=f"/ui/dags/{_seg(dag_id)}/trigger",
+        back=f"/ui/dags/{segment(dag_id)}/trigger",
     )
 
 
 @router.post("/dags/{dag_id}/trigger/confirm", response_model=None)
 async def trigger(request: Request, hub: HubDep, signed: Triggering, dag_id: DagId) -> Response:
-    form = await _form(request, signed, PARAMS_FORM_BYTES, PARAMS_FORM_FIELDS)
-    by = _who(request, signed)
+    form = await posted_form(request, signed, PARAMS_FORM_BYTES, PARAMS_FORM_FIELDS)
+    by = actor(request, signed)
 
     def make(s: Session) -> tuple[bool, Any]:
         dag, fields, conf, problems, run_id, logical_date = _read_trigger(s, dag_id, form)
@@ -374,11 +239,11 @@ async def trigger(request: Request, hub: HubDep, signed: Triggering, dag_id: Dag
             return False, (dag, fields, problems)
         return True, control.trigger(s, dag_id, conf, run_id, by, logical_date)
 
-    made, what = await _store(hub, signed, make, write=True)
+    made, what = await in_store(hub, signed, make, write=True)
     if not made:  # something changed since the confirmation, or a forged form
         dag, fields, problems = what
         return _trigger_form(signed, dag, fields, form, problems, 400)
-    return _done(_grid(dag_id))
+    return done(grid_url(dag_id))
 
 
 def _backfill_form(
@@ -394,13 +259,13 @@ def _backfill_form(
         dag_id=dag_id,
         typed={"start": typed.get("start", ""), "end": typed.get("end", "")},
         problems=problems,
-        **_common(signed, "dags"),
+        **common(signed, "dags"),
     )
 
 
 @router.get("/dags/{dag_id}/backfill", response_model=None)
 async def backfill_page(hub: HubDep, signed: Backfilling, dag_id: DagId) -> Response:
-    await _store(hub, signed, lambda s: queries.get_dag(s, dag_id).dag_id, write=False)
+    await in_store(hub, signed, lambda s: queries.get_dag(s, dag_id).dag_id, write=False)
     return _backfill_form(signed, dag_id, {}, {})
 
 
@@ -420,7 +285,7 @@ async def backfill_check(
     request: Request, hub: HubDep, signed: Backfilling, dag_id: DagId
 ) -> Response:
     """The filled form: shown again with its problems, or the runs it would create."""
-    form = await _form(request, signed)
+    form = await posted_form(request, signed)
     start, end, problems = _range(form)
     if start is None or end is None:
         return _backfill_form(signed, dag_id, form, problems, 400)
@@ -431,10 +296,10 @@ async def backfill_check(
         except backfills.BackfillError as exc:
             return None, str(exc)
 
-    plan, problem = await _store(hub, signed, plan_it, write=False)
+    plan, problem = await in_store(hub, signed, plan_it, write=False)
     if plan is None:
         return _backfill_form(signed, dag_id, form, {"range": problem or ""}, 400)
-    return _confirm(
+    return confirm(
         signed,
         "dags",
         heading=f"Backfill {dag_id}?",
@@ -445,23 +310,23 @@ async def backfill_check(
         ],
         plan=plan,
         hidden={"start": form.get("start", ""), "end": form.get("end", "")},
-        action=f"/ui/dags/{_seg(dag_id)}/backfill/confirm",
+        action=f"/ui/dags/{segment(dag_id)}/backfill/confirm",
         button="Backfill",
-        back=f"/ui/dags/{_seg(dag_id)}/backfill",
+        back=f"/ui/dags/{segment(dag_id)}/backfill",
     )
 
 
 @router.post("/dags/{dag_id}/backfill/confirm", response_model=None)
 async def backfill(request: Request, hub: HubDep, signed: Backfilling, dag_id: DagId) -> Response:
-    form = await _form(request, signed)
+    form = await posted_form(request, signed)
     start, end, problems = _range(form)
     if start is None or end is None:
         return _backfill_form(signed, dag_id, form, problems, 400)
-    by = _who(request, signed)
-    await _store(
+    by = actor(request, signed)
+    await in_store(
         hub, signed, lambda s: control.create_backfill(s, dag_id, start, end, by), write=True
     )
-    return _done(_grid(dag_id))
+    return done(grid_url(dag_id))
 
 
 # --- task instances and runs: clear, mark ---------------------------------------
@@ -493,14 +358,14 @@ async def clear_task_page(
     task_id: TaskId,
     downstream: Annotated[bool, Query()] = False,
 ) -> Response:
-    preview = await _store(
+    preview = await in_store(
         hub,
         signed,
         lambda s: control.preview_clear_task(s, dag_id, run_id, task_id, downstream),
         write=False,
     )
     what = f"{task_id} and everything downstream of it" if downstream else task_id
-    return _confirm(
+    return confirm(
         signed,
         "dags",
         heading=f"Clear {what} in run {run_id}?",
@@ -510,9 +375,9 @@ async def clear_task_page(
         ],
         preview=preview,
         hidden={"downstream": "1" if downstream else "0"},
-        action=f"{_task_url(dag_id, run_id, task_id)}/clear",
+        action=f"{task_url(dag_id, run_id, task_id)}/clear",
         button="Clear",
-        back=_task_url(dag_id, run_id, task_id),
+        back=task_url(dag_id, run_id, task_id),
     )
 
 
@@ -525,16 +390,16 @@ async def clear_task(
     run_id: RunId,
     task_id: TaskId,
 ) -> Response:
-    form = await _form(request, signed)
-    downstream = _field(lambda: forms.switch(form.get("downstream"), "downstream"), signed)
-    by = _who(request, signed)
-    await _store(
+    form = await posted_form(request, signed)
+    downstream = field(lambda: forms.switch(form.get("downstream"), "downstream"), signed)
+    by = actor(request, signed)
+    await in_store(
         hub,
         signed,
         lambda s: control.clear_task(s, dag_id, run_id, task_id, downstream, by),
         write=True,
     )
-    return _done(_task_url(dag_id, run_id, task_id))
+    return done(task_url(dag_id, run_id, task_id))
 
 
 @router.get("/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/mark", response_model=None)
@@ -547,7 +412,7 @@ async def mark_task_page(
     state: Annotated[MarkState, Query()],
     map_index: Annotated[int | None, Query(ge=-1, le=MAX_WIRE_INT)] = None,
 ) -> Response:
-    preview = await _store(
+    preview = await in_store(
         hub,
         signed,
         lambda s: control.preview_mark_task(s, dag_id, run_id, task_id, state, map_index),
@@ -556,16 +421,16 @@ async def mark_task_page(
     lines = [f"These task instances become {state}; a running try is ended on its worker."]
     if not preview.moves:
         lines = [f"Every task instance named is {state} already: nothing changes."]
-    return _confirm(
+    return confirm(
         signed,
         "dags",
         heading=f"Mark {task_id} {state} in run {run_id}?",
         lines=lines,
         preview=preview,
         hidden={"state": state, "map_index": "" if map_index is None else str(map_index)},
-        action=f"{_task_url(dag_id, run_id, task_id)}/mark",
+        action=f"{task_url(dag_id, run_id, task_id)}/mark",
         button=f"Mark {state}",
-        back=_task_url(dag_id, run_id, task_id),
+        back=task_url(dag_id, run_id, task_id),
         danger=state == "failed",
     )
 
@@ -579,17 +444,17 @@ async def mark_task(
     run_id: RunId,
     task_id: TaskId,
 ) -> Response:
-    form = await _form(request, signed)
+    form = await posted_form(request, signed)
     state = _state(form.get("state"), signed)
     map_index = _map_index(form.get("map_index"), signed)
-    by = _who(request, signed)
-    await _store(
+    by = actor(request, signed)
+    await in_store(
         hub,
         signed,
         lambda s: control.mark_task(s, dag_id, run_id, task_id, state, by, map_index),
         write=True,
     )
-    return _done(_task_url(dag_id, run_id, task_id))
+    return done(task_url(dag_id, run_id, task_id))
 
 
 @router.get("/dags/{dag_id}/runs/{run_id}/clear", response_model=None)
@@ -600,7 +465,7 @@ async def clear_run_page(
     run_id: RunId,
     only_failed: Annotated[bool, Query()] = False,
 ) -> Response:
-    preview = await _store(
+    preview = await in_store(
         hub,
         signed,
         lambda s: control.preview_clear_run(s, dag_id, run_id, only_failed),
@@ -612,16 +477,16 @@ async def clear_run_page(
     ]
     if not preview.moves:
         lines = ["No task instance of the run failed: nothing changes."]
-    return _confirm(
+    return confirm(
         signed,
         "dags",
         heading=f"Clear {'the failed tasks of ' if only_failed else ''}run {run_id}?",
         lines=lines,
         preview=preview,
         hidden={"only_failed": "1" if only_failed else "0"},
-        action=f"{_run_url(dag_id, run_id)}/clear",
+        action=f"{run_url(dag_id, run_id)}/clear",
         button="Clear",
-        back=_grid(dag_id),
+        back=grid_url(dag_id),
     )
 
 
@@ -629,13 +494,13 @@ async def clear_run_page(
 async def clear_run(
     request: Request, hub: HubDep, signed: ClearingRun, dag_id: DagId, run_id: RunId
 ) -> Response:
-    form = await _form(request, signed)
-    only_failed = _field(lambda: forms.switch(form.get("only_failed"), "only_failed"), signed)
-    by = _who(request, signed)
-    await _store(
+    form = await posted_form(request, signed)
+    only_failed = field(lambda: forms.switch(form.get("only_failed"), "only_failed"), signed)
+    by = actor(request, signed)
+    await in_store(
         hub, signed, lambda s: control.clear_run(s, dag_id, run_id, only_failed, by), write=True
     )
-    return _done(_grid(dag_id))
+    return done(grid_url(dag_id))
 
 
 @router.get("/dags/{dag_id}/runs/{run_id}/mark", response_model=None)
@@ -646,7 +511,7 @@ async def mark_run_page(
     run_id: RunId,
     state: Annotated[MarkState, Query()],
 ) -> Response:
-    preview = await _store(
+    preview = await in_store(
         hub, signed, lambda s: control.preview_mark_run(s, dag_id, run_id, state), write=False
     )
     lines = [
@@ -656,16 +521,16 @@ async def mark_run_page(
     ]
     if preview.run_to is None:
         lines = [f"The run is {state} already: nothing changes."]
-    return _confirm(
+    return confirm(
         signed,
         "dags",
         heading=f"Mark run {run_id} {state}?",
         lines=lines,
         preview=preview,
         hidden={"state": state},
-        action=f"{_run_url(dag_id, run_id)}/mark",
+        action=f"{run_url(dag_id, run_id)}/mark",
         button=f"Mark {state}",
-        back=_grid(dag_id),
+        back=grid_url(dag_id),
         danger=state == "failed",
     )
 
@@ -674,220 +539,17 @@ async def mark_run_page(
 async def mark_run(
     request: Request, hub: HubDep, signed: MarkingRun, dag_id: DagId, run_id: RunId
 ) -> Response:
-    form = await _form(request, signed)
+    form = await posted_form(request, signed)
     state = _state(form.get("state"), signed)
-    by = _who(request, signed)
-    await _store(hub, signed, lambda s: control.mark_run(s, dag_id, run_id, state, by), write=True)
-    return _done(_grid(dag_id))
-
-
-# --- workers --------------------------------------------------------------------
-
-#: What each worker action does, for its confirmation: (heading, lines, button).
-_WORKER_ACTIONS = {
-    "shutdown": (
-        "Shut down worker {name}?",
-        [
-            "The worker takes no new task, lets its running tasks finish and report, then "
-            "exits. A process started later runs normally.",
-        ],
-        "Shut down",
-    ),
-    "revoke": (
-        "Revoke worker {name}?",
-        [
-            "Its credential stops working at once: its next request is refused and it exits.",
-            "Its running tries are given up: each task retries elsewhere if it has tries "
-            "left, else fails.",
-            "Coming back takes a new enrolment token.",
-        ],
-        "Revoke",
-    ),
-    "remove": (
-        "Remove worker {name}?",
-        [
-            "Its credential stops working and the hub forgets the worker.",
-            "Its running tries are given up: each task retries elsewhere if it has tries "
-            "left, else fails.",
-            "Coming back takes a new enrolment token.",
-        ],
-        "Remove",
-    ),
-}
-
-
-async def _worker_page(hub: Hub, signed: SignedIn, name: str, verb: str) -> Response:
-    worker = await _store(hub, signed, lambda s: control.worker_preview(s, name), write=False)
-    heading, lines, button = _WORKER_ACTIONS[verb]
-    return _confirm(
-        signed,
-        "workers",
-        heading=heading.format(name=name),
-        lines=lines,
-        worker=worker,
-        action=f"/ui/workers/{_seg(name)}/{verb}",
-        button=button,
-        back="/ui/workers",
-        danger=verb != "shutdown",
+    by = actor(request, signed)
+    await in_store(
+        hub, signed, lambda s: control.mark_run(s, dag_id, run_id, state, by), write=True
     )
-
-
-@router.get("/workers/{name}/maintenance", response_model=None)
-async def maintenance_page(
-    hub: HubDep, signed: Maintaining, name: WorkerName, on: Annotated[bool, Query()]
-) -> Response:
-    worker = await _store(hub, signed, lambda s: control.worker_preview(s, name), write=False)
-    if on:
-        lines = [
-            "The worker takes no new task and stays connected; its running tasks go on "
-            "until they finish."
-        ]
-    else:
-        lines = [
-            "Maintenance asked for from the centre ends: the worker takes new tasks again "
-            "(unless it is in maintenance on its own machine)."
-        ]
-    return _confirm(
-        signed,
-        "workers",
-        heading=f"Maintenance {'on' if on else 'off'} for worker {name}?",
-        lines=lines,
-        worker=worker,
-        hidden={"on": "1" if on else "0"},
-        comment_field=on,
-        action=f"/ui/workers/{_seg(name)}/maintenance",
-        button=f"Maintenance {'on' if on else 'off'}",
-        back="/ui/workers",
-    )
-
-
-@router.post("/workers/{name}/maintenance", response_model=None)
-async def maintenance(
-    request: Request, hub: HubDep, signed: Maintaining, name: WorkerName
-) -> Response:
-    form = await _form(request, signed)
-    on = _field(lambda: forms.switch(form.get("on"), "on"), signed)
-    note = _field(lambda: forms.comment(form.get("comment", "")), signed)
-    by = _who(request, signed)
-    await _store(hub, signed, lambda s: control.set_maintenance(s, name, on, note, by), write=True)
-    return _done("/ui/workers")
-
-
-@router.get("/workers/{name}/shutdown", response_model=None)
-async def shutdown_page(hub: HubDep, signed: ShuttingDown, name: WorkerName) -> Response:
-    return await _worker_page(hub, signed, name, "shutdown")
-
-
-@router.post("/workers/{name}/shutdown", response_model=None)
-async def shutdown(
-    request: Request, hub: HubDep, signed: ShuttingDown, name: WorkerName
-) -> Response:
-    await _form(request, signed)
-    by = _who(request, signed)
-    await _store(hub, signed, lambda s: control.request_shutdown(s, name, by), write=True)
-    return _done("/ui/workers")
-
-
-@router.get("/workers/{name}/revoke", response_model=None)
-async def revoke_page(hub: HubDep, signed: Revoking, name: WorkerName) -> Response:
-    return await _worker_page(hub, signed, name, "revoke")
-
-
-@router.post("/workers/{name}/revoke", response_model=None)
-async def revoke(request: Request, hub: HubDep, signed: Revoking, name: WorkerName) -> Response:
-    await _form(request, signed)
-    by = _who(request, signed)
-    await _store(hub, signed, lambda s: control.revoke(s, name, by), write=True)
-    hub.principals.forget(name)
-    return _done("/ui/workers")
-
-
-@router.get("/workers/{name}/remove", response_model=None)
-async def remove_page(hub: HubDep, signed: Removing, name: WorkerName) -> Response:
-    return await _worker_page(hub, signed, name, "remove")
-
-
-@router.post("/workers/{name}/remove", response_model=None)
-async def remove(request: Request, hub: HubDep, signed: Removing, name: WorkerName) -> Response:
-    await _form(request, signed)
-    by = _who(request, signed)
-    await _store(hub, signed, lambda s: control.remove(s, name, by), write=True)
-    hub.principals.forget(name)
-    return _done("/ui/workers")
-
-
-def _token_form(
-    signed: SignedIn, typed: dict[str, str], problems: dict[str, str], status: int = 200
-) -> Response:
-    shown = {
-        "queues": typed.get("queues", ""),
-        "name": typed.get("name", ""),
-        "hours": typed.get("hours", "24"),
-        "replace": typed.get("replace", "") in ("1", "on"),
-    }
-    return page("token.html", status, typed=shown, problems=problems, **_common(signed, "workers"))
-
-
-@router.get("/workers/enrolment-token", response_model=None)
-async def token_page(signed: Enrolling) -> Response:
-    return _token_form(signed, {}, {})
-
-
-@router.post("/workers/enrolment-token", response_model=None)
-async def token_check(request: Request, signed: Enrolling) -> Response:
-    """The filled form: shown again with its problems, or the confirmation."""
-    form = await _form(request, signed)
-    asked, problems = forms.token_request(form)
-    if asked is None:
-        return _token_form(signed, form, problems, 400)
-    who = f"worker {asked.name}" if asked.name else "a worker with a name the hub makes"
-    lines = [
-        f"A one-time enrolment token is made for {who}, serving {', '.join(asked.queues)}; "
-        f"it expires in {asked.hours:g} h unless spent.",
-        "The token is shown once, on the next page, and never again.",
-    ]
-    if asked.replace:
-        lines.append(
-            "Replace: spending it gives the existing worker of that name a new credential "
-            "and voids its old one."
-        )
-    return _confirm(
-        signed,
-        "workers",
-        heading="Create an enrolment token?",
-        lines=lines,
-        hidden={
-            "queues": ",".join(asked.queues),
-            "name": asked.name or "",
-            "hours": f"{asked.hours:g}",
-            "replace": "1" if asked.replace else "",
-        },
-        action="/ui/workers/enrolment-token/confirm",
-        button="Create the token",
-        back="/ui/workers/enrolment-token",
-    )
-
-
-@router.post("/workers/enrolment-token/confirm", response_model=None)
-async def token_create(request: Request, hub: HubDep, signed: Enrolling) -> Response:
-    form = await _form(request, signed)
-    asked, problems = forms.token_request(form)
-    if asked is None:
-        return _token_form(signed, form, problems, 400)
-    by = _who(request, signed)
-
-    def create(s: Session) -> dict[str, Any]:
-        return control.create_enrolment_token(
-            s, asked.queues, asked.name, timedelta(hours=asked.hours), asked.replace, by
-        )
-
-    made = await _store(hub, signed, create, write=True)
-    hub_url = str(request.base_url).rstrip("/")
-    return page("token_made.html", made=made, hub_url=hub_url, **_common(signed, "workers"))
+    return done(grid_url(dag_id))
 
 
 def install(app: FastAPI) -> None:
     """Add the actions to ``app``, with the pages that refusals and bad requests get."""
     app.include_router(router)
-    app.add_exception_handler(Refused, refused)
-    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.include_router(worker_actions.router)
+    install_refusals(app)
