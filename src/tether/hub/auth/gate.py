@@ -186,11 +186,11 @@ def dist_paths(wheel_filename: str) -> frozenset[str]:
     return frozenset({DIST_PREFIX, DIST_PREFIX + wheel_filename, SIMPLE_INDEX, SIMPLE_PROJECT})
 
 
-def _in_dist_area(path: str) -> bool:
+def in_dist_area(path: str) -> bool:
     return any(path == area or path.startswith(area + "/") for area in DIST_AREAS)
 
 
-def _needs(path: str) -> str | None:
+def needs(path: str) -> str | None:
     """``"api"``, ``"worker"``, ``"attempt"`` or None: the principal ``path`` needs."""
     if path in PUBLIC_PATHS:
         return None
@@ -250,7 +250,7 @@ class AuthGate:
         headers = Headers(scope=scope)
         token = _bearer(headers)
         challenge = "Bearer"
-        if _in_dist_area(path):
+        if in_dist_area(path):
             if path not in self.dist_paths:  # `..`, other versions, other names
                 await _answer(send, 404, "no such file")
                 return
@@ -264,7 +264,7 @@ class AuthGate:
             token = token or _basic_password(headers)
             challenge = 'Bearer, Basic realm="tether"'
         else:
-            need = _needs(path)
+            need = needs(path)
             if need is None and path != ENROL_PATH:  # health, the console, the schema
                 await self.app(scope, receive, send)
                 return

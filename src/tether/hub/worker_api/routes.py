@@ -115,6 +115,12 @@ SECRET_ANSWER: dict[str, Any] = {
         }
     },
 }
+#: A log chunk is the bytes themselves, streamed, not JSON.
+LOG_CHUNK: dict[str, Any] = {
+    "required": True,
+    "description": "the log's bytes from `offset` on (at most the session's `max_log_chunk_bytes`)",
+    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+}
 LOCAL_ANSWER: dict[str, Any] = {
     "description": "with `local=true`: the use of the worker's own copy is on the record"
 }
@@ -502,7 +508,11 @@ async def secret(
     )
 
 
-@reports.post("/attempts/{attempt_id}/logs", responses=E(403, 404, 409))
+@reports.post(
+    "/attempts/{attempt_id}/logs",
+    responses=E(403, 404, 409, 413),
+    openapi_extra={"requestBody": LOG_CHUNK},
+)
 async def upload_log(
     attempt_id: AttemptId,
     me: WorkerAuth,
