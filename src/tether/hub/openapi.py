@@ -98,12 +98,14 @@ WORKER_SCHEMES: dict[str, Any] = {
     },
 }
 
-_ROLE_NOTE = {
+ROLE_NOTE = {
     Role.VIEWER: "**Role:** any API token (`viewer`, `operator` or `admin`).",
     Role.OPERATOR: "**Role:** `operator` (or `admin`); a viewer's token gets 403.",
     Role.ADMIN: "**Role:** `admin`; a viewer's or an operator's token gets 403.",
 }
 _READS = frozenset({"get", "head"})
+#: What FastAPI calls every 422; the hub's also come from its own refusals.
+_FASTAPI_422 = "Validation Error"
 
 #: What ``/docs`` is made of: the name each file is served as, and where it lives.
 _VENDOR = Path(fastapi_offline.__file__).parent / "static"
@@ -178,7 +180,8 @@ def _finish(document: dict[str, Any], schemes: dict[str, Any]) -> dict[str, Any]
             answers = operation["responses"]
             for code, answer in answers.items():
                 if code[0] in "45":  # a route that answers text still refuses in JSON
-                    answers[code] = _refusal(int(code), answer.get("description"))
+                    said = answer.get("description")
+                    answers[code] = _refusal(int(code), None if said == _FASTAPI_422 else said)
             operation["responses"] = dict(sorted(answers.items()))
     text = json.dumps(document["paths"])
     for unused in ("HTTPValidationError", "ValidationError"):
@@ -236,7 +239,7 @@ def rest_document(app: FastAPI) -> dict[str, Any]:
             operation["security"] = _SECURITY[need]
             role = roles[(method, path)]
             if role is not None:  # (a route the gate guards that checks no role has no note)
-                _describe(operation, _ROLE_NOTE[role])
+                _describe(operation, ROLE_NOTE[role])
             _add(operation, 401, 403, 429)
             _common(operation, method)
     return _finish(document, REST_SCHEMES)

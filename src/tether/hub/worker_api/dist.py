@@ -26,6 +26,7 @@ from fastapi import APIRouter, HTTPException, Request, Response, status
 
 from tether.hub.auth.deps import HubDep
 from tether.hub.dist import DistUnavailable, WorkerWheel
+from tether.hub.errors import ErrorAnswer
 from tether.hub.errors import responses as E
 from tether.hub.state import Hub
 from tether.protocol import DIST_PREFIX, SIMPLE_INDEX, SIMPLE_PROJECT, DistFile, DistListing
@@ -70,6 +71,10 @@ def _etag(wheel: WorkerWheel, what: str) -> str:
 
 #: A client's copy that is still the hub's (``If-None-Match``): no body.
 NOT_MODIFIED: dict[str, Any] = {"description": "the client's copy (`If-None-Match`) is current"}
+NO_WHEEL: dict[str, Any] = {
+    "model": ErrorAnswer,
+    "description": "the hub has no worker wheel to serve (the reason says why; `Retry-After`)",
+}
 
 
 @router.get(
@@ -79,7 +84,7 @@ NOT_MODIFIED: dict[str, Any] = {"description": "the client's copy (`If-None-Matc
     responses={
         200: {"model": DistListing, "description": "the hub's version and its one wheel"},
         304: NOT_MODIFIED,
-        **E(503),
+        503: NO_WHEEL,
     },
 )
 @router.head(DIST_PREFIX, include_in_schema=False)
@@ -112,7 +117,8 @@ async def listing(request: Request, hub: HubDep) -> Response:
             "content": {WHEEL_TYPE: {"schema": {"type": "string", "format": "binary"}}},
         },
         304: NOT_MODIFIED,
-        **E(404, 503),
+        **E(404),
+        503: NO_WHEEL,
     },
 )
 @router.head(DIST_PREFIX + "{filename}", include_in_schema=False)
