@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-ADMIN = "bench-admin-token-xxxxxxxxxxxx"
+ADMIN = "bench-admin-token-" + "x" * 24
 
 
 def free_port() -> int:

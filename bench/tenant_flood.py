@@ -35,7 +35,7 @@ from typing import Any
 
 import httpx
 
-ADMIN = "bench-admin-token-xxxxxxxxxxxx"
+ADMIN = "bench-admin-token-" + "x" * 24
 PROTOCOL = {"version": "0.1.0", "protocol": 1}
 FACTS = {"concurrency": 4, "free_slots": 4, **PROTOCOL}
 

@@ -133,6 +133,15 @@ def test_rest_api_errors_have_reasons(hub: Hub) -> None:
             409,
             "already has a run 'r1'",
         )
+        # The ids of the hub's own runs are not for people to take: a scheduled
+        # interval whose id a trigger took first would never run.
+        for prefix in ("scheduled__", "backfill__", "asset_triggered__"):
+            taken = await admin.post(
+                "/api/v1/dags/pair/runs", json={"run_id": prefix + "2026-01-02T00:00:00+00:00"}
+            )
+            await _expect(taken, 422, f"run ids starting with '{prefix}' are the hub's own")
+        mine = await admin.post("/api/v1/dags/pair/runs", json={"run_id": "manual__mine"})
+        assert mine.status_code == 200, mine.text
         logs = "/api/v1/dags/pair/runs/r1/tasks"
         await _expect(await admin.get(f"{logs}/zzz/logs"), 404, "has no task 'zzz'")
         await _expect(await admin.get(f"{logs}/a/logs?try_number=3"), 404, "has no try 3")

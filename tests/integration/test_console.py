@@ -5,7 +5,6 @@ warning, and the live log stream."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import json
 import logging
@@ -19,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from tests.hubtools import ADMIN, create_app, make_hub, parse, write_dag
 from tests.integration.test_api import FACTS, W, Workers
@@ -27,7 +27,9 @@ from tether.hub.auth.gate import Principals
 from tether.hub.core import sessions
 from tether.hub.core.runs import utcnow
 from tether.hub.state import Hub
+from tether.hub.store.models import ConsoleSession as ConsoleSessionRow
 from tether.hub.store.models import Dag
+from tether.hub.ui import logs
 
 HOSTILE = "<script>alert(1)</script>"
 ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
@@ -155,15 +157,28 @@ def test_login_sets_a_signed_session_cookie_with_the_right_flags(
         assert {"httponly", "path=/ui", "samesite=strict", "max-age=600", "secure"} <= flags
         value = header.split(";")[0].split("=", 1)[1]
         assert ADMIN not in value
-        # It holds the token's hash, the expiry and a CSRF secret, and nothing else.
-        payload = value.split(".")[1]
-        body = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        assert set(body) == {"t", "e", "c"}
-        assert body["t"] == hashlib.sha256(ADMIN.encode()).hexdigest()
+        # It holds a random session id, signed, and nothing else; the store keeps
+        # the id's hash and the token's, so neither is in the cookie.
+        version, session_id, _signature = value.split(".")
+        assert version == "v2"
+        assert re.fullmatch(r"[0-9a-f]{64}", session_id)
+        with hub.store.read() as s:
+            (row,) = s.scalars(select(ConsoleSessionRow)).all()
+            assert row.session_hash == hashlib.sha256(session_id.encode()).hexdigest()
+            assert row.token_hash == hashlib.sha256(ADMIN.encode()).hexdigest()
+            assert row.ended_at is None
+            assert 590 < (row.expires_at - row.created_at).total_seconds() <= 601
+        assert row.token_hash not in value
+        assert row.session_hash not in value
         page = await browser.get("/ui/dags")
         assert page.status_code == 200
         assert "admin (admin)" in page.text
         assert "shop" in page.text
+        for answer in (first, signed, page, await browser.get("/ui/static/console.css")):
+            assert answer.headers["strict-transport-security"] == "max-age=31536000"
+            assert answer.headers["x-frame-options"] == "DENY"
+            assert answer.headers["x-content-type-options"] == "nosniff"
+            assert "script-src 'self'" in answer.headers["content-security-policy"]
 
     try:
         run(hub, scenario, base_url="https://hub")
@@ -184,9 +199,13 @@ def test_no_secure_flag_over_plain_http_and_a_key_from_the_environment(
         signed = await login(browser)
         header = _set_cookie(signed, console.SESSION_COOKIE)
         assert "secure" not in header.lower()
+        # HSTS over HTTPS only: a browser ignores it on plain HTTP, and a hub behind
+        # a proxy that terminates TLS leaves it to the proxy.
+        assert "strict-transport-security" not in signed.headers
         assert f"max-age={12 * 3600}" in header.lower()
         value = header.split(";")[0].split("=", 1)[1]
-        assert console.read_session(b"k" * 40, value) is not None
+        assert hub.console_key == b"k" * 40
+        assert await console.read_session(hub, value) is not None
 
     try:
         run(hub, scenario)
@@ -227,26 +246,25 @@ def test_a_wrong_token_says_so_and_counts_against_the_address(parsed: Path, tmp_
 
 def test_a_tampered_expired_or_foreign_cookie_goes_to_the_login_page(hub: Hub) -> None:
     own = hashlib.sha256(ADMIN.encode()).hexdigest()
-    expired, _ = console.new_session(hub.console_key, own, -1)
-    other_key, _ = console.new_session(b"x" * 32, own, 600)
-    other_token, _ = console.new_session(hub.console_key, hashlib.sha256(b"x").hexdigest(), 600)
-    good, _ = console.new_session(hub.console_key, own, 600)
-    version, payload, signature = good.split(".")
-    longer = json.dumps({"t": own, "e": 2**40, "c": "0" * 32}).encode()
-    forged = base64.urlsafe_b64encode(longer).rstrip(b"=").decode()
-    bad = [
-        expired,
-        other_key,
-        other_token,
-        f"{version}.{forged}.{signature}",  # a later expiry, the old signature
-        f"{version}.{payload}.{signature[:-2]}AA",
-        f"{version}.{payload}",
-        "v2." + good[3:],
-        "garbage",
-        "v1." + "A" * 2000 + ".x",
-    ]
 
     async def scenario(browser: httpx.AsyncClient, *_: Any) -> None:
+        good, _ = await console.open_session(hub, own, 600)
+        expired, _ = await console.open_session(hub, own, -1)
+        other_token, _ = await console.open_session(hub, hashlib.sha256(b"x").hexdigest(), 600)
+        version, session_id, signature = good.split(".")
+        unknown = "0" * 64  # well formed and signed with the hub's key, but never opened
+        bad = [
+            expired,
+            other_token,
+            f"{version}.{session_id}.{console._sign(b'x' * 32, 'session', session_id)}",
+            f"{version}.{unknown}.{console._sign(hub.console_key, 'session', unknown)}",
+            f"{version}.{unknown}.{signature}",  # another id under the good one's signature
+            f"{version}.{session_id}.{signature[:-2]}AA",
+            f"{version}.{session_id}",
+            "v1." + good[3:],
+            "garbage",
+            "v2." + "A" * 2000 + ".x",
+        ]
         ok = await browser.get("/ui/queues", headers=_cookie(good))
         assert ok.status_code == 200
         for value in bad:
@@ -255,6 +273,34 @@ def test_a_tampered_expired_or_foreign_cookie_goes_to_the_login_page(hub: Hub) -
             assert answer.headers["location"] == "/ui/login?next=/ui/queues"
             cleared = _set_cookie(answer, console.SESSION_COOKIE)
             assert "max-age=0" in cleared.lower()
+
+    run(hub, scenario)
+
+
+def test_signing_out_ends_the_session_for_every_copy_of_its_cookie(hub: Hub) -> None:
+    async def scenario(browser: httpx.AsyncClient, *_: Any) -> None:
+        assert (await login(browser)).status_code == 303
+        copied = browser.cookies[console.SESSION_COOKIE]
+        dags = await browser.get("/ui/dags")
+        assert (await browser.get("/ui/dags", headers=_cookie(copied))).status_code == 200
+        out = await browser.post("/ui/logout", data={"csrf": _csrf(dags.text)})
+        assert out.status_code == 303
+        assert console.SESSION_COOKIE not in browser.cookies
+        # A copy taken before signing out (another tab, a stolen cookie) opens nothing.
+        again = await browser.get("/ui/dags", headers=_cookie(copied))
+        assert again.status_code == 303
+        assert again.headers["location"].startswith("/ui/login")
+        with hub.store.read() as s:
+            (row,) = s.scalars(select(ConsoleSessionRow)).all()
+            assert row.ended_at is not None
+        # Signing in again opens a new session, and lets go of expired ones.
+        await console.open_session(hub, hashlib.sha256(ADMIN.encode()).hexdigest(), -1)
+        assert (await login(browser)).status_code == 303
+        assert (await browser.get("/ui/dags")).status_code == 200
+        with hub.store.read() as s:
+            live = [r for r in s.scalars(select(ConsoleSessionRow)) if r.ended_at is None]
+            assert len(live) == 1
+            assert live[0].expires_at > utcnow()
 
     run(hub, scenario)
 
@@ -690,9 +736,12 @@ def test_a_stream_whose_client_goes_away_ends_quietly(
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
-def test_a_stream_ends_when_its_sessions_token_is_revoked(hub: Hub) -> None:
-    """A stream lasts as long as its try: a revoked token must end it, not only
-    the next request."""
+@pytest.mark.parametrize("ending", ["token revoked", "signed out"])
+def test_a_stream_ends_when_its_token_is_revoked_or_its_session_signed_out(
+    hub: Hub, ending: str
+) -> None:
+    """A stream lasts as long as its try: a revoked token, or signing out (in
+    another tab, say), must end it, not only the next request."""
 
     async def scenario(browser: httpx.AsyncClient, admin: httpx.AsyncClient, w: Workers) -> None:
         made = await admin.post("/api/v1/tokens", json={"name": "ana", "role": "viewer"})
@@ -706,12 +755,63 @@ def test_a_stream_ends_when_its_sessions_token_is_revoked(hub: Hub) -> None:
             url = "/ui/dags/ledger/runs/r1/tasks/book/tries/1/stream"
             stream = Stream(app, url, cookie)
             await stream.until("retry:")
-            revoked = await admin.post("/api/v1/tokens/ana/revoke")
-            assert revoked.status_code == 200, revoked.text
+            if ending == "token revoked":
+                revoked = await admin.post("/api/v1/tokens/ana/revoke")
+                assert revoked.status_code == 200, revoked.text
+            else:
+                csrf = _csrf((await browser.get("/ui/dags")).text)
+                assert (await browser.post("/ui/logout", data={"csrf": csrf})).status_code == 303
             text = await stream.until("event: gone")
             (why,) = _events(text, "gone")
-            assert why == "the session's token is no longer valid; sign in again"
+            assert why == logs.ENDED
             await asyncio.wait_for(stream.task, 20)
+
+    run(hub, scenario)
+
+
+def test_log_streams_are_bounded_per_user_and_per_hub(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each open stream costs the hub a database look twice a second: a user (or
+    one stolen cookie) must not open them without end."""
+    monkeypatch.setattr(logs, "STREAMS_PER_PRINCIPAL", 2)
+    monkeypatch.setattr(logs, "STREAMS_PER_PROCESS", 3)
+
+    async def scenario(browser: httpx.AsyncClient, admin: httpx.AsyncClient, w: Workers) -> None:
+        made = await admin.post("/api/v1/tokens", json={"name": "ana", "role": "viewer"})
+        assert made.status_code == 201, made.text
+        await admin.post("/api/v1/dags/ledger/runs", json={"run_id": "r1"})
+        app = browser._transport.app  # type: ignore[attr-defined]
+        url = "/ui/dags/ledger/runs/r1/tasks/book/tries/1/stream"
+        async with await w.connect(["acme"], "w1") as worker:
+            await _poll(worker)
+            mine = await _signed(browser)
+            first, second = Stream(app, url, mine), Stream(app, url, mine)
+            for stream in (first, second):
+                await stream.until("retry:")
+            refused = await browser.get(url)
+            assert refused.status_code == 429
+            assert "admin follows 2 logs already" in refused.text
+            # A missing try is a 404 and takes no slot.
+            assert (await browser.get(url.replace("/tries/1/", "/tries/9/"))).status_code == 404
+            other = httpx.AsyncClient(transport=browser._transport, base_url="http://hub")
+            assert (await login(other, made.json()["token"])).status_code == 303
+            hers = other.cookies[console.SESSION_COOKIE]
+            third = Stream(app, url, hers)
+            await third.until("retry:")
+            full = await other.get(url)
+            assert full.status_code == 429
+            assert "this hub follows 3 logs already" in full.text
+            # A stream that ends, however it ends, gives its slot back.
+            first.gone.set()
+            await asyncio.wait_for(first.task, 20)
+            again = Stream(app, url, mine)
+            await again.until("retry:")
+            for stream in (second, third, again):
+                stream.gone.set()
+                await asyncio.wait_for(stream.task, 20)
+            await other.aclose()
+            assert logs.stream_slots_of(app).held("admin") == 0
 
     run(hub, scenario)
 

@@ -36,6 +36,13 @@ with DAG("ticker", tags=["demo"]):
     )
 """
 
+#: A DAG with a param, for the trigger form.
+GREETER = """
+from tether import DAG, BashOperator, Param
+with DAG("greeter", params={"times": Param(1, type="integer", minimum=1, maximum=3)}):
+    BashOperator(task_id="greet", bash_command="echo hello {{ params.times }} times")
+"""
+
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Hub, Path]]:
@@ -44,7 +51,8 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Hub, Path]]:
     dags = root / "dags"
     dags.mkdir()
     (dags / "ticker.py").write_text(TICKER.format(release=release))
-    with running_hub(root, "sqlite", None, dags, wait_dags=["ticker"]) as (hub, _):
+    (dags / "greeter.py").write_text(GREETER)
+    with running_hub(root, "sqlite", None, dags, wait_dags=["ticker", "greeter"]) as (hub, _):
         yield hub, release
 
 
@@ -178,6 +186,98 @@ def test_a_wrong_token_is_refused_in_the_browser(
         assert [c["name"] for c in page.context.cookies()] == ["tether_console_login"]
         page.tab.goto(server.url + "/ui/workers")
         assert "/ui/login" in page.tab.url
+        assert page.refused == []
+    finally:
+        page.close()
+
+
+def test_trigger_from_the_params_form_then_clear_the_task(
+    browser: Any, hub: tuple[Hub, Path], shots: Path
+) -> None:
+    """The operator's path: a bad param is refused beside its field, a good one is
+    confirmed and runs; clearing the task after a confirmation runs it again."""
+    from playwright.sync_api import expect
+
+    server, _ = hub
+    page = Page(browser, server)
+    tab = page.tab
+    try:
+        page.sign_in(ADMIN_TOKEN)
+        tab.goto(server.url + "/ui/dags/greeter/grid")
+        tab.click("#trigger")
+        field = tab.locator('[name="param.times"]')
+        expect(field).to_have_value("1")
+        field.fill("9")
+        tab.fill("#run_id", "from-the-form")
+        tab.click("#trigger-form button[type=submit]")
+        error = tab.locator('[data-param="times"] .field-error')
+        expect(error).to_contain_text("maximum of 3")
+        expect(field).to_have_value("9")  # what was typed is kept
+        expect(tab.locator("#run_id")).to_have_value("from-the-form")
+        tab.screenshot(path=shots / "trigger-field-error.png", full_page=True)
+        field.fill("2")
+        tab.click("#trigger-form button[type=submit]")
+        expect(tab.locator("h1")).to_have_text("Trigger greeter?")
+        expect(tab.locator("tr.param-value")).to_contain_text("2")
+        tab.screenshot(path=shots / "trigger-confirm.png", full_page=True)
+        assert server.api.get("/dags/greeter/runs")["dag_runs"] == []  # not before the button
+        tab.click(".confirm-form button[type=submit]")
+        expect(tab).to_have_url(re.compile(r"/ui/dags/greeter/grid$"))
+
+        def success_cell() -> bool:
+            tab.reload()
+            return tab.locator("td.cell.state-success a").count() == 1
+
+        wait_for(success_cell, 30, "the grid to show the task done", interval=0.5)
+        tab.click("td.cell.state-success a")
+        expect(tab.locator("#log")).to_contain_text("hello 2 times")
+        tab.click("#clear-task")
+        expect(tab.locator("tr.change")).to_have_count(1)
+        expect(tab.locator("tr.change")).to_contain_text("greet")
+        expect(tab.locator("tr.change")).to_contain_text("cleared: runs again")
+        tab.screenshot(path=shots / "clear-confirm.png", full_page=True)
+        assert server.api.run("greeter", "from-the-form")["tasks"][0]["try_number"] == 1
+        tab.click(".confirm-form button[type=submit]")
+        expect(tab).to_have_url(re.compile(r"/ui/dags/greeter/runs/from-the-form/tasks/greet$"))
+
+        def second_try_done() -> bool:
+            tab.reload()
+            return tab.locator("table.tries tbody tr").count() == 2 and (
+                tab.locator("table.facts .mark").inner_text() == "success"
+            )
+
+        wait_for(second_try_done, 30, "the cleared task to run again", interval=0.5)
+        expect(tab.locator("#log")).to_contain_text("hello 2 times")
+        tab.screenshot(path=shots / "cleared-ran-again.png", full_page=True)
+        run = server.api.wait_run("greeter", "from-the-form")
+        assert run["state"] == "success"
+        assert run["conf"] == {"times": 2}
+        assert page.refused == []
+    finally:
+        page.close()
+
+
+def test_a_login_link_fills_the_token_in_but_signs_in_only_when_asked(
+    browser: Any, hub: tuple[Hub, Path]
+) -> None:
+    """The link the hub prints (``/ui/login#token=...``) must not sign a browser in
+    by itself: a page elsewhere could send a victim there with the attacker's
+    token, and what the victim then did would be done in the attacker's name."""
+    from playwright.sync_api import expect
+
+    server, _ = hub
+    page = Page(browser, server)
+    tab = page.tab
+    try:
+        tab.goto(server.url + f"/ui/login#token={ADMIN_TOKEN}")
+        expect(tab.locator("#from-link")).to_be_visible()
+        assert tab.input_value("#token") == ADMIN_TOKEN
+        assert "#" not in tab.url  # the token leaves the address bar and the history
+        tab.wait_for_timeout(1000)  # time to submit, had the page meant to
+        assert "/ui/login" in tab.url
+        assert "tether_console" not in [c["name"] for c in page.context.cookies()]
+        tab.click("button[type=submit]")
+        expect(tab).to_have_url(re.compile(r"/ui/dags$"))
         assert page.refused == []
     finally:
         page.close()

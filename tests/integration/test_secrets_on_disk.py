@@ -171,6 +171,36 @@ def test_the_admin_token_is_printed_only_when_the_hub_makes_it(tmp_path: Path) -
     assert "admin token:  from TETHER_ADMIN_TOKEN" in from_env.output()
 
 
+@pytest.mark.parametrize("source", ["environment", "file"])
+def test_a_short_admin_token_stops_the_start_before_the_store_is_touched(
+    tmp_path: Path, source: str
+) -> None:
+    home, dags = tmp_path / "home", tmp_path / "dags"
+    dags.mkdir()
+    home.mkdir(mode=0o700)
+    short = "s3cret-but-short"
+    env = {k: v for k, v in os.environ.items() if k != "TETHER_ADMIN_TOKEN"}
+    if source == "environment":
+        env["TETHER_ADMIN_TOKEN"] = short
+    else:
+        (home / "admin_token").write_text(short + "\n")
+    env["TETHER_DATABASE_URL"] = f"sqlite:///{home / 'tether.db'}"
+    started = subprocess.run(
+        [sys.executable, "-m", "tether", "hub", "--home", str(home), "--dags", str(dags)]
+        + ["--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert started.returncode != 0
+    said = started.stdout + started.stderr
+    assert f"has {len(short)} characters" in said
+    assert "at least 32" in said
+    assert short not in said
+    assert not (home / "tether.db").exists()
+
+
 @pytest.fixture
 def standalone(tmp_path: Path, dags: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
     port = free_port()

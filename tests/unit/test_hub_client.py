@@ -164,3 +164,80 @@ def test_a_heartbeat_given_only_html_gives_up_as_unreachable_within_its_time() -
     with pytest.raises(ConnectionError, match="hub unreachable: .*not JSON"):
         asyncio.run(scenario())
     assert len(seen) > 1
+
+
+class Endless(httpx.AsyncByteStream):
+    """A body that never ends (a hostile hub, a proxy gone wrong), counting what
+    was read of it."""
+
+    def __init__(self, piece: bytes = b"x" * 65536) -> None:
+        self.piece, self.sent = piece, 0
+
+    async def __aiter__(self) -> Any:
+        while True:
+            self.sent += len(self.piece)
+            yield self.piece
+
+
+@pytest.mark.parametrize("declared", [False, True])
+def test_an_answer_past_its_bound_is_dropped_while_it_arrives_and_retried(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, declared: bool
+) -> None:
+    import tether.worker.client as client_module
+
+    monkeypatch.setattr(client_module, "MAX_ANSWER_BYTES", 1024 * 1024)
+    endless = Endless()
+    good = {"jobs": [JOB], "directives": {}}
+    seen: list[int] = []
+
+    def hub(request: httpx.Request) -> httpx.Response:
+        seen.append(1)
+        if len(seen) > 1:
+            return httpx.Response(200, json=good)
+        if declared:  # says so up front: not a byte of it is read
+            return httpx.Response(200, headers={"Content-Length": str(2**40)}, stream=endless)
+        return httpx.Response(200, stream=endless)
+
+    async def scenario() -> Any:
+        client = HubClient(
+            "http://hub", "ttw_x", transport=httpx.MockTransport(hub), max_backoff=0.01
+        )
+        try:
+            return await client.poll(PollRequest(slots=1, wait=1))
+        finally:
+            await client.aclose()
+
+    with caplog.at_level("WARNING", logger="tether.worker"):
+        jobs, _ = asyncio.run(scenario())
+    assert [j.attempt_id for j in jobs] == [ATTEMPT]
+    assert endless.sent <= (0 if declared else 1024 * 1024 + 65536)
+    (warning,) = [r.getMessage() for r in caplog.records if "/poll" in r.getMessage()]
+    assert ("over 1048576" if declared else "larger than 1048576 bytes") in warning
+
+
+def test_a_wheel_past_its_bound_is_dropped_while_it_arrives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import tether.worker.client as client_module
+    from tether.protocol import DIST_PREFIX, DistFile, DistListing, wheel_name
+
+    monkeypatch.setattr(client_module, "MAX_WHEEL_BYTES", 2 * 1024 * 1024)
+    endless = Endless()
+    wheel = b"PK a wheel of the right hash"
+    name = wheel_name("9.9.9")
+    sha = hashlib.sha256(wheel).hexdigest()
+    listing = DistListing("9.9.9", [DistFile(name, DIST_PREFIX + name, len(wheel), sha)])
+    transport, seen = _serve(
+        [httpx.Response(200, stream=endless), httpx.Response(200, content=wheel)]
+    )
+
+    async def scenario() -> Any:
+        client = HubClient("http://hub", "ttw_x", transport=transport, max_backoff=0.01)
+        try:
+            return await client.fetch_wheel(listing)
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(scenario()) == wheel
+    assert len(seen) == 2
+    assert 2 * 1024 * 1024 < endless.sent <= 2 * 1024 * 1024 + 65536

@@ -99,6 +99,7 @@ def _serve(
     from tether.homes import private_umask
     from tether.hub.app import build_hub, create_app
     from tether.hub.auth.console import ConsoleKeyError
+    from tether.hub.auth.tokens import AdminTokenError
     from tether.hub.core.secret_keys import SecretKeyError
 
     private_umask()  # the store, bundles and logs the hub writes are its user's only
@@ -107,7 +108,7 @@ def _serve(
     home_lock, listener = _claim(config)
     try:
         hub = build_hub(config)
-    except (SecretKeyError, ConsoleKeyError) as exc:
+    except (SecretKeyError, ConsoleKeyError, AdminTokenError) as exc:
         raise CliError(str(exc)) from None
     scheme = "https" if config.tls_cert else "http"
     url = f"{scheme}://{config.host}:{config.port}"

@@ -58,11 +58,13 @@ def build_hub(config: HubConfig, tokens: Tokens | None = None) -> Hub:
     and so is an SQLite store kept elsewhere. The keys of secrets at rest are
     loaded (or made) before anything else, so a bad TETHER_SECRET_KEY stops
     the start (SecretKeyError) before the store is touched, and so is the
-    console key that signs console sessions (ConsoleKeyError).
+    console key that signs console sessions (ConsoleKeyError), and the admin
+    token (AdminTokenError).
     """
     private_home(config.home, HUB_ENTRIES)
     secret_keys = SecretKeys.load(config.home)
     console_key = console.load_key(config.home)
+    tokens = tokens or Tokens.load(config.home)
     migrate(config.database_url)
     if config.database_url.startswith("sqlite:///"):
         db = Path(config.database_url.removeprefix("sqlite:///"))
@@ -73,7 +75,7 @@ def build_hub(config: HubConfig, tokens: Tokens | None = None) -> Hub:
         config=config,
         # What a transaction queued or changed wakes whoever waits, after its commit.
         store=Store(config.database_url, sink=wakeups),
-        tokens=tokens or Tokens.load(config.home),
+        tokens=tokens,
         wakeups=wakeups,
         principals=Principals(config.auth_failures_per_minute),
         secret_keys=secret_keys,

@@ -42,7 +42,7 @@ from tether.hub.core import (
 )
 from tether.hub.core import vault as secrets
 from tether.hub.core.params import InvalidParams
-from tether.hub.core.runs import RunExists
+from tether.hub.core.runs import ReservedRunId, RunExists
 from tether.hub.core.secret_keys import SecretKeyError
 
 log = logging.getLogger("tether.hub")
@@ -70,6 +70,7 @@ ERRORS: dict[type[Exception], Answer] = {
     InvalidParams: Answer(status.HTTP_400_BAD_REQUEST),
     backfill.BackfillError: Answer(status.HTTP_400_BAD_REQUEST),
     audit.InvalidFilter: Answer(status.HTTP_422_UNPROCESSABLE_CONTENT),
+    ReservedRunId: Answer(status.HTTP_422_UNPROCESSABLE_CONTENT),
     api_tokens.InvalidApiToken: Answer(status.HTTP_422_UNPROCESSABLE_CONTENT),
     secrets.InvalidSecret: Answer(status.HTTP_422_UNPROCESSABLE_CONTENT),
     attempts.InvalidReport: Answer(status.HTTP_422_UNPROCESSABLE_CONTENT),
@@ -153,13 +154,25 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-def answer_for(exc: Exception) -> JSONResponse:
-    """The answer to ``exc`` by the table (its class or its nearest listed base)."""
-    row = next(ERRORS[cls] for cls in type(exc).__mro__ if cls in ERRORS)
+def describe(exc: Exception) -> tuple[int, str] | None:
+    """The status and reason the table gives ``exc`` (its class or its nearest
+    listed base), or None if it has no row: how the web console answers the
+    same errors with a page."""
+    row = next((ERRORS[cls] for cls in type(exc).__mro__ if cls in ERRORS), None)
+    if row is None:
+        return None
     if isinstance(exc, IntegrityError):
         log.warning("a concurrent write was refused by the database: %s", exc.orig)
-    reason = row.reason if row.reason is not None else str(exc)
-    return JSONResponse({"detail": reason}, row.status, headers=row.headers)
+    return row.status, row.reason if row.reason is not None else str(exc)
+
+
+def answer_for(exc: Exception) -> JSONResponse:
+    """The answer to ``exc`` by the table."""
+    described = describe(exc)
+    assert described is not None, exc
+    status_code, reason = described
+    row = next(ERRORS[cls] for cls in type(exc).__mro__ if cls in ERRORS)
+    return JSONResponse({"detail": reason}, status_code, headers=row.headers)
 
 
 async def _handle(request: Request, exc: Exception) -> JSONResponse:

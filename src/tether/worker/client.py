@@ -46,12 +46,21 @@ from tether.protocol import (
     PollRequest,
     SessionReply,
     WorkerFacts,
+    bundle_limits,
 )
 
 log = logging.getLogger("tether.worker")
 
 #: Largest log chunk a worker sends in one request (the hub may ask for less).
 LOG_CHUNK_BYTES = 512 * 1024
+#: Largest answer the worker reads from its hub (a poll's jobs, a heartbeat's
+#: directives); a bundle may be as large as it may unpack to, the wheel
+#: :data:`MAX_WHEEL_BYTES`. Whatever answers (a hostile hub, a proxy gone
+#: wrong) cannot fill the worker's memory: past its bound an answer is
+#: dropped while it arrives and the request retried like a lost connection.
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
+#: Largest worker wheel an update downloads (Tether's is well under 1 MiB).
+MAX_WHEEL_BYTES = 64 * 1024 * 1024
 
 T = TypeVar("T")
 M = TypeVar("M", bound=Message)
@@ -88,6 +97,33 @@ class IncompatibleVersion(HubError):
 
 class MalformedAnswer(ValueError):
     """A success answer that is not what the hub sends (retried like a lost connection)."""
+
+
+async def _read_capped(
+    http: httpx.AsyncClient, method: str, path: str, max_bytes: int, **kwargs: Any
+) -> httpx.Response:
+    """The answer to a request, its body read whole but never past ``max_bytes``
+    (MalformedAnswer then, with what is read so far let go). The body comes
+    decoded, so a small compressed answer that inflates past the bound is
+    stopped too."""
+    async with http.stream(method, path, **kwargs) as answer:
+        declared = answer.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_bytes:
+            raise MalformedAnswer(f"the answer would be {declared} bytes, over {max_bytes}")
+        body = bytearray()
+        async for piece in answer.aiter_bytes():
+            body += piece
+            if len(body) > max_bytes:
+                raise MalformedAnswer(f"the answer is larger than {max_bytes} bytes")
+        # Already decoded: the copy must not say it is still compressed.
+        headers = [
+            (name, value)
+            for name, value in answer.headers.multi_items()
+            if name.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+        ]
+        return httpx.Response(
+            answer.status_code, headers=headers, content=bytes(body), request=answer.request
+        )
 
 
 def _json_object(response: httpx.Response) -> dict[str, Any]:
@@ -227,10 +263,12 @@ class HubClient:
         *,
         retry_for: float | None = None,
         read_timeout: float | None = None,
+        max_bytes: int | None = None,
         **kwargs: Any,
     ) -> T:
         """Send a request and ``read`` the answer; retry transport errors, 5xx,
-        and answers ``read`` cannot make sense of (MalformedAnswer) for
+        and answers ``read`` cannot make sense of (MalformedAnswer) or larger
+        than ``max_bytes`` (:data:`MAX_ANSWER_BYTES` by default) for
         ``retry_for`` seconds, then raise ConnectionError.
 
         ``retry_for=None`` retries until the hub answers: a report must not be
@@ -243,9 +281,14 @@ class HubClient:
             kwargs["timeout"] = httpx.Timeout(read_timeout, connect=10.0)
         while True:
             try:
-                response = await self._http.request(method, path, **kwargs)
+                response = await _read_capped(
+                    self._http, method, path, max_bytes or MAX_ANSWER_BYTES, **kwargs
+                )
             except httpx.TransportError as exc:
                 problem = f"{type(exc).__name__}: {exc}"
+                retry_after = None
+            except MalformedAnswer as exc:
+                problem = str(exc)
                 retry_after = None
             else:
                 retry_after = None
@@ -336,7 +379,9 @@ class HubClient:
                 raise MalformedAnswer(f"the bundle arrived with another hash ({kind})")
             return response.content
 
-        return await self._request("GET", f"/bundles/{sha}", read, read_timeout=120.0)
+        return await self._request(
+            "GET", f"/bundles/{sha}", read, read_timeout=120.0, max_bytes=bundle_limits()[0]
+        )
 
     async def dist_listing(self) -> DistListing:
         """The hub's version and its worker wheel (``GET /dist/``), for an update."""
@@ -354,7 +399,9 @@ class HubClient:
             return response.content
 
         path = f"/dist/{wheel.filename}"
-        return await self._request("GET", path, read, retry_for=60.0, read_timeout=120.0)
+        return await self._request(
+            "GET", path, read, retry_for=60.0, read_timeout=120.0, max_bytes=MAX_WHEEL_BYTES
+        )
 
     async def upload_log(self, attempt_id: str, offset: int, data: bytes) -> int:
         """Append ``data`` at ``offset``; returns the hub's log size afterwards."""

@@ -45,9 +45,26 @@ def local(value: datetime, dag: Dag) -> datetime:
     return value
 
 
-def create_backfill(
+@dataclass
+class Plan:
+    """What a backfill would do: the intervals it would create runs for, and
+    those it leaves alone. :func:`create_backfill` makes exactly these runs."""
+
+    #: (start, end) of each interval that would get a run, oldest first.
+    create: list[tuple[datetime, datetime]] = field(default_factory=list)
+    existing: list[datetime] = field(default_factory=list)
+    future: int = 0
+
+
+def run_id_for(interval_start: datetime) -> str:
+    return f"backfill__{interval_start.isoformat()}"
+
+
+def plan_backfill(
     session: Session, dag: Dag, start: datetime, end: datetime, now: datetime
-) -> Backfill:
+) -> Plan:
+    """The runs a backfill of ``dag`` over [start, end] would create, changing nothing
+    (the console shows it before asking; :func:`create_backfill` follows it)."""
     start, end = local(start, dag), local(end, dag)
     if end < start:
         raise BackfillError(f"--end {end.isoformat()} is before --start {start.isoformat()}")
@@ -61,9 +78,9 @@ def create_backfill(
         raise BackfillError(
             f"the range holds more than {MAX_BACKFILL_RUNS} intervals; backfill it in parts"
         )
-    result = Backfill()
+    plan = Plan()
     if not intervals:
-        return result
+        return plan
     taken = set(
         session.scalars(
             select(DagRun.logical_date).where(
@@ -75,16 +92,25 @@ def create_backfill(
     )
     for interval_start, interval_end in intervals:
         if interval_end > now:
-            result.future += 1
-            continue
-        if interval_start in taken:
-            result.existing.append(interval_start)
-            continue
+            plan.future += 1
+        elif interval_start in taken:
+            plan.existing.append(interval_start)
+        else:
+            plan.create.append((interval_start, interval_end))
+    return plan
+
+
+def create_backfill(
+    session: Session, dag: Dag, start: datetime, end: datetime, now: datetime
+) -> Backfill:
+    plan = plan_backfill(session, dag, start, end, now)
+    result = Backfill(existing=plan.existing, future=plan.future)
+    for interval_start, interval_end in plan.create:
         run = runs.create_run(
             session,
             dag,
             run_type="backfill",
-            run_id=f"backfill__{interval_start.isoformat()}",
+            run_id=run_id_for(interval_start),
             logical_date=interval_start,
             data_interval=(interval_start, interval_end),
         )

@@ -9,6 +9,13 @@ concerns (the queues that got work, the workers whose held polls must answer
 now) is recorded on the session and told after the commit
 (:mod:`tether.hub.store.effects`).
 
+What an action on task instances, a run, a worker or a backfill would
+change can be asked first, changing nothing (``preview_*``,
+:func:`worker_preview`): each preview selects with the code its action
+changes with (``lock=False``: no row locks, so it runs in a read-only
+transaction), so the web console's confirmation lists exactly what the
+action then does, unless something moved in between.
+
 Lock order (as everywhere that changes a run): the ``dag_run`` row first,
 then the task instances it changes in id order, then their attempts.
 """
@@ -16,6 +23,7 @@ then the task instances it changes in id order, then their attempts.
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -30,13 +38,15 @@ from tether.hub.core.runs import (
     advance_run,
     end_run,
     end_running_attempt,
+    ended_state,
+    retries_left,
     start_queued_runs,
     utcnow,
 )
 from tether.hub.core.sessions import fail_attempts_of
 from tether.hub.store import effects
 from tether.hub.store.dialect import lock_row
-from tether.hub.store.models import Dag, DagRun, Pool, TaskInstance, Worker
+from tether.hub.store.models import Dag, DagRun, Pool, TaskAttempt, TaskInstance, Worker
 
 
 def _worker(session: Session, name: str) -> Worker:
@@ -44,6 +54,52 @@ def _worker(session: Session, name: str) -> Worker:
     if worker is None:
         raise NotFound(f"no worker {name!r}")
     return worker
+
+
+@dataclass(frozen=True)
+class RunningTry:
+    """A try a worker runs now, and what becomes of its task if the hub gives up on it."""
+
+    dag_id: str
+    run_id: str
+    task_id: str
+    map_index: int
+    try_number: int
+    #: ``up_for_retry`` when it has tries left, else ``failed`` (``runs.retries_left``).
+    if_given_up: str
+
+
+def worker_preview(session: Session, name: str) -> dict[str, Any]:
+    """The worker ``name`` and the tries it runs now (what a revoke or a removal
+    gives up on, and what a shutdown or maintenance lets finish); changes nothing."""
+    worker = session.scalar(select(Worker).where(Worker.name == name))
+    if worker is None:
+        raise NotFound(f"no worker {name!r}")
+    rows = session.execute(
+        select(TaskAttempt, TaskInstance)
+        .join(TaskInstance, TaskInstance.id == TaskAttempt.task_instance_id)
+        .where(TaskAttempt.worker_name == name, TaskAttempt.state == S.RUNNING)
+        .order_by(TaskAttempt.id)
+    ).all()
+    running = [
+        RunningTry(
+            ti.dag_id,
+            ti.run_id,
+            ti.task_id,
+            ti.map_index,
+            attempt.try_number,
+            S.UP_FOR_RETRY if retries_left(ti) else S.FAILED,
+        )
+        for attempt, ti in rows
+    ]
+    return {
+        "name": worker.name,
+        "state": worker.state,
+        "queues": list(worker.queues),
+        "maintenance": bool(worker.requested_maintenance),
+        "comment": worker.requested_comment,
+        "running": running,
+    }
 
 
 class TokenSpent(Exception):
@@ -182,6 +238,13 @@ def create_backfill(
     return made
 
 
+def preview_backfill(
+    session: Session, dag_id: str, start: datetime, end: datetime
+) -> backfill.Plan:
+    """The runs :func:`create_backfill` would create, changing nothing."""
+    return backfill.plan_backfill(session, queries.get_dag(session, dag_id), start, end, utcnow())
+
+
 def post_asset_event(session: Session, uri: str, extra: dict[str, Any], by: Who) -> dict[str, Any]:
     """An asset event from outside (``queries.post_asset_event``); the entry names
     the event and the runs it started, not its ``extra``."""
@@ -228,19 +291,102 @@ def set_paused(session: Session, dag_id: str, paused: bool, by: Who) -> dict[str
 
 
 def _task_instances(
-    session: Session, run: DagRun, task_ids: set[str] | None = None
+    session: Session, run: DagRun, task_ids: set[str] | None = None, *, lock: bool = True
 ) -> list[TaskInstance]:
-    """The run's task instances (``task_ids`` only, if given), locked, in id order."""
+    """The run's task instances (``task_ids`` only, if given), in id order; locked
+    unless ``lock`` is False (a preview, in a read-only transaction)."""
     stmt = select(TaskInstance).where(TaskInstance.dag_run_id == run.id)
     if task_ids is not None:
         stmt = stmt.where(TaskInstance.task_id.in_(task_ids))
-    return list(session.scalars(lock_row(stmt.order_by(TaskInstance.id), session)))
+    stmt = stmt.order_by(TaskInstance.id)
+    return list(session.scalars(lock_row(stmt, session) if lock else stmt))
 
 
-def _locked_run(session: Session, dag_id: str, run_id: str) -> DagRun:
+def _locked_run(session: Session, dag_id: str, run_id: str, *, lock: bool = True) -> DagRun:
     run = get_run(session, dag_id, run_id)
-    session.execute(lock_row(select(DagRun.id).where(DagRun.id == run.id), session))
+    if lock:
+        session.execute(lock_row(select(DagRun.id).where(DagRun.id == run.id), session))
     return run
+
+
+@dataclass(frozen=True)
+class Move:
+    """One task instance an action names: its state now and the one it would get."""
+
+    task_id: str
+    map_index: int
+    #: ``None``: no state yet (waiting for its upstream).
+    from_state: str | None
+    #: ``None`` after a clear: it runs again.
+    to_state: str | None
+    #: The worker its running try is on; the action ends that try there.
+    worker: str | None = None
+
+
+@dataclass
+class Preview:
+    """What an action on a run's task instances would change, and what it names
+    but leaves as it is."""
+
+    dag_id: str
+    run_id: str
+    run_from: str
+    #: The run's state after the action's own move; ``None``: it stays as it is.
+    run_to: str | None
+    moves: list[Move] = field(default_factory=list)
+    kept: list[Move] = field(default_factory=list)
+
+
+def _move(ti: TaskInstance, to: str | None) -> Move:
+    worker = ti.worker_name if ti.state == S.RUNNING else None
+    return Move(ti.task_id, ti.map_index, ti.state, to, worker)
+
+
+def _mark_selection(
+    session: Session,
+    dag_id: str,
+    run_id: str,
+    task_id: str,
+    state: str,
+    map_index: int | None,
+    *,
+    lock: bool,
+) -> tuple[DagRun, list[TaskInstance], list[TaskInstance]]:
+    """The run, the task instances a mark names, and those of them it changes."""
+    run = _locked_run(session, dag_id, run_id, lock=lock)
+    tis = _task_instances(session, run, {task_id}, lock=lock)
+    if not tis:
+        raise NotFound(f"run {run_id!r} of DAG {dag_id!r} has no task {task_id!r}")
+    if map_index is not None:
+        tis = [ti for ti in tis if ti.map_index == map_index]
+        if not tis:
+            raise NotFound(f"task {task_id!r} of run {run_id!r} has no map index {map_index}")
+    to = S.TaskState(state)
+    return run, tis, [ti for ti in tis if ti.state != to]
+
+
+def preview_mark_task(
+    session: Session,
+    dag_id: str,
+    run_id: str,
+    task_id: str,
+    state: str,
+    map_index: int | None = None,
+) -> Preview:
+    """What :func:`mark_task` would change. A finished run it changes is reopened
+    (``running``) and then judged again by its tasks' states."""
+    run, tis, changed = _mark_selection(
+        session, dag_id, run_id, task_id, state, map_index, lock=False
+    )
+    reopened = bool(changed) and run.state in S.RUN_FINISHED
+    return Preview(
+        dag_id,
+        run_id,
+        run.state,
+        S.RUN_RUNNING if reopened else None,
+        [_move(ti, state) for ti in changed],
+        [_move(ti, ti.state) for ti in tis if ti not in changed],
+    )
 
 
 def mark_task(
@@ -259,17 +405,11 @@ def mark_task(
     (as Airflow), and when all are, a finished run is not reopened. Returns
     the map indexes marked (``[-1]`` for a task that is not mapped).
     """
-    run = _locked_run(session, dag_id, run_id)
-    tis = _task_instances(session, run, {task_id})
-    if not tis:
-        raise NotFound(f"run {run_id!r} of DAG {dag_id!r} has no task {task_id!r}")
-    if map_index is not None:
-        tis = [ti for ti in tis if ti.map_index == map_index]
-        if not tis:
-            raise NotFound(f"task {task_id!r} of run {run_id!r} has no map index {map_index}")
+    run, tis, changed = _mark_selection(
+        session, dag_id, run_id, task_id, state, map_index, lock=True
+    )
     now = utcnow()
     to = S.TaskState(state)
-    changed = [ti for ti in tis if ti.state != to]
     for ti in changed:
         end_running_attempt(session, ti, f"marked {state} by an operator")
         S.move_task(ti, to, "marked", now)
@@ -312,6 +452,55 @@ def _clear(session: Session, run: DagRun, tis: list[TaskInstance]) -> None:
         advance_run(session, run)
 
 
+def _clear_task_selection(
+    session: Session, dag_id: str, run_id: str, task_id: str, downstream: bool, *, lock: bool
+) -> tuple[DagRun, list[TaskInstance]]:
+    """The run and the task instances :func:`clear_task` clears."""
+    run = _locked_run(session, dag_id, run_id, lock=lock)
+    ids = {task_id} | (_downstream(run.serialized, task_id) if downstream else set())
+    tis = _task_instances(session, run, ids, lock=lock)
+    if not any(ti.task_id == task_id for ti in tis):
+        raise NotFound(f"run {run_id!r} of DAG {dag_id!r} has no task {task_id!r}")
+    return run, tis
+
+
+def _clear_run_selection(
+    session: Session, dag_id: str, run_id: str, only_failed: bool, *, lock: bool
+) -> tuple[DagRun, list[TaskInstance]]:
+    """The run and the task instances :func:`clear_run` clears."""
+    run = _locked_run(session, dag_id, run_id, lock=lock)
+    tis = _task_instances(session, run, lock=lock)
+    if only_failed:
+        tis = [ti for ti in tis if ti.state in S.TI_FAILED]
+    return run, tis
+
+
+def _clear_preview(run: DagRun, tis: list[TaskInstance]) -> Preview:
+    """A finished run with something to clear is queued again (as :func:`_clear` does)."""
+    reopened = bool(tis) and run.state in S.RUN_FINISHED
+    return Preview(
+        run.dag_id,
+        run.run_id,
+        run.state,
+        S.RUN_QUEUED if reopened else None,
+        [_move(ti, None) for ti in tis],
+    )
+
+
+def preview_clear_task(
+    session: Session, dag_id: str, run_id: str, task_id: str, downstream: bool
+) -> Preview:
+    """The task instances :func:`clear_task` would clear, changing nothing."""
+    run, tis = _clear_task_selection(session, dag_id, run_id, task_id, downstream, lock=False)
+    return _clear_preview(run, tis)
+
+
+def preview_clear_run(session: Session, dag_id: str, run_id: str, only_failed: bool) -> Preview:
+    """The task instances :func:`clear_run` would clear, changing nothing."""
+    run, tis = _clear_run_selection(session, dag_id, run_id, only_failed, lock=False)
+    return _clear_preview(run, tis)
+
+
 def clear_task(
     session: Session, dag_id: str, run_id: str, task_id: str, downstream: bool, by: Who
 ) -> list[str]:
@@ -319,11 +508,7 @@ def clear_task(
 
     Returns the cleared task ids, in the run's order.
     """
-    run = _locked_run(session, dag_id, run_id)
-    ids = {task_id} | (_downstream(run.serialized, task_id) if downstream else set())
-    tis = _task_instances(session, run, ids)
-    if not any(ti.task_id == task_id for ti in tis):
-        raise NotFound(f"run {run_id!r} of DAG {dag_id!r} has no task {task_id!r}")
+    run, tis = _clear_task_selection(session, dag_id, run_id, task_id, downstream, lock=True)
     _clear(session, run, tis)
     cleared = _task_ids(tis)
     details = {"run_id": run_id, "task_id": task_id, "downstream": downstream, "cleared": cleared}
@@ -336,10 +521,7 @@ def clear_run(session: Session, dag_id: str, run_id: str, only_failed: bool, by:
 
     Returns the cleared task ids; when there are none the run is left as it is.
     """
-    run = _locked_run(session, dag_id, run_id)
-    tis = _task_instances(session, run)
-    if only_failed:
-        tis = [ti for ti in tis if ti.state in S.TI_FAILED]
+    run, tis = _clear_run_selection(session, dag_id, run_id, only_failed, lock=True)
     if tis:
         _clear(session, run, tis)
     cleared = _task_ids(tis)
@@ -351,6 +533,22 @@ def clear_run(session: Session, dag_id: str, run_id: str, only_failed: bool, by:
 def _task_ids(tis: list[TaskInstance]) -> list[str]:
     """Each task once (a mapped task has a task instance per map index), in order."""
     return list(dict.fromkeys(ti.task_id for ti in tis))
+
+
+def preview_mark_run(session: Session, dag_id: str, run_id: str, state: str) -> Preview:
+    """What :func:`mark_run` would change (``runs.end_run``): each unfinished task
+    instance and what it becomes; nothing when the run is in ``state`` already."""
+    run = _locked_run(session, dag_id, run_id, lock=False)
+    if run.state == state:
+        return Preview(dag_id, run_id, run.state, None)
+    moves, kept = [], []
+    for ti in _task_instances(session, run, lock=False):
+        to = ended_state(ti.state, S.RunState(state))
+        if to is None:
+            kept.append(_move(ti, ti.state))
+        else:
+            moves.append(_move(ti, to))
+    return Preview(dag_id, run_id, run.state, state, moves, kept)
 
 
 def mark_run(session: Session, dag_id: str, run_id: str, state: str, by: Who) -> None:

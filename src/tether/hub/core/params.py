@@ -79,21 +79,32 @@ def effective(serialized: dict[str, Any], conf: dict[str, Any]) -> dict[str, Any
     }
 
 
-def resolve(serialized: dict[str, Any], conf: dict[str, Any]) -> dict[str, Any]:
-    """The run's params, validated; InvalidParams names each param that is wrong and why."""
+def problems(serialized: dict[str, Any], conf: dict[str, Any]) -> dict[str, str]:
+    """Each param that ``conf`` (over the defaults) leaves wrong, with why: what
+    :func:`resolve` refuses, one entry per param (the console shows each beside
+    its field)."""
     values = effective(serialized, conf)
-    problems = []
+    found: dict[str, str] = {}
     for name, spec in _specs(serialized).items():
         if name not in values:
-            problems.append(
-                f"param {name!r} is required: it has no default and conf does not set it"
-            )
+            found[name] = f"param {name!r} is required: it has no default and conf does not set it"
             continue
         validator, problem = _validator(name, spec["schema"])
         if problem is None:
             problem = _check(name, validator, values[name])
         if problem is not None:
-            problems.append(problem)
-    if problems:
-        raise InvalidParams("invalid params: " + "; ".join(problems))
-    return values
+            found[name] = problem
+    return found
+
+
+def specs(serialized: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The DAG's params as ``{name: {"schema", "description"?, "default"?}}``, in order."""
+    return _specs(serialized)
+
+
+def resolve(serialized: dict[str, Any], conf: dict[str, Any]) -> dict[str, Any]:
+    """The run's params, validated; InvalidParams names each param that is wrong and why."""
+    found = problems(serialized, conf)
+    if found:
+        raise InvalidParams("invalid params: " + "; ".join(found.values()))
+    return effective(serialized, conf)

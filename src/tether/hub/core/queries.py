@@ -100,13 +100,16 @@ def trigger(
     run_id: str | None,
     logical_date: datetime | None = None,
 ) -> str:
-    """Create a manual run; InvalidParams if ``conf`` gives the DAG's params bad values.
+    """Create a manual run; InvalidParams if ``conf`` gives the DAG's params bad
+    values, ReservedRunId if ``run_id`` is one only the hub's own runs have.
 
     Its logical date is ``logical_date`` (aware) or now, and its data interval
     the one Airflow infers for a manual run at that date
     (``timetable.manual_data_interval``).
     """
     dag = get_dag(session, dag_id)
+    if run_id is not None:
+        runs.check_given_run_id(run_id)
     params.resolve(dag.serialized, conf)
     when = logical_date or runs.utcnow()
     run = runs.create_run(

@@ -38,6 +38,27 @@ class RunExists(Exception):
     """A run with this run_id already exists for the DAG."""
 
 
+#: The run id prefixes the hub gives the runs it makes itself: a run id
+#: given by a person (a trigger) may not start with one, or it could take
+#: the id of a scheduled interval before the scheduler gets there, and that
+#: interval would never run.
+RESERVED_RUN_ID_PREFIXES = ("scheduled__", "backfill__", "asset_triggered__")
+
+
+class ReservedRunId(ValueError):
+    """A given run id that starts the way only the hub's own runs' ids do."""
+
+
+def check_given_run_id(run_id: str) -> None:
+    """Refuse a run id a person gives that the hub keeps for its own runs."""
+    for prefix in RESERVED_RUN_ID_PREFIXES:
+        if run_id.startswith(prefix):
+            raise ReservedRunId(
+                f"run ids starting with {prefix!r} are the hub's own (scheduled, "
+                "backfilled and asset-triggered runs); give another run id"
+            )
+
+
 def create_run(
     session: Session,
     dag: Dag,
@@ -391,7 +412,7 @@ def fail_task_instance(
     retry's time, if there is one.
     """
     effects.wake(session)  # running work ended: limits may have room
-    if may_retry and ti.try_number < ti.max_tries:
+    if may_retry and retries_left(ti):
         spec = next(t for t in run.serialized["tasks"] if t["task_id"] == ti.task_id)
         S.move_task(ti, S.UP_FOR_RETRY, reason, now)
         ti.next_retry_at = now + retry_delay(spec, ti.try_number)
@@ -400,6 +421,11 @@ def fail_task_instance(
     S.move_task(ti, S.FAILED, reason, now)
     advance_run(session, run)
     return None
+
+
+def retries_left(ti: TaskInstance) -> bool:
+    """Whether a try of ``ti`` that fails now is retried (``up_for_retry``)."""
+    return ti.try_number < ti.max_tries
 
 
 def lock_run_of(session: Session, task_instance_id: int) -> DagRun:
@@ -507,6 +533,16 @@ def give_up_attempt(session: Session, attempt: TaskAttempt, why: str, now: datet
     hub_note(session, attempt, f"the hub ended this try: {why}")
 
 
+def ended_state(ti_state: str | None, run_state: S.RunState) -> S.TaskState | None:
+    """What a task instance in ``ti_state`` becomes when its run is ended as
+    ``run_state`` (:func:`end_run`); None: it keeps its state (it is finished)."""
+    if ti_state in S.TI_FINISHED:
+        return None
+    if run_state == S.RUN_SUCCESS:
+        return S.SUCCESS
+    return S.SKIPPED if ti_state is None else S.FAILED
+
+
 def end_run(session: Session, run: DagRun, state: S.RunState, reason: str, why: str) -> None:
     """End a run now as ``state``, with its unfinished task instances.
 
@@ -527,13 +563,10 @@ def end_run(session: Session, run: DagRun, state: S.RunState, reason: str, why: 
             session,
         )
     ):
-        if ti.state in S.TI_FINISHED:
+        to = ended_state(ti.state, state)
+        if to is None:
             continue
         end_running_attempt(session, ti, why)
-        if state == S.RUN_SUCCESS:
-            to = S.SUCCESS
-        else:
-            to = S.SKIPPED if ti.state is None else S.FAILED
         S.move_task(ti, to, f"run_{reason}", now)
     # Not advance_run: it would judge the run by its task states, and a run
     # ended as success may hold failed tasks (or one ended as failed none).

@@ -353,6 +353,25 @@ class ApiToken(Base):
     last_used_at: Mapped[datetime | None]
 
 
+class ConsoleSession(Base):
+    """A web console session (``hub/core/console_sessions.py``).
+
+    Keyed by the SHA-256 of the random session id its cookie carries, so the
+    table holds nothing a browser could present; signing out ends the row, and
+    a copied cookie with it.
+    """
+
+    __tablename__ = "console_session"
+    session_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: The SHA-256 of the API token it signed in with: resolved to a principal
+    #: on every request, so a revoked token ends its sessions.
+    token_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    #: When it was signed out; None while it lasts.
+    ended_at: Mapped[datetime | None]
+
+
 class Connection(Base):
     """A connection (Airflow's sense): where a system is and how to log in.
 

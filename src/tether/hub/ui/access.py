@@ -3,7 +3,8 @@
 The login form takes an API token; :func:`tether.hub.auth.console.principal_for`
 says whom it stands for. A good one gets a signed session cookie
 (``auth/console.py``: HttpOnly, SameSite=Strict, Path=/ui, Secure over TLS,
-``TETHER_CONSOLE_SESSION_LIFETIME``); a wrong one is shown "invalid token"
+``TETHER_CONSOLE_SESSION_LIFETIME``) for a session the store keeps, which
+signing out ends; a wrong one is shown "invalid token"
 and counts against its address's failure budget, the gate's
 (``Principals.throttle``), so the form is no faster a way to guess tokens
 than the API. Every POST carries a CSRF field: the login form's matches a
@@ -69,7 +70,7 @@ def _safe_next(value: str | None) -> str:
 
 async def _signed_in(request: Request) -> SignedIn | None:
     hub: Hub = request.app.state.hub
-    session = console.read_session(hub.console_key, request.cookies.get(console.SESSION_COOKIE))
+    session = await console.read_session(hub, request.cookies.get(console.SESSION_COOKIE))
     if session is None:
         return None
     principal = await console.principal_for(hub, session.token_hash)
@@ -108,19 +109,21 @@ async def sign_in_first(request: Request, exc: Exception) -> Response:
     return answer
 
 
-async def read_form(request: Request) -> dict[str, str]:
+async def read_form(
+    request: Request, max_bytes: int = MAX_FORM_BYTES, max_fields: int = 20
+) -> dict[str, str]:
     """A urlencoded form's fields (the first value of each); 4xx for anything else.
     An empty body is an empty form, whatever its type."""
     body = b""
     async for piece in request.stream():
         body += piece
-        if len(body) > MAX_FORM_BYTES:
-            raise HTTPException(413, f"a console form is at most {MAX_FORM_BYTES} bytes")
+        if len(body) > max_bytes:
+            raise HTTPException(413, f"this console form is at most {max_bytes} bytes")
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if body and kind != "application/x-www-form-urlencoded":
         raise HTTPException(415, "a console form is sent as application/x-www-form-urlencoded")
     try:
-        fields = parse_qs(body.decode(), keep_blank_values=True, max_num_fields=20)
+        fields = parse_qs(body.decode(), keep_blank_values=True, max_num_fields=max_fields)
     except (UnicodeDecodeError, ValueError):
         raise HTTPException(400, "the form is not valid urlencoded UTF-8") from None
     return {name: values[0] for name, values in fields.items()}
@@ -189,8 +192,8 @@ async def login(request: Request, hub: Annotated[Hub, Depends(get_hub)]) -> Resp
             return answer
         throttle.failed(address)
         return _login_page(hub, request, after=after, error="invalid token", status=401)
-    cookie, _ = console.new_session(
-        hub.console_key, console.token_hash(token), hub.config.console_session_lifetime
+    cookie, _ = await console.open_session(
+        hub, console.token_hash(token), hub.config.console_session_lifetime
     )
     answer = RedirectResponse(after, status_code=303)
     answer.set_cookie(
@@ -211,6 +214,7 @@ async def logout(request: Request, signed: PageSession) -> Response:
     form = await read_form(request)
     if not console.csrf_ok(signed.session, form.get("csrf")):
         return _refused("The form's CSRF check failed. Reload the page and try again.")
+    await console.end_session(request.app.state.hub, signed.session)
     answer = RedirectResponse(LOGIN, status_code=303)
     answer.delete_cookie(console.SESSION_COOKIE, path=console.COOKIE_PATH)
     return answer

@@ -10,6 +10,11 @@ event closes the stream. So does a ``gone`` event when the session expires
 or its token is revoked or expires (looked at every ``RECHECK`` seconds: a
 stream lasts as long as its try). A browser that goes away ends it too,
 quietly: a hang-up is normal, not an error in the hub's log.
+
+Each open stream holds a database look every ``FOLLOW_INTERVAL``, so a hub
+process keeps at most ``STREAMS_PER_PROCESS`` open, and one principal at most
+``STREAMS_PER_PRINCIPAL`` (its tabs following logs); past either, a new
+stream is refused with 429 and says which bound it met.
 """
 
 from __future__ import annotations
@@ -20,10 +25,11 @@ import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from sqlalchemy.orm import Session
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response, StreamingResponse
@@ -52,16 +58,73 @@ KEEPALIVE = 15.0
 #: Seconds between looks at whether the session's token is still good: a stream
 #: lasts as long as its try, so a revoked or expired token must end it too.
 RECHECK = 2.0
+#: Why a stream ends when its session no longer holds.
+ENDED = "the session was signed out or its token is no longer valid; sign in again"
+#: Most log streams one principal may have open at once, in all its tabs.
+STREAMS_PER_PRINCIPAL = 10
+#: Most log streams one hub process keeps open at once.
+STREAMS_PER_PROCESS = 200
+
+
+class StreamSlots:
+    """The log streams open now, by principal: a stream takes a slot before it
+    starts and gives it back when it ends, however it ends."""
+
+    def __init__(self) -> None:
+        self._open: Counter[str] = Counter()
+
+    def take(self, who: str) -> None:
+        """A slot for ``who``, or 429 saying which bound is met."""
+        if self._open.total() >= STREAMS_PER_PROCESS:
+            raise HTTPException(
+                429, f"this hub follows {STREAMS_PER_PROCESS} logs already; try again later"
+            )
+        if self._open[who] >= STREAMS_PER_PRINCIPAL:
+            raise HTTPException(
+                429,
+                f"{who} follows {STREAMS_PER_PRINCIPAL} logs already; close a tab that follows one",
+            )
+        self._open[who] += 1
+
+    def give_back(self, who: str) -> None:
+        self._open[who] -= 1
+        if self._open[who] <= 0:
+            del self._open[who]
+
+    def held(self, who: str) -> int:
+        return self._open[who]
+
+
+def stream_slots_of(app: Any) -> StreamSlots:
+    """The app's :class:`StreamSlots` (one per app, made on first use)."""
+    slots: StreamSlots | None = getattr(app.state, "log_streams", None)
+    if slots is None:
+        slots = app.state.log_streams = StreamSlots()
+    return slots
 
 
 class EventStream(StreamingResponse):
-    """A streamed answer whose client may hang up at any time without a traceback."""
+    """A streamed answer whose client may hang up at any time without a traceback;
+    ``ended`` runs when it is over, whatever ended it."""
+
+    def __init__(
+        self,
+        content: AsyncIterator[bytes],
+        ended: Callable[[], None],
+        *,
+        media_type: str,
+        headers: dict[str, str],
+    ) -> None:
+        super().__init__(content, media_type=media_type, headers=headers)
+        self._ended = ended
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         except (ClientDisconnect, OSError):
             log.debug("a console log stream's client went away")
+        finally:
+            self._ended()
 
 
 def _event(kind: str, data: object, event_id: int | None = None) -> bytes:
@@ -102,8 +165,8 @@ async def _follow(
             return
         if unchecked >= RECHECK:
             unchecked = 0.0
-            if await console.principal_for(hub, session.token_hash) is None:
-                yield _event("gone", "the session's token is no longer valid; sign in again")
+            if await console.session_principal(hub, session) is None:
+                yield _event("gone", ENDED)
                 return
         if len(data) >= EVENT_BYTES:
             continue  # more is waiting
@@ -141,8 +204,11 @@ async def follow_log(
         hub,
         lambda s: console_reads.find_try(s, dag_id, run_id, task_id, map_index, try_number).id,
     )
+    slots, who = stream_slots_of(request.app), signed.principal.name
+    slots.take(who)
     return EventStream(
         _follow(hub, request, attempt_id, _resume_at(request, offset), signed.session),
+        functools.partial(slots.give_back, who),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

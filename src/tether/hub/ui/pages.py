@@ -20,7 +20,7 @@ from starlette.staticfiles import StaticFiles
 
 from tether.hub.core import console_reads, queries
 from tether.hub.state import Hub, get_hub, in_read
-from tether.hub.ui import access, logs
+from tether.hub.ui import access, actions, logs
 from tether.hub.ui.access import HOME, PageSession, SignedIn
 from tether.hub.ui.paths import DagId, RunId, TaskId
 from tether.hub.ui.render import STATIC, ConsoleHeaders, page
@@ -113,6 +113,7 @@ def install(app: FastAPI) -> None:
     app.include_router(access.router)
     app.include_router(router)
     app.include_router(logs.router)
+    actions.install(app)
     app.mount("/ui/static", StaticFiles(directory=STATIC), name="console-static")
     app.add_exception_handler(access.SignInFirst, access.sign_in_first)
     app.add_middleware(ConsoleHeaders)

@@ -21,6 +21,8 @@ from starlette.datastructures import MutableHeaders
 from starlette.responses import HTMLResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tether.hub.ui.roles import can
+
 HERE = Path(__file__).parent
 TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
@@ -36,6 +38,8 @@ HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
 }
+#: Over HTTPS: the browser is to use nothing else for this host, for a year.
+HSTS = "max-age=31536000"
 
 
 def _iso(value: datetime | str | None) -> str:
@@ -98,6 +102,8 @@ ENV.filters.update(
     segment=_segment,
     schedule=_schedule,
 )
+#: ``can(user, action)``: whether a page shows an action's button (``ui/roles.py``).
+ENV.globals["can"] = can
 
 
 def page(name: str, status: int = 200, **context: Any) -> HTMLResponse:
@@ -108,7 +114,9 @@ def page(name: str, status: int = 200, **context: Any) -> HTMLResponse:
 
 class ConsoleHeaders:
     """ASGI middleware: the console's security headers on every answer under /ui
-    (pages, redirects, the log stream, static files)."""
+    (pages, redirects, the log stream, static files), and HSTS on those served
+    over HTTPS (the hub's own TLS, or a proxy it trusts that says so): the
+    browser then never sends the session cookie in the clear to this host."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -123,6 +131,8 @@ class ConsoleHeaders:
                 headers = MutableHeaders(scope=message)
                 for name, value in HEADERS.items():
                     headers[name] = value
+                if scope.get("scheme") == "https":
+                    headers["Strict-Transport-Security"] = HSTS
             await send(message)
 
         await self.app(scope, receive, with_headers)

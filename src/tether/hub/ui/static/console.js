@@ -58,6 +58,8 @@
   }
 
   // The hub prints /ui/login#token=...: the fragment never reaches a server.
+  // The token is filled in, not sent: a link from elsewhere must not sign the
+  // browser in under someone else's token without its user pressing Sign in.
   function tokenFromFragment() {
     const form = document.getElementById("login-form");
     if (!form) return;
@@ -65,7 +67,8 @@
     if (!token) return;
     history.replaceState(null, "", window.location.pathname + window.location.search);
     document.getElementById("token").value = token;
-    form.submit();
+    document.getElementById("from-link").hidden = false;
+    form.querySelector("button[type=submit]").focus();
   }
 
   function autosubmit() {
