@@ -281,3 +281,40 @@ def test_a_login_link_fills_the_token_in_but_signs_in_only_when_asked(
         assert page.refused == []
     finally:
         page.close()
+
+
+def test_the_api_docs_render_with_nothing_from_outside_the_hub(
+    browser: Any, hub: tuple[Hub, Path], shots: Path
+) -> None:
+    """``/docs`` (Swagger UI) in a browser that may reach the hub and no other host:
+    every request to elsewhere is aborted and noted, and so is whatever the CSP
+    refuses. Both documents render, their operations listed, with no token."""
+    from playwright.sync_api import expect
+
+    server, _ = hub
+    page = Page(browser, server)
+    elsewhere: list[str] = []
+
+    def only_the_hub(route: Any) -> None:
+        if route.request.url.startswith(server.url + "/"):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    page.context.route("**/*", only_the_hub)
+    tab = page.tab
+    try:
+        for path, title, operation in [
+            ("/docs", "Tether REST API", "/api/v1/dags/{dag_id}/runs"),
+            ("/docs/worker", "Tether worker API", "/api/worker/v1/poll"),
+        ]:
+            tab.goto(server.url + path)
+            expect(tab.locator(".swagger-ui .info .title")).to_contain_text(title)
+            expect(tab.locator(".opblock-summary-path", has_text=operation).first).to_be_visible()
+            expect(tab.locator(".btn.authorize")).to_be_visible()  # the bearer schemes
+            tab.screenshot(path=shots / f"api-docs{path.replace('/', '-')}.png", full_page=True)
+        assert elsewhere == []
+        assert page.refused == []
+    finally:
+        page.close()

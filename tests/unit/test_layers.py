@@ -62,6 +62,10 @@ MAY_IMPORT: dict[str, set[str]] = {
     "hub.worker_api": _BELOW_THE_APIS,
     # The web console reads as the REST API does, on the same layers.
     "hub.ui": _BELOW_THE_APIS,
+    # The two OpenAPI documents and /docs: read off the app's routes, so below them.
+    "hub.openapi": {"protocol", "hub.auth", "hub.core", "hub.errors"},
+    # docs/rest-api.md, written from the REST document of a throwaway hub.
+    "hub.openapi_docs": {"protocol", "homes", "sdk", "hub"},
     # The process that wires it all together.
     "hub.app": {"protocol", "homes", "sdk", "hub"},
     "hub": {"protocol", "homes", "sdk"},

@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tether import __version__
 from tether.homes import HUB_ENTRIES, private_home, private_path
-from tether.hub import errors
+from tether.hub import errors, openapi
 from tether.hub.api.routes import router as api_router
 from tether.hub.api.secrets import MAX_BODY as SECRETS_MAX_BODY
 from tether.hub.api.secrets import router as secrets_router
@@ -191,6 +191,10 @@ def create_app(hub: Hub) -> FastAPI:
         version=__version__,
         lifespan=lifespan,
         max_body_size=config.max_body_bytes,
+        # Two documents and a /docs with no CDN, served by hub/openapi.py.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.hub = hub
     # Routes that stream their body (the log upload) see the hang-up as
@@ -211,6 +215,7 @@ def create_app(hub: Hub) -> FastAPI:
         ),
     )
     console_pages.install(app)
+    openapi.install(app)  # /openapi.json, /api/worker/v1/openapi.json, /docs
     # Outermost: no route reads a body before the gate has checked who sends it.
     app.add_middleware(AuthGate, hub=hub)
     app.add_middleware(_AnswerOutages)

@@ -10,15 +10,22 @@ refusal, forget a revoked credential) and then raises it again.
 
 Starlette finds a handler by the raised class's MRO, so a subclass shares
 its base's row unless it has its own.
+
+:class:`ErrorAnswer` and :class:`ValidationErrorAnswer` are those bodies as
+the OpenAPI documents describe them, and :func:`responses` the entries a
+route lists for the statuses it may answer (``hub/openapi.py`` adds the ones
+every route of a kind shares: 401, 403, 413, 422, 429, 503).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import IntegrityError
 
 from tether.hub.core import (
@@ -95,6 +102,56 @@ ERRORS: dict[type[Exception], Answer] = {
     # The hub's keys do not open what it stored: the operator's to fix, said plainly.
     SecretKeyError: Answer(status.HTTP_500_INTERNAL_SERVER_ERROR),
 }
+
+
+class ErrorAnswer(BaseModel):
+    """Every refusal: the hub's error table, ``HTTPException``, the auth gate, an outage."""
+
+    detail: str = Field(description="the reason, in words")
+
+
+class ValidationIssue(BaseModel):
+    """One thing wrong with a request, as FastAPI (pydantic) reports it."""
+
+    type: str
+    loc: list[str | int] = Field(description="where: `body`, `query`, `path`, then the field")
+    msg: str
+    input: Any = None
+    ctx: dict[str, Any] | None = None
+
+
+class ValidationErrorAnswer(BaseModel):
+    """422: a list of issues for a body, path or query that does not fit, or a
+    reason for a value the hub refuses itself (a token name, a secret)."""
+
+    detail: str | list[ValidationIssue]
+
+
+#: What each status means, as the documents say it; the worker API's own
+#: meanings of 403, 409 and 426 are in docs/api.md.
+WHEN: dict[int, str] = {
+    400: "the request is well formed but cannot be done as asked",
+    401: "no credential, or one that is wrong, expired or revoked (`WWW-Authenticate: Bearer`)",
+    403: "the credential may not do this (the reason names the role or the rule)",
+    404: "what the request names does not exist",
+    409: "the state of things says no: it exists already, was spent, or moved on",
+    413: "the body is over this route's limit (`Content Too Large`)",
+    422: "a body, path or query that does not fit, or a value the hub refuses",
+    426: "the worker's version or protocol is one this hub no longer takes",
+    429: "too many failed authentications from this address (`Retry-After`)",
+    503: "the hub's database cannot be reached just now; ask again (`Retry-After`)",
+}
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` entries of ``statuses``, each with its body's model."""
+    return {
+        status: {
+            "model": ValidationErrorAnswer if status == 422 else ErrorAnswer,
+            "description": WHEN[status],
+        }
+        for status in statuses
+    }
 
 
 def describe(exc: Exception) -> tuple[int, str] | None:

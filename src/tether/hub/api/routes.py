@@ -10,15 +10,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
+from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 from sqlalchemy.orm import Session
 
 from tether import __version__
+from tether.hub.api import answers as A
 from tether.hub.auth.deps import AdminAuth, HubDep, OperatorAuth, ViewerAuth
 from tether.hub.auth.gate import who
 from tether.hub.core import audit, backfill, control, credentials, limits, queries
 from tether.hub.core.credentials import WORKER_NAME_PATTERN
 from tether.hub.core.runs import utcnow
+from tether.hub.errors import responses as E
 from tether.hub.state import in_read, in_session
 from tether.hub.wire import StrictJSONRoute, wire_value
 from tether.protocol import (
@@ -55,6 +58,24 @@ RunIdPrefix = Annotated[
 LOGICAL_YEARS = (1900, 9000)
 
 
+#: A try's log is text, and its headers say where it stands.
+LOG_ANSWER: dict[str, Any] = {
+    "description": "the log's bytes from `offset` on, as UTF-8 text",
+    "content": {"text/plain": {"schema": {"type": "string"}}},
+    "headers": {
+        LOG_SIZE_HEADER: {
+            "description": "the try's log size in bytes so far: the offset to read on from",
+            "schema": {"type": "integer"},
+        },
+        TRY_NUMBER_HEADER: {"description": "the try this log is of", "schema": {"type": "integer"}},
+        TRY_STATE_HEADER: {
+            "description": "the try's state; while `running` the log may grow",
+            "schema": {"type": "string"},
+        },
+    },
+}
+
+
 class TriggerIn(BaseModel):
     conf: dict[str, Any] = Field(default_factory=dict)
     run_id: str | None = Field(
@@ -83,17 +104,19 @@ class TriggerIn(BaseModel):
         return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
-@router.get("/health")
+@router.get("/health", response_model=A.Health)
 async def health(hub: HubDep) -> dict[str, Any]:
     return {"status": "ok", "version": __version__, "database": hub.store.dialect}
 
 
-@router.get("/dags", dependencies=[ViewerAuth])
+@router.get("/dags", dependencies=[ViewerAuth], response_model=A.DagList)
 async def list_dags(hub: HubDep) -> dict[str, Any]:
     return {"dags": await in_read(hub, queries.list_dags)}
 
 
-@router.get("/dags/{dag_id}", dependencies=[ViewerAuth])
+@router.get(
+    "/dags/{dag_id}", dependencies=[ViewerAuth], response_model=A.DagDetail, responses=E(404)
+)
 async def get_dag(dag_id: DagId, hub: HubDep) -> dict[str, Any]:
     return await in_read(hub, lambda s: queries.dag_detail(s, dag_id))
 
@@ -103,7 +126,9 @@ class DagPatchIn(BaseModel):
     is_paused: StrictBool
 
 
-@router.patch("/dags/{dag_id}", dependencies=[OperatorAuth])
+@router.patch(
+    "/dags/{dag_id}", dependencies=[OperatorAuth], response_model=A.DagSummary, responses=E(404)
+)
 async def patch_dag(
     dag_id: DagId, body: DagPatchIn, request: Request, hub: HubDep
 ) -> dict[str, Any]:
@@ -116,7 +141,9 @@ RunState = Literal["queued", "running", "success", "failed"]
 RunType = Literal["manual", "scheduled", "backfill", "asset_triggered"]
 
 
-@router.get("/dags/{dag_id}/runs", dependencies=[ViewerAuth])
+@router.get(
+    "/dags/{dag_id}/runs", dependencies=[ViewerAuth], response_model=A.RunList, responses=E(404)
+)
 async def list_runs(
     dag_id: DagId,
     hub: HubDep,
@@ -142,7 +169,12 @@ async def list_runs(
     )
 
 
-@router.post("/dags/{dag_id}/runs", dependencies=[OperatorAuth])
+@router.post(
+    "/dags/{dag_id}/runs",
+    dependencies=[OperatorAuth],
+    response_model=A.Triggered,
+    responses=E(400, 404, 409),
+)
 async def trigger_run(
     dag_id: DagId, body: TriggerIn, request: Request, hub: HubDep
 ) -> dict[str, str]:
@@ -154,12 +186,22 @@ async def trigger_run(
     return {"run_id": run_id}
 
 
-@router.get("/dags/{dag_id}/runs/{run_id}", dependencies=[ViewerAuth])
+@router.get(
+    "/dags/{dag_id}/runs/{run_id}",
+    dependencies=[ViewerAuth],
+    response_model=A.RunDetail,
+    responses=E(404),
+)
 async def get_run(dag_id: DagId, run_id: RunId, hub: HubDep) -> dict[str, Any]:
     return await in_read(hub, lambda s: queries.run_detail(s, dag_id, run_id))
 
 
-@router.get("/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/logs", dependencies=[ViewerAuth])
+@router.get(
+    "/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/logs",
+    dependencies=[ViewerAuth],
+    response_class=PlainTextResponse,
+    responses={200: LOG_ANSWER, **E(400, 404)},
+)
 async def task_log(
     dag_id: DagId,
     run_id: RunId,
@@ -190,17 +232,23 @@ async def task_log(
     )
 
 
-@router.get("/workers", dependencies=[ViewerAuth])
+@router.get(
+    "/workers",
+    dependencies=[ViewerAuth],
+    response_model=A.WorkerList,
+    # A worker's facts are absent until its first heartbeat; they stay absent.
+    response_model_exclude_unset=True,
+)
 async def list_workers(hub: HubDep) -> dict[str, Any]:
     return {"workers": await in_read(hub, queries.list_workers)}
 
 
-@router.get("/queues", dependencies=[ViewerAuth])
+@router.get("/queues", dependencies=[ViewerAuth], response_model=A.QueueList)
 async def list_queues(hub: HubDep) -> dict[str, Any]:
     return {"queues": await in_read(hub, queries.list_queues)}
 
 
-@router.get("/import-errors", dependencies=[ViewerAuth])
+@router.get("/import-errors", dependencies=[ViewerAuth], response_model=A.ImportErrorList)
 async def import_errors(hub: HubDep) -> dict[str, Any]:
     return {"import_errors": await in_read(hub, queries.list_import_errors)}
 
@@ -214,7 +262,7 @@ MAX_AUDIT_ID = 2**31 - 1
 AuditAction = Annotated[str | None, Query(min_length=1, max_length=100, pattern=r"^[a-z0-9_.]+$")]
 
 
-@router.get("/audit", dependencies=[ViewerAuth])
+@router.get("/audit", dependencies=[ViewerAuth], response_model=A.AuditPage)
 async def audit_log(
     hub: HubDep,
     since: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
@@ -261,12 +309,17 @@ class AssetEventIn(BaseModel):
         return value
 
 
-@router.get("/assets", dependencies=[ViewerAuth])
+@router.get("/assets", dependencies=[ViewerAuth], response_model=A.AssetList)
 async def list_assets(hub: HubDep) -> dict[str, Any]:
     return {"assets": await in_read(hub, queries.list_assets)}
 
 
-@router.get("/assets/events", dependencies=[ViewerAuth])
+@router.get(
+    "/assets/events",
+    dependencies=[ViewerAuth],
+    response_model=A.AssetEventList,
+    responses=E(404),
+)
 async def list_asset_events(
     hub: HubDep,
     uri: Annotated[
@@ -278,7 +331,12 @@ async def list_asset_events(
     return {"asset_events": events}
 
 
-@router.post("/assets/events", dependencies=[OperatorAuth])
+@router.post(
+    "/assets/events",
+    dependencies=[OperatorAuth],
+    response_model=A.PostedEvent,
+    responses=E(404),
+)
 async def post_asset_event(body: AssetEventIn, request: Request, hub: HubDep) -> dict[str, Any]:
     """Record an event of a known asset; the DAGs it makes due start at once."""
     by = who(request)
@@ -304,7 +362,12 @@ class EnrolmentTokenIn(BaseModel):
 TokenId = Annotated[str, Path(pattern=r"^[0-9a-f]{16}$", description="an enrolment token's id")]
 
 
-@router.post("/workers/enrolment-tokens", dependencies=[AdminAuth])
+@router.post(
+    "/workers/enrolment-tokens",
+    dependencies=[AdminAuth],
+    response_model=A.EnrolmentToken,
+    responses=E(409),
+)
 async def create_enrolment_token(
     body: EnrolmentTokenIn, request: Request, hub: HubDep
 ) -> dict[str, Any]:
@@ -320,13 +383,20 @@ async def create_enrolment_token(
     return await in_session(hub, create)
 
 
-@router.get("/workers/enrolment-tokens", dependencies=[ViewerAuth])
+@router.get(
+    "/workers/enrolment-tokens", dependencies=[ViewerAuth], response_model=A.EnrolmentTokenList
+)
 async def list_enrolment_tokens(hub: HubDep) -> dict[str, Any]:
     """Every enrolment token with its state (unspent, used, revoked, expired); no secrets."""
     return {"tokens": await in_read(hub, credentials.list_tokens)}
 
 
-@router.post("/workers/enrolment-tokens/{token_id}/revoke", dependencies=[AdminAuth])
+@router.post(
+    "/workers/enrolment-tokens/{token_id}/revoke",
+    dependencies=[AdminAuth],
+    response_model=A.EnrolmentTokenState,
+    responses=E(404, 409),
+)
 async def revoke_enrolment_token(
     token_id: TokenId, request: Request, hub: HubDep
 ) -> dict[str, str]:
@@ -341,7 +411,12 @@ class MaintenanceIn(BaseModel):
     comment: str | None = Field(default=None, max_length=1000)
 
 
-@router.post("/workers/{name}/maintenance", dependencies=[OperatorAuth])
+@router.post(
+    "/workers/{name}/maintenance",
+    dependencies=[OperatorAuth],
+    response_model=A.Maintenance,
+    responses=E(404),
+)
 async def worker_maintenance(
     name: WorkerName, body: MaintenanceIn, request: Request, hub: HubDep
 ) -> dict[str, str]:
@@ -350,14 +425,21 @@ async def worker_maintenance(
     return {"name": name, "maintenance": "on" if body.on else "off"}
 
 
-@router.post("/workers/{name}/shutdown", dependencies=[AdminAuth])
+@router.post(
+    "/workers/{name}/shutdown",
+    dependencies=[AdminAuth],
+    response_model=A.Shutdown,
+    responses=E(404),
+)
 async def worker_shutdown(name: WorkerName, request: Request, hub: HubDep) -> dict[str, str]:
     by = who(request)
     await in_session(hub, lambda s: control.request_shutdown(s, name, by))
     return {"name": name, "shutdown": "requested"}
 
 
-@router.post("/workers/{name}/update", dependencies=[AdminAuth])
+@router.post(
+    "/workers/{name}/update", dependencies=[AdminAuth], response_model=A.Update, responses=E(404)
+)
 async def worker_update(name: WorkerName, request: Request, hub: HubDep) -> dict[str, str]:
     """Ask the worker to drain, install the hub's wheel and restart on it."""
     by = who(request)
@@ -377,7 +459,7 @@ class QueueUpdateIn(BaseModel):
             raise ValueError(str(exc)) from None
 
 
-@router.post("/workers/update", dependencies=[AdminAuth])
+@router.post("/workers/update", dependencies=[AdminAuth], response_model=A.QueueUpdate)
 async def queue_update(body: QueueUpdateIn, request: Request, hub: HubDep) -> dict[str, Any]:
     """:func:`worker_update` for every live worker serving ``queue``."""
     by = who(request)
@@ -387,7 +469,12 @@ async def queue_update(body: QueueUpdateIn, request: Request, hub: HubDep) -> di
     return {"queue": body.queue, "to": __version__, **answer}
 
 
-@router.post("/workers/{name}/revoke", dependencies=[AdminAuth])
+@router.post(
+    "/workers/{name}/revoke",
+    dependencies=[AdminAuth],
+    response_model=A.WorkerState,
+    responses=E(404),
+)
 async def worker_revoke(name: WorkerName, request: Request, hub: HubDep) -> dict[str, str]:
     by = who(request)
     await in_session(hub, lambda s: control.revoke(s, name, by))
@@ -395,7 +482,9 @@ async def worker_revoke(name: WorkerName, request: Request, hub: HubDep) -> dict
     return {"name": name, "state": "revoked"}
 
 
-@router.delete("/workers/{name}", dependencies=[AdminAuth])
+@router.delete(
+    "/workers/{name}", dependencies=[AdminAuth], response_model=A.WorkerState, responses=E(404)
+)
 async def worker_remove(name: WorkerName, request: Request, hub: HubDep) -> dict[str, str]:
     by = who(request)
     await in_session(hub, lambda s: control.remove(s, name, by))
@@ -409,7 +498,12 @@ class TaskStateIn(BaseModel):
     map_index: int | None = Field(default=None, ge=-1, le=MAX_WIRE_INT)
 
 
-@router.patch("/dags/{dag_id}/runs/{run_id}/tasks/{task_id}", dependencies=[OperatorAuth])
+@router.patch(
+    "/dags/{dag_id}/runs/{run_id}/tasks/{task_id}",
+    dependencies=[OperatorAuth],
+    response_model=A.MarkedTask,
+    responses=E(404),
+)
 async def mark_task(
     dag_id: DagId,
     run_id: RunId,
@@ -434,7 +528,12 @@ class ClearIn(BaseModel):
     downstream: bool = False
 
 
-@router.post("/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/clear", dependencies=[OperatorAuth])
+@router.post(
+    "/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/clear",
+    dependencies=[OperatorAuth],
+    response_model=A.ClearedTask,
+    responses=E(404),
+)
 async def clear_task(
     dag_id: DagId, run_id: RunId, task_id: TaskId, body: ClearIn, request: Request, hub: HubDep
 ) -> dict[str, Any]:
@@ -450,7 +549,12 @@ class RunStateIn(BaseModel):
     state: Literal["success", "failed"]
 
 
-@router.patch("/dags/{dag_id}/runs/{run_id}", dependencies=[OperatorAuth])
+@router.patch(
+    "/dags/{dag_id}/runs/{run_id}",
+    dependencies=[OperatorAuth],
+    response_model=A.MarkedRun,
+    responses=E(404),
+)
 async def mark_run(
     dag_id: DagId, run_id: RunId, body: RunStateIn, request: Request, hub: HubDep
 ) -> dict[str, str]:
@@ -464,7 +568,12 @@ class ClearRunIn(BaseModel):
     only_failed: bool = False
 
 
-@router.post("/dags/{dag_id}/runs/{run_id}/clear", dependencies=[OperatorAuth])
+@router.post(
+    "/dags/{dag_id}/runs/{run_id}/clear",
+    dependencies=[OperatorAuth],
+    response_model=A.ClearedRun,
+    responses=E(404),
+)
 async def clear_run(
     dag_id: DagId, run_id: RunId, body: ClearRunIn, request: Request, hub: HubDep
 ) -> dict[str, Any]:
@@ -485,14 +594,14 @@ class PoolIn(BaseModel):
     description: str | None = Field(default=None, max_length=1000)
 
 
-@router.get("/pools", dependencies=[ViewerAuth])
+@router.get("/pools", dependencies=[ViewerAuth], response_model=A.PoolList)
 async def list_pools(hub: HubDep) -> dict[str, Any]:
     """Pools with their slots and use; pools that tasks name but that do not exist
     are listed with ``missing: true`` (their tasks wait)."""
     return {"pools": await in_read(hub, limits.list_pools)}
 
 
-@router.put("/pools/{name}", dependencies=[AdminAuth])
+@router.put("/pools/{name}", dependencies=[AdminAuth], response_model=A.Pool, responses=E(409))
 async def set_pool(name: PoolName, body: PoolIn, request: Request, hub: HubDep) -> dict[str, Any]:
     """Create a pool or change its slots; waiting tasks are looked at again at once."""
     by = who(request)
@@ -504,7 +613,9 @@ async def set_pool(name: PoolName, body: PoolIn, request: Request, hub: HubDep) 
     return await in_session(hub, put)
 
 
-@router.delete("/pools/{name}", dependencies=[AdminAuth])
+@router.delete(
+    "/pools/{name}", dependencies=[AdminAuth], response_model=A.Deleted, responses=E(404)
+)
 async def delete_pool(name: PoolName, request: Request, hub: HubDep) -> dict[str, str]:
     by = who(request)
     found = await in_session(hub, lambda s: control.delete_pool(s, name, by))
@@ -532,7 +643,12 @@ class BackfillIn(BaseModel):
         return value
 
 
-@router.post("/dags/{dag_id}/backfills", dependencies=[OperatorAuth])
+@router.post(
+    "/dags/{dag_id}/backfills",
+    dependencies=[OperatorAuth],
+    response_model=A.Backfill,
+    responses=E(400, 404),
+)
 async def create_backfill(
     dag_id: DagId, body: BackfillIn, request: Request, hub: HubDep
 ) -> dict[str, Any]:

@@ -28,11 +28,13 @@ from pydantic import (
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from tether.hub.api import answers as A
 from tether.hub.auth.deps import AdminAuth, HubDep, ViewerAuth, forbidden, principal_of
 from tether.hub.auth.gate import who
 from tether.hub.core import audit
 from tether.hub.core import vault as secrets
 from tether.hub.core.api_tokens import Role
+from tether.hub.errors import responses as E
 from tether.hub.state import in_read, in_session
 from tether.hub.wire import StrictJSONRoute
 from tether.sdk.connection import Connection
@@ -160,7 +162,13 @@ def _connection_view(stored: secrets.StoredConnection, reveal: bool) -> dict[str
     return view
 
 
-@router.post("/connections", dependencies=[AdminAuth], status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/connections",
+    dependencies=[AdminAuth],
+    status_code=status.HTTP_201_CREATED,
+    response_model=A.ConnectionSaved,
+    responses=E(409),
+)
 async def create_connection(body: ConnectionIn, request: Request, hub: HubDep) -> dict[str, Any]:
     """Store a connection, its password and extra encrypted; 409 if the name is taken
     (unless ``replace``)."""
@@ -182,13 +190,20 @@ async def create_connection(body: ConnectionIn, request: Request, hub: HubDep) -
     return {"conn_id": conn.conn_id, "state": "created" if created else "replaced"}
 
 
-@router.get("/connections", dependencies=[ViewerAuth])
+@router.get("/connections", dependencies=[ViewerAuth], response_model=A.ConnectionList)
 async def list_connections(hub: HubDep) -> dict[str, Any]:
     """Names, types, hosts, queues and descriptions; never a password or an extra."""
     return {"connections": await in_read(hub, secrets.list_connections)}
 
 
-@router.get("/connections/{name:path}", dependencies=[ViewerAuth])
+@router.get(
+    "/connections/{name:path}",
+    dependencies=[ViewerAuth],
+    response_model=A.Connection,
+    # The password and URI are there only with reveal, and then even when null.
+    response_model_exclude_unset=True,
+    responses=E(404),
+)
 async def get_connection(
     name: str, request: Request, hub: HubDep, reveal: Reveal = False
 ) -> dict[str, Any]:
@@ -210,7 +225,12 @@ async def get_connection(
     return view
 
 
-@router.delete("/connections/{name:path}", dependencies=[AdminAuth])
+@router.delete(
+    "/connections/{name:path}",
+    dependencies=[AdminAuth],
+    response_model=A.ConnectionDeleted,
+    responses=E(404),
+)
 async def delete_connection(name: str, request: Request, hub: HubDep) -> dict[str, str]:
     def delete(s: Session) -> bool:
         found = secrets.delete_connection(s, name)
@@ -232,7 +252,7 @@ class VariableIn(BaseModel):
     description: StrictStr | None = Field(default=None, max_length=secrets.MAX_DESCRIPTION)
 
 
-@router.put("/variables/{key:path}", dependencies=[AdminAuth])
+@router.put("/variables/{key:path}", dependencies=[AdminAuth], response_model=A.VariableSaved)
 async def set_variable(key: str, body: VariableIn, request: Request, hub: HubDep) -> dict[str, Any]:
     """Create or replace a variable; its value is kept encrypted either way."""
 
@@ -255,13 +275,20 @@ async def set_variable(key: str, body: VariableIn, request: Request, hub: HubDep
     return {"key": key, "state": "created" if created else "updated"}
 
 
-@router.get("/variables", dependencies=[ViewerAuth])
+@router.get("/variables", dependencies=[ViewerAuth], response_model=A.VariableList)
 async def list_variables(hub: HubDep) -> dict[str, Any]:
     """Names, secrecy, queues and descriptions; no values."""
     return {"variables": await in_read(hub, secrets.list_variables)}
 
 
-@router.get("/variables/{key:path}", dependencies=[ViewerAuth])
+@router.get(
+    "/variables/{key:path}",
+    dependencies=[ViewerAuth],
+    response_model=A.Variable,
+    # A secret value is there only with reveal.
+    response_model_exclude_unset=True,
+    responses=E(404),
+)
 async def get_variable(
     key: str, request: Request, hub: HubDep, reveal: Reveal = False
 ) -> dict[str, Any]:
@@ -293,7 +320,12 @@ async def get_variable(
     return view
 
 
-@router.delete("/variables/{key:path}", dependencies=[AdminAuth])
+@router.delete(
+    "/variables/{key:path}",
+    dependencies=[AdminAuth],
+    response_model=A.VariableDeleted,
+    responses=E(404),
+)
 async def delete_variable(key: str, request: Request, hub: HubDep) -> dict[str, str]:
     def delete(s: Session) -> bool:
         found = secrets.delete_variable(s, key)
@@ -306,7 +338,9 @@ async def delete_variable(key: str, request: Request, hub: HubDep) -> dict[str, 
     return {"key": key, "state": "deleted"}
 
 
-@router.post("/secrets/rotate-key", dependencies=[AdminAuth])
+@router.post(
+    "/secrets/rotate-key", dependencies=[AdminAuth], response_model=A.Rotation, responses=E(409)
+)
 async def rotate_key(request: Request, hub: HubDep) -> dict[str, Any]:
     """Re-encrypt every connection and variable under a new key, while the hub serves.
 

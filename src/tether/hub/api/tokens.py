@@ -14,9 +14,11 @@ from fastapi import APIRouter, Path, Request, status
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 from sqlalchemy.orm import Session
 
+from tether.hub.api import answers as A
 from tether.hub.auth.deps import AdminAuth, HubDep
 from tether.hub.auth.gate import who
 from tether.hub.core import api_tokens
+from tether.hub.errors import responses as E
 from tether.hub.state import in_read, in_session
 from tether.hub.wire import StrictJSONRoute
 
@@ -52,7 +54,13 @@ class ApiTokenIn(BaseModel):
         return value
 
 
-@router.post("/tokens", dependencies=[AdminAuth], status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/tokens",
+    dependencies=[AdminAuth],
+    status_code=status.HTTP_201_CREATED,
+    response_model=A.ApiToken,
+    responses=E(409),
+)
 async def create_api_token(body: ApiTokenIn, request: Request, hub: HubDep) -> dict[str, Any]:
     """A new named token with a role. The answer holds the token; nothing else ever will."""
     by = who(request)
@@ -66,13 +74,18 @@ async def create_api_token(body: ApiTokenIn, request: Request, hub: HubDep) -> d
     return await in_session(hub, create)
 
 
-@router.get("/tokens", dependencies=[AdminAuth])
+@router.get("/tokens", dependencies=[AdminAuth], response_model=A.ApiTokenList)
 async def list_api_tokens(hub: HubDep) -> dict[str, Any]:
     """The built-in admin token and every named one, with their state; no secrets."""
     return {"tokens": await in_read(hub, api_tokens.list_tokens)}
 
 
-@router.post("/tokens/{name:path}/revoke", dependencies=[AdminAuth])
+@router.post(
+    "/tokens/{name:path}/revoke",
+    dependencies=[AdminAuth],
+    response_model=A.ApiTokenRow,
+    responses=E(404),
+)
 async def revoke_api_token(name: TokenName, request: Request, hub: HubDep) -> dict[str, Any]:
     """Revoke a named token: the next request with it gets 401 "token revoked"."""
     api_tokens.validate_name(name)

@@ -14,11 +14,11 @@ role needed. The table of which route needs which role is in docs/api.md,
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import replace
-from typing import Annotated
+from dataclasses import dataclass, replace
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
+from fastapi.dependencies.models import Dependant
 
 from tether.hub.auth.gate import PRINCIPAL, WorkerIdentity
 from tether.hub.auth.principal import Principal
@@ -30,10 +30,12 @@ __all__ = [
     "AdminAuth",
     "HubDep",
     "OperatorAuth",
+    "RoleCheck",
     "ViewerAuth",
     "WorkerAuth",
     "WorkerIdentity",
     "principal_of",
+    "role_needed",
 ]
 
 
@@ -60,17 +62,32 @@ def forbidden(principal: Principal, needed: Role, what: str = "this") -> HTTPExc
     )
 
 
-def requires(needed: Role) -> Callable[[Request], Awaitable[Principal]]:
-    """A dependency that passes a principal whose role includes ``needed``."""
+@dataclass(frozen=True)
+class RoleCheck:
+    """A dependency that passes a principal whose role includes ``needed``.
 
-    async def check(request: Request) -> Principal:
+    A class rather than a closure so that the OpenAPI documents can read the
+    role a route needs off the route itself (:func:`role_needed`), and state
+    it there: the documents cannot then say other than what is enforced.
+    """
+
+    needed: Role
+
+    async def __call__(self, request: Request) -> Principal:
         principal = principal_of(request)
-        if not principal.may(needed):
-            raise forbidden(principal, needed)
+        if not principal.may(self.needed):
+            raise forbidden(principal, self.needed)
         return principal
 
-    check.__name__ = f"require_{needed}"
-    return check
+
+def role_needed(dependant: Dependant) -> Role | None:
+    """The role the route of ``dependant`` checks (None: it checks none), at any depth."""
+    for dependency in dependant.dependencies:
+        if isinstance(dependency.call, RoleCheck):
+            return dependency.call.needed
+        if (found := role_needed(dependency)) is not None:
+            return found
+    return None
 
 
 async def require_worker(request: Request) -> WorkerIdentity:
@@ -81,11 +98,20 @@ async def require_worker(request: Request) -> WorkerIdentity:
     return replace(principal, presented_session=request.headers.get(SESSION_HEADER))
 
 
+#: The names of the credentials the gate checks, as the OpenAPI documents'
+#: security schemes call them (``hub/openapi.py``).
+API_TOKEN = "apiToken"
+WORKER_CREDENTIAL = "workerCredential"
+WORKER_SESSION = "workerSession"
+ATTEMPT_TOKEN = "attemptToken"
+#: What a route bound to the calling process's session declares (heartbeat, poll).
+SESSION_BOUND: dict[str, Any] = {"security": [{WORKER_CREDENTIAL: [], WORKER_SESSION: []}]}
+
 #: Reads: every GET but a secret's value.
-ViewerAuth = Depends(requires(Role.VIEWER))
+ViewerAuth = Depends(RoleCheck(Role.VIEWER))
 #: Running things: trigger, backfill, clear, mark, pause, asset events, maintenance.
-OperatorAuth = Depends(requires(Role.OPERATOR))
+OperatorAuth = Depends(RoleCheck(Role.OPERATOR))
 #: Everything else that changes the hub.
-AdminAuth = Depends(requires(Role.ADMIN))
+AdminAuth = Depends(RoleCheck(Role.ADMIN))
 WorkerAuth = Annotated[WorkerIdentity, Depends(require_worker)]
 HubDep = Annotated[Hub, Depends(get_hub)]

@@ -11,21 +11,21 @@ each HTTP request it
    write lock, behind a cache of credentials known good), and puts it in the
    request scope, where the routes' dependencies (``auth/deps.py``) take it
    and check its role (403 naming the role needed);
-2. answers 401 at once, before any of the body is read, when the path needs
-   a principal the request does not carry, with the reason ("missing bearer
-   token", "invalid token", "token expired", "token revoked"):
-   ``/api/v1/...`` needs an API token, ``/api/worker/v1/secrets/...`` a
-   token some task attempt was given (a read-only lookup; the route checks
-   that the attempt still runs), the rest of ``/api/worker/v1/...``
-   a worker credential (but ``/enrol``, which is public and takes tiny
-   bodies only). So an anonymous client cannot make the hub read, parse or
-   store anything. The worker's wheel and the simple index (``DIST_PATHS``,
-   ``worker_api/dist.py``) are public, GET and HEAD only, unless
-   ``TETHER_PUBLIC_DIST=0``: then they need a worker credential or any API
-   token (a viewer's will do), as a bearer token or as the password of HTTP
-   Basic auth (pip's ``https://user:TOKEN@HUB/simple``). Any other path below
-   them is 404 here,
-   whoever asks, so nothing added there later becomes public by accident;
+2. answers 401 at once, before any of the body is read, when the path needs a
+   principal the request does not carry, with the reason ("missing bearer
+   token", "invalid token", "token expired", "token revoked"): ``/api/v1/...``
+   needs an API token, ``/api/worker/v1/secrets/...`` a token some task
+   attempt was given (a read-only lookup; the route checks that the attempt
+   still runs), the rest of ``/api/worker/v1/...`` a worker credential (but
+   ``/enrol``, which is public and takes tiny bodies only, and the worker
+   API's OpenAPI document). So an anonymous client cannot make the hub read,
+   parse or store anything. The worker's wheel and the simple index
+   (``DIST_PATHS``, ``worker_api/dist.py``) are public, GET and HEAD only,
+   unless ``TETHER_PUBLIC_DIST=0``: then they need a worker credential or any
+   API token (a viewer's will do), as a bearer token or as the password of
+   HTTP Basic auth (pip's ``https://user:TOKEN@HUB/simple``). Any other path
+   below them is 404 here, whoever asks, so nothing added there later becomes
+   public by accident;
 3. counts every 401 the hub answers, per client address (the socket's peer,
    or the client a trusted proxy names: ``TETHER_FORWARDED_ALLOW_IPS``). An
    address that has spent its budget (``TETHER_AUTH_FAILURES_PER_MINUTE``)
@@ -78,8 +78,10 @@ REST_PREFIX = "/api/v1/"
 ENROL_PATH = f"{WORKER_API_PREFIX}/enrol"
 #: What task processes call with their attempt's token (``core/handout.py``).
 SECRETS_PREFIX = f"{WORKER_API_PREFIX}/secrets/"
+#: The worker API's OpenAPI document: public, as the REST one (``/openapi.json``) is.
+WORKER_OPENAPI_PATH = f"{WORKER_API_PREFIX}/openapi.json"
 #: Paths anyone may call; everything else under the two API prefixes needs a principal.
-PUBLIC_PATHS = frozenset({"/api/v1/health", ENROL_PATH})
+PUBLIC_PATHS = frozenset({"/api/v1/health", ENROL_PATH, WORKER_OPENAPI_PATH})
 #: Where the worker's wheel is served: below these, only :func:`dist_paths` exist.
 DIST_AREAS = (DIST_PREFIX.rstrip("/"), SIMPLE_INDEX.rstrip("/"))
 DIST_METHODS = frozenset({"GET", "HEAD"})
@@ -184,11 +186,11 @@ def dist_paths(wheel_filename: str) -> frozenset[str]:
     return frozenset({DIST_PREFIX, DIST_PREFIX + wheel_filename, SIMPLE_INDEX, SIMPLE_PROJECT})
 
 
-def _in_dist_area(path: str) -> bool:
+def in_dist_area(path: str) -> bool:
     return any(path == area or path.startswith(area + "/") for area in DIST_AREAS)
 
 
-def _needs(path: str) -> str | None:
+def needs(path: str) -> str | None:
     """``"api"``, ``"worker"``, ``"attempt"`` or None: the principal ``path`` needs."""
     if path in PUBLIC_PATHS:
         return None
@@ -248,7 +250,7 @@ class AuthGate:
         headers = Headers(scope=scope)
         token = _bearer(headers)
         challenge = "Bearer"
-        if _in_dist_area(path):
+        if in_dist_area(path):
             if path not in self.dist_paths:  # `..`, other versions, other names
                 await _answer(send, 404, "no such file")
                 return
@@ -262,7 +264,7 @@ class AuthGate:
             token = token or _basic_password(headers)
             challenge = 'Bearer, Basic realm="tether"'
         else:
-            need = _needs(path)
+            need = needs(path)
             if need is None and path != ENROL_PATH:  # health, the console, the schema
                 await self.app(scope, receive, send)
                 return

@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import html
 import json
+from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 
 from tether.hub.auth.deps import HubDep
 from tether.hub.dist import DistUnavailable, WorkerWheel
+from tether.hub.errors import ErrorAnswer
+from tether.hub.errors import responses as E
 from tether.hub.state import Hub
 from tether.protocol import DIST_PREFIX, SIMPLE_INDEX, SIMPLE_PROJECT, DistFile, DistListing
 
@@ -66,7 +69,24 @@ def _etag(wheel: WorkerWheel, what: str) -> str:
     return f'"{what}-{wheel.sha256}"'
 
 
-@router.get(DIST_PREFIX, summary="The worker's wheel, listed")
+#: A client's copy that is still the hub's (``If-None-Match``): no body.
+NOT_MODIFIED: dict[str, Any] = {"description": "the client's copy (`If-None-Match`) is current"}
+NO_WHEEL: dict[str, Any] = {
+    "model": ErrorAnswer,
+    "description": "the hub has no worker wheel to serve (the reason says why; `Retry-After`)",
+}
+
+
+@router.get(
+    DIST_PREFIX,
+    summary="The worker's wheel, listed",
+    response_class=Response,
+    responses={
+        200: {"model": DistListing, "description": "the hub's version and its one wheel"},
+        304: NOT_MODIFIED,
+        503: NO_WHEEL,
+    },
+)
 @router.head(DIST_PREFIX, include_in_schema=False)
 async def listing(request: Request, hub: HubDep) -> Response:
     """JSON: the hub's version and its one wheel, with URL, size and sha256."""
@@ -91,7 +111,15 @@ async def listing(request: Request, hub: HubDep) -> Response:
     DIST_PREFIX + "{filename}",
     summary="The worker's wheel",
     response_class=Response,
-    responses={200: {"content": {WHEEL_TYPE: {}}}, 404: {}, 503: {}},
+    responses={
+        200: {
+            "description": "the wheel, for pip",
+            "content": {WHEEL_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+        },
+        304: NOT_MODIFIED,
+        **E(404),
+        503: NO_WHEEL,
+    },
 )
 @router.head(DIST_PREFIX + "{filename}", include_in_schema=False)
 async def wheel_file(filename: str, request: Request, hub: HubDep) -> Response:

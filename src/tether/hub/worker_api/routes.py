@@ -32,11 +32,12 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from tether import __version__
-from tether.hub.auth.deps import HubDep, WorkerAuth, WorkerIdentity
+from tether.hub.auth.deps import SESSION_BOUND, HubDep, WorkerAuth, WorkerIdentity
 from tether.hub.auth.gate import PRINCIPAL, AttemptToken, actor_of, who
 from tether.hub.core import attempts, audit, credentials, handout, sessions
 from tether.hub.core import states as S
 from tether.hub.core.runs import utcnow
+from tether.hub.errors import responses as E
 from tether.hub.state import Hub
 from tether.hub.store import effects
 from tether.hub.store.models import Bundle, Worker
@@ -68,6 +69,61 @@ reports = APIRouter(prefix=WORKER_API_PREFIX, tags=["worker"], route_class=Stric
 ENROL_MAX_BODY = 4096
 #: Log bytes held in memory per upload; the rest of a chunk waits in a temporary file.
 LOG_PIECE = 256 * 1024
+
+#: The answers that are not protocol messages, as the worker API's document shows them.
+BUNDLE_ANSWER: dict[str, Any] = {
+    "description": "the bundle: a gzipped tar of the DAG's files, whose sha256 is its name",
+    "content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}},
+}
+SECRET_ANSWER: dict[str, Any] = {
+    "description": "the connection's fields (as `tether.sdk.Connection.to_dict`, the "
+    "password included) or the variable; never kept by a cache (`Cache-Control: no-store`)",
+    "content": {
+        "application/json": {
+            "schema": {
+                "oneOf": [
+                    {
+                        "title": "ConnectionSecret",
+                        "type": "object",
+                        "required": ["conn_id", "conn_type"],
+                        "properties": {
+                            name: {"type": kind}
+                            for name, kind in (
+                                ("conn_id", "string"),
+                                ("conn_type", "string"),
+                                ("host", ["string", "null"]),
+                                ("login", ["string", "null"]),
+                                ("password", ["string", "null"]),
+                                ("schema", ["string", "null"]),
+                                ("port", ["integer", "null"]),
+                                ("extra", ["string", "null"]),
+                            )
+                        },
+                    },
+                    {
+                        "title": "VariableSecret",
+                        "type": "object",
+                        "required": ["key", "value", "is_secret"],
+                        "properties": {
+                            "key": {"type": "string"},
+                            "value": {"type": "string"},
+                            "is_secret": {"type": "boolean"},
+                        },
+                    },
+                ]
+            }
+        }
+    },
+}
+#: A log chunk is the bytes themselves, streamed, not JSON.
+LOG_CHUNK: dict[str, Any] = {
+    "required": True,
+    "description": "the log's bytes from `offset` on (at most the session's `max_log_chunk_bytes`)",
+    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+}
+LOCAL_ANSWER: dict[str, Any] = {
+    "description": "with `local=true`: the use of the worker's own copy is on the record"
+}
 
 AttemptId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="an attempt id")]
 BundleSha = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$", description="a bundle's sha256")]
@@ -176,7 +232,7 @@ async def _as_worker(hub: Hub, me: WorkerIdentity, fn: Any, *, session_bound: bo
         raise
 
 
-@router.post("/enrol", max_body_size=ENROL_MAX_BODY)
+@router.post("/enrol", max_body_size=ENROL_MAX_BODY, responses=E(401, 409))
 async def enrol(body: EnrolIn, request: Request, hub: HubDep) -> EnrolReply:
     """Exchange a one-time enrolment token for this worker's own credential.
 
@@ -208,7 +264,7 @@ async def enrol(body: EnrolIn, request: Request, hub: HubDep) -> EnrolReply:
     return answer
 
 
-@router.post("/sessions")
+@router.post("/sessions", responses=E(403, 426))
 async def start_session(body: FactsIn, me: WorkerAuth, hub: HubDep) -> SessionReply:
     """A worker process starts: check its version, take over from older processes."""
     sessions.check_version(body.version, body.protocol, __version__, hub.config.min_worker_version)
@@ -230,7 +286,7 @@ async def start_session(body: FactsIn, me: WorkerAuth, hub: HubDep) -> SessionRe
     )
 
 
-@router.post("/heartbeat")
+@router.post("/heartbeat", responses=E(403, 409), openapi_extra=SESSION_BOUND)
 async def heartbeat(body: FactsIn, me: WorkerAuth, hub: HubDep) -> HeartbeatReply:
     """The worker's facts, its queues among them (recorded, or 403), for its directives."""
     grace = timedelta(seconds=3 * hub.config.worker_heartbeat_interval)
@@ -266,7 +322,7 @@ async def _fail_undeliverable(hub: Hub, items: list[tuple[int, str]]) -> None:
 Looked = tuple[PollReply, bool, list[tuple[int, str]], bool]
 
 
-@router.post("/poll")
+@router.post("/poll", responses=E(409), openapi_extra=SESSION_BOUND)
 async def poll(body: PollIn, me: WorkerAuth, hub: HubDep, request: Request) -> PollReply:
     """Long-poll for jobs and directives.
 
@@ -360,7 +416,9 @@ async def poll(body: PollIn, me: WorkerAuth, hub: HubDep, request: Request) -> P
         closing.cancel()
 
 
-@router.get("/bundles/{sha}")
+@router.get(
+    "/bundles/{sha}", response_class=Response, responses={200: BUNDLE_ANSWER, **E(403, 404)}
+)
 async def bundle(sha: BundleSha, me: WorkerAuth, hub: HubDep, request: Request) -> Response:
     """A DAG's bundle, to a worker that holds or held an attempt of a run pinned to it.
 
@@ -393,7 +451,11 @@ SecretName = Annotated[
 ]
 
 
-@router.get("/secrets/{kind}/{name}")
+@router.get(
+    "/secrets/{kind}/{name}",
+    response_class=Response,
+    responses={200: SECRET_ANSWER, 204: LOCAL_ANSWER, **E(403, 404)},
+)
 async def secret(
     kind: Literal["connections", "variables"],
     name: SecretName,
@@ -446,7 +508,11 @@ async def secret(
     )
 
 
-@reports.post("/attempts/{attempt_id}/logs")
+@reports.post(
+    "/attempts/{attempt_id}/logs",
+    responses=E(403, 404, 409, 413),
+    openapi_extra={"requestBody": LOG_CHUNK},
+)
 async def upload_log(
     attempt_id: AttemptId,
     me: WorkerAuth,
@@ -475,7 +541,7 @@ async def upload_log(
     return LogAck(size)
 
 
-@reports.post("/attempts/{attempt_id}/finish")
+@reports.post("/attempts/{attempt_id}/finish", responses=E(403, 404, 409))
 async def finish(attempt_id: AttemptId, body: FinishIn, me: WorkerAuth, hub: HubDep) -> FinishReply:
     result = AttemptResult(**body.model_dump())
 
