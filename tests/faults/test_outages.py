@@ -84,7 +84,7 @@ def test_a_task_keeps_running_through_a_hub_outage_and_its_log_arrives_whole(
         worker.wait_registered()
         run_id = hub.api.trigger("chatty")
         _running(hub, "chatty", run_id, "talk")
-        wait_for(lambda: "line 010" in hub.api.log("chatty", run_id, "talk"), 30, "output")
+        hub.api.log_with("chatty", run_id, "talk", "line 010")
         assert hub.stop() == 0
         time.sleep(10)
         local = worker.home / "logs" / "dag_id=chatty" / f"run_id={quote(run_id, safe='')}"
@@ -124,7 +124,7 @@ def test_a_lost_worker_task_is_retried_elsewhere_and_its_late_report_refused(
         first.wait_registered()
         run_id = hub.api.trigger("retried")
         _running(hub, "retried", run_id, "work")
-        log = wait_for(lambda: hub.api.log("retried", run_id, "work"), 30, "the task's output")
+        log = hub.api.log_with("retried", run_id, "work", " try=")  # the whole PID line
         task_pid = int(log.split("PID=")[1].split()[0])
         first.stop(signal.SIGKILL)
         # The task does not outlive its worker.

@@ -107,7 +107,7 @@ def test_a_task_runs_through_a_30s_partition_and_its_log_arrives_whole(
         )
         worker.wait_registered()
         run_id = hub.api.trigger("chatty")
-        wait_for(lambda: "line 010" in hub.api.log("chatty", run_id, "talk"), 30, "output")
+        hub.api.log_with("chatty", run_id, "talk", "line 010")
         local = _local_log(worker, "chatty", run_id, "talk", 1)
 
         control.touch()

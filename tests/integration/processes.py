@@ -387,6 +387,22 @@ class Api:
         response.raise_for_status()
         return response.text
 
+    def log_with(
+        self, dag_id: str, run_id: str, task_id: str, text: str, timeout: float = 30
+    ) -> str:
+        """The latest try's log of ``task_id`` once it holds ``text``. Before the
+        task's first try begins its log is a 404; so it is while the worker that
+        claimed it is slow to start it, on a busy machine."""
+
+        def holding() -> str | None:
+            response = self.http.get(f"/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/logs")
+            if response.status_code == 404:
+                return None
+            response.raise_for_status()
+            return response.text if text in response.text else None
+
+        return wait_for(holding, timeout, f"{text!r} in the log of {dag_id}.{task_id}")
+
 
 class RawWorker:
     """A worker that speaks the protocol by hand, for reports no real worker sends.
