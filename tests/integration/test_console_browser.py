@@ -54,6 +54,12 @@ from tether import DAG, BashOperator
 with DAG("stranded"):
     BashOperator(task_id="wait", bash_command="true", queue="nowhere")
 """
+#: Twelve tasks in a row: a graph wider than the window, scrolled in its box.
+CHAIN = """
+from tether import DAG, EmptyOperator, chain
+with DAG("chain"):
+    chain(*[EmptyOperator(task_id=f"step{i:02d}") for i in range(12)])
+"""
 #: The browser's time zone in the time zone test: 5 h 45 min from UTC, so that
 #: no time shown as the hub sent it (UTC) can pass for the local one.
 TIME_ZONE = "Asia/Kathmandu"
@@ -68,10 +74,9 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Hub, Path]]:
     (dags / "ticker.py").write_text(TICKER.format(release=release))
     (dags / "fan.py").write_text(FAN)
     (dags / "stranded.py").write_text(STRANDED)
-    with running_hub(root, "sqlite", None, dags, wait_dags=["ticker", "fan", "stranded"]) as (
-        hub,
-        _,
-    ):
+    (dags / "chain.py").write_text(CHAIN)
+    waited = ["ticker", "fan", "stranded", "chain"]
+    with running_hub(root, "sqlite", None, dags, wait_dags=waited) as (hub, _):
         yield hub, release
 
 
@@ -305,6 +310,31 @@ def test_the_queues_page_redraws_itself_without_a_reload(
         expect(tab.locator(".unserved-queue")).to_have_text("nowhere")
         assert tab.evaluate("window.stillTheSamePage") is True
         tab.screenshot(path=shots / "queues-refreshed.png", full_page=True)
+        assert page.refused == []
+    finally:
+        page.close()
+
+
+def test_a_refresh_keeps_where_a_wide_graph_was_scrolled(
+    browser: Any, hub: tuple[Hub, Path], shots: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    server, _ = hub
+    page = Page(browser, server)
+    tab = page.tab
+    try:
+        page.sign_in(ADMIN_TOKEN)
+        expect(tab).to_have_url(re.compile(r"/ui/dags$"))
+        tab.goto(server.url + "/ui/dags/chain/graph")
+        expect(tab.locator("svg.graph g.node")).to_have_count(12)
+        box = tab.locator(".graph-wrap")
+        assert box.evaluate("b => b.scrollWidth > b.clientWidth + 1000")
+        box.evaluate("b => { b.scrollLeft = 1000; b.firstElementChild.dataset.old = 'yes'; }")
+        # The next refresh swaps in a new drawing, scrolled where the old one was.
+        expect(tab.locator("svg.graph")).not_to_have_attribute("data-old", "yes")
+        assert tab.locator(".graph-wrap").evaluate("b => b.scrollLeft") == 1000
+        tab.screenshot(path=shots / "graph-scrolled.png")
         assert page.refused == []
     finally:
         page.close()

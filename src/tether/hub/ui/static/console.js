@@ -102,7 +102,14 @@
         if (answer.ok) {
           const fresh = new DOMParser().parseFromString(await answer.text(), "text/html").getElementById(id);
           if (fresh) {
+            // A wide grid or graph scrolls in a box of its own: keep where it was.
+            const boxes = ".grid-wrap, .graph-wrap";
+            const kept = [...document.getElementById(id).querySelectorAll(boxes)]
+              .map((el) => [el.scrollLeft, el.scrollTop]);
             document.getElementById(id).replaceWith(document.adoptNode(fresh));
+            fresh.querySelectorAll(boxes).forEach((el, i) => {
+              if (kept[i]) [el.scrollLeft, el.scrollTop] = kept[i];
+            });
             showTimes();
           }
         }
