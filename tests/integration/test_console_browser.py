@@ -12,8 +12,11 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -43,6 +46,32 @@ with DAG("greeter", params={"times": Param(1, type="integer", minimum=1, maximum
     BashOperator(task_id="greet", bash_command="echo hello {{ params.times }} times")
 """
 
+#: A diamond that succeeds, for the graph.
+FAN = """
+from tether import DAG, BashOperator
+with DAG("fan"):
+    a = BashOperator(task_id="a", bash_command="echo a")
+    b = BashOperator(task_id="b", bash_command="echo b")
+    c = BashOperator(task_id="c", bash_command="echo c")
+    d = BashOperator(task_id="d", bash_command="echo d")
+    a >> [b, c] >> d
+"""
+#: A task on a queue no worker serves: it waits, and the queues page warns.
+STRANDED = """
+from tether import DAG, BashOperator
+with DAG("stranded"):
+    BashOperator(task_id="wait", bash_command="true", queue="nowhere")
+"""
+#: Twelve tasks in a row: a graph wider than the window, scrolled in its box.
+CHAIN = """
+from tether import DAG, EmptyOperator, chain
+with DAG("chain"):
+    chain(*[EmptyOperator(task_id=f"step{i:02d}") for i in range(12)])
+"""
+#: The browser's time zone in the time zone test: 5 h 45 min from UTC, so that
+#: no time shown as the hub sent it (UTC) can pass for the local one.
+TIME_ZONE = "Asia/Kathmandu"
+
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Hub, Path]]:
@@ -52,7 +81,11 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Hub, Path]]:
     dags.mkdir()
     (dags / "ticker.py").write_text(TICKER.format(release=release))
     (dags / "greeter.py").write_text(GREETER)
-    with running_hub(root, "sqlite", None, dags, wait_dags=["ticker", "greeter"]) as (hub, _):
+    (dags / "fan.py").write_text(FAN)
+    (dags / "stranded.py").write_text(STRANDED)
+    (dags / "chain.py").write_text(CHAIN)
+    waited = ["ticker", "greeter", "fan", "stranded", "chain"]
+    with running_hub(root, "sqlite", None, dags, wait_dags=waited) as (hub, _):
         yield hub, release
 
 
@@ -92,8 +125,8 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class Page:
     """A browser tab that records what the Content-Security-Policy refused."""
 
-    def __init__(self, browser: Any, hub: Hub) -> None:
-        self.context = browser.new_context()
+    def __init__(self, browser: Any, hub: Hub, **context: Any) -> None:
+        self.context = browser.new_context(**context)
         self.tab = self.context.new_page()
         self.tab.set_default_timeout(20_000)  # detects a page that never gets there
         self.refused: list[str] = []
@@ -315,6 +348,131 @@ def test_the_api_docs_render_with_nothing_from_outside_the_hub(
             expect(tab.locator(".btn.authorize")).to_be_visible()  # the bearer schemes
             tab.screenshot(path=shots / f"api-docs{path.replace('/', '-')}.png", full_page=True)
         assert elsewhere == []
+        assert page.refused == []
+    finally:
+        page.close()
+
+
+#: The colours of console.css for a task that succeeded, as the browser computes them.
+SUCCESS_FILL = "rgb(26, 127, 55)"
+
+
+def test_the_graph_is_drawn_in_the_colours_of_its_run(
+    browser: Any, hub: tuple[Hub, Path], shots: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    server, _ = hub
+    run = server.api.run_dag("fan")
+    assert run["state"] == "success"
+    page = Page(browser, server)
+    tab = page.tab
+    try:
+        page.sign_in(ADMIN_TOKEN)
+        expect(tab).to_have_url(re.compile(r"/ui/dags$"))
+        tab.goto(server.url + "/ui/dags/fan/graph")
+        svg = tab.locator("svg.graph")
+        expect(svg).to_be_visible()
+        nodes = tab.locator("svg.graph g.node")
+        expect(nodes).to_have_count(4)
+        expect(tab.locator("svg.graph path.edge")).to_have_count(4)
+        for task_id in "abcd":
+            node = tab.locator(f'svg.graph g.node[data-task-id="{task_id}"]')
+            expect(node).to_be_visible()
+            box = node.bounding_box()
+            assert box is not None
+            assert box["width"] > 100
+            assert box["height"] > 20
+            # The state's colour comes from the style sheet (no inline style).
+            fill = node.locator("rect").evaluate("r => getComputedStyle(r).fill")
+            assert fill == SUCCESS_FILL, (task_id, fill)
+        a, d = (tab.locator(f'g.node[data-task-id="{t}"]').bounding_box() for t in "ad")
+        assert a is not None
+        assert d is not None
+        assert a["x"] + a["width"] < d["x"]  # drawn left to right
+        stroke = tab.locator("svg.graph path.edge").first.evaluate(
+            "p => getComputedStyle(p).stroke"
+        )
+        assert stroke == "rgb(140, 149, 159)"
+        tab.screenshot(path=shots / "graph.png", full_page=True)
+        tab.locator('svg.graph g.node[data-task-id="d"] a').click()
+        expect(tab).to_have_url(re.compile(r"/tasks/d$"))
+        expect(tab.locator("table.facts .mark")).to_have_text("success")
+        assert page.refused == []
+    finally:
+        page.close()
+
+
+def test_times_are_shown_in_the_browser_s_time_zone_and_near_ones_as_relative(
+    browser: Any, hub: tuple[Hub, Path], shots: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    server, _ = hub
+    run_id = server.api.trigger("fan")
+    page = Page(browser, server, timezone_id=TIME_ZONE, locale="en-GB")
+    tab = page.tab
+    try:
+        page.sign_in(ADMIN_TOKEN)
+        expect(tab).to_have_url(re.compile(r"/ui/dags$"))
+        tab.goto(server.url + f"/ui/dags/fan/graph?run_id={quote(run_id, safe='')}")
+        shown = tab.locator("main p.muted time")
+        expect(shown).to_have_text(re.compile(r"^\d+ (s|min) ago$"))
+        sent = datetime.fromisoformat(shown.get_attribute("datetime") or "")
+        assert sent.utcoffset() == timedelta(0)
+        local = sent.astimezone(ZoneInfo(TIME_ZONE))
+        assert shown.get_attribute("title") == local.strftime("%d/%m/%Y, %H:%M:%S")
+        tab.screenshot(path=shots / "local-time.png")
+        assert page.refused == []
+    finally:
+        page.close()
+
+
+def test_the_queues_page_redraws_itself_without_a_reload(
+    browser: Any, hub: tuple[Hub, Path], shots: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    server, _ = hub
+    page = Page(browser, server)
+    tab = page.tab
+    try:
+        page.sign_in(ADMIN_TOKEN)
+        expect(tab).to_have_url(re.compile(r"/ui/dags$"))
+        tab.goto(server.url + "/ui/queues")
+        expect(tab.locator("table.queues")).to_contain_text("nowhere")
+        expect(tab.locator(".unserved-queue")).to_have_count(0)
+        tab.evaluate("window.stillTheSamePage = true")
+        server.api.trigger("stranded")
+        # The next refresh (every 5 s while the tab is visible) shows the warning.
+        expect(tab.locator(".unserved-queue")).to_have_text("nowhere")
+        assert tab.evaluate("window.stillTheSamePage") is True
+        tab.screenshot(path=shots / "queues-refreshed.png", full_page=True)
+        assert page.refused == []
+    finally:
+        page.close()
+
+
+def test_a_refresh_keeps_where_a_wide_graph_was_scrolled(
+    browser: Any, hub: tuple[Hub, Path], shots: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    server, _ = hub
+    page = Page(browser, server)
+    tab = page.tab
+    try:
+        page.sign_in(ADMIN_TOKEN)
+        expect(tab).to_have_url(re.compile(r"/ui/dags$"))
+        tab.goto(server.url + "/ui/dags/chain/graph")
+        expect(tab.locator("svg.graph g.node")).to_have_count(12)
+        box = tab.locator(".graph-wrap")
+        assert box.evaluate("b => b.scrollWidth > b.clientWidth + 1000")
+        box.evaluate("b => { b.scrollLeft = 1000; b.firstElementChild.dataset.old = 'yes'; }")
+        # The next refresh swaps in a new drawing, scrolled where the old one was.
+        expect(tab.locator("svg.graph")).not_to_have_attribute("data-old", "yes")
+        assert tab.locator(".graph-wrap").evaluate("b => b.scrollLeft") == 1000
+        tab.screenshot(path=shots / "graph-scrolled.png")
         assert page.refused == []
     finally:
         page.close()

@@ -92,7 +92,7 @@ def dag_list(session: Session, search: str = "", show: str = "all") -> dict[str,
     return {"dags": shown, "total": len(dags), "import_errors": queries.list_import_errors(session)}
 
 
-def _cell(tis: list[TaskInstance]) -> dict[str, Any]:
+def cell(tis: list[TaskInstance]) -> dict[str, Any]:
     """A grid cell: one task instance, or a mapped task's instances summed up."""
     if len(tis) == 1 and tis[0].map_index == -1:
         ti = tis[0]
@@ -148,7 +148,7 @@ def grid(session: Session, dag_id: str, limit: int = GRID_RUNS) -> dict[str, Any
                 "logical_date": r.logical_date,
                 "started_at": r.started_at,
                 "cells": {
-                    task_id: _cell(tis[(r.id, task_id)])
+                    task_id: cell(tis[(r.id, task_id)])
                     for task_id in task_ids
                     if (r.id, task_id) in tis
                 },

@@ -20,7 +20,7 @@ from starlette.staticfiles import StaticFiles
 
 from tether.hub.core import console_reads, queries
 from tether.hub.state import Hub, get_hub, in_read
-from tether.hub.ui import access, actions, logs
+from tether.hub.ui import access, actions, catalog, dag_pages, logs
 from tether.hub.ui.access import HOME, PageSession, SignedIn
 from tether.hub.ui.paths import DagId, RunId, TaskId
 from tether.hub.ui.render import STATIC, ConsoleHeaders, page
@@ -112,6 +112,8 @@ def install(app: FastAPI) -> None:
     the security headers on everything under /ui."""
     app.include_router(access.router)
     app.include_router(router)
+    app.include_router(dag_pages.router)
+    app.include_router(catalog.router)
     app.include_router(logs.router)
     actions.install(app)
     app.mount("/ui/static", StaticFiles(directory=STATIC), name="console-static")

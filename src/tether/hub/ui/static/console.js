@@ -77,11 +77,63 @@
     }
   }
 
+  // The region marked data-refresh="SECONDS" (grid, workers, queues) is drawn
+  // again from the same page, fetched afresh, while the tab is visible; not
+  // while a field in it has the focus. A session that ended shows the login page.
+  function autoRefresh() {
+    const first = document.querySelector("[data-refresh][id]");
+    if (!first) return;
+    const id = first.id;
+    const every = Math.max(2, Number(first.dataset.refresh) || 5) * 1e3;
+    let timer = null;
+    const visible = () => document.visibilityState === "visible";
+    const schedule = () => {
+      if (timer === null && visible()) timer = window.setTimeout(refresh, every);
+    };
+    async function refresh() {
+      timer = null;
+      const region = document.getElementById(id);
+      const active = document.activeElement;
+      if (!region || !visible()) return;
+      if (active && region.contains(active) && active.matches("input, textarea, select")) {
+        schedule();
+        return;
+      }
+      try {
+        const answer = await fetch(window.location.href, { cache: "no-store", credentials: "same-origin" });
+        if (answer.redirected) { window.location.reload(); return; }
+        if (answer.ok) {
+          const fresh = new DOMParser().parseFromString(await answer.text(), "text/html").getElementById(id);
+          if (fresh) {
+            // A wide grid or graph scrolls in a box of its own: keep where it was.
+            const boxes = ".grid-wrap, .graph-wrap";
+            const kept = [...document.getElementById(id).querySelectorAll(boxes)]
+              .map((el) => [el.scrollLeft, el.scrollTop]);
+            document.getElementById(id).replaceWith(document.adoptNode(fresh));
+            fresh.querySelectorAll(boxes).forEach((el, i) => {
+              if (kept[i]) [el.scrollLeft, el.scrollTop] = kept[i];
+            });
+            showTimes();
+          }
+        }
+      } catch (_) {
+        // The hub is away for a moment: ask again at the next turn.
+      }
+      schedule();
+    }
+    document.addEventListener("visibilitychange", () => {
+      if (timer !== null) { window.clearTimeout(timer); timer = null; }
+      if (visible()) refresh();
+    });
+    schedule();
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
     showTimes();
     window.setInterval(showTimes, 30e3);
     followLog();
     tokenFromFragment();
     autosubmit();
+    autoRefresh();
   });
 })();
