@@ -10,39 +10,24 @@ login page (``ui/access.py``); a missing DAG, run or task is a 404 page.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Query
-from sqlalchemy.orm import Session
 from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
 
 from tether.hub.core import console_reads, queries
-from tether.hub.state import Hub, get_hub, in_read
-from tether.hub.ui import access, actions, catalog, dag_pages, logs
-from tether.hub.ui.access import HOME, PageSession, SignedIn
+from tether.hub.state import Hub, get_hub
+from tether.hub.ui import access, actions, catalog, dag_pages, logs, view
+from tether.hub.ui.access import HOME, PageSession
 from tether.hub.ui.paths import DagId, RunId, TaskId
-from tether.hub.ui.render import STATIC, ConsoleHeaders, page
+from tether.hub.ui.render import STATIC, ConsoleHeaders
 from tether.protocol import MAX_WIRE_INT
 
 __all__ = ["HOME", "install", "router"]
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 HubDep = Annotated[Hub, Depends(get_hub)]
-
-
-async def _show(
-    hub: Hub, signed: SignedIn, template: str, read: Callable[[Session], Any], **context: Any
-) -> Response:
-    """``read`` in a read-only transaction, drawn with ``template`` as ``data``; a
-    missing object is a 404 page that says which."""
-    common = {"user": signed.principal, "csrf": signed.session.csrf, **context}
-    try:
-        data = await in_read(hub, read)
-    except queries.NotFound as exc:
-        return page("error.html", 404, title="Not found", message=str(exc), **common)
-    return page(template, data=data, **common)
 
 
 @router.get("/dags", response_model=None)
@@ -52,7 +37,7 @@ async def dags(
     q: Annotated[str, Query(max_length=200)] = "",
     show: Annotated[str, Query(pattern=f"^({'|'.join(console_reads.SHOWS)})$")] = "all",
 ) -> Response:
-    return await _show(
+    return await view.show(
         hub,
         signed,
         "dags.html",
@@ -66,7 +51,7 @@ async def dags(
 
 @router.get("/dags/{dag_id}/grid", response_model=None)
 async def grid(hub: HubDep, signed: PageSession, dag_id: DagId) -> Response:
-    return await _show(
+    return await view.show(
         hub, signed, "grid.html", lambda s: console_reads.grid(s, dag_id), section="dags"
     )
 
@@ -81,7 +66,7 @@ async def task_instance(
     map_index: Annotated[int | None, Query(ge=-1, le=MAX_WIRE_INT)] = None,
     try_number: Annotated[int | None, Query(ge=1, le=MAX_WIRE_INT)] = None,
 ) -> Response:
-    return await _show(
+    return await view.show(
         hub,
         signed,
         "task.html",
@@ -92,17 +77,17 @@ async def task_instance(
 
 @router.get("/workers", response_model=None)
 async def workers(hub: HubDep, signed: PageSession) -> Response:
-    return await _show(hub, signed, "workers.html", console_reads.workers, section="workers")
+    return await view.show(hub, signed, "workers.html", console_reads.workers, section="workers")
 
 
 @router.get("/queues", response_model=None)
 async def queues(hub: HubDep, signed: PageSession) -> Response:
-    return await _show(hub, signed, "queues.html", console_reads.queues, section="queues")
+    return await view.show(hub, signed, "queues.html", console_reads.queues, section="queues")
 
 
 @router.get("/import-errors", response_model=None)
 async def import_errors(hub: HubDep, signed: PageSession) -> Response:
-    return await _show(
+    return await view.show(
         hub, signed, "import_errors.html", queries.list_import_errors, section="import-errors"
     )
 

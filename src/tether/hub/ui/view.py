@@ -1,5 +1,5 @@
 """How a read-only console page is answered: one read in a read-only transaction,
-then a template. Shared by the pages of ``dag_pages.py`` and ``catalog.py``."""
+then a template. Shared by the pages of ``pages.py``, ``dag_pages.py`` and ``catalog.py``."""
 
 from __future__ import annotations
 
