@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -402,6 +403,41 @@ class Api:
             return response.text if text in response.text else None
 
         return wait_for(holding, timeout, f"{text!r} in the log of {dag_id}.{task_id}")
+
+
+class Console:
+    """The web console as a browser without script sees it: signed in with
+    ``token`` (the admin's by default), following no redirect by itself."""
+
+    def __init__(self, hub: Hub, token: str = ADMIN_TOKEN) -> None:
+        self.http = httpx.Client(base_url=hub.url, timeout=30, verify=hub.ssl)
+        form = self.http.get("/ui/login")
+        form.raise_for_status()
+        signed = self.http.post(
+            "/ui/login", data={"csrf": self.csrf(form.text), "token": token, "next": "/ui/dags"}
+        )
+        assert signed.status_code == 303, signed.text
+
+    @staticmethod
+    def csrf(html: str) -> str:
+        found = re.search(r'name="csrf" value="([^"]+)"', html)
+        assert found, html
+        return found.group(1)
+
+    def get(self, path: str) -> httpx.Response:
+        page = self.http.get(path)
+        assert page.status_code == 200, page.text
+        return page
+
+    def confirm(self, path: str) -> httpx.Response:
+        """Open an action's confirmation page at ``path`` and post its form."""
+        page = self.get(path)
+        done = self.http.post(path, data={"csrf": self.csrf(page.text)})
+        assert done.status_code == 303, done.text
+        return page
+
+    def close(self) -> None:
+        self.http.close()
 
 
 class RawWorker:

@@ -63,6 +63,7 @@ REST_ROUTE = {
     "run.mark": ("PATCH", "/api/v1/dags/{dag_id}/runs/{run_id}"),
     "worker.maintenance": ("POST", "/api/v1/workers/{name}/maintenance"),
     "worker.shutdown": ("POST", "/api/v1/workers/{name}/shutdown"),
+    "worker.update": ("POST", "/api/v1/workers/{name}/update"),
     "worker.revoke": ("POST", "/api/v1/workers/{name}/revoke"),
     "worker.remove": ("DELETE", "/api/v1/workers/{name}"),
     "enrolment_token.create": ("POST", "/api/v1/workers/enrolment-tokens"),
@@ -640,6 +641,7 @@ def _action_requests() -> list[tuple[str, str, dict[str, str]]]:
         ("run.mark", f"{run}/mark", {"state": "failed"}),
         ("worker.maintenance", "/ui/workers/w-guard/maintenance", {"on": "1"}),
         ("worker.shutdown", "/ui/workers/w-guard/shutdown", {}),
+        ("worker.update", "/ui/workers/w-guard/update", {}),
         ("worker.revoke", "/ui/workers/w-guard/revoke", {}),
         ("worker.remove", "/ui/workers/w-guard/remove", {}),
         (

@@ -476,3 +476,36 @@ def test_a_refresh_keeps_where_a_wide_graph_was_scrolled(
         assert page.refused == []
     finally:
         page.close()
+
+
+def test_a_worker_put_in_maintenance_with_a_comment_shows_it_then_comes_back(
+    browser: Any, hub: tuple[Hub, Path], shots: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    server, _ = hub
+    page = Page(browser, server)
+    tab = page.tab
+    row = tab.locator("tr.worker", has=tab.locator("td.worker-name", has_text="w1"))
+    try:
+        page.sign_in(ADMIN_TOKEN)
+        expect(tab).to_have_url(re.compile(r"/ui/dags$"))
+        tab.goto(server.url + "/ui/workers")
+        row.get_by_role("link", name="Maintenance on").click()
+        expect(tab.locator("h1")).to_have_text("Maintenance on for worker w1?")
+        tab.fill("#comment", "disk swap <b>tonight</b>")
+        tab.click(".confirm-form button[type=submit]")
+        expect(tab).to_have_url(re.compile(r"/ui/workers$"))
+        # The page redraws itself: the comment shows, as text, without a reload.
+        expect(row.locator(".maintenance")).to_have_text("disk swap <b>tonight</b>", timeout=60_000)
+        wait_for(lambda: server.api.worker("w1")["state"] == "maintenance", 30, "w1 in maintenance")
+        tab.screenshot(path=shots / "worker-maintenance.png", full_page=True)
+        row.get_by_role("link", name="Maintenance off").click()
+        tab.click(".confirm-form button[type=submit]")
+        expect(row.locator(".maintenance")).to_have_count(0, timeout=60_000)
+        assert page.refused == []
+    finally:
+        # The module's other tests need w1 taking work again.
+        server.api.post("/workers/w1/maintenance", {"on": False})
+        wait_for(lambda: server.api.worker("w1")["state"] != "maintenance", 30, "w1 back")
+        page.close()

@@ -18,7 +18,15 @@ from pathlib import Path, PurePosixPath
 import httpx
 import pytest
 
-from tests.integration.processes import PROXY_VARIABLES, REPO, Hub, Worker, tether_cli, wait_for
+from tests.integration.processes import (
+    PROXY_VARIABLES,
+    REPO,
+    Console,
+    Hub,
+    Worker,
+    tether_cli,
+    wait_for,
+)
 from tether import __version__
 from tether.hub.dist import repack
 
@@ -371,8 +379,15 @@ def test_a_worker_updates_itself_to_the_hubs_version_and_a_failed_update_changes
             return state
 
         wait_for(lambda: task_state() == "running", 60, "the task to start")
-        asked = tether_cli("workers", "update", "--queue", "default", hub=hub)
-        assert f"worker w-old asked to update to {__version__}" in asked.stdout, asked.stderr
+        # This time from the console: its Update button, its confirmation, its form.
+        console = Console(hub)
+        try:
+            assert 'href="/ui/workers/w-old/update"' in console.get("/ui/workers").text
+            asked_page = console.confirm("/ui/workers/w-old/update")
+            assert "Update worker w-old to the hub&#39;s version?" in asked_page.text
+        finally:
+            console.close()
+        assert hub.api.worker("w-old")["update_requested"] is True
         wait_for(lambda: hub.api.worker("w-old")["state"] == "draining", 30, "the drain")
         assert task_state() == "running"
         assert venv_version() == OLD_VERSION  # nothing installed under a running task
@@ -393,6 +408,12 @@ def test_a_worker_updates_itself_to_the_hubs_version_and_a_failed_update_changes
         assert (shown["update_requested"], shown["update_error"]) == (False, None)
         again = tether_cli("workers", "update", "w-old", hub=hub)
         assert f"already runs {__version__}: nothing to do" in again.stdout
+        # At the hub's version, the console offers no update.
+        console = Console(hub)
+        try:
+            assert "/ui/workers/w-old/update" not in console.get("/ui/workers").text
+        finally:
+            console.close()
     finally:
         for started in workers:
             started.stop()

@@ -21,6 +21,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.responses import HTMLResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tether import __version__
 from tether.hub.ui.roles import can
 
 HERE = Path(__file__).parent
@@ -104,6 +105,8 @@ ENV.filters.update(
 )
 #: ``can(user, action)``: whether a page shows an action's button (``ui/roles.py``).
 ENV.globals["can"] = can
+#: The version a worker's Update moves it to: the hub's own (its wheel).
+ENV.globals["hub_version"] = __version__
 
 
 def page(name: str, status: int = 200, **context: Any) -> HTMLResponse:

@@ -23,6 +23,7 @@ ACTIONS: dict[str, Role] = {
     "run.mark": Role.OPERATOR,  # PATCH /dags/{dag_id}/runs/{run_id}
     "worker.maintenance": Role.OPERATOR,  # POST /workers/{name}/maintenance
     "worker.shutdown": Role.ADMIN,  # POST /workers/{name}/shutdown
+    "worker.update": Role.ADMIN,  # POST /workers/{name}/update
     "worker.revoke": Role.ADMIN,  # POST /workers/{name}/revoke
     "worker.remove": Role.ADMIN,  # DELETE /workers/{name}
     "enrolment_token.create": Role.ADMIN,  # POST /workers/enrolment-tokens

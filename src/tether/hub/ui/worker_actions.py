@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from sqlalchemy.orm import Session
 from starlette.responses import Response
 
+from tether import __version__
 from tether.hub.core import control
 from tether.hub.core.credentials import WORKER_NAME_PATTERN
 from tether.hub.state import Hub, get_hub
@@ -23,6 +24,7 @@ from tether.hub.ui.confirming import (
     Removing,
     Revoking,
     ShuttingDown,
+    Updating,
     actor,
     common,
     confirm,
@@ -48,6 +50,17 @@ _WORKER_ACTIONS = {
             "exits. A process started later runs normally.",
         ],
         "Shut down",
+    ),
+    "update": (
+        "Update worker {name} to the hub's version?",
+        [
+            "The worker downloads the hub's wheel and checks it, then drains: it takes no "
+            "new task and lets its running tasks finish and report.",
+            "It then installs the wheel into its own environment and exits for its service "
+            "manager to start the new version. A failed update leaves the old version "
+            "running and taking work, and the workers page says why.",
+        ],
+        "Update",
     ),
     "revoke": (
         "Revoke worker {name}?",
@@ -84,7 +97,7 @@ async def _worker_page(hub: Hub, signed: SignedIn, name: str, verb: str) -> Resp
         action=f"/ui/workers/{segment(name)}/{verb}",
         button=button,
         back="/ui/workers",
-        danger=verb != "shutdown",
+        danger=verb not in ("shutdown", "update"),
     )
 
 
@@ -143,6 +156,21 @@ async def shutdown(
     await posted_form(request, signed)
     by = actor(request, signed)
     await in_store(hub, signed, lambda s: control.request_shutdown(s, name, by), write=True)
+    return done("/ui/workers")
+
+
+@router.get("/workers/{name}/update", response_model=None)
+async def update_page(hub: HubDep, signed: Updating, name: WorkerName) -> Response:
+    return await _worker_page(hub, signed, name, "update")
+
+
+@router.post("/workers/{name}/update", response_model=None)
+async def update(request: Request, hub: HubDep, signed: Updating, name: WorkerName) -> Response:
+    await posted_form(request, signed)
+    by = actor(request, signed)
+    await in_store(
+        hub, signed, lambda s: control.request_update(s, name, __version__, by), write=True
+    )
     return done("/ui/workers")
 
 
