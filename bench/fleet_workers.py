@@ -11,15 +11,20 @@ bench speaks exactly the protocol. A worker that gets a job fetches the
 job's bundle once (cached by sha, as a real worker does), uploads a short
 log and reports success; it records when the job arrived.
 
-What the real worker does and these do not: run a task process, spool
-reports to disk, watch its fence. The first heartbeat of each worker comes
-at a random point of its first interval: a real fleet was not started in
-one instant, and heartbeats all due together would measure a burst of the
-bench's making.
+A failed request (a transport error, a 5xx or 429) is counted by kind and
+retried with backoff as the real worker's client does (a heartbeat for one
+interval, the offline one for 2 s, a report or a connection for 120 s);
+a 4xx is counted and not retried. What the real worker does and these do
+not: run a task process, spool reports to disk, watch its fence, hold a
+poll without slots while all its slots are taken. The first heartbeat of
+each worker comes at a random point of its first interval: a real fleet
+was not started in one instant, and heartbeats all due together would
+measure a burst of the bench's making.
 
-Worker ``i`` of the fleet is ``fleet-NNNNN`` on queue ``site-i``; this client
-takes every ``i`` with ``i % clients == client``; it is active (its queue
-gets work) when ``i < active``. It talks to fleet.py in JSON lines:
+Worker ``i`` of the fleet is ``fleet-NNNNN`` on queue ``site-i`` (the DAG
+fleet.py writes gives work to the first ``--active`` share of those
+queues); this client takes every ``i`` with ``i % clients == client``. It
+talks to fleet.py in JSON lines:
 ``{"ready": ...}`` once its tokens exist; on ``go`` (stdin) it connects
 every worker at once, says ``{"connected": ...}`` and keeps them going; on
 ``stop`` or the end of stdin it stops them (an ``offline`` heartbeat, as a
@@ -150,9 +155,12 @@ class SimWorker:
             self.tally.errors[f"{what}: {type(exc).__name__}"] += 1
             raise ConnectionError(f"{what}: {exc}") from None
 
-    async def persist(self, what: str, path: str, kind: type[M], **kwargs: Any) -> M:
-        """:meth:`call` until answered, backing off, for :data:`PERSIST` seconds."""
-        deadline = time.monotonic() + PERSIST
+    async def persist(
+        self, what: str, path: str, kind: type[M], retry_for: float = PERSIST, **kwargs: Any
+    ) -> M:
+        """:meth:`call` until answered, backing off as the real worker's client does,
+        for ``retry_for`` seconds; each failed try is counted."""
+        deadline = time.monotonic() + retry_for
         delay = 0.2
         while True:
             try:
@@ -191,12 +199,14 @@ class SimWorker:
         loop = asyncio.get_running_loop()
         await asyncio.sleep(random.uniform(0, self.interval))
         while True:
+            # Timed from the first try, as the real worker's fence counts it.
             sent, wall = loop.time(), time.time()
             with contextlib.suppress(httpx.HTTPError, ConnectionError, Refused):
-                await self.call(
+                await self.persist(
                     "heartbeat",
                     "/heartbeat",
                     HeartbeatReply,
+                    retry_for=self.interval,
                     json=self.facts().to_wire(),
                     headers={SESSION_HEADER: self.session_id},
                 )
@@ -282,10 +292,11 @@ class SimWorker:
         if self.session_id:
             offline = replace(self.facts(), state="offline")
             with contextlib.suppress(httpx.HTTPError, ConnectionError, Refused):
-                await self.call(
+                await self.persist(
                     "offline heartbeat",
                     "/heartbeat",
                     HeartbeatReply,
+                    retry_for=2.0,
                     json=offline.to_wire(),
                     headers={SESSION_HEADER: self.session_id},
                 )
