@@ -7,6 +7,7 @@ stops everything it started when it is left, even when start-up failed.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -21,6 +22,27 @@ from typing import Any
 import httpx
 
 ADMIN = "bench-admin-token-" + "x" * 24
+
+
+def _resolve_prctl() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+#: Resolved once here: a child between fork and exec should call nothing that locks.
+_PRCTL = _resolve_prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for what a bench starts: the kernel kills the child when the
+    bench dies, however it dies (Linux), so no hub or worker outlives a killed bench."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def free_port() -> int:
@@ -81,6 +103,7 @@ class Bench:
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,
             )
         self.processes.append(proc)
         return proc
