@@ -28,6 +28,12 @@ if TYPE_CHECKING:
 WORKER_DRAIN_TIMEOUT = 60.0
 
 
+#: Seconds the hub keeps an idle client connection open: longer than any
+#: client's own idle timeout (httpx's is 5 s), so the client, not the hub,
+#: closes it, and no request is sent on a connection the hub is closing.
+KEEP_ALIVE_SECONDS = 75
+
+
 def _examples_folder() -> Path | None:
     """examples/dags of the working directory or of the source tree, if present."""
     for candidate in (
@@ -169,6 +175,10 @@ def _serve(
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=10,
+            # Clients close idle connections first (httpx after 5 s, uvicorn's own
+            # default here): with both at 5 s a worker's request sent on a connection
+            # the hub was closing failed as a ReadError, and was retried.
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
             # The client address (which the failed-authentication throttle counts by)
             # is the socket's peer unless a proxy the operator named vouches for it.
             proxy_headers=bool(config.forwarded_allow_ips),
