@@ -1,6 +1,7 @@
-"""Every read of the REST API is a read-only transaction (``state.in_read``): on
-SQLite it answers while another connection holds the write lock, instead of
-queueing behind the hub's writers for up to the busy timeout."""
+"""Every read of the REST API, and a scrape of ``/metrics``, is a read-only
+transaction (``state.in_read``, ``Store.read``): on SQLite it answers while
+another connection holds the write lock, instead of queueing behind the hub's
+writers for up to the busy timeout."""
 
 from __future__ import annotations
 
@@ -58,6 +59,7 @@ def test_every_rest_read_answers_while_the_write_lock_is_held(tmp_path: Path) ->
             assert set(params) <= set(values), f"no value for the parameters of {path}"
             reads.append(re.sub(r"{(\w+)(?::\w+)?}", lambda m: values[m.group(1)], path[7:]))
         assert len(reads) >= 15, reads  # the list really came from the schema
+        reads.append(f"{hub.url}/metrics")  # read at scrape time (hub/metrics.py)
         answers: dict[str, int] = {}
         with sqlite_write_lock(hub.database_url, hold=300) as let_go:
             for path in reads:

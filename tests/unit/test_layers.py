@@ -55,7 +55,17 @@ MAY_IMPORT: dict[str, set[str]] = {
     "hub.auth.deps": {"protocol", "hub.store", "hub.core", "hub.auth", "hub.state"},
     # The one table of domain errors and their HTTP statuses, for both APIs.
     "hub.errors": {"protocol", "hub.store", "hub.core"},
-    "hub.state": {"hub.store", "hub.core", "hub.config", "hub.auth", "hub.wakeups", "hub.dist"},
+    # Prometheus metrics: the store's gauges, read at scrape time; the gate's principal.
+    "hub.metrics": {"hub.store", "hub.core", "hub.auth"},
+    "hub.state": {
+        "hub.store",
+        "hub.core",
+        "hub.config",
+        "hub.auth",
+        "hub.wakeups",
+        "hub.dist",
+        "hub.metrics",
+    },
     # The two APIs stand on the same layers, and never on each other; the REST
     # API also reads the SDK's types (a DAG's errors, a connection's URI).
     "hub.api": {"sdk", *_BELOW_THE_APIS},

@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tether import __version__
 from tether.homes import HUB_ENTRIES, private_home, private_path
-from tether.hub import errors, openapi
+from tether.hub import errors, metrics, openapi
 from tether.hub.api.routes import router as api_router
 from tether.hub.api.secrets import MAX_BODY as SECRETS_MAX_BODY
 from tether.hub.api.secrets import router as secrets_router
@@ -71,16 +71,18 @@ def build_hub(config: HubConfig, tokens: Tokens | None = None) -> Hub:
         for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
             private_path(path)
     wakeups = Wakeups()
+    # What a transaction queued or changed wakes whoever waits, after its commit.
+    store = Store(config.database_url, sink=wakeups)
     return Hub(
         config=config,
-        # What a transaction queued or changed wakes whoever waits, after its commit.
-        store=Store(config.database_url, sink=wakeups),
+        store=store,
         tokens=tokens,
         wakeups=wakeups,
         principals=Principals(config.auth_failures_per_minute),
         secret_keys=secret_keys,
         console_key=console_key,
         dist=WorkerDist(config.home, config.worker_wheel),
+        metrics=metrics.Metrics(store),
     )
 
 
@@ -169,6 +171,7 @@ def create_app(hub: Hub) -> FastAPI:
             hub.wakeups,
             min(hub.config.scheduler_sweep_interval, hub.config.worker_lost_timeout / 2),
             hub.config.worker_lost_timeout,
+            on_pass=hub.metrics.scheduler_pass.observe,
         )
         background = [
             asyncio.create_task(_process_dags(hub), name="dag-processor"),
@@ -216,9 +219,11 @@ def create_app(hub: Hub) -> FastAPI:
     )
     console_pages.install(app)
     openapi.install(app)  # /openapi.json, /api/worker/v1/openapi.json, /docs
+    metrics.install(app, hub.metrics, config.public_metrics)
     # Outermost: no route reads a body before the gate has checked who sends it.
     app.add_middleware(AuthGate, hub=hub)
     app.add_middleware(_AnswerOutages)
+    app.add_middleware(metrics.TimeRequests, metrics=hub.metrics)  # a 401 and a 503 count too
 
     @app.get("/", include_in_schema=False)
     async def home() -> RedirectResponse:

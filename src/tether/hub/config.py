@@ -63,6 +63,9 @@ class HubConfig:
     #: Serve the worker's wheel and the simple index to anyone (a machine being
     #: set up has no credential yet); off: a worker credential or any API token.
     public_dist: bool = True
+    #: Serve ``/metrics`` to anyone (a Prometheus inside the network); off: any
+    #: API token, as a bearer token.
+    public_metrics: bool = False
     #: The wheel to serve to workers; None: built or repacked (``hub/dist.py``).
     worker_wheel: Path | None = None
 
@@ -133,6 +136,7 @@ class HubConfig:
                 os.environ.get("TETHER_CONSOLE_SESSION_LIFETIME", cls.console_session_lifetime)
             ),
             public_dist=_bool("TETHER_PUBLIC_DIST", cls.public_dist),
+            public_metrics=_bool("TETHER_PUBLIC_METRICS", cls.public_metrics),
             worker_wheel=_path(os.environ.get("TETHER_WORKER_WHEEL")),
         )
 

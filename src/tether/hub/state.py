@@ -1,5 +1,5 @@
 """What the hub's request handlers share: settings, store, tokens, wake-ups,
-principals, keys and the worker's wheel."""
+principals, keys, the worker's wheel and the metrics."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from tether.hub.auth.tokens import Tokens
 from tether.hub.config import HubConfig
 from tether.hub.core.secret_keys import SecretKeys
 from tether.hub.dist import WorkerDist
+from tether.hub.metrics import Metrics
 from tether.hub.store.db import Store
 from tether.hub.wakeups import Wakeups
 
@@ -35,6 +36,8 @@ class Hub:
     console_key: bytes
     #: The worker's wheel the hub hands out (``hub/dist.py``).
     dist: WorkerDist
+    #: This app's Prometheus registry and the series it observes (``hub/metrics.py``).
+    metrics: Metrics
 
 
 async def get_hub(request: Request) -> Hub:

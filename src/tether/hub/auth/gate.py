@@ -19,13 +19,15 @@ each HTTP request it
    still runs), the rest of ``/api/worker/v1/...`` a worker credential (but
    ``/enrol``, which is public and takes tiny bodies only, and the worker
    API's OpenAPI document). So an anonymous client cannot make the hub read,
-   parse or store anything. The worker's wheel and the simple index
-   (``DIST_PATHS``, ``worker_api/dist.py``) are public, GET and HEAD only,
-   unless ``TETHER_PUBLIC_DIST=0``: then they need a worker credential or any
-   API token (a viewer's will do), as a bearer token or as the password of
-   HTTP Basic auth (pip's ``https://user:TOKEN@HUB/simple``). Any other path
-   below them is 404 here, whoever asks, so nothing added there later becomes
-   public by accident;
+   parse or store anything. ``/metrics`` needs an API token too (any role:
+   each includes the viewer's), unless ``TETHER_PUBLIC_METRICS=1`` makes it
+   public for a Prometheus that scrapes from inside the network. The
+   worker's wheel and the simple index (``DIST_PATHS``, ``worker_api/dist.py``)
+   are public, GET and HEAD only, unless ``TETHER_PUBLIC_DIST=0``: then they
+   need a worker credential or any API token (a viewer's will do), as a bearer
+   token or as the password of HTTP Basic auth (pip's
+   ``https://user:TOKEN@HUB/simple``). Any other path below them is 404 here,
+   whoever asks, so nothing added there later becomes public by accident;
 3. counts every 401 the hub answers, per client address (the socket's peer,
    or the client a trusted proxy names: ``TETHER_FORWARDED_ALLOW_IPS``). An
    address that has spent its budget (``TETHER_AUTH_FAILURES_PER_MINUTE``)
@@ -80,6 +82,8 @@ ENROL_PATH = f"{WORKER_API_PREFIX}/enrol"
 SECRETS_PREFIX = f"{WORKER_API_PREFIX}/secrets/"
 #: The worker API's OpenAPI document: public, as the REST one (``/openapi.json``) is.
 WORKER_OPENAPI_PATH = f"{WORKER_API_PREFIX}/openapi.json"
+#: Prometheus metrics (``hub/metrics.py``): an API token's, unless TETHER_PUBLIC_METRICS.
+METRICS_PATH = "/metrics"
 #: Paths anyone may call; everything else under the two API prefixes needs a principal.
 PUBLIC_PATHS = frozenset({"/api/v1/health", ENROL_PATH, WORKER_OPENAPI_PATH})
 #: Where the worker's wheel is served: below these, only :func:`dist_paths` exist.
@@ -194,7 +198,7 @@ def needs(path: str) -> str | None:
     """``"api"``, ``"worker"``, ``"attempt"`` or None: the principal ``path`` needs."""
     if path in PUBLIC_PATHS:
         return None
-    if path.startswith(REST_PREFIX):
+    if path.startswith(REST_PREFIX) or path == METRICS_PATH:
         return "api"
     if path.startswith(SECRETS_PREFIX):
         return "attempt"
@@ -265,6 +269,8 @@ class AuthGate:
             challenge = 'Bearer, Basic realm="tether"'
         else:
             need = needs(path)
+            if path == METRICS_PATH and self.hub.config.public_metrics:
+                need = None
             if need is None and path != ENROL_PATH:  # health, the console, the schema
                 await self.app(scope, receive, send)
                 return

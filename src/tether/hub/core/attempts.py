@@ -66,6 +66,9 @@ class Claimed:
     #: Task instances left queued because their job cannot be encoded, with the
     #: reason: :func:`fail_undeliverable` ends them after the claim's commit.
     undeliverable: list[tuple[int, str]] = field(default_factory=list)
+    #: ``(queue, seconds it waited queued)`` of each job: the dispatch latency,
+    #: which the caller observes once the claim has committed.
+    waits: list[tuple[str, float]] = field(default_factory=list)
 
 
 def claim(
@@ -139,6 +142,8 @@ def claim(
         except (WireError, JobTooLarge) as exc:
             out.undeliverable.append((ti.id, str(exc)))
             continue
+        if ti.queued_at is not None:
+            out.waits.append((ti.queue, (now - ti.queued_at).total_seconds()))
         ti.try_number += 1
         S.move_task(ti, S.RUNNING, "claimed", now)
         ti.attempt_id = attempt_id

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
@@ -121,13 +123,20 @@ def tick(store: Store, now: datetime, lost_timeout: timedelta | None = None) -> 
 
 class Scheduler:
     def __init__(
-        self, store: Store, wakeups: Wakeups, sweep_interval: float, lost_timeout: float
+        self,
+        store: Store,
+        wakeups: Wakeups,
+        sweep_interval: float,
+        lost_timeout: float,
+        on_pass: Callable[[float], None] | None = None,
     ) -> None:
         self.store = store
         self.wakeups = wakeups
         self.sweep_interval = sweep_interval
         self.lost_timeout = timedelta(seconds=lost_timeout)
         self.started = runs.utcnow()
+        #: Told the seconds each pass took, a failed one too (the hub's metrics).
+        self.on_pass = on_pass
 
     async def run(self) -> None:
         """Pass after pass until cancelled; a failed pass (the database is away, a
@@ -139,11 +148,14 @@ class Scheduler:
             # After a hub outage every worker has been silent: give them one
             # lost-timeout from the hub's start to reconnect before judging.
             judge = self.lost_timeout if now - self.started >= self.lost_timeout else None
+            began = time.perf_counter()
             try:
                 deadline = await asyncio.to_thread(tick, self.store, now, judge)
             except Exception as exc:
+                self._timed(began)
                 await asyncio.sleep(backoff.failed(exc, "scheduler pass"))
                 continue
+            self._timed(began)
             backoff.succeeded()
             # The sweep is also the safety net of claims that limits held back.
             self.wakeups.notify(())
@@ -154,3 +166,7 @@ class Scheduler:
                 await asyncio.wait_for(self.wakeups.scheduler.wait(), wait)
             except TimeoutError:
                 pass
+
+    def _timed(self, began: float) -> None:
+        if self.on_pass is not None:
+            self.on_pass(time.perf_counter() - began)

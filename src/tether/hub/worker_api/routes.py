@@ -318,8 +318,9 @@ async def _fail_undeliverable(hub: Hub, items: list[tuple[int, str]]) -> None:
 
 
 #: A look for a poll: the answer, whether work was held back, what could not be
-#: handed out, and whether the worker was declared lost while the poll was held.
-Looked = tuple[PollReply, bool, list[tuple[int, str]], bool]
+#: handed out, whether the worker was declared lost while the poll was held,
+#: and how long each job handed out had waited queued.
+Looked = tuple[PollReply, bool, list[tuple[int, str]], bool, list[tuple[str, float]]]
 
 
 @router.post("/poll", responses=E(409), openapi_extra=SESSION_BOUND)
@@ -360,7 +361,7 @@ async def poll(body: PollIn, me: WorkerAuth, hub: HubDep, request: Request) -> P
         # wait for any change that ends running work, not only for new work.
         held_back = not quiet and len(jobs) < take and attempts.has_queued_work(s, worker.queues)
         reply = PollReply([j.to_dict() for j in jobs], found)
-        return reply, held_back, claimed.undeliverable, dropped
+        return reply, held_back, claimed.undeliverable, dropped, claimed.waits
 
     async def client_gone() -> None:
         # The body has been read, so the next ASGI message is the disconnect.
@@ -385,7 +386,8 @@ async def poll(body: PollIn, me: WorkerAuth, hub: HubDep, request: Request) -> P
                     hub, me, functools.partial(look, arrived=arrived), session_bound=True
                 )
                 arrived = False
-                answer, held_back, undeliverable, dropped = looked
+                answer, held_back, undeliverable, dropped, waits = looked
+                hub.metrics.dispatched(waits)  # committed: these tasks run now
                 if undeliverable:
                     await _fail_undeliverable(hub, undeliverable)
                 d = answer.directives
