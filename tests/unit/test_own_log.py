@@ -115,3 +115,24 @@ def test_a_refused_batch_is_dropped_and_counted_not_sent_again(buffer: OwnLog) -
     assert asyncio.run(main()) is False
     assert len(buffer) == 0
     assert buffer.dropped == 1
+
+
+def test_what_a_failed_shipment_logs_is_not_shipped(buffer: OwnLog) -> None:
+    logging.getLogger("tether.worker").info("before")
+
+    def down(request: httpx.Request) -> httpx.Response:
+        logging.getLogger("tether.worker.client").warning("the hub is down again")
+        return httpx.Response(503)
+
+    async def main() -> list[bool]:
+        client = HubClient("http://hub", CREDENTIAL, transport=httpx.MockTransport(down))
+        try:
+            return [await ship(buffer, client) for _ in range(5)]
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(main()) == [False] * 5
+    batch = buffer.take()
+    assert batch is not None
+    assert [line.rsplit(": ", 1)[-1] for line in batch.lines] == ["before"]
+    assert batch.dropped == 0
