@@ -429,7 +429,7 @@ class Worker:
             self.state = "stopped"
             self._write_status()
             with contextlib.suppress(Exception):  # the last lines, if the hub is there
-                await asyncio.wait_for(ship(self.own_log, self.client), 5)
+                await asyncio.wait_for(ship(self.own_log, self.client), 2)
             if self._exit is None:
                 with contextlib.suppress(Exception):
                     await self.client.heartbeat(replace(self.facts(), state="offline"), retry_for=2)
