@@ -681,10 +681,37 @@ class LogAck(Message):
 
 
 @dataclass(frozen=True)
+class WorkerLogLines(Message):
+    """``POST /worker-log``: the worker's own log lines (not its tasks'), oldest first.
+
+    Each line is one line of what the worker writes to its stderr, masked;
+    ``dropped`` counts the lines its bounded buffer let go since the last
+    batch the hub took (the hub was out of reach for long).
+    """
+
+    lines: list[str]
+    dropped: int = 0
+
+
+@dataclass(frozen=True)
+class WorkerLogAck(Message):
+    """``POST /worker-log``: how many lines the hub kept (it may drop what is over its rate)."""
+
+    kept: int
+
+
+@dataclass(frozen=True)
 class FinishReply(Message):
     """``POST /attempts/ID/finish``: the state the task instance is in now."""
 
     state: str
+
+
+#: The hub's bounds on a worker's own log lines (``POST /worker-log``): characters
+#: of one line, lines of one batch, bytes of one request.
+MAX_WORKER_LOG_LINE = 2000
+MAX_WORKER_LOG_BATCH = 500
+MAX_WORKER_LOG_BODY = 1024 * 1024
 
 
 #: Most bytes a bundle may unpack to, and most files it may hold, unless

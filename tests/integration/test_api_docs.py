@@ -179,7 +179,12 @@ def test_the_worker_api_has_a_document_of_its_own(app: FastAPI) -> None:
         for op in item.values()
         if "application/json" in op.get("requestBody", {}).get("content", {})
     }
-    paired = (worker_routes.EnrolIn, worker_routes.FactsIn, worker_routes.PollIn)
+    paired = (
+        worker_routes.EnrolIn,
+        worker_routes.FactsIn,
+        worker_routes.PollIn,
+        worker_routes.WorkerLogIn,
+    )
     assert bodies == {m.__name__ for m in (*paired, worker_routes.FinishIn)}
     messages = {
         name
@@ -187,7 +192,7 @@ def test_the_worker_api_has_a_document_of_its_own(app: FastAPI) -> None:
         if isinstance(kind := getattr(protocol, name, None), type) and issubclass(kind, Message)
     }
     assert {"EnrolReply", "SessionReply", "HeartbeatReply", "PollReply", "LogAck"} <= messages
-    assert {"FinishReply", "DistListing"} <= messages
+    assert {"FinishReply", "DistListing", "WorkerLogAck"} <= messages
     rest_models = set(rest["components"]["schemas"])
     assert not rest_models & (messages | bodies), "worker models leaked into the REST document"
 

@@ -49,6 +49,7 @@ ROLE_NEEDED: dict[tuple[str, str], str | None] = {
     ("GET", "/api/v1/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/logs"): V,
     ("POST", "/api/v1/dags/{dag_id}/backfills"): OP,
     ("GET", "/api/v1/workers"): V,
+    ("GET", "/api/v1/workers/{name}/log"): V,
     ("GET", "/api/v1/queues"): V,
     ("GET", "/api/v1/import-errors"): V,
     ("GET", "/api/v1/audit"): V,

@@ -32,6 +32,7 @@ from tether.protocol import (
     PollRequest,
     SessionReply,
     WorkerFacts,
+    WorkerLogLines,
     wheel_name,
 )
 
@@ -41,6 +42,7 @@ PAIRS: dict[type[BaseModel], type[Message]] = {
     routes.FactsIn: WorkerFacts,
     routes.PollIn: PollRequest,
     routes.FinishIn: AttemptResult,
+    routes.WorkerLogIn: WorkerLogLines,
 }
 REQUIRED = "<required>"
 

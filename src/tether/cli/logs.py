@@ -1,4 +1,5 @@
-"""``tether tasks logs``: a try's log, whole, or followed while the task runs.
+"""``tether tasks logs``: a try's log, whole, or followed while the task runs;
+``tether workers logs``: a worker's own log, likewise.
 
 Following asks the hub every :data:`POLL_INTERVAL` seconds for the bytes
 after those already printed (the log route's ``offset``); the answer's
@@ -30,6 +31,9 @@ AWAY_LIMIT = 300.0
 #: Task instance states in which a task that has not run yet may still run.
 WAITING_STATES = (None, "queued", "running", "up_for_retry")
 
+#: Most lines of a worker's own log one read brings (the hub's bound).
+WORKER_LOG_MAX_LINES = 5000
+
 T = TypeVar("T")
 
 
@@ -52,6 +56,26 @@ def tasks_logs(args: argparse.Namespace) -> int:
             lambda: _started_try(api, args.dag_id, run_id, args.task_id, args.map_index)
         )
     return _follow(api, path, {**params, "try_number": number}, patience)
+
+
+def workers_logs(args: argparse.Namespace) -> int:
+    """A worker's own log; followed, asked for the lines after the last one printed."""
+    if not 1 <= args.lines <= WORKER_LOG_MAX_LINES:
+        raise CliError(f"--lines must be between 1 and {WORKER_LOG_MAX_LINES}")
+    api = Api(args.hub)
+    path = api_path("workers", args.name, "log")
+    patience = Patience()
+    params: dict[str, Any] = {"lines": args.lines}
+    while True:
+        answer = patience.call(functools.partial(api.get, path, params=params))
+        for entry in answer["lines"]:
+            sys.stdout.write(entry["line"] + "\n")
+        sys.stdout.flush()
+        if not args.follow:
+            return 0
+        if answer["last_id"] is not None:
+            params = {"lines": WORKER_LOG_MAX_LINES, "after": answer["last_id"]}
+        time.sleep(POLL_INTERVAL)
 
 
 def _follow(api: Api, path: str, params: dict[str, Any], patience: Patience) -> int:

@@ -285,6 +285,20 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument("name", nargs="?", help="the worker")
     target.add_argument("--queue", help="every live worker serving this queue")
     sp.set_defaults(func=_lazy("tether.cli.commands", "workers_update"))
+    sp = workers.add_parser(
+        "logs",
+        help="a worker's own log (not its tasks'), as it shipped it to the hub",
+        description="Print the newest lines of the worker's own log: what it writes to "
+        "its stderr, secrets masked. With --follow, print new lines as they come until "
+        "interrupted.",
+    )
+    client_args(sp)
+    sp.add_argument("name")
+    sp.add_argument(
+        "--lines", "-n", type=int, default=200, help="how many of the newest lines (default 200)"
+    )
+    sp.add_argument("--follow", "-f", action="store_true", help="print new lines as they come")
+    sp.set_defaults(func=_lazy("tether.cli.logs", "workers_logs"))
     sp = workers.add_parser("maintenance", help="put a worker in maintenance, or take it out")
     client_args(sp)
     sp.add_argument("name")

@@ -26,6 +26,7 @@ from tether.hub.auth.gate import AuthGate, Principals
 from tether.hub.auth.tokens import Tokens
 from tether.hub.config import HubConfig
 from tether.hub.core.secret_keys import SecretKeys
+from tether.hub.core.worker_logs import Budget
 from tether.hub.dist import WorkerDist
 from tether.hub.services.callbacks import DagCallbacks
 from tether.hub.services.dag_processor import DagProcessor
@@ -83,6 +84,7 @@ def build_hub(config: HubConfig, tokens: Tokens | None = None) -> Hub:
         console_key=console_key,
         dist=WorkerDist(config.home, config.worker_wheel),
         metrics=metrics.Metrics(store),
+        worker_log_budget=Budget(config.worker_log_lines_per_minute),
     )
 
 

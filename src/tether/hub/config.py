@@ -51,6 +51,10 @@ class HubConfig:
     max_task_output_bytes: int = DEFAULT_MAX_TASK_OUTPUT_BYTES
     #: Most log bytes the hub keeps of one try; the rest is dropped, with a note.
     max_task_log_bytes: int = 100 * 1024 * 1024
+    #: Lines of each worker's own log the hub keeps (the newest), and lines a
+    #: minute one worker may send (as many in a burst); more gets 429.
+    worker_log_keep_lines: int = 5000
+    worker_log_lines_per_minute: int = 1200
     #: Most input data (upstream return values) one job carries; more fails the task.
     max_job_bytes: int = DEFAULT_MAX_JOB_BYTES
     #: Failed authentications one client address may make per minute before 429.
@@ -76,6 +80,8 @@ class HubConfig:
             "max_task_output_bytes",
             "max_task_log_bytes",
             "max_job_bytes",
+            "worker_log_keep_lines",
+            "worker_log_lines_per_minute",
             "auth_failures_per_minute",
             "console_session_lifetime",
         ):
@@ -128,6 +134,10 @@ class HubConfig:
             max_task_output_bytes=_int("TETHER_MAX_TASK_OUTPUT_BYTES", cls.max_task_output_bytes),
             max_task_log_bytes=_int("TETHER_MAX_TASK_LOG_BYTES", cls.max_task_log_bytes),
             max_job_bytes=_int("TETHER_MAX_JOB_BYTES", cls.max_job_bytes),
+            worker_log_keep_lines=_int("TETHER_WORKER_LOG_KEEP_LINES", cls.worker_log_keep_lines),
+            worker_log_lines_per_minute=_int(
+                "TETHER_WORKER_LOG_LINES_PER_MINUTE", cls.worker_log_lines_per_minute
+            ),
             auth_failures_per_minute=_int(
                 "TETHER_AUTH_FAILURES_PER_MINUTE", cls.auth_failures_per_minute
             ),

@@ -4,7 +4,7 @@ principals, keys, the worker's wheel and the metrics."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from fastapi import Request
@@ -15,6 +15,7 @@ from tether.hub.auth.gate import Principals
 from tether.hub.auth.tokens import Tokens
 from tether.hub.config import HubConfig
 from tether.hub.core.secret_keys import SecretKeys
+from tether.hub.core.worker_logs import Budget
 from tether.hub.dist import WorkerDist
 from tether.hub.metrics import Metrics
 from tether.hub.store.db import Store
@@ -38,6 +39,10 @@ class Hub:
     dist: WorkerDist
     #: This app's Prometheus registry and the series it observes (``hub/metrics.py``).
     metrics: Metrics
+    #: Lines of their own log each worker may still send (``core/worker_logs.py``).
+    worker_log_budget: Budget = field(
+        default_factory=lambda: Budget(HubConfig.worker_log_lines_per_minute)
+    )
 
 
 async def get_hub(request: Request) -> Hub:

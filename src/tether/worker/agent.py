@@ -20,6 +20,7 @@ import socket
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 from tether import __version__
 from tether.homes import WORKER_ENTRIES, private_home
@@ -39,11 +40,17 @@ from tether.worker.bundles import BundleCache
 from tether.worker.client import HubClient, HubError, Superseded
 from tether.worker.fence import Fence
 from tether.worker.launcher import make_launcher
+from tether.worker.own_log import OwnLog, ship
 from tether.worker.site_secrets import SiteSecrets, SiteSecretsError
 from tether.worker.spool import Spool, clean_logs
 
 log = logging.getLogger("tether.worker")
 
+
+#: Seconds between shipments of the worker's own log, and the longest wait after
+#: failed ones.
+SHIP_INTERVAL = 2.0
+SHIP_BACKOFF = 60.0
 
 #: Exit status of a worker whose side task (poll, heartbeat, control, fence) died
 #: of a bug: its service manager starts it again.
@@ -177,6 +184,12 @@ class Worker:
         self.update_id: str | None = None
         self.update_error: str | None = None
         self._updates_seen: set[str] = set()
+        #: The worker's own log, shipped to the hub (``own_log.py``).
+        self.own_log = OwnLog()
+        self.own_log.mask(config.credential)
+        if config.proxy:
+            with contextlib.suppress(ValueError):
+                self.own_log.mask(urlsplit(config.proxy).password)
 
     # -- state ---------------------------------------------------------------------------
 
@@ -328,9 +341,11 @@ class Worker:
     async def run(self) -> None:
         """Serve until stopped and drained. Raises WorkerExit for a non-zero exit."""
         took_lock = self._lock_home()
+        logging.getLogger("tether.worker").addHandler(self.own_log)
         try:
             await self._serve()
         finally:
+            logging.getLogger("tether.worker").removeHandler(self.own_log)
             if took_lock and self._lock_file is not None:  # the caller's lock stays the caller's
                 self._lock_file.close()
                 self._lock_file = None
@@ -399,6 +414,7 @@ class Worker:
             asyncio.create_task(self.fence.watch(self._fence_tasks), name="fence"),
             asyncio.create_task(self._control_loop(), name="control"),
             asyncio.create_task(self._poll_loop(), name="poll"),
+            asyncio.create_task(self._own_log_loop(), name="log shipping"),
         ]
         for task in side:
             task.add_done_callback(self._supervise)
@@ -412,6 +428,8 @@ class Worker:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
             self.state = "stopped"
             self._write_status()
+            with contextlib.suppress(Exception):  # the last lines, if the hub is there
+                await asyncio.wait_for(ship(self.own_log, self.client), 2)
             if self._exit is None:
                 with contextlib.suppress(Exception):
                     await self.client.heartbeat(replace(self.facts(), state="offline"), retry_for=2)
@@ -490,6 +508,15 @@ class Worker:
                 continue
             self.fence.acknowledged(sent)
             self._apply(directives)
+
+    async def _own_log_loop(self) -> None:
+        """Ship the worker's own log; after a failed shipment wait longer, up to
+        SHIP_BACKOFF (the buffer keeps its newest lines meanwhile)."""
+        wait = SHIP_INTERVAL
+        while True:
+            await asyncio.sleep(wait)
+            shipped = await ship(self.own_log, self.client)
+            wait = SHIP_INTERVAL if shipped else min(wait * 2, SHIP_BACKOFF)
 
     def _read_control(self) -> bool:
         """Apply ``control.json``; True if something changed."""

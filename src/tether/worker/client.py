@@ -46,6 +46,8 @@ from tether.protocol import (
     PollRequest,
     SessionReply,
     WorkerFacts,
+    WorkerLogAck,
+    WorkerLogLines,
     bundle_limits,
 )
 
@@ -351,6 +353,12 @@ class HubClient:
             "/heartbeat", facts, _reply(HeartbeatReply), retry_for=retry_for
         )
         return reply.directives
+
+    async def ship_log(self, batch: WorkerLogLines) -> int:
+        """Send lines of the worker's own log, once: no retry (``own_log.ship``
+        tries again later) and so no line about a failure; the lines the hub kept."""
+        reply = await self._session_call("/worker-log", batch, _reply(WorkerLogAck), retry_for=0.0)
+        return reply.kept
 
     async def poll(self, request: PollRequest) -> tuple[list[Job], Directives]:
         """Long-poll for jobs and directives; the hub holds it up to ``request.wait`` s.

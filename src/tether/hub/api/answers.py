@@ -297,6 +297,18 @@ class QueueUpdate(Answer):
     current: list[str] = Field(description="workers on the hub's version already")
 
 
+class WorkerLogEntry(Answer):
+    id: int = Field(description="grows with every line; give the last one as `after` to read on")
+    received_at: str = Field(description="when the hub received it")
+    line: str = Field(description="as the worker wrote it to its stderr, its secrets masked")
+
+
+class WorkerLog(Answer):
+    name: str
+    lines: list[WorkerLogEntry] = Field(description="oldest first")
+    last_id: int | None = Field(description="the last line's id (or `after`'s): read on from it")
+
+
 class WorkerState(Answer):
     name: str
     state: str = Field(description="`revoked` or `removed`")

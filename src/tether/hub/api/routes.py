@@ -18,7 +18,7 @@ from tether import __version__
 from tether.hub.api import answers as A
 from tether.hub.auth.deps import AdminAuth, HubDep, OperatorAuth, ViewerAuth
 from tether.hub.auth.gate import who
-from tether.hub.core import audit, backfill, control, credentials, limits, queries
+from tether.hub.core import audit, backfill, control, credentials, limits, queries, worker_logs
 from tether.hub.core.credentials import WORKER_NAME_PATTERN
 from tether.hub.core.runs import utcnow
 from tether.hub.errors import responses as E
@@ -241,6 +241,23 @@ async def task_log(
 )
 async def list_workers(hub: HubDep) -> dict[str, Any]:
     return {"workers": await in_read(hub, queries.list_workers)}
+
+
+@router.get(
+    "/workers/{name}/log",
+    dependencies=[ViewerAuth],
+    response_model=A.WorkerLog,
+    responses=E(404),
+)
+async def worker_log(
+    name: WorkerName,
+    hub: HubDep,
+    lines: Annotated[int, Query(ge=1, le=worker_logs.MAX_READ)] = worker_logs.DEFAULT_READ,
+    after: Annotated[int | None, Query(ge=0, le=MAX_WIRE_INT)] = None,
+) -> dict[str, Any]:
+    """The worker's own log (not its tasks'): its newest ``lines`` lines, or with
+    ``after`` (the ``last_id`` of a previous read) the lines that came since."""
+    return await in_read(hub, lambda s: worker_logs.read(s, name, lines, after))
 
 
 @router.get("/queues", dependencies=[ViewerAuth], response_model=A.QueueList)

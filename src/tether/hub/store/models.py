@@ -225,6 +225,21 @@ class Worker(Base):
     last_heartbeat: Mapped[datetime | None]
 
 
+class WorkerLogLine(Base):
+    """One line of a worker's own log, as it shipped it (``hub/core/worker_logs.py``).
+
+    Only the newest lines of each worker are kept; removing the worker removes them.
+    """
+
+    __tablename__ = "worker_log_line"
+    __table_args__ = (Index(None, "worker", "id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    worker: Mapped[str] = mapped_column(ForeignKey("worker.name", ondelete="CASCADE"))
+    #: When the hub received it (the line itself starts with the worker's own time).
+    received_at: Mapped[datetime]
+    line: Mapped[str] = mapped_column(Text)
+
+
 class CallbackRequest(Base):
     """A DAG-level callback (on_success_callback / on_failure_callback) to run on the hub."""
 

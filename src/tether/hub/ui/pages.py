@@ -1,5 +1,5 @@
-"""The web console's read-only pages: DAGs, a DAG's grid, a task instance, workers,
-queues and import errors.
+"""The web console's read-only pages: DAGs, a DAG's grid, a task instance, workers
+(and each one's own log), queues and import errors.
 
 Each route is thin: a read function of ``core/console_reads.py`` (or
 ``core/queries.py``) in a read-only transaction (``state.in_read``), then a
@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Query
+from fastapi import APIRouter, Depends, FastAPI, Path, Query
 from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
 
-from tether.hub.core import console_reads, queries
+from tether.hub.core import console_reads, queries, worker_logs
+from tether.hub.core.credentials import WORKER_NAME_PATTERN
 from tether.hub.state import Hub, get_hub
 from tether.hub.ui import access, actions, catalog, dag_pages, logs, view
 from tether.hub.ui.access import HOME, PageSession
@@ -28,6 +29,9 @@ __all__ = ["HOME", "install", "router"]
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 HubDep = Annotated[Hub, Depends(get_hub)]
+WorkerName = Annotated[str, Path(pattern=f"^{WORKER_NAME_PATTERN}$")]
+#: Lines of a worker's own log its page shows (the newest).
+PAGE_LINES = 1000
 
 
 @router.get("/dags", response_model=None)
@@ -78,6 +82,18 @@ async def task_instance(
 @router.get("/workers", response_model=None)
 async def workers(hub: HubDep, signed: PageSession) -> Response:
     return await view.show(hub, signed, "workers.html", console_reads.workers, section="workers")
+
+
+@router.get("/workers/{name}/log", response_model=None)
+async def worker_log(hub: HubDep, signed: PageSession, name: WorkerName) -> Response:
+    """The worker's own log (``core/worker_logs.py``), its newest lines."""
+    return await view.show(
+        hub,
+        signed,
+        "worker_log.html",
+        lambda s: worker_logs.read(s, name, PAGE_LINES, None),
+        section="workers",
+    )
 
 
 @router.get("/queues", response_model=None)

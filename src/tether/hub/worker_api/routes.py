@@ -34,9 +34,10 @@ from starlette.concurrency import run_in_threadpool
 from tether import __version__
 from tether.hub.auth.deps import SESSION_BOUND, HubDep, WorkerAuth, WorkerIdentity
 from tether.hub.auth.gate import PRINCIPAL, AttemptToken, actor_of, who
-from tether.hub.core import attempts, audit, credentials, handout, sessions
+from tether.hub.core import attempts, audit, credentials, handout, sessions, worker_logs
 from tether.hub.core import states as S
 from tether.hub.core.runs import utcnow
+from tether.hub.errors import ErrorAnswer
 from tether.hub.errors import responses as E
 from tether.hub.state import Hub
 from tether.hub.store import effects
@@ -47,6 +48,9 @@ from tether.protocol import (
     MAX_CLAIM_WAIT,
     MAX_ERROR_CHARS,
     MAX_WIRE_INT,
+    MAX_WORKER_LOG_BATCH,
+    MAX_WORKER_LOG_BODY,
+    MAX_WORKER_LOG_LINE,
     UPDATE_ID_PATTERN,
     WORKER_API_PREFIX,
     AttemptResult,
@@ -58,6 +62,7 @@ from tether.protocol import (
     LogAck,
     PollReply,
     SessionReply,
+    WorkerLogAck,
     validate_queue_name,
 )
 
@@ -206,6 +211,38 @@ class FinishIn(StrictBody):
     _check_output = field_validator("output")(wire_value("output"))
 
 
+def _log_line(value: str) -> str:
+    """One line of a worker's own log: printable text and tabs, nothing that would
+    move a terminal's cursor or split it into two lines where it is read."""
+    if not value.replace("\t", " ").isprintable():
+        raise ValueError("a log line may hold no control character but a tab")
+    return value
+
+
+class WorkerLogIn(StrictBody):
+    """:class:`tether.protocol.WorkerLogLines`."""
+
+    lines: list[Annotated[str, Field(max_length=MAX_WORKER_LOG_LINE)]] = Field(
+        max_length=MAX_WORKER_LOG_BATCH
+    )
+    dropped: int = Field(default=0, ge=0, le=MAX_WIRE_INT)
+
+    @field_validator("lines")
+    @classmethod
+    def _printable(cls, value: list[str]) -> list[str]:
+        return [_log_line(line) for line in value]
+
+
+#: A worker over its budget of log lines (``core/worker_logs.Budget``).
+OVER_BUDGET: dict[int | str, dict[str, Any]] = {
+    429: {
+        "model": ErrorAnswer,
+        "description": "this worker sent more log lines than the hub takes a minute "
+        "(`Retry-After`); nothing of the batch was kept",
+    }
+}
+
+
 async def _as_worker(hub: Hub, me: WorkerIdentity, fn: Any, *, session_bound: bool) -> Any:
     """Run ``fn(session, worker_row)`` in one transaction, checking the session if asked.
 
@@ -304,6 +341,31 @@ async def heartbeat(body: FactsIn, me: WorkerAuth, hub: HubDep) -> HeartbeatRepl
 
     directives = await _as_worker(hub, me, record, session_bound=True)
     return HeartbeatReply(directives)
+
+
+@router.post(
+    "/worker-log",
+    max_body_size=MAX_WORKER_LOG_BODY,
+    responses={**E(409, 413), **OVER_BUDGET},
+    openapi_extra=SESSION_BOUND,
+)
+async def worker_log(body: WorkerLogIn, me: WorkerAuth, hub: HubDep) -> WorkerLogAck:
+    """Lines of the worker's own log (not its tasks'); the hub keeps each worker's
+    newest ``worker_log_keep_lines`` and takes ``worker_log_lines_per_minute``."""
+    keep = hub.config.worker_log_keep_lines
+
+    def store(s: Session, worker: Worker) -> int:
+        # Spent once the session is known to be this worker's current one.
+        wait = hub.worker_log_budget.spend(worker.name, len(body.lines) + bool(body.dropped))
+        if wait is not None:
+            raise HTTPException(
+                status.HTTP_429_TOO_MANY_REQUESTS,
+                "over this worker's budget of log lines; send them again later",
+                headers={"Retry-After": str(max(1, int(wait + 0.999)))},
+            )
+        return worker_logs.append(s, worker.name, body.lines, body.dropped, utcnow(), keep)
+
+    return WorkerLogAck(await _as_worker(hub, me, store, session_bound=True))
 
 
 async def _fail_undeliverable(hub: Hub, items: list[tuple[int, str]]) -> None:
