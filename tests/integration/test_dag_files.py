@@ -133,6 +133,8 @@ def test_a_file_that_hangs_holds_up_no_other_and_unchanged_files_are_not_parsed_
     ):
         # quick appears while slow.py is still importing (it waits for the gate).
         hub.api.wait_dags("quick")
+        # Its parse child may begin after quick's is done, on a busy machine.
+        wait_for(lambda: imports.exists(), 30, "slow.py's import to begin")
         assert imports.read_text() == "slow imported\n"
         assert "slow" not in hub.api.dag_ids()
         gate.touch()

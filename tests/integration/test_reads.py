@@ -47,7 +47,7 @@ def test_every_rest_read_answers_while_the_write_lock_is_held(tmp_path: Path) ->
             "dag_id": "reader",
             "run_id": run["run_id"],
             "task_id": "hello",
-            "name": "wh",  # of /connections/{name}
+            "name": "wh",  # of /connections/{name}; /workers/{name} below
             "key": "region",  # of /variables/{key}
         }
         schema = http.get(f"{hub.url}/openapi.json").json()
@@ -57,7 +57,9 @@ def test_every_rest_read_answers_while_the_write_lock_is_held(tmp_path: Path) ->
                 continue
             params = re.findall(r"{(\w+)(?::\w+)?}", path)
             assert set(params) <= set(values), f"no value for the parameters of {path}"
-            reads.append(re.sub(r"{(\w+)(?::\w+)?}", lambda m: values[m.group(1)], path[7:]))
+            # {name} is a connection's, but a worker's under /workers/ (running_hub's w1).
+            given = {**values, "name": "w1"} if path.startswith("/api/v1/workers/") else values
+            reads.append(re.sub(r"{(\w+)(?::\w+)?}", lambda m, g=given: g[m.group(1)], path[7:]))
         assert len(reads) >= 15, reads  # the list really came from the schema
         reads.append(f"{hub.url}/metrics")  # read at scrape time (hub/metrics.py)
         answers: dict[str, int] = {}
