@@ -141,12 +141,19 @@ class Process:
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    #: Sent to a process that did not stop in time, before it is killed: a worker
+    #: writes every thread's stack to its log then (``tether worker``, faulthandler).
+    STACKS_SIGNAL: signal.Signals | None = None
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         if self.popen.poll() is None:
             self.popen.send_signal(sig)
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
+                if self.STACKS_SIGNAL is not None:
+                    self.popen.send_signal(self.STACKS_SIGNAL)  # why it is stuck, in its log
+                    time.sleep(1)
                 self.popen.kill()
                 self.popen.wait()
         self._log.close()
@@ -245,6 +252,8 @@ class Worker(Process):
     ``extra`` adds command-line arguments; ``python`` runs it with another
     interpreter (a virtualenv's).
     """
+
+    STACKS_SIGNAL = signal.SIGUSR1
 
     def __init__(
         self,

@@ -386,3 +386,17 @@ def test_tasks_also_run_in_a_fresh_interpreter_each(hub: Hub, tmp_path: Path) ->
         assert "acme work" in hub.api.log("acme_only", run["run_id"], "t")
     finally:
         spawner.stop()
+
+
+def test_sigusr1_writes_every_threads_stack_to_the_log_and_the_worker_goes_on(
+    hub: Hub, worker: Worker
+) -> None:
+    """What an operator (or a test whose worker will not stop) asks a stuck worker:
+    where is each thread? Answered from the signal itself, not the event loop."""
+    worker.popen.send_signal(signal.SIGUSR1)
+    wait_for(lambda: "Current thread 0x" in worker.output(), 10, "the stacks in the worker's log")
+    assert "(most recent call first)" in worker.output()
+    assert worker.popen.poll() is None
+    run = hub.api.run_dag("acme_only")
+    assert run["state"] == "success"
+    assert worker.stop() == 0

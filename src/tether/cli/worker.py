@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import json
 import logging
 import os
@@ -255,6 +256,9 @@ def worker_command(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, on_signal, sig)
         await worker.run()
 
+    # ``kill -USR1 PID``: every thread's stack to stderr, from the signal itself,
+    # so it answers even when the event loop is stuck (a worker that will not stop).
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         asyncio.run(main())
     except WorkerExit as exc:
