@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import html
 import os
 import re
 import signal
@@ -414,36 +415,56 @@ class Api:
         return wait_for(holding, timeout, f"{text!r} in the log of {dag_id}.{task_id}")
 
 
+def csrf_in(html_text: str) -> str:
+    """The CSRF value a console page's forms carry."""
+    found = re.search(r'name="csrf" value="([^"]+)"', html_text)
+    assert found, html_text
+    return found.group(1)
+
+
+def confirmation(html_text: str) -> tuple[str, dict[str, str]]:
+    """A console confirmation page's form: its action and its fields (hidden ones)."""
+    form = re.search(
+        r'<form method="post" action="([^"]+)" class="confirm-form">(.*?)</form>',
+        html_text,
+        re.S,
+    )
+    assert form, html_text
+    fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', form[2]))
+    return html.unescape(form[1]), {k: html.unescape(v) for k, v in fields.items()}
+
+
 class Console:
-    """The web console as a browser without script sees it: signed in with
-    ``token`` (the admin's by default), following no redirect by itself."""
+    """A browser's view of the console, without script: signed in with ``token``
+    (the admin's by default), a session cookie and the forms' CSRF value; it
+    follows no redirect by itself."""
 
     def __init__(self, hub: Hub, token: str = ADMIN_TOKEN) -> None:
         self.http = httpx.Client(base_url=hub.url, timeout=30, verify=hub.ssl)
         form = self.http.get("/ui/login")
-        form.raise_for_status()
         signed = self.http.post(
-            "/ui/login", data={"csrf": self.csrf(form.text), "token": token, "next": "/ui/dags"}
+            "/ui/login", data={"csrf": csrf_in(form.text), "token": token, "next": "/ui/dags"}
         )
         assert signed.status_code == 303, signed.text
+        self.csrf = csrf_in(self.get("/ui/dags").text)
 
-    @staticmethod
-    def csrf(html: str) -> str:
-        found = re.search(r'name="csrf" value="([^"]+)"', html)
-        assert found, html
-        return found.group(1)
+    def get(self, path: str, **params: Any) -> httpx.Response:
+        answer = self.http.get(path, params=params)
+        assert answer.status_code < 500, answer.text
+        return answer
 
-    def get(self, path: str) -> httpx.Response:
-        page = self.http.get(path)
+    def post(self, path: str, data: dict[str, str], *, csrf: bool = True) -> httpx.Response:
+        answer = self.http.post(path, data={**({"csrf": self.csrf} if csrf else {}), **data})
+        assert answer.status_code < 500, answer.text
+        return answer
+
+    def confirm(self, page: httpx.Response) -> httpx.Response:
+        """Post the confirmation form of ``page`` as it stands (the button)."""
         assert page.status_code == 200, page.text
-        return page
-
-    def confirm(self, path: str) -> httpx.Response:
-        """Open an action's confirmation page at ``path`` and post its form."""
-        page = self.get(path)
-        done = self.http.post(path, data={"csrf": self.csrf(page.text)})
-        assert done.status_code == 303, done.text
-        return page
+        action, fields = confirmation(page.text)
+        answer = self.http.post(action, data=fields)
+        assert answer.status_code < 500, answer.text
+        return answer
 
     def close(self) -> None:
         self.http.close()

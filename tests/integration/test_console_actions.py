@@ -17,7 +17,14 @@ import httpx
 import pytest
 
 from tests.conftest import BACKENDS
-from tests.integration.processes import ADMIN_TOKEN, Hub, RawWorker, running_hub
+from tests.integration.processes import (
+    ADMIN_TOKEN,
+    Console,
+    Hub,
+    RawWorker,
+    confirmation,
+    running_hub,
+)
 from tests.integration.test_roles import ROLE_NEEDED
 from tether.hub.ui.roles import ACTIONS
 
@@ -101,62 +108,12 @@ def tokens(hub: Hub) -> dict[str, str]:
     return made
 
 
-class Console:
-    """A browser's view of the console: a session cookie and the forms' CSRF value."""
-
-    def __init__(self, hub: Hub, token: str) -> None:
-        self.http = httpx.Client(base_url=hub.url, timeout=30)
-        form = self.http.get("/ui/login")
-        signed = self.http.post(
-            "/ui/login", data={"csrf": _csrf(form.text), "token": token, "next": "/ui/dags"}
-        )
-        assert signed.status_code == 303, signed.text
-        self.csrf = _csrf(self.get("/ui/dags").text)
-
-    def get(self, path: str, **params: Any) -> httpx.Response:
-        answer = self.http.get(path, params=params)
-        assert answer.status_code < 500, answer.text
-        return answer
-
-    def post(self, path: str, data: dict[str, str], *, csrf: bool = True) -> httpx.Response:
-        answer = self.http.post(path, data={**({"csrf": self.csrf} if csrf else {}), **data})
-        assert answer.status_code < 500, answer.text
-        return answer
-
-    def confirm(self, page: httpx.Response) -> httpx.Response:
-        """Post the confirmation form of ``page`` as it stands (the button)."""
-        assert page.status_code == 200, page.text
-        action, fields = confirmation(page.text)
-        answer = self.http.post(action, data=fields)
-        assert answer.status_code < 500, answer.text
-        return answer
-
-    def close(self) -> None:
-        self.http.close()
-
-
 @pytest.fixture(scope="module")
 def consoles(hub: Hub, tokens: dict[str, str]) -> Iterator[dict[str, Console]]:
     made = {role: Console(hub, token) for role, token in tokens.items()}
     yield made
     for console in made.values():
         console.close()
-
-
-def _csrf(text: str) -> str:
-    found = re.search(r'name="csrf" value="([^"]+)"', text)
-    assert found, text
-    return found.group(1)
-
-
-def confirmation(text: str) -> tuple[str, dict[str, str]]:
-    """The confirmation form's action and its fields (hidden ones, and the comment)."""
-    form = re.search(
-        r'<form method="post" action="([^"]+)" class="confirm-form">(.*?)</form>', text, re.S
-    )
-    assert form, text
-    fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', form[2]))
-    return html.unescape(form[1]), {k: html.unescape(v) for k, v in fields.items()}
 
 
 #: The last path segment of every action's confirmation page.

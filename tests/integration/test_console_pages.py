@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import BACKENDS
+from tests.integration import processes
 from tests.integration.processes import ADMIN_TOKEN, Hub, running_hub, wait_for
 from tether.hub.core.dag_code import MAX_SHOWN_BYTES
 
@@ -106,15 +107,8 @@ class Console:
 
 
 def sign_in(hub: Hub, token: str) -> httpx.Client:
-    client = httpx.Client(base_url=hub.url, timeout=30)
-    form = client.get("/ui/login")
-    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
-    assert csrf, form.text
-    answer = client.post(
-        "/ui/login", data={"csrf": csrf.group(1), "token": token, "next": "/ui/dags"}
-    )
-    assert answer.status_code == 303, answer.text
-    return client
+    """A client with a console session for ``token``."""
+    return processes.Console(hub, token).http
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

@@ -154,31 +154,12 @@ def test_an_idle_connection_outlives_the_clients_own_idle_timeout(sqlite_hub: Hu
     dropped it at 5 s too raced it: a request sent as the hub closed the
     connection failed (seen as ReadErrors in bench/fleet.py)."""
     request = b"GET /api/v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-
-    def answer(conn: socket.socket) -> bytes:
-        """One whole answer (its head, then Content-Length bytes); b"" if closed."""
-        data = b""
-        while b"\r\n\r\n" not in data:
-            piece = conn.recv(65536)
-            if not piece:
-                return data
-            data += piece
-        head, _, body = data.partition(b"\r\n\r\n")
-        length = int(
-            next(
-                line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
-            ).split(b":")[1]
-        )
-        while len(body) < length:
-            body += conn.recv(65536)
-        return head
-
     with socket.create_connection(("127.0.0.1", sqlite_hub.port), timeout=30) as conn:
         conn.sendall(request)
-        assert answer(conn).startswith(b"HTTP/1.1 200")
+        assert _answer(conn).startswith(b"HTTP/1.1 200")
         time.sleep(7)  # past httpx's 5 s, and uvicorn's default
         conn.sendall(request)
-        assert answer(conn).startswith(b"HTTP/1.1 200")  # b"" once the hub closed it
+        assert _answer(conn).startswith(b"HTTP/1.1 200")  # b"" once the hub closed it
 
 
 # --- bounded input ------------------------------------------------------------------------------

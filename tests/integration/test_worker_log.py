@@ -11,7 +11,6 @@ each worker to its budget of lines a minute.
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ import pytest
 from tests.conftest import BACKENDS
 from tests.integration.processes import (
     ADMIN_TOKEN,
+    Console,
     Hub,
     RawWorker,
     Worker,
@@ -137,14 +137,9 @@ def test_a_followed_log_prints_new_lines_and_the_credential_is_masked(
 def test_the_console_links_each_worker_to_a_page_of_its_log(served: tuple[Hub, Worker]) -> None:
     hub, _ = served
     _holding(hub, "wl1", "connected to hub")
-    with httpx.Client(base_url=hub.url, timeout=30) as browser:
-        form = browser.get("/ui/login")
-        csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
-        assert csrf, form.text
-        signed = browser.post(
-            "/ui/login", data={"csrf": csrf.group(1), "token": ADMIN_TOKEN, "next": "/ui/dags"}
-        )
-        assert signed.status_code == 303, signed.text
+    console = Console(hub)
+    try:
+        browser = console.http
         workers = browser.get("/ui/workers")
         assert 'href="/ui/workers/wl1/log"' in workers.text
         page = browser.get("/ui/workers/wl1/log")
@@ -153,6 +148,8 @@ def test_the_console_links_each_worker_to_a_page_of_its_log(served: tuple[Hub, W
         assert "<script>" not in page.text
         assert browser.get("/ui/workers/nobody/log").status_code == 404
         assert browser.get("/ui/workers/a%20b/log").status_code == 422
+    finally:
+        console.close()
     with httpx.Client(base_url=hub.url, timeout=30) as anonymous:
         assert anonymous.get("/ui/workers/wl1/log").status_code == 303
 
