@@ -254,17 +254,29 @@ def worker_command(args: argparse.Namespace) -> int:
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal, sig)
-        await worker.run()
+        # ``kill -USR1 PID``: every thread's stack to stderr, from the signal itself,
+        # so it answers even when the event loop is stuck (a worker that will not
+        # stop); then, from the loop if it still runs, where each of its tasks waits.
+        loop.add_signal_handler(signal.SIGUSR1, _print_tasks)
+        faulthandler.register(signal.SIGUSR1, all_threads=True, chain=True)
+        try:
+            await worker.run()
+        finally:
+            faulthandler.unregister(signal.SIGUSR1)
 
-    # ``kill -USR1 PID``: every thread's stack to stderr, from the signal itself,
-    # so it answers even when the event loop is stuck (a worker that will not stop).
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         asyncio.run(main())
     except WorkerExit as exc:
         sys.stderr.write(f"tether worker: {exc}\n")
         return exc.code
     return 0
+
+
+def _print_tasks() -> None:
+    """Where each of the event loop's tasks waits, to stderr (``kill -USR1``)."""
+    for task in asyncio.all_tasks():
+        task.print_stack(file=sys.stderr)
+    sys.stderr.flush()
 
 
 def maintenance_command(args: argparse.Namespace) -> int:

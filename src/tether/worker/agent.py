@@ -429,7 +429,8 @@ class Worker:
             self.state = "stopped"
             self._write_status()
             with contextlib.suppress(Exception):  # the last lines, if the hub is there
-                await asyncio.wait_for(ship(self.own_log, self.client), 2)
+                async with asyncio.timeout(2):
+                    await ship(self.own_log, self.client)
             if self._exit is None:
                 with contextlib.suppress(Exception):
                     await self.client.heartbeat(replace(self.facts(), state="offline"), retry_for=2)
@@ -447,7 +448,8 @@ class Worker:
                     timeout = None
             self._drain_wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._drain_wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._drain_wake.wait()
 
     def _supervise(self, task: asyncio.Task[Any]) -> None:
         """A side task ended. Cancelled (the worker stops) or ended by ``_fatal``

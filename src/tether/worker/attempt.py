@@ -200,17 +200,25 @@ class AttemptRunner:
             # Scratch space, job.json with its site-local secrets among it: gone as soon
             # as the task ended, not after a report that may wait long for the hub.
             shutil.rmtree(self.workdir, ignore_errors=True)
-            shipping.cancel()
-            try:
-                await shipping
-            except asyncio.CancelledError:
-                pass
-            except HubError as exc:  # the hub refused a chunk; the result still goes
-                log.warning("log upload for attempt %s refused: %s", self.job.attempt_id, exc)
+            await self._stop_shipping(shipping)
         entry.result = result
         self.spool.write(entry)
         await deliver(self.client, self.spool, entry, shipper.offset)
         return result
+
+    async def _stop_shipping(self, shipping: asyncio.Task[None]) -> None:
+        """Cancel the log shipper and wait until it has let go (``deliver`` sends
+        the rest with the result). Only the shipper's own cancellation is
+        swallowed: one of this attempt meanwhile (the worker stops) goes on up."""
+        shipping.cancel()
+        try:
+            await shipping
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+        except HubError as exc:  # the hub refused a chunk; the result still goes
+            log.warning("log upload for attempt %s refused: %s", self.job.attempt_id, exc)
 
     async def _execute(self) -> AttemptResult:
         job = self.job
@@ -250,7 +258,8 @@ class AttemptRunner:
         # callback runs); a task that does not stop is killed a little later.
         deadline = job.execution_timeout + KILL_GRACE if job.execution_timeout else None
         try:
-            code = await asyncio.wait_for(self.process.wait(), deadline)
+            async with asyncio.timeout(deadline):
+                code = await self.process.wait()
         except TimeoutError:
             await self.kill(
                 f"execution_timeout of {job.execution_timeout:g}s exceeded "
@@ -317,7 +326,8 @@ class AttemptRunner:
             return  # not started yet: _execute sees kill_reason
         signal_task(proc.pid, signal.SIGTERM)
         try:
-            await asyncio.wait_for(proc.wait(), self.kill_grace if grace is None else grace)
+            async with asyncio.timeout(self.kill_grace if grace is None else grace):
+                await proc.wait()
         except TimeoutError:
             signal_task(proc.pid, signal.SIGKILL)
             await proc.wait()

@@ -90,7 +90,8 @@ class Fence:
                     log.info("the hub acknowledged a heartbeat again")
                     fenced = False
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), after - silent)
+                    async with asyncio.timeout(after - silent):
+                        await self._changed.wait()
                 continue
             reason = (
                 f"no heartbeat acknowledged by the hub for {silent:.1f}s; the hub declares a "

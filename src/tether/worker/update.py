@@ -106,7 +106,8 @@ async def _run(command: list[str], limit: float) -> tuple[int, str]:
     except OSError as exc:
         raise UpdateFailed(f"cannot run {command[0]}: {exc}") from None
     try:
-        output, _ = await asyncio.wait_for(process.communicate(), limit)
+        async with asyncio.timeout(limit):
+            output, _ = await process.communicate()
     except TimeoutError:
         process.kill()
         await process.wait()

@@ -10,6 +10,7 @@ deadline or until poked, with a periodic sweep as the safety net.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -162,10 +163,9 @@ class Scheduler:
             wait = self.sweep_interval
             if deadline is not None:
                 wait = max(0.0, min(wait, (deadline - runs.utcnow()).total_seconds()))
-            try:
-                await asyncio.wait_for(self.wakeups.scheduler.wait(), wait)
-            except TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self.wakeups.scheduler.wait()
 
     def _timed(self, began: float) -> None:
         if self.on_pass is not None:
