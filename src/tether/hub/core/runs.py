@@ -222,6 +222,53 @@ def advance_run(session: Session, run: DagRun) -> None:
     """
     if run.state == S.RUN_QUEUED:
         return  # not started yet (max_active_runs); start_queued_runs starts it
+    if any(spec.get("mapped") for spec in run.serialized["tasks"]):
+        _advance_loaded(session, run)
+    else:
+        _advance_light(session, run)
+
+
+def _advance_light(session: Session, run: DagRun) -> None:
+    """``advance_run`` for a run without mapped tasks: the same decisions, made from
+    each task instance's state alone, loading as objects only the ones that move.
+
+    Every finish of a task advances its run, so loading all of a wide run's
+    task instances each time made a run of N tasks cost N² object loads.
+    """
+    now = utcnow()
+    states: dict[str, list[str | None]] = {}
+    for task_id, state in session.execute(
+        select(TaskInstance.task_id, TaskInstance.state).where(TaskInstance.dag_run_id == run.id)
+    ):
+        states.setdefault(task_id, []).append(state)
+    for spec in run.serialized["tasks"]:  # topological: upstream decisions come first
+        own = states.get(spec["task_id"], [])
+        if None not in own:
+            continue
+        upstream = [state for u in spec["upstream"] for state in states.get(u, [])]
+        counts = Counter(state or "none" for state in upstream)
+        decision = _decide(spec["trigger_rule"], counts, len(upstream))
+        if decision is None:
+            continue
+        waiting = session.scalars(
+            select(TaskInstance).where(
+                TaskInstance.dag_run_id == run.id,
+                TaskInstance.task_id == spec["task_id"],
+                TaskInstance.state.is_(None),
+            )
+        )
+        for ti in waiting:
+            S.move_task(ti, decision, "trigger_rule", now)
+            if decision == S.QUEUED:
+                effects.wake(session, ti.queue)
+        states[spec["task_id"]] = [decision if state is None else state for state in own]
+    everything = [state for group in states.values() for state in group]
+    _finish_if_done(session, run, everything)
+
+
+def _advance_loaded(session: Session, run: DagRun) -> None:
+    """``advance_run`` with every task instance loaded: mapping needs them (the
+    upstream values to expand over, the placeholders to turn into instances)."""
     now = utcnow()
     groups: dict[str, list[TaskInstance]] = {}
     for ti in session.scalars(
@@ -250,9 +297,13 @@ def advance_run(session: Session, run: DagRun) -> None:
             S.move_task(ti, decision, "trigger_rule", now)
             if decision == S.QUEUED:
                 effects.wake(session, ti.queue)
-    tis = [ti for group in groups.values() for ti in group]
-    if run.state == S.RUN_RUNNING and all(ti.state in S.TI_FINISHED for ti in tis):
-        failed = any(ti.state in S.TI_FAILED for ti in tis)
+    _finish_if_done(session, run, [ti.state for group in groups.values() for ti in group])
+
+
+def _finish_if_done(session: Session, run: DagRun, states: list[str | None]) -> None:
+    """End a running run whose task instances (their ``states``) have all finished."""
+    if run.state == S.RUN_RUNNING and all(state in S.TI_FINISHED for state in states):
+        failed = any(state in S.TI_FAILED for state in states)
         if failed:
             finish_run(session, run, S.RUN_FAILED, "task_failure")
         else:

@@ -1,0 +1,44 @@
+"""bench/dispatch.py at a tiny size, on both stores (Bash tasks on SQLite, Python
+ones on PostgreSQL, to keep the suite short): every run it starts succeeds and
+it reports every figure. Nothing here asserts a timing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.integration.processes import REPO, die_with_pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_dispatch_bench_runs_every_task_and_reports_every_figure(database_url: str) -> None:
+    kind = "bash" if database_url.startswith("sqlite") else "python"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "dispatch.py"), "--database-url", database_url]
+        + ["--kind", kind, "--workers", "2", "--concurrency", "2"]
+        + ["--wide", "8", "--chain", "3", "--singles", "2"],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        preexec_fn=die_with_pytest,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert figures["bench"] == "dispatch"
+    assert figures["store"] == database_url.split(":", 1)[0]
+    assert (figures["kind"], figures["workers"], figures["concurrency"]) == (kind, 2, 2)
+    assert (figures["chain_state"], figures["wide_state"]) == ("success", "success")
+    assert (figures["chain_tasks"], figures["wide_tasks"]) == (3, 8)
+    for low, high in (("dispatch_ms_p50", "dispatch_ms_p99"), ("handoff_ms_p50", "handoff_ms_p95")):
+        assert 0 <= figures[low] <= figures[high], (low, high)
+    assert figures["task_run_ms_p50"] > 0
+    assert figures["chain_ms_per_task"] > 0
+    assert figures["throughput_tasks_per_s"] > 0
+    assert figures["worker_rss_mb"] > 10
+    assert figures["hub_rss_mb"] > 10
+    assert len(figures["load_start"].split()) == len(figures["load_end"].split()) == 3
