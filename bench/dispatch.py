@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import textwrap
@@ -153,7 +154,11 @@ def main() -> int:
     for key, value in figures.items():
         print(f"{key:24} {value}")
     print(json.dumps({"bench": "dispatch", **figures}))
-    return 0 if (chain_run["state"], wide_run["state"]) == ("success", "success") else 1
+    if (chain_run["state"], wide_run["state"]) != ("success", "success"):
+        print(f"a run failed; logs kept in {bench.root}", file=sys.stderr)
+        return 1
+    shutil.rmtree(bench.root, ignore_errors=True)
+    return 0
 
 
 if __name__ == "__main__":
