@@ -51,6 +51,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    """Stop ``processes``, the last started first: SIGTERM, then SIGKILL for one
+    that has not exited 30 s later."""
+    for proc in reversed(processes):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 def ts(value: str) -> float:
     return datetime.fromisoformat(value).timestamp()
 
@@ -87,14 +100,7 @@ class Bench:
 
     def __exit__(self, *exc: object) -> None:
         self.api.close()
-        for proc in reversed(self.processes):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        stop(self.processes)
 
     def _start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         with (self.root / f"{name}.log").open("wb") as log:
