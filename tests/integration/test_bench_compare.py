@@ -19,7 +19,7 @@ from tests.integration.processes import REPO, die_with_pytest
 
 pytestmark = pytest.mark.integration
 
-FANOUT, CHAIN, DISPATCH = 20, 5, 3
+FANOUT, CHAIN, DISPATCH = 10, 4, 3
 #: bench/compare.py's exit status when a prerequisite is missing.
 MISSING = 3
 
