@@ -39,10 +39,8 @@ Everything it starts is stopped on exit. Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
-import shutil
 import signal
 import sys
 import textwrap
@@ -55,7 +53,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fleet import PeakRss, cpu_seconds, rss_mb
-from harness import Bench, pct
+from harness import Bench, pct, run_and_report
 
 #: Seconds between two looks at one DAG while waiting for a change to show.
 POLL = 0.2
@@ -432,23 +430,7 @@ def main() -> int:
     env = {"TETHER_DAG_SCAN_INTERVAL": str(args.scan_interval)}
     if args.database_url:
         env["TETHER_DATABASE_URL"] = args.database_url
-    with Bench(**env) as bench:
-        try:
-            figures = measure(bench, args)
-        except KeyboardInterrupt:
-            print(f"interrupted; logs kept in {bench.root}", file=sys.stderr)
-            return 130
-        except BaseException:
-            print(f"the dagscale bench failed; logs kept in {bench.root}", file=sys.stderr)
-            raise
-    for key, value in figures.items():
-        print(f"{key:34} {value}")
-    print(json.dumps({"bench": "dagscale", **figures}))
-    if failed(figures):
-        print(f"something failed; logs kept in {bench.root}", file=sys.stderr)
-        return 1
-    shutil.rmtree(bench.root, ignore_errors=True)
-    return 0
+    return run_and_report("dagscale", env, lambda bench: measure(bench, args), failed, width=34)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import queue
-import shutil
 import signal
 import subprocess
 import sys
@@ -48,7 +47,7 @@ from typing import Any
 from tether.protocol import MAX_CLAIM_WAIT
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import ADMIN, Bench, die_with_parent, pct, ts
+from harness import ADMIN, Bench, die_with_parent, pct, run_and_report, ts
 
 HERE = Path(__file__).resolve().parent
 
@@ -309,23 +308,9 @@ def main() -> int:
     if args.database_url:
         env["TETHER_DATABASE_URL"] = args.database_url
     active = max(1, round(args.workers * args.active))
-    with Bench(**env) as bench:
-        try:
-            figures = measure(bench, args, active)
-        except KeyboardInterrupt:
-            print(f"interrupted; logs kept in {bench.root}", file=sys.stderr)
-            return 130
-        except BaseException:
-            print(f"the fleet bench failed; logs kept in {bench.root}", file=sys.stderr)
-            raise
-    for key, value in figures.items():
-        print(f"{key:28} {value}")
-    print(json.dumps({"bench": "fleet", **figures}))
-    if failed(figures):
-        print(f"something failed; logs kept in {bench.root}", file=sys.stderr)
-        return 1
-    shutil.rmtree(bench.root, ignore_errors=True)
-    return 0
+    return run_and_report(
+        "fleet", env, lambda bench: measure(bench, args, active), failed, width=28
+    )
 
 
 if __name__ == "__main__":

@@ -8,13 +8,16 @@ stops everything it started when it is left, even when start-up failed.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -167,3 +170,33 @@ class Bench:
     def log(self, run: dict[str, Any], task_id: str) -> str:
         path = f"/dags/{run['dag_id']}/runs/{run['run_id']}/tasks/{task_id}/logs"
         return str(self.api.get(path).text)
+
+
+def run_and_report(
+    name: str,
+    env: dict[str, str],
+    measure: Callable[[Bench], dict[str, Any]],
+    failed: Callable[[dict[str, Any]], bool],
+    width: int,
+) -> int:
+    """Run ``measure`` in a ``Bench``, print its figures as a table (keys ``width``
+    wide) and a final JSON line, and give the exit status: 0, 1 if ``failed``
+    says so, 130 on Ctrl-C. The temporary home (logs among it) is removed only
+    when nothing failed; otherwise the message says where it is."""
+    with Bench(**env) as bench:
+        try:
+            figures = measure(bench)
+        except KeyboardInterrupt:
+            print(f"interrupted; logs kept in {bench.root}", file=sys.stderr)
+            return 130
+        except BaseException:
+            print(f"the {name} bench failed; logs kept in {bench.root}", file=sys.stderr)
+            raise
+    for key, value in figures.items():
+        print(f"{key:{width}} {value}")
+    print(json.dumps({"bench": name, **figures}))
+    if failed(figures):
+        print(f"something failed; logs kept in {bench.root}", file=sys.stderr)
+        return 1
+    shutil.rmtree(bench.root, ignore_errors=True)
+    return 0
