@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import html
+import json
 import os
 import re
 import signal
@@ -53,6 +54,21 @@ def die_with_pytest() -> None:
     or worker outlives a killed or timed-out test run."""
     if _PRCTL is not None:
         _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def run_bench(script: str, args: list[str], timeout: float = 280) -> dict[str, Any]:
+    """Run ``bench/SCRIPT`` with ``args`` (it dies with the suite) and give the
+    figures of its final JSON line; a non-zero exit fails with its output."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=die_with_pytest,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return figures
 
 
 @contextlib.contextmanager

@@ -5,14 +5,11 @@ succeeds; every figure is reported. Nothing here asserts a timing."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.integration.processes import REPO, die_with_pytest
+from tests.integration.processes import run_bench
 
 pytestmark = pytest.mark.integration
 
@@ -21,18 +18,13 @@ FILES, TASKS, CHANGES, SCHEDULED, INTERVALS = 30, 5, 2, 3, 6
 
 def test_the_dagscale_bench_sees_every_dag_and_runs_every_interval_once(tmp_path: Path) -> None:
     database_url = f"sqlite:///{tmp_path / 'bench.db'}"
-    done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "dagscale.py"), "--database-url", database_url]
+    figures = run_bench(
+        "dagscale.py",
+        ["--database-url", database_url]
         + ["--files", str(FILES), "--tasks", str(TASKS), "--changes", str(CHANGES)]
         + ["--idle", "3", "--scheduled", str(SCHEDULED), "--intervals", str(INTERVALS)]
         + ["--concurrency", "8", "--scan-interval", "0.5"],
-        capture_output=True,
-        text=True,
-        timeout=280,
-        preexec_fn=die_with_pytest,
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    figures = json.loads(done.stdout.strip().splitlines()[-1])
 
     assert figures["bench"] == "dagscale"
     assert figures["store"] == database_url.split(":", 1)[0]

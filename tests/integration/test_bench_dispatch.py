@@ -4,31 +4,23 @@ it starts succeeds and it reports every figure. Nothing here asserts a timing.""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.integration.processes import REPO, die_with_pytest
+from tests.integration.processes import run_bench
 
 pytestmark = pytest.mark.integration
 
 
 def test_the_dispatch_bench_runs_every_task_and_reports_every_figure(tmp_path: Path) -> None:
     database_url, kind = f"sqlite:///{tmp_path / 'bench.db'}", "bash"
-    done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "dispatch.py"), "--database-url", database_url]
+    figures = run_bench(
+        "dispatch.py",
+        ["--database-url", database_url]
         + ["--kind", kind, "--workers", "2", "--concurrency", "2"]
         + ["--wide", "8", "--chain", "3", "--singles", "2"],
-        capture_output=True,
-        text=True,
-        timeout=280,
-        preexec_fn=die_with_pytest,
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    figures = json.loads(done.stdout.strip().splitlines()[-1])
 
     assert figures["bench"] == "dispatch"
     assert figures["store"] == "sqlite"

@@ -3,13 +3,9 @@ hands every job out once, and reports every figure. Nothing here asserts a timin
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 
-from tests.integration.processes import REPO, die_with_pytest
+from tests.integration.processes import run_bench
 
 pytestmark = pytest.mark.integration
 
@@ -19,17 +15,12 @@ WORKERS, CLIENTS, RUNS = 20, 2, 3
 def test_the_fleet_bench_connects_every_worker_and_hands_out_every_job(
     database_url: str,
 ) -> None:
-    done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "fleet.py"), "--database-url", database_url]
+    figures = run_bench(
+        "fleet.py",
+        ["--database-url", database_url]
         + ["--workers", str(WORKERS), "--clients", str(CLIENTS), "--runs", str(RUNS)]
         + ["--active", "0.1", "--duration", "10", "--heartbeat-interval", "2"],
-        capture_output=True,
-        text=True,
-        timeout=280,
-        preexec_fn=die_with_pytest,
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    figures = json.loads(done.stdout.strip().splitlines()[-1])
 
     assert figures["bench"] == "fleet"
     assert figures["store"] == database_url.split(":", 1)[0]
