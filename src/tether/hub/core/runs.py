@@ -241,6 +241,7 @@ def _advance_light(session: Session, run: DagRun) -> None:
         select(TaskInstance.task_id, TaskInstance.state).where(TaskInstance.dag_run_id == run.id)
     ):
         states.setdefault(task_id, []).append(state)
+    decided: dict[str, S.TaskState] = {}
     for spec in run.serialized["tasks"]:  # topological: upstream decisions come first
         own = states.get(spec["task_id"], [])
         if None not in own:
@@ -250,18 +251,23 @@ def _advance_light(session: Session, run: DagRun) -> None:
         decision = _decide(spec["trigger_rule"], counts, len(upstream))
         if decision is None:
             continue
+        decided[spec["task_id"]] = decision
+        states[spec["task_id"]] = [decision if state is None else state for state in own]
+    # A query per few hundred that move, not one per task: a run's start decides
+    # every root (in chunks: an older SQLite takes at most 999 parameters).
+    names = list(decided)
+    for first in range(0, len(names), 500):
         waiting = session.scalars(
             select(TaskInstance).where(
                 TaskInstance.dag_run_id == run.id,
-                TaskInstance.task_id == spec["task_id"],
+                TaskInstance.task_id.in_(names[first : first + 500]),
                 TaskInstance.state.is_(None),
             )
         )
         for ti in waiting:
-            S.move_task(ti, decision, "trigger_rule", now)
-            if decision == S.QUEUED:
+            S.move_task(ti, decided[ti.task_id], "trigger_rule", now)
+            if decided[ti.task_id] == S.QUEUED:
                 effects.wake(session, ti.queue)
-        states[spec["task_id"]] = [decision if state is None else state for state in own]
     everything = [state for group in states.values() for state in group]
     _finish_if_done(session, run, everything)
 
