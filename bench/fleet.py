@@ -16,16 +16,22 @@ the whole fleet is connected. Prints:
   ``queued_at`` (REST API), p50/p95/p99, and whether every job arrived;
 - errors by kind (endpoint and HTTP status or exception class), counted;
 - hub CPU over the window (utime + stime of its process, as a share of one
-  core, and per worker-second) and its peak RSS; the simulated workers' CPU
-  (all clients together: on a small machine they compete with the hub); the
-  load average at the start and the end;
+  core, and per worker-second; with ``--hubs`` N, the sum of the hub
+  processes and each one's share) and its peak RSS (the sum of the peaks);
+  the simulated workers' CPU (all clients together: on a small machine they
+  compete with the hub); the load average at the start and the end;
 
 then a final JSON line. Exits 1 if anything failed (an error, a worker not
 connected, a job not received). Everything it starts is stopped on exit.
 Usage:
     python3 -m uv run python bench/fleet.py [--workers 100] [--clients 4] [--active 0.1]
         [--runs 10] [--duration 30] [--heartbeat-interval 10]
-        [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/fleet]
+        [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/fleet [--hubs 2]]
+
+With ``--hubs`` N (PostgreSQL only), N hub processes share the database
+(docs/deployment.md): the clients spread over them, client k on hub k mod N,
+and the runs are triggered through the first, so most jobs reach their
+worker through another hub's notification.
 """
 
 from __future__ import annotations
@@ -57,12 +63,12 @@ DAG_ID = "fleet"
 class Client:
     """One process of simulated workers, and the JSON lines it says."""
 
-    def __init__(self, bench: Bench, number: int, args: argparse.Namespace) -> None:
+    def __init__(self, bench: Bench, number: int, args: argparse.Namespace, url: str) -> None:
         self.number = number
         self.log = bench.root / f"client-{number}.log"
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, str(HERE / "fleet_workers.py"), "--hub", bench.url]
+                [sys.executable, str(HERE / "fleet_workers.py"), "--hub", url]
                 + ["--client", str(number), "--clients", str(args.clients)]
                 + ["--workers", str(args.workers), "--concurrency", str(args.concurrency)]
                 + ["--poll-wait", str(args.poll_wait)],
@@ -175,8 +181,10 @@ def wait_runs(bench: Bench, ids: list[str], timeout: float) -> list[dict[str, An
 def measure(bench: Bench, args: argparse.Namespace, active: int) -> dict[str, Any]:
     write_dag(bench, active)
     bench.start_hub(DAG_ID)
-    hub = bench.processes[0].pid
-    clients = [Client(bench, n, args) for n in range(args.clients)]
+    urls = [bench.url] + [bench.start_replica(n) for n in range(1, args.hubs)]
+    hubs = [proc.pid for proc in bench.processes]  # only hubs so far
+    # Runs are triggered through the first hub; the clients spread over all.
+    clients = [Client(bench, n, args, urls[n % len(urls)]) for n in range(args.clients)]
     setup = time.monotonic() + 120 + args.workers / 10
     for client in clients:
         client.expect("ready", setup)
@@ -189,17 +197,20 @@ def measure(bench: Bench, args: argparse.Namespace, active: int) -> dict[str, An
     connect_total = time.monotonic() - go
 
     errors: Counter[str] = Counter()
-    began, began_wall, cpu_began = time.monotonic(), time.time(), cpu_seconds(hub)
+    began, began_wall = time.monotonic(), time.time()
+    cpu_began = [cpu_seconds(pid) for pid in hubs]
     clients_began = sum(cpu_seconds(c.proc.pid) for c in clients)
-    rss = PeakRss(hub)
-    rss.start()
+    rss = [PeakRss(pid) for pid in hubs]
+    for sampler in rss:
+        sampler.start()
     run_ids = trigger_runs(bench, args.runs, began, args.duration, errors)
     time.sleep(max(0.0, began + args.duration - time.monotonic()))
     window = time.monotonic() - began
-    cpu = cpu_seconds(hub) - cpu_began
+    cpu_each = [cpu_seconds(pid) - b for pid, b in zip(hubs, cpu_began, strict=True)]
+    cpu = sum(cpu_each)
     clients_cpu = sum(cpu_seconds(c.proc.pid) for c in clients) - clients_began
     ended_wall = time.time()
-    rss_peak = rss.stop()
+    rss_peak = sum(sampler.stop() for sampler in rss)
     load_end = os.getloadavg()
 
     runs = wait_runs(bench, run_ids, 60 + args.runs * active / 20)
@@ -229,6 +240,7 @@ def measure(bench: Bench, args: argparse.Namespace, active: int) -> dict[str, An
     workers = args.workers
     return {
         "store": bench.store,
+        "hubs": len(hubs),
         "workers": workers,
         "clients": args.clients,
         "active": active,
@@ -256,6 +268,7 @@ def measure(bench: Bench, args: argparse.Namespace, active: int) -> dict[str, An
         "error_count": sum(errors.values()),
         "errors": dict(sorted(errors.items())),
         "hub_cpu_core_share": round(cpu / window, 3),
+        "hub_cpu_core_share_each": [round(c / window, 3) for c in cpu_each],
         "hub_cpu_ms_per_worker_s": round(cpu * 1000 / (workers * window), 3),
         "hub_rss_mb_peak": round(rss_peak, 1),
         "clients_cpu_core_share": round(clients_cpu / window, 3),
@@ -291,7 +304,12 @@ def parse() -> argparse.Namespace:
     parser.add_argument(
         "--database-url", default=None, help="an empty database (default: SQLite in a temp dir)"
     )
+    parser.add_argument(
+        "--hubs", type=int, default=1, help="hub processes on the one PostgreSQL database"
+    )
     args = parser.parse_args()
+    if args.hubs < 1 or (args.hubs > 1 and not (args.database_url or "").startswith("postgres")):
+        parser.error("--hubs above 1 needs a PostgreSQL --database-url")
     if args.workers < 1 or not 1 <= args.clients <= args.workers:
         parser.error("--workers must be at least 1, --clients between 1 and --workers")
     if not 0 < args.active <= 1 or args.runs < 1 or args.duration <= 0:

@@ -137,6 +137,28 @@ class Bench:
                 raise SystemExit(f"the hub did not come up; see {self.root / 'hub.log'}")
             time.sleep(0.1)
 
+    def start_replica(self, number: int) -> str:
+        """Another hub process on the same database (PostgreSQL), with a home and
+        port of its own; returns its URL once it answers."""
+        port = free_port()
+        self._start(
+            f"hub-{number}",
+            ["hub", "--home", str(self.root / f"hub-{number}"), "--dags", str(self.dags)]
+            + ["--port", str(port)],
+            self.env,
+        )
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + "/api/v1/health", timeout=5).status_code == 200:
+                    return url
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"hub {number} did not come up; see {self.root}/hub-{number}.log")
+            time.sleep(0.1)
+
     def start_worker(
         self, name: str, queues: str = "default", concurrency: int = 8, **env: str
     ) -> subprocess.Popen[bytes]:

@@ -3,8 +3,12 @@ hands every job out once, and reports every figure. Nothing here asserts a timin
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
+from tests.conftest import make_database_url
 from tests.integration.processes import run_bench
 
 pytestmark = pytest.mark.integration
@@ -47,3 +51,31 @@ def test_the_fleet_bench_connects_every_worker_and_hands_out_every_job(
     assert figures["clients_cpu_core_share"] > 0
     assert len(figures["load_start"]) == len(figures["load_end"]) == 3
     assert figures["duration_s"] >= 10
+
+
+@pytest.fixture
+def postgres_url(tmp_path: Path, _postgres_reason: str | None) -> Iterator[str]:
+    yield from make_database_url("postgres", tmp_path, _postgres_reason)
+
+
+def test_the_fleet_bench_spreads_its_workers_over_two_hubs_on_one_postgresql(
+    postgres_url: str,
+) -> None:
+    figures = run_bench(
+        "fleet.py",
+        ["--database-url", postgres_url, "--hubs", "2"]
+        + ["--workers", str(WORKERS), "--clients", str(CLIENTS), "--runs", str(RUNS)]
+        + ["--active", "0.1", "--duration", "10", "--heartbeat-interval", "2"],
+    )
+    assert (figures["store"], figures["hubs"]) == ("postgresql+psycopg", 2)
+    assert (figures["error_count"], figures["errors"]) == (0, {})
+    assert (figures["connected"], figures["connect_failed"]) == (WORKERS, 0)
+    # The runs go in through the first hub; the jobs of the workers on the second
+    # reach them through its notifications.
+    assert figures["jobs_received"] == figures["jobs_finished"] == RUNS * 2
+    assert figures["jobs_received_twice"] == 0
+    assert figures["runs_succeeded"] == RUNS
+    each = figures["hub_cpu_core_share_each"]
+    assert len(each) == 2
+    assert all(share > 0 for share in each), each
+    assert figures["hub_cpu_core_share"] == pytest.approx(sum(each), abs=0.002)

@@ -32,7 +32,9 @@ from tether.hub.services.callbacks import DagCallbacks
 from tether.hub.services.dag_processor import DagProcessor
 from tether.hub.services.scheduler import Scheduler
 from tether.hub.state import Hub
+from tether.hub.store.broadcast import Listener
 from tether.hub.store.db import Store, migrate
+from tether.hub.store.leadership import RETRY_INTERVAL, Lead
 from tether.hub.store.outages import Backoff, StoreUnavailable
 from tether.hub.ui import pages as console_pages
 from tether.hub.wakeups import Wakeups
@@ -73,7 +75,7 @@ def build_hub(config: HubConfig, tokens: Tokens | None = None) -> Hub:
             private_path(path)
     wakeups = Wakeups()
     # What a transaction queued or changed wakes whoever waits, after its commit.
-    store = Store(config.database_url, sink=wakeups)
+    store = Store(config.database_url, sink=wakeups, direct_url=config.database_direct_url)
     return Hub(
         config=config,
         store=store,
@@ -85,19 +87,34 @@ def build_hub(config: HubConfig, tokens: Tokens | None = None) -> Hub:
         dist=WorkerDist(config.home, config.worker_wheel),
         metrics=metrics.Metrics(store),
         worker_log_budget=Budget(config.worker_log_lines_per_minute),
+        leads={role: Lead(store, role) for role in ("scheduler", "dag_processor")},
     )
 
 
 async def _process_dags(hub: Hub) -> None:
-    processor = DagProcessor(
-        hub.store,
-        hub.config.dags_folder,
-        hub.config.home,
-        hub.config.dag_file_timeout,
-    )
+    """Scan and parse while this hub leads the dag processor (always on SQLite).
+
+    A hub that takes the lead starts from a new processor, which parses
+    every file once: what it remembered from an earlier lead is stale.
+    """
+    lead = hub.leads["dag_processor"]
+    processor: DagProcessor | None = None
     backoff = Backoff(log)
     try:
         while True:
+            if not await asyncio.to_thread(lead.hold):
+                if processor is not None:
+                    processor.stop()
+                    processor = None
+                await asyncio.sleep(RETRY_INTERVAL)
+                continue
+            if processor is None:
+                processor = DagProcessor(
+                    hub.store,
+                    hub.config.dags_folder,
+                    hub.config.home,
+                    hub.config.dag_file_timeout,
+                )
             wait = hub.config.dag_scan_interval
             try:
                 await asyncio.to_thread(processor.process_once)
@@ -106,14 +123,20 @@ async def _process_dags(hub: Hub) -> None:
                 wait = max(wait, backoff.failed(exc, "DAG processing"))
             await asyncio.sleep(wait)
     finally:  # cancelled: the hub stops; no parse child outlives it
-        processor.stop()
+        if processor is not None:
+            processor.stop()
+        await asyncio.to_thread(lead.release)
 
 
 async def _run_dag_callbacks(hub: Hub) -> None:
     callbacks = DagCallbacks(hub.store, hub.config.home, hub.config.dag_file_timeout)
     backoff = Backoff(log, first=CALLBACK_CHECK_INTERVAL)
+    lead = hub.leads["scheduler"]  # held (and checked) by the scheduler loop
     try:
         while True:
+            if not lead.leading:
+                await asyncio.sleep(CALLBACK_CHECK_INTERVAL)
+                continue
             try:
                 taken = await asyncio.to_thread(callbacks.run_pending)
                 backoff.succeeded()
@@ -168,12 +191,17 @@ def create_app(hub: Hub) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         hub.wakeups.bind(asyncio.get_running_loop())
+        listener = None
+        if hub.store.broadcasts:  # several hubs may share this database
+            listener = Listener(hub.store.direct_connection, hub.store.sender, hub.wakeups)
+            listener.start()
         scheduler = Scheduler(
             hub.store,
             hub.wakeups,
             min(hub.config.scheduler_sweep_interval, hub.config.worker_lost_timeout / 2),
             hub.config.worker_lost_timeout,
             on_pass=hub.metrics.scheduler_pass.observe,
+            lead=hub.leads["scheduler"],
         )
         background = [
             asyncio.create_task(_process_dags(hub), name="dag-processor"),
@@ -186,6 +214,8 @@ def create_app(hub: Hub) -> FastAPI:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            if listener is not None:
+                await asyncio.to_thread(listener.stop)
             hub.store.dispose()
 
     config = hub.config

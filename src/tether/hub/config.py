@@ -25,6 +25,10 @@ class HubConfig:
     database_url: str
     host: str = "127.0.0.1"
     port: int = 8080
+    #: PostgreSQL itself, when ``database_url`` goes through a transaction-mode
+    #: pooler (PgBouncer): the hub's LISTEN connection and its leader locks
+    #: need a session of their own. None: ``database_url``.
+    database_direct_url: str | None = None
     #: Seconds a DAG file may take to import before it becomes an import error.
     dag_file_timeout: float = 30.0
     #: Seconds between scans of the DAGs folder for changed files.
@@ -118,6 +122,7 @@ class HubConfig:
             home=the_home,
             dags_folder=dags.expanduser().resolve(),
             database_url=os.environ.get("TETHER_DATABASE_URL") or default_url(the_home),
+            database_direct_url=os.environ.get("TETHER_DATABASE_DIRECT_URL") or None,
             host=host or os.environ.get("TETHER_HOST", "127.0.0.1"),
             port=port if port is not None else int(os.environ.get("TETHER_PORT", "8080")),
             dag_file_timeout=float(os.environ.get("TETHER_DAG_FILE_TIMEOUT", "30")),

@@ -19,6 +19,7 @@ from tether.hub.core.worker_logs import Budget
 from tether.hub.dist import WorkerDist
 from tether.hub.metrics import Metrics
 from tether.hub.store.db import Store
+from tether.hub.store.leadership import Lead
 from tether.hub.wakeups import Wakeups
 
 T = TypeVar("T")
@@ -43,6 +44,10 @@ class Hub:
     worker_log_budget: Budget = field(
         default_factory=lambda: Budget(HubConfig.worker_log_lines_per_minute)
     )
+    #: This process's claim to each role only one hub may act in at a time
+    #: (``store/leadership.py``): ``scheduler`` (with DAG callbacks) and
+    #: ``dag_processor``.
+    leads: dict[str, Lead] = field(default_factory=dict)
 
 
 async def get_hub(request: Request) -> Hub:

@@ -1,5 +1,8 @@
 """In-process wake-ups: long-polling claims wait here for work on their queues.
 
+On PostgreSQL, what other hub processes of the database commit arrives here
+too (``store/broadcast.py``).
+
 Store functions run in worker threads and return the queues they filled; the
 caller hands those to :meth:`Wakeups.notify` after the commit. Waiters
 register *before* they look in the store, so a notify that lands between
@@ -109,6 +112,22 @@ class Wakeups:
     def notify_worker(self, name: str) -> None:
         """Answer ``name``'s held poll now (a directive changed); safe from any thread."""
         self._call(self._wake, self._worker_waiters, {name})
+
+    def wake_everything(self) -> None:
+        """Every held poll, every claim limits held back and the scheduler look
+        again; safe from any thread. For when effects may have been missed (the
+        connection that hears other hubs came back, ``store/broadcast.py``)."""
+        self._call(self._wake_everything)
+
+    def _wake_everything(self) -> None:
+        self.generation += 1
+        for table in (self._waiters, self._worker_waiters):
+            for events in table.values():
+                for event in events:
+                    event.set()
+        for event in self._limit_waiters:
+            event.set()
+        self.scheduler.set()
 
     def close(self) -> None:
         """Release every held-open claim; safe from any thread."""

@@ -35,6 +35,11 @@ class Health(Answer):
     status: str = Field(description="always `ok` when the hub answers")
     version: str
     database: str = Field(description="the store's dialect: `sqlite` or `postgresql`")
+    leads: list[str] = Field(
+        description="the roles this hub process leads now, of `scheduler` and "
+        "`dag_processor`: every one on SQLite; with several hubs on one PostgreSQL, "
+        "one hub leads each (docs/deployment.md)"
+    )
 
 
 class DagSummary(Answer):

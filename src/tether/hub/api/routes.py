@@ -106,7 +106,12 @@ class TriggerIn(BaseModel):
 
 @router.get("/health", response_model=A.Health)
 async def health(hub: HubDep) -> dict[str, Any]:
-    return {"status": "ok", "version": __version__, "database": hub.store.dialect}
+    return {
+        "status": "ok",
+        "version": __version__,
+        "database": hub.store.dialect,
+        "leads": sorted(role for role, lead in hub.leads.items() if lead.leading),
+    }
 
 
 @router.get("/dags", dependencies=[ViewerAuth], response_model=A.DagList)

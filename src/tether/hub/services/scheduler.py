@@ -24,6 +24,7 @@ from tether.hub.core.sessions import mark_lost_workers
 from tether.hub.core.timetable import Timetable
 from tether.hub.store.db import Store
 from tether.hub.store.dialect import lock_row
+from tether.hub.store.leadership import RETRY_INTERVAL, Lead
 from tether.hub.store.models import Dag, DagRun
 from tether.hub.store.outages import Backoff
 from tether.hub.wakeups import Wakeups
@@ -130,6 +131,7 @@ class Scheduler:
         sweep_interval: float,
         lost_timeout: float,
         on_pass: Callable[[float], None] | None = None,
+        lead: Lead | None = None,
     ) -> None:
         self.store = store
         self.wakeups = wakeups
@@ -138,13 +140,31 @@ class Scheduler:
         self.started = runs.utcnow()
         #: Told the seconds each pass took, a failed one too (the hub's metrics).
         self.on_pass = on_pass
+        #: Passes run only while this holds (several hubs on one PostgreSQL);
+        #: None: always.
+        self.lead = lead
 
     async def run(self) -> None:
         """Pass after pass until cancelled; a failed pass (the database is away, a
         bug) is followed by a growing wait, never by the loop's end."""
         backoff = Backoff(log)
+        try:
+            await self._passes(backoff)
+        finally:  # the hub stops: a standby takes the lead at once
+            if self.lead is not None:
+                await asyncio.to_thread(self.lead.release)
+
+    async def _passes(self, backoff: Backoff) -> None:
+        swept = time.monotonic()
         while True:
             self.wakeups.scheduler.clear()
+            if self.lead is not None and not await asyncio.to_thread(self.lead.hold):
+                # A standby: another hub schedules. Its effects reach this hub's
+                # polls (store/broadcast.py); the local safety net still runs.
+                if time.monotonic() - swept >= self.sweep_interval:
+                    swept = self._sweep()
+                await asyncio.sleep(RETRY_INTERVAL)
+                continue
             now = runs.utcnow()
             # After a hub outage every worker has been silent: give them one
             # lost-timeout from the hub's start to reconnect before judging.
@@ -158,14 +178,18 @@ class Scheduler:
                 continue
             self._timed(began)
             backoff.succeeded()
-            # The sweep is also the safety net of claims that limits held back.
-            self.wakeups.notify(())
+            swept = self._sweep()
             wait = self.sweep_interval
             if deadline is not None:
                 wait = max(0.0, min(wait, (deadline - runs.utcnow()).total_seconds()))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self.wakeups.scheduler.wait()
+
+    def _sweep(self) -> float:
+        """The safety net of claims that limits held back; returns when it ran."""
+        self.wakeups.notify(())
+        return time.monotonic()
 
     def _timed(self, began: float) -> None:
         if self.on_pass is not None:

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from tether.hub.store import effects
+from tether.hub.store import broadcast, effects
 from tether.hub.store.outages import Outage, watch
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -83,11 +84,21 @@ class Store:
     :attr:`effects`. ``with store.read() as s`` only reads.
     """
 
-    def __init__(self, url: str, sink: effects.EffectSink | None = None) -> None:
+    def __init__(
+        self, url: str, sink: effects.EffectSink | None = None, direct_url: str | None = None
+    ) -> None:
         self.url = url
         #: Where committed effects go (the hub's wake-ups); None drops them.
         self.effects = sink
         self.engine = make_engine(url)
+        #: PostgreSQL itself, for the connections that live as long as the hub
+        #: (LISTEN, leader locks): a transaction-mode pooler in ``url`` cannot
+        #: carry them. Defaults to ``url``.
+        self.direct_url = direct_url or url
+        #: This process's name on the effects channel (``store/broadcast.py``).
+        self.sender = broadcast.new_sender()
+        #: Whether transactions announce their effects to other hub processes.
+        self.broadcasts = self.dialect == "postgresql"
         #: Whether the database is reachable; a lost one raises StoreUnavailable.
         self.outage = Outage()
         watch(self.engine, self.outage)
@@ -108,6 +119,10 @@ class Store:
         with self._sessions() as s:
             with s.begin():
                 yield s
+                told = effects.peek(s)
+                if self.broadcasts and told is not None and told.any():
+                    # Delivered by PostgreSQL at the commit, and only if it commits.
+                    broadcast.announce(s, self.sender, told)
             # Committed: only now may anyone be told. A rollback raised out of
             # the block above, and the recorded effects went with the session.
             fx = effects.take(s)
@@ -125,6 +140,35 @@ class Store:
         """
         with self._readers() as s, s.begin():
             yield s
+
+    def direct_connection(self) -> Any:
+        """A new psycopg connection to :attr:`direct_url`, in autocommit mode,
+        outside the pool: for a connection held as long as the hub runs.
+
+        TCP keepalives are on at both ends, so that a peer that vanished (a
+        hub's machine, a cut network) is noticed in about half a minute, and a
+        leader lock held by a dead hub is released as soon.
+        """
+        import psycopg  # tether[postgres]
+
+        url = make_url(self.direct_url)
+        cargs, cparams = self.engine.dialect.create_connect_args(url)
+        conn = psycopg.connect(
+            *cargs,
+            **{
+                "keepalives": 1,
+                "keepalives_idle": 10,
+                "keepalives_interval": 5,
+                "keepalives_count": 3,
+                "connect_timeout": 10,
+                **cparams,
+            },
+            autocommit=True,
+        )
+        conn.execute("SET tcp_keepalives_idle = 10")
+        conn.execute("SET tcp_keepalives_interval = 5")
+        conn.execute("SET tcp_keepalives_count = 3")
+        return conn
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -13,7 +13,9 @@ is woken to look for work that was never committed.
 The store knows its sink only as :class:`EffectSink` (the hub's
 :class:`~tether.hub.wakeups.Wakeups`); a process without one (``tether db
 clean``, ``tether secrets rotate-key``) drops them: the hub's sweep finds the
-work anyway, only later.
+work anyway, only later. On PostgreSQL every transaction also announces
+its effects to the other hub processes of the database
+(``store/broadcast.py``), a process without a sink too.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ class EffectSink(Protocol):
 
     def poke_scheduler(self) -> None: ...
 
+    def wake_everything(self) -> None:
+        """Every waiter looks again (effects may have been missed)."""
+        ...
+
 
 @dataclass
 class Effects:
@@ -47,6 +53,9 @@ class Effects:
     look_again: bool = False
     workers: set[str] = field(default_factory=set)
     scheduler: bool = False
+
+    def any(self) -> bool:
+        return bool(self.queues or self.look_again or self.workers or self.scheduler)
 
     def fire(self, sink: EffectSink) -> None:
         if self.queues or self.look_again:
@@ -63,6 +72,13 @@ def pending(session: Session) -> Effects:
     if found is None:
         found = session.info[_KEY] = Effects()
     assert isinstance(found, Effects)
+    return found
+
+
+def peek(session: Session) -> Effects | None:
+    """What ``session`` recorded so far, if anything, left in place."""
+    found = session.info.get(_KEY)
+    assert found is None or isinstance(found, Effects)
     return found
 
 
