@@ -236,3 +236,44 @@ def test_killing_the_leader_mid_run_moves_leadership_and_the_run_completes(
         pair.b.api.wait_dags("late")
     finally:
         worker.stop()
+
+
+@pytest.fixture
+def empty_postgres(tmp_path: Path, _postgres_reason: str | None) -> Iterator[str]:
+    yield from make_database_url("postgres", tmp_path, _postgres_reason)
+
+
+def test_hubs_started_at_once_on_an_empty_database_all_come_up(
+    tmp_path: Path, empty_postgres: str
+) -> None:
+    """Each hub migrates the schema on start; three at once must not each create it."""
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    started: list[Hub] = []
+    # The pool's threads start the hubs, and a hub dies with the thread that
+    # started it (PR_SET_PDEATHSIG): the pool lives until they are stopped.
+    with ThreadPoolExecutor(3) as pool:
+        try:
+            futures = [
+                pool.submit(Hub, tmp_path / f"h{n}", dags, empty_postgres, **SHARED)
+                for n in range(3)
+            ]
+            failures = []
+            for future in futures:
+                try:
+                    started.append(future.result())
+                except AssertionError as exc:  # the hub exited: its output says why
+                    failures.append(str(exc))
+            assert failures == []
+
+            # ... and each role has one leader (perhaps not yet when the hubs first
+            # answer; the roles are taken one by one, maybe by different hubs).
+            def led() -> Counter[str]:
+                return Counter(role for hub in started for role in leads(hub) or [])
+
+            wait_for(lambda: led() == Counter(BOTH), 30, "one leader for each role")
+            time.sleep(2)  # the standbys have tried again
+            assert led() == Counter(BOTH)
+        finally:
+            for hub in started:
+                hub.stop()

@@ -28,6 +28,37 @@ def default_url(home: Path) -> str:
     return f"sqlite:///{home / 'tether.db'}"
 
 
+#: A query parameter of a PostgreSQL URL that the hub reads itself: psycopg's
+#: ``prepare_threshold`` (``none`` never prepares; for PgBouncer before 1.21 in
+#: transaction mode, which cannot keep a prepared statement between transactions).
+PREPARE_THRESHOLD = "prepare_threshold"
+
+
+def connect_arguments(url: str) -> tuple[str, dict[str, Any]]:
+    """``url`` without the parameters the hub reads itself, and the driver
+    arguments they make (see :data:`PREPARE_THRESHOLD`)."""
+    if url.startswith("sqlite"):
+        return url, {}
+    parsed = make_url(url)
+    if PREPARE_THRESHOLD not in parsed.query:
+        return url, {}
+    value = parsed.query[PREPARE_THRESHOLD]
+    text = value if isinstance(value, str) else value[-1]
+    threshold: int | None
+    if text.strip().lower() in ("none", "off", "never"):
+        threshold = None
+    else:
+        try:
+            threshold = int(text)
+        except ValueError:
+            raise ValueError(
+                f"{PREPARE_THRESHOLD} in the database URL must be a whole number or "
+                f"'none', not {text!r}"
+            ) from None
+    rest = parsed.difference_update_query([PREPARE_THRESHOLD])
+    return rest.render_as_string(hide_password=False), {PREPARE_THRESHOLD: threshold}
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``, with SQLite set up for a concurrent server."""
     if url.startswith("sqlite"):
@@ -72,7 +103,10 @@ def make_engine(url: str) -> Engine:
         return engine
     # A pooled connection a database restart cut is found on checkout and replaced
     # (see outages.py for the rest of an outage).
-    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    url, connect_args = connect_arguments(url)
+    return create_engine(
+        url, pool_size=10, max_overflow=20, pool_pre_ping=True, connect_args=connect_args
+    )
 
 
 class Store:
@@ -151,8 +185,9 @@ class Store:
         """
         import psycopg  # tether[postgres]
 
-        url = make_url(self.direct_url)
-        cargs, cparams = self.engine.dialect.create_connect_args(url)
+        # A direct connection runs a handful of statements: nothing to prepare.
+        direct, _ = connect_arguments(self.direct_url)
+        cargs, cparams = self.engine.dialect.create_connect_args(make_url(direct))
         conn = psycopg.connect(
             *cargs,
             **{

@@ -34,6 +34,10 @@ def lock_row(stmt: S, session: Session) -> S:
 #: Key of the PostgreSQL advisory lock that serialises claims.
 CLAIM_LOCK_KEY = 0x7E7E_C1A1
 
+#: Key of the one that serialises migrations (hubs starting at once; see
+#: ``migrations/env.py``). Leader locks: ``leadership.ROLE_KEYS``.
+MIGRATE_LOCK_KEY = 0x7E7E_D1A5
+
 
 def serialise_claims(session: Session) -> None:
     """Make claims take turns until the end of the transaction.
