@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, event, select
 from sqlalchemy.exc import InternalError, OperationalError
 
 import tether
@@ -20,7 +20,14 @@ from tether.hub.core import attempts, audit, control, limits, queries, runs
 from tether.hub.services.scheduler import tick
 from tether.hub.state import Hub
 from tether.hub.store.db import migrate
-from tether.hub.store.models import Base, DagRun, TaskAttempt, TaskInstance
+from tether.hub.store.models import (
+    RUN_SPECS,
+    Base,
+    DagRun,
+    RunSpecs,
+    TaskAttempt,
+    TaskInstance,
+)
 from tether.protocol import AttemptResult
 
 
@@ -505,3 +512,43 @@ def test_a_read_transaction_refuses_a_write_and_leaves_its_connection_writable(
         names = {p["name"] for p in limits.list_pools(s)}
     assert "made-in-a-transaction" in names
     assert "made-in-a-read" not in names
+
+
+def test_claims_and_finishes_read_a_runs_serialized_dag_once_per_process(hub: Hub) -> None:
+    """The serialized DAG of a run never changes: the hot paths take it from
+    memory (models.RUN_SPECS) instead of reading and decoding it per request."""
+    reads: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if "dag_run.serialized" in statement:
+            reads.append(statement)
+
+    RUN_SPECS._items.clear()
+    _trigger(hub, "wide")
+    event.listen(hub.store.engine, "before_cursor_execute", count)
+    try:
+        for n in range(5):
+            attempt = _claim_one(hub, f"w{n}", queue="q")
+            with hub.store.transaction() as s:
+                attempts.finish(s, attempt, f"w{n}", AttemptResult("success"))
+    finally:
+        event.remove(hub.store.engine, "before_cursor_execute", count)
+    assert len(reads) == 1, reads  # the first claim's; four more claims, five finishes from memory
+
+
+def test_a_run_made_again_under_the_same_names_is_not_taken_for_the_old_one() -> None:
+    """A run deleted (db clean) and made again may get its old id, DAG and run id
+    back, with another version of the DAG: its bundle tells them apart."""
+    specs = RunSpecs(size=2)
+
+    def run(bundle: str, tasks: list[str]) -> DagRun:
+        made = DagRun(id=7, dag_id="d", run_id="manual__x", bundle_sha=bundle)
+        made.serialized_ = {"tasks": tasks}
+        return made
+
+    assert specs.get(run("a" * 64, ["old"])) == {"tasks": ["old"]}
+    assert specs.get(run("b" * 64, ["new"])) == {"tasks": ["new"]}
+    assert specs.get(run("a" * 64, ["not read"])) == {"tasks": ["old"]}  # from memory
+    assert (specs.hits, specs.misses) == (1, 2)
+    specs.get(run("c" * 64, ["third"]))  # the oldest entry goes
+    assert specs.get(run("b" * 64, ["read again"])) == {"tasks": ["read again"]}

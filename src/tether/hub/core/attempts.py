@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Text, cast, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from tether.hub.core import assets, credentials, limits, params
 from tether.hub.core import states as S
@@ -69,6 +69,8 @@ class Claimed:
     #: ``(queue, seconds it waited queued)`` of each job: the dispatch latency,
     #: which the caller observes once the claim has committed.
     waits: list[tuple[str, float]] = field(default_factory=list)
+    #: The queues held no queued work at all: the claim looked no further.
+    nothing_queued: bool = False
 
 
 def claim(
@@ -94,6 +96,12 @@ def claim(
     """
     out = Claimed()
     if slots <= 0 or not queues:
+        return out
+    # Most looks find nothing (an idle fleet's polls; held polls woken for work
+    # that another worker took): they neither wait for the claims' lock nor
+    # count the limits. Work queued after this look wakes the poll again.
+    if not has_queued_work(session, queues):
+        out.nothing_queued = True
         return out
     serialise_claims(session)
     use = limits.usage(session, parallelism)
@@ -130,7 +138,11 @@ def claim(
     tis = session.scalars(select(TaskInstance).where(TaskInstance.id.in_(ids))).all()
     runs = {
         r.id: r
-        for r in session.scalars(select(DagRun).where(DagRun.id.in_({ti.dag_run_id for ti in tis})))
+        for r in session.scalars(
+            select(DagRun)
+            .where(DagRun.id.in_({ti.dag_run_id for ti in tis}))
+            .options(defer(DagRun.serialized_))  # from RUN_SPECS: decoded once per run
+        )
     }
     for ti in sorted(tis, key=lambda t: ids.index(t.id)):
         run = runs[ti.dag_run_id]

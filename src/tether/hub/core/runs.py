@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from tether.hub.core import states as S
 from tether.hub.store import effects
@@ -489,7 +489,12 @@ def lock_run_of(session: Session, task_instance_id: int) -> DagRun:
     """Lock and return the run of a task instance (taken before its task instances)."""
     run_pk = select(TaskInstance.dag_run_id).where(TaskInstance.id == task_instance_id)
     run = session.scalar(
-        lock_row(select(DagRun).where(DagRun.id == run_pk.scalar_subquery()), session)
+        lock_row(
+            select(DagRun)
+            .where(DagRun.id == run_pk.scalar_subquery())
+            .options(defer(DagRun.serialized_)),  # from RUN_SPECS: decoded once per run
+            session,
+        )
     )
     if run is None:
         raise LookupError(f"no run for task instance {task_instance_id}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -118,8 +120,9 @@ class DagRun(Base):
     state: Mapped[str] = mapped_column(String(20))
     conf: Mapped[dict[str, Any]]
     bundle_sha: Mapped[str] = mapped_column(String(64))
-    #: The DAG as it was when the run started (a run is pinned to its bundle).
-    serialized: Mapped[dict[str, Any]]
+    #: The DAG as it was when the run started (a run is pinned to its bundle);
+    #: read it as :attr:`serialized`.
+    serialized_: Mapped[dict[str, Any]] = mapped_column("serialized", JSON)
     logical_date: Mapped[datetime | None]
     data_interval_start: Mapped[datetime | None]
     data_interval_end: Mapped[datetime | None]
@@ -128,6 +131,61 @@ class DagRun(Base):
     ended_at: Mapped[datetime | None]
     #: When a running run fails for taking too long (the DAG's dagrun_timeout).
     timeout_at: Mapped[datetime | None] = mapped_column(index=True)
+
+    @property
+    def serialized(self) -> dict[str, Any]:
+        """The DAG as it was when the run started. Never changed after the
+        run's creation, and never to be changed in place.
+
+        A query on a hot path (a finish, a claim) leaves the column out
+        (``defer(DagRun.serialized_)``): then it comes from this process's
+        :data:`RUN_SPECS`, decoded once per run instead of once per request
+        (a DAG of 2,000 tasks is most of a megabyte of JSON).
+        """
+        if "serialized_" in self.__dict__ or self.id is None:
+            return self.serialized_
+        return RUN_SPECS.get(self)
+
+    @serialized.setter
+    def serialized(self, value: dict[str, Any]) -> None:
+        self.serialized_ = value
+
+
+class RunSpecs:
+    """The decoded ``serialized`` of the runs used lately, in this process.
+
+    Keyed by what names a run for good (a run's id, DAG, run id and bundle),
+    so a run deleted and made again with the same names and another DAG
+    version is not taken for the old one; the newest ``size`` are kept.
+    """
+
+    def __init__(self, size: int = 32) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple[int, str, str, str], dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+        #: Lookups answered from memory, and those that read the store.
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, run: DagRun) -> dict[str, Any]:
+        key = (run.id, run.dag_id, run.run_id, run.bundle_sha)
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return found
+        value = run.serialized_  # loads the deferred column: one SELECT
+        with self._lock:
+            self.misses += 1
+            self._items[key] = value
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return value
+
+
+#: This process's :class:`RunSpecs`.
+RUN_SPECS = RunSpecs()
 
 
 class TaskInstance(Base):

@@ -421,7 +421,12 @@ async def poll(body: PollIn, me: WorkerAuth, hub: HubDep, request: Request) -> P
         jobs = claimed.jobs
         # Work left behind (a limit, or a task too big for the free slots):
         # wait for any change that ends running work, not only for new work.
-        held_back = not quiet and len(jobs) < take and attempts.has_queued_work(s, worker.queues)
+        held_back = (
+            not quiet
+            and not claimed.nothing_queued
+            and len(jobs) < take
+            and attempts.has_queued_work(s, worker.queues)
+        )
         reply = PollReply([j.to_dict() for j in jobs], found)
         return reply, held_back, claimed.undeliverable, dropped, claimed.waits
 
