@@ -5,8 +5,10 @@ from __future__ import annotations
 import ast
 import threading
 from collections.abc import Iterable, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -16,7 +18,7 @@ from sqlalchemy.exc import InternalError, OperationalError
 
 import tether
 from tests.hubtools import Told, make_hub, parse, told, write_dag
-from tether.hub.core import attempts, audit, control, limits, queries, runs
+from tether.hub.core import attempts, audit, control, limits, queries, runs, sessions
 from tether.hub.services.scheduler import tick
 from tether.hub.state import Hub
 from tether.hub.store.db import migrate
@@ -27,6 +29,7 @@ from tether.hub.store.models import (
     RunSpecs,
     TaskAttempt,
     TaskInstance,
+    Worker,
 )
 from tether.protocol import AttemptResult
 
@@ -552,3 +555,28 @@ def test_a_run_made_again_under_the_same_names_is_not_taken_for_the_old_one() ->
     assert (specs.hits, specs.misses) == (1, 2)
     specs.get(run("c" * 64, ["third"]))  # the oldest entry goes
     assert specs.get(run("b" * 64, ["read again"])) == {"tasks": ["read again"]}
+
+
+def test_a_heartbeats_reconcile_reads_its_workers_attempts_by_index(tmp_path: Path) -> None:
+    """A heartbeat looks up the running attempts of its worker: through the
+    (worker_name, state) index, not by reading every attempt ever made."""
+    hub = make_hub(tmp_path, f"sqlite:///{tmp_path / 'tether.db'}", tmp_path / "dags")
+    seen: list[tuple[str, Any]] = []
+
+    def capture(conn: object, cursor: object, statement: str, params: Any, *rest: object) -> None:
+        if "FROM task_attempt" in statement:
+            seen.append((statement, params))
+
+    try:
+        event.listen(hub.store.engine, "before_cursor_execute", capture)
+        with hub.store.transaction() as s:
+            worker = cast(Worker, SimpleNamespace(name="w1"))
+            sessions.reconcile(s, worker, [], runs.utcnow(), timedelta(seconds=30))
+        event.remove(hub.store.engine, "before_cursor_execute", capture)
+        ((statement, params),) = seen
+        with hub.store.read() as s:
+            plan = s.connection().exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params)
+            details = " ".join(str(row[-1]) for row in plan)
+        assert "USING INDEX ix_task_attempt_worker_name_state" in details, details
+    finally:
+        hub.store.dispose()

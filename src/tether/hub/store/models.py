@@ -222,7 +222,11 @@ class TaskAttempt(Base):
     """One try of one task instance on one worker. Reports name its id."""
 
     __tablename__ = "task_attempt"
-    __table_args__ = (UniqueConstraint("task_instance_id", "try_number"),)
+    __table_args__ = (
+        UniqueConstraint("task_instance_id", "try_number"),
+        # Each heartbeat looks up its worker's running attempts (reconcile, directives).
+        Index(None, "worker_name", "state"),
+    )
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     task_instance_id: Mapped[int] = mapped_column(
         ForeignKey("task_instance.id", ondelete="CASCADE")
