@@ -71,7 +71,7 @@ def add_runs(
                         "state": state,
                         "conf": {},
                         "bundle_sha": bundle_sha or dag.bundle_sha,
-                        "serialized": dag.serialized,
+                        "serialized_": dag.serialized,  # the attribute (column "serialized")
                         "logical_date": at,
                         "created_at": at,
                         "started_at": at,

@@ -182,6 +182,37 @@ def test_work_and_directives_through_one_hub_answer_polls_held_by_the_other(
         worker.close()
 
 
+LISTENERS = (
+    "SELECT pid FROM pg_stat_activity"
+    " WHERE datname = current_database() AND query = 'LISTEN tether_effects'"
+)
+
+
+def test_a_hub_whose_listening_connection_was_cut_hears_the_other_again(pair: Pair) -> None:
+    url = pair.a.database_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(url, autocommit=True) as conn:
+        wait_for(lambda: len(conn.execute(LISTENERS).fetchall()) == 2, 10, "both hubs to listen")
+        # As a database restart or a cut network would.
+        conn.execute(f"SELECT pg_terminate_backend(pid) FROM ({LISTENERS}) AS l")
+        wait_for(
+            lambda: "lost the connection that hears other hubs" in pair.b.output(),
+            10,
+            "hub B to notice",
+        )
+        wait_for(lambda: len(conn.execute(LISTENERS).fetchall()) == 2, 10, "both to listen again")
+    worker = RawWorker(pair.b, "w1")
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(worker.poll, 1, POLL_WAIT)
+            time.sleep(0.5)
+            assert not held.done()
+            run_id = pair.a.api.trigger("pair")
+            answer = held.result(timeout=ANSWERED_WITHIN)
+            assert [(j["run_id"], j["task_id"]) for j in answer.json()["jobs"]] == [(run_id, "a")]
+    finally:
+        worker.close()
+
+
 def test_workers_on_both_hubs_run_every_task_exactly_once(pair: Pair) -> None:
     out = pair.root / "bodies.txt"
     workers: list[Worker] = []

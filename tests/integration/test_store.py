@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 import threading
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -541,20 +541,24 @@ def test_claims_and_finishes_read_a_runs_serialized_dag_once_per_process(hub: Hu
 
 def test_a_run_made_again_under_the_same_names_is_not_taken_for_the_old_one() -> None:
     """A run deleted (db clean) and made again may get its old id, DAG and run id
-    back, with another version of the DAG: its bundle tells them apart."""
+    back (SQLite reuses ids), with another version of the DAG, or the same
+    bundle parsed again: when it was made tells them apart."""
     specs = RunSpecs(size=2)
+    first = datetime(2026, 12, 4, 10, tzinfo=UTC)
 
-    def run(bundle: str, tasks: list[str]) -> DagRun:
-        made = DagRun(id=7, dag_id="d", run_id="manual__x", bundle_sha=bundle)
+    def run(made_at: datetime, tasks: list[str], bundle: str = "a" * 64) -> DagRun:
+        made = DagRun(id=7, dag_id="d", run_id="manual__x", bundle_sha=bundle, created_at=made_at)
         made.serialized_ = {"tasks": tasks}
         return made
 
-    assert specs.get(run("a" * 64, ["old"])) == {"tasks": ["old"]}
-    assert specs.get(run("b" * 64, ["new"])) == {"tasks": ["new"]}
-    assert specs.get(run("a" * 64, ["not read"])) == {"tasks": ["old"]}  # from memory
-    assert (specs.hits, specs.misses) == (1, 2)
-    specs.get(run("c" * 64, ["third"]))  # the oldest entry goes
-    assert specs.get(run("b" * 64, ["read again"])) == {"tasks": ["read again"]}
+    later = first + timedelta(hours=1)
+    assert specs.get(run(first, ["old"])) == {"tasks": ["old"]}
+    assert specs.get(run(later, ["new"])) == {"tasks": ["new"]}
+    assert specs.get(run(first, ["not read"])) == {"tasks": ["old"]}  # from memory
+    assert specs.get(run(later, ["other"], bundle="b" * 64)) == {"tasks": ["other"]}
+    assert (specs.hits, specs.misses) == (1, 3)
+    # Two kept: the oldest-used (the second) went.
+    assert specs.get(run(later, ["read again"])) == {"tasks": ["read again"]}
 
 
 def test_a_heartbeats_reconcile_reads_its_workers_attempts_by_index(tmp_path: Path) -> None:

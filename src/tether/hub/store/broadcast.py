@@ -149,14 +149,18 @@ class Listener:
 
     def _run(self) -> None:
         wait = 0.1
+        failing = False  # said once per outage, not at every retry
         while not self._stop.is_set():
             try:
                 conn = self._connect()
             except Exception as exc:
-                log.warning("cannot listen for other hubs' effects (%s); retrying", exc)
+                if not failing:
+                    log.warning("cannot listen for other hubs' effects (%s); retrying", exc)
+                failing = True
                 self._stop.wait(wait)
                 wait = min(wait * 2, MAX_RECONNECT_WAIT)
                 continue
+            failing = False
             try:
                 conn.execute(f"LISTEN {CHANNEL}")
                 # Whatever was announced while no connection listened is lost:

@@ -154,21 +154,22 @@ class DagRun(Base):
 class RunSpecs:
     """The decoded ``serialized`` of the runs used lately, in this process.
 
-    Keyed by what names a run for good (a run's id, DAG, run id and bundle),
-    so a run deleted and made again with the same names and another DAG
-    version is not taken for the old one; the newest ``size`` are kept.
+    Keyed by what names one run for good (its id, DAG, run id, bundle and
+    the moment it was made), so a run deleted and made again under the same
+    names (SQLite may give it the same id) is not taken for the old one; the
+    newest ``size`` are kept.
     """
 
     def __init__(self, size: int = 32) -> None:
         self.size = size
-        self._items: OrderedDict[tuple[int, str, str, str], dict[str, Any]] = OrderedDict()
+        self._items: OrderedDict[tuple[Any, ...], dict[str, Any]] = OrderedDict()
         self._lock = threading.Lock()
         #: Lookups answered from memory, and those that read the store.
         self.hits = 0
         self.misses = 0
 
     def get(self, run: DagRun) -> dict[str, Any]:
-        key = (run.id, run.dag_id, run.run_id, run.bundle_sha)
+        key = (run.id, run.dag_id, run.run_id, run.bundle_sha, run.created_at)
         with self._lock:
             found = self._items.get(key)
             if found is not None:
