@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -165,8 +165,7 @@ def test_sign_in_open_the_grid_and_follow_a_running_log(
         expect(tab.locator("h1")).to_contain_text("ticker")
 
         def running_cell() -> bool:
-            tab.reload()
-            return tab.locator("td.cell.state-running a").count() == 1
+            return _looks(tab, lambda: tab.locator("td.cell.state-running a").count() == 1)
 
         wait_for(running_cell, 30, "the grid to show the task running", interval=0.5)
         tab.screenshot(path=shots / "grid.png", full_page=True)
@@ -193,6 +192,27 @@ def test_sign_in_open_the_grid_and_follow_a_running_log(
         assert page.refused == []
     finally:
         page.close()
+
+
+#: What Playwright says when a page's own navigation cut a call short.
+NAVIGATED = ("ERR_ABORTED", "frame was detached", "context was destroyed")
+
+
+def _looks(tab: Any, check: Callable[[], bool]) -> bool:
+    """Load the tab's page again and ``check`` it; False if the page's own
+    navigation got in the way. A task's page reloads itself half a second
+    after its try ends (console.js): a reload asked in that instant is
+    aborted (``net::ERR_ABORTED``), a look at the page destroyed. The caller
+    looks again at its next poll."""
+    from playwright.sync_api import Error
+
+    try:
+        tab.reload()
+        return check()
+    except Error as exc:
+        if not any(words in str(exc) for words in NAVIGATED):
+            raise
+        return False
 
 
 def _reloaded(tab: Any) -> bool:
@@ -258,8 +278,7 @@ def test_trigger_from_the_params_form_then_clear_the_task(
         expect(tab).to_have_url(re.compile(r"/ui/dags/greeter/grid$"))
 
         def success_cell() -> bool:
-            tab.reload()
-            return tab.locator("td.cell.state-success a").count() == 1
+            return _looks(tab, lambda: tab.locator("td.cell.state-success a").count() == 1)
 
         wait_for(success_cell, 30, "the grid to show the task done", interval=0.5)
         tab.click("td.cell.state-success a")
@@ -274,9 +293,12 @@ def test_trigger_from_the_params_form_then_clear_the_task(
         expect(tab).to_have_url(re.compile(r"/ui/dags/greeter/runs/from-the-form/tasks/greet$"))
 
         def second_try_done() -> bool:
-            tab.reload()
-            return tab.locator("table.tries tbody tr").count() == 2 and (
-                tab.locator("table.facts .mark").inner_text() == "success"
+            return _looks(
+                tab,
+                lambda: (
+                    tab.locator("table.tries tbody tr").count() == 2
+                    and tab.locator("table.facts .mark").inner_text() == "success"
+                ),
             )
 
         wait_for(second_try_done, 30, "the cleared task to run again", interval=0.5)
