@@ -134,10 +134,7 @@ class Listener:
         self._sink = sink
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="effects-listener", daemon=True)
-        #: Set while the connection listens (tests and health wait for it).
-        self.listening = threading.Event()
-        #: Notifications fired and refused, since the start.
-        self.received = 0
+        #: Notifications refused since the start (no hub wrote them).
         self.refused = 0
 
     def start(self) -> None:
@@ -166,7 +163,6 @@ class Listener:
                 # Whatever was announced while no connection listened is lost:
                 # every waiter looks in the store again.
                 self._sink.wake_everything()
-                self.listening.set()
                 wait = 0.1
                 while not self._stop.is_set():
                     for notice in conn.notifies(timeout=LISTEN_TICK):
@@ -176,7 +172,6 @@ class Listener:
                     log.warning("lost the connection that hears other hubs (%s); reconnecting", exc)
                     time.sleep(0.1)
             finally:
-                self.listening.clear()
                 try:
                     conn.close()
                 except Exception:  # already broken
@@ -192,7 +187,6 @@ class Listener:
             return
         if sender == self._sender:
             return
-        self.received += 1
         if fx is None:
             self._sink.wake_everything()
         else:

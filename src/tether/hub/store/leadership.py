@@ -55,8 +55,10 @@ class Lead:
         self._conn: Any = None
         self._lock = threading.Lock()
         self._failing = False  # say it once per outage, not once a second
+        #: Whether other hub processes may share the database (PostgreSQL).
+        self._shared = store.dialect == "postgresql"
         #: What the last :meth:`hold` found (read without blocking, e.g. by /health).
-        self.leading = store.dialect != "postgresql"
+        self.leading = not self._shared
 
     def hold(self) -> bool:
         """Whether this process leads the role now: keeps the lock it has (if
@@ -65,7 +67,7 @@ class Lead:
         A standby keeps its connection between tries (one try a second costs
         a query, not a new database session each time).
         """
-        if self.store.dialect != "postgresql":
+        if not self._shared:
             return True
         with self._lock:
             try:
@@ -94,13 +96,13 @@ class Lead:
     def release(self) -> None:
         """Give the role up (the hub stops): another hub takes it at once."""
         with self._lock:
-            if self.leading and self.store.dialect == "postgresql":
+            if self.leading and self._shared:
                 log.info("this hub no longer leads the %s", self.role.replace("_", " "))
             self._drop()
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
-        self.leading = self.store.dialect != "postgresql"
+        self.leading = not self._shared
         if conn is not None:
             try:
                 conn.close()  # the session ends, and its lock with it
